@@ -1,0 +1,216 @@
+"""The `lm` command: one subcommand per pipeline stage, plus generate, predict and bench.
+
+Only typer is imported at module level so `lm --help` answers instantly; each command imports its stage
+module (and with it torch, pandas, ...) when it runs. Every failure the user can fix is printed as one line
+on stderr with a non-zero exit code: 2 for a bad params file, 1 for bad input data or a missing prerequisite.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="lm",
+    help="Train, compare and inspect small transformers from scratch (a DVC pipeline, one command per stage).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file to validate and use")]
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(fn: Callable[[], object]) -> None:
+    """Run a command body, turning known user errors into one line and an exit code."""
+    from lm.config import ConfigError
+    from lm.errors import LmError
+
+    try:
+        fn()
+    except ConfigError as err:
+        _fail(str(err), 2)
+    except LmError as err:
+        _fail(str(err), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _params(path: Path):
+    from lm.config import load_params
+
+    return load_params(path)
+
+
+@app.command()
+def download(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Read the corpus (embedded generator, Hugging Face dataset or local file) into data/raw/."""
+
+    def body() -> None:
+        from stages import download as stage
+
+        stage.run(_params(params))
+
+    _run(body)
+
+
+@app.command()
+def tokenize(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Train the byte-level BPE tokenizer on data/raw/ and write data/tokenizer/."""
+
+    def body() -> None:
+        from stages import tokenize as stage
+
+        stage.run(_params(params))
+
+    _run(body)
+
+
+@app.command()
+def encode(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Encode data/raw/ with the trained tokenizer into memmap arrays under data/encoded/."""
+
+    def body() -> None:
+        from stages import encode as stage
+
+        stage.run(_params(params))
+
+    _run(body)
+
+
+@app.command()
+def split(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Split the encoded rows into train/val/test (stratified for classify) under data/split/."""
+
+    def body() -> None:
+        from stages import split as stage
+
+        stage.run(_params(params))
+
+    _run(body)
+
+
+@app.command()
+def train(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Train the model (DDP through torchrun when train.nproc > 1) and write models/."""
+
+    def body() -> None:
+        from stages import train as stage
+
+        stage.run(_params(params), params_path=params)
+
+    _run(body)
+
+
+@app.command(name="eval")
+def evaluate(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Evaluate the trained model on the test split and write reports/metrics.json and reports/plots/."""
+
+    def body() -> None:
+        from stages import evaluate as stage
+
+        stage.run(_params(params))
+
+    _run(body)
+
+
+@app.command()
+def viz(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Draw attention maps and prediction tables (or generated samples) under reports/."""
+
+    def body() -> None:
+        from stages import visualize as stage
+
+        stage.run(_params(params))
+
+    _run(body)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[list[str], typer.Argument(help="one or more prompts")],
+    model_dir: Annotated[Path, typer.Option("--model", help="exported model directory")] = Path("models"),
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 50,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
+    top_k: Annotated[Optional[int], typer.Option(min=1)] = 40,
+    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = 0.95,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+) -> None:
+    """Continue prompts with a trained decoder (task=clm); temperature 0 means greedy."""
+
+    def body() -> None:
+        from lm.infer.predict import load_trained
+
+        trained = load_trained(model_dir)
+        for text in prompt:
+            typer.echo(trained.complete(text, max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_k=top_k, top_p=top_p, seed=seed))
+
+    _run(body)
+
+
+@app.command()
+def predict(
+    texts: Annotated[Optional[list[str]], typer.Argument(help="texts to score")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="a .txt (one text per line) or "
+                                                  ".csv/.parquet/.jsonl with the text column")] = None,
+    model_dir: Annotated[Path, typer.Option("--model", help="exported model directory")] = Path("models"),
+    text_column: Annotated[str, typer.Option(help="text column of --file tables")] = "text",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write a CSV instead of printing")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="mlm: candidates per <|mask|>")] = 5,
+) -> None:
+    """Score texts with a trained model: toxicity probabilities (classify), fills for <|mask|> (mlm),
+    or next-token candidates (clm)."""
+
+    def body() -> None:
+        from lm.infer.predict import load_trained, read_texts
+
+        items = list(texts or []) + (read_texts(file, text_column) if file else [])
+        if not items:
+            from lm.errors import LmError
+
+            raise LmError("nothing to predict: pass texts as arguments or --file PATH")
+        trained = load_trained(model_dir)
+        table = trained.predict(items, top_k=top_k)
+        if output:
+            from lm.io import atomic_write_text
+
+            atomic_write_text(output, table.to_csv(index=False))
+            typer.echo(f"wrote {len(table)} rows to {output}")
+        else:
+            typer.echo(table.to_string(index=False, max_colwidth=60))
+
+    _run(body)
+
+
+@app.command()
+def bench(
+    params: ParamsOption = DEFAULT_PARAMS,
+    steps: Annotated[int, typer.Option(min=1, help="timed training steps")] = 10,
+) -> None:
+    """Measure training throughput (tokens/s) of the configured model on random tokens."""
+
+    def body() -> None:
+        from lm.train.bench import run_bench
+
+        typer.echo(run_bench(_params(params), steps=steps))
+
+    _run(body)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

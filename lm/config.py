@@ -1,0 +1,249 @@
+"""Typed configuration for every section of params.yaml.
+
+params.yaml is validated once, at the edge (the CLI), into these pydantic models; the library receives the
+models and never indexes raw dicts. Unknown keys, wrong types and impossible combinations are rejected here
+with the offending key named, so a bad experiment fails in a second instead of an hour into training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Task = Literal["classify", "mlm", "clm"]
+
+ATTENTION_KINDS: tuple[str, ...] = (
+    "standard",
+    "rotary",
+    "linear",
+    "performer",
+    "cosformer",
+    "rff",
+    "yat",
+    "yat-spherical",
+    "slay",
+    "slay-tensor",
+    "slay-laplace",
+    "slay-rm",
+    "slay-nystrom",
+    "slay-anchor",
+)
+AttentionKind = Literal[
+    "standard",
+    "rotary",
+    "linear",
+    "performer",
+    "cosformer",
+    "rff",
+    "yat",
+    "yat-spherical",
+    "slay",
+    "slay-tensor",
+    "slay-laplace",
+    "slay-rm",
+    "slay-nystrom",
+    "slay-anchor",
+]
+
+DEFAULT_IDENTITIES = [
+    "male",
+    "female",
+    "homosexual_gay_or_lesbian",
+    "christian",
+    "jewish",
+    "muslim",
+    "black",
+    "white",
+    "psychiatric_or_mental_illness",
+]
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem, already phrased as one line for the user."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the corpus comes from and which columns mean what."""
+
+    source: str = Field("embedded", description="'embedded', 'hf:<id>[:<config>]', or a .csv/.parquet/.jsonl/.txt path")
+    n_rows: int = Field(6000, ge=10, description="rows the embedded generator writes")
+    max_rows: int | None = Field(None, ge=1, description="cap on rows read from a real source (streams hf sources)")
+    hf_split: str = Field("train", description="split of a Hugging Face dataset")
+    text_column: str = "text"
+    target_column: str | None = Field("target", description="toxicity score in [0,1]; needed for task=classify")
+    identity_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITIES))
+    id_column: str | None = None
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="target >= threshold is toxic")
+
+
+class TokenizerConfig(Section):
+    """Byte-level BPE trained by lm's own trainer."""
+
+    vocab_size: int = Field(2048, ge=260, le=200_000)
+    special_tokens: list[str] = Field(default_factory=lambda: ["<|endoftext|>", "<|pad|>", "<|cls|>", "<|mask|>"])
+    max_train_bytes: int | None = Field(None, ge=1, description="train on at most this many bytes of the corpus")
+    workers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _specials(self) -> TokenizerConfig:
+        required = {"<|endoftext|>", "<|pad|>", "<|cls|>", "<|mask|>"}
+        missing = required - set(self.special_tokens)
+        if missing:
+            raise ValueError(f"tokenizer.special_tokens must include {sorted(missing)}")
+        if len(set(self.special_tokens)) != len(self.special_tokens):
+            raise ValueError("tokenizer.special_tokens has duplicates")
+        if self.vocab_size < 256 + len(self.special_tokens):
+            raise ValueError("tokenizer.vocab_size must exceed 256 + the number of special tokens")
+        return self
+
+
+class EncodeConfig(Section):
+    max_len: int = Field(64, ge=4, le=8192, description="tokens per row (classify/mlm) or per training window (clm)")
+    mode: Literal["memmap", "on_the_fly"] = "memmap"
+    batch_size: int = Field(1024, ge=1, description="texts per encode batch")
+
+
+class SplitConfig(Section):
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("split.val_fraction + split.test_fraction must be < 1 to leave training rows")
+        return self
+
+
+class ModelConfig(Section):
+    """The transformer; every part is written from scratch in lm.model."""
+
+    d_model: int = Field(64, ge=8)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1)
+    d_ff: int = Field(256, ge=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attention: AttentionKind = "standard"
+    attention_options: dict[str, Any] = Field(default_factory=dict)
+    positions: Literal["learned", "sinusoidal", "none"] = "learned"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_position: Literal["pre", "post"] = "pre"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    tie_embeddings: bool = True
+    pooling: Literal["cls", "mean"] = "cls"
+    qkv_bias: bool = True
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.n_heads ({self.n_heads}) must divide model.d_model ({self.d_model})")
+        head_dim = self.d_model // self.n_heads
+        uses_rope = self.attention == "rotary" or bool(self.attention_options.get("use_rope", False))
+        if uses_rope and head_dim % 2:
+            raise ValueError(f"model.attention={self.attention} with RoPE needs an even head dim, got {head_dim}")
+        return self
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(32, ge=1, description="per-process micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    epochs: int = Field(4, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    nproc: int = Field(1, ge=1, description="DDP processes on this machine (torchrun)")
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
+    patience: int | None = Field(None, ge=1, description="early stop after this many evals without improvement")
+    class_balance: Literal["pos_weight", "none"] = "pos_weight"
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: fraction of tokens to predict")
+    threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores / nproc)")
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(128, ge=1)
+    threshold: float | None = Field(None, gt=0.0, lt=1.0, description="score threshold (default data.threshold)")
+
+
+class VizConfig(Section):
+    n_examples: int = Field(3, ge=0)
+    prompts: list[str] = Field(default_factory=lambda: ["The", "I think that", "This is"])
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(0.8, gt=0.0)
+    top_k: int | None = Field(40, ge=1)
+    top_p: float | None = Field(0.95, gt=0.0, le=1.0)
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    task: Task = "classify"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    viz: VizConfig = Field(default_factory=VizConfig)
+
+    @model_validator(mode="after")
+    def _task_needs(self) -> Params:
+        if self.task == "classify" and not self.data.target_column:
+            raise ValueError("data.target_column must be set for task=classify")
+        if self.model.attention == "cosformer" and self.task == "clm":
+            # fixed M keeps causal cosformer prefix-consistent (ATTENTION.md 3.5)
+            pass
+        return self
+
+    @property
+    def threshold(self) -> float:
+        return self.eval.threshold if self.eval.threshold is not None else self.data.threshold
+
+
+def _format_error(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling against params.yaml in the lm repository)"
+    elif first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if "." in msg.split(" ")[0]:
+            return f"{path}: {msg}"
+    return f"{path}: {key}: {msg}"
+
+
+def parse_params(raw: dict[str, Any], path: Path = Path("params.yaml")) -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, path)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ConfigError with a one-line message on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found (pass --params PATH)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return parse_params(raw, path)

@@ -1,0 +1,83 @@
+"""The encoded corpus on disk: token memmaps plus a meta.json that says how to read them.
+
+Layout of data/encoded/ (written once by `lm encode`, read through np.memmap by training and evaluation):
+
+- classify / mlm: ``tokens.bin`` is a C-order ``[n_rows, max_len]`` array, one row per document:
+  ``<|cls|>`` then the document's tokens, truncated to max_len and right-padded with ``<|pad|>``;
+  ``lengths.npy`` (int32 ``[n_rows]``) is the number of real tokens in each row.
+- clm: ``tokens.bin`` is one flat ``[n_tokens]`` stream, every document followed by ``<|endoftext|>``;
+  ``offsets.npy`` (int64 ``[n_docs + 1]``) gives where each document starts, so a split can pick documents.
+- ``targets.npy`` (float32 ``[n_rows]``, NaN when absent): the raw toxicity score per document.
+
+The dtype is uint16 when every id fits (vocab <= 65,536: half the disk and page cache of int32), else
+uint32. ``meta.json`` records task, dtype, shape, vocab size, special ids, max length, counts and the
+tokenizer's hash so a stale encoding is detected instead of silently mis-read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lm.errors import LmError
+from lm.io import read_json, require
+
+PRODUCER = "lm encode"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A read-only view of data/encoded/ (memmaps; nothing is loaded until indexed)."""
+
+    root: Path
+    meta: dict
+    tokens: np.memmap
+    lengths: np.ndarray | None  # classify / mlm
+    offsets: np.ndarray | None  # clm
+    targets: np.ndarray
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def n_docs(self) -> int:
+        return int(self.meta["n_docs"])
+
+    @property
+    def max_len(self) -> int:
+        return int(self.meta["max_len"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.meta["special_ids"]["<|pad|>"])
+
+    @classmethod
+    def open(cls, root: str | Path) -> Encoded:
+        root = Path(root)
+        meta = read_json(root / "meta.json", PRODUCER)
+        dtype = np.dtype(meta["dtype"])
+        shape = tuple(meta["shape"])
+        path = require(root / "tokens.bin", PRODUCER)
+        expected = int(np.prod(shape)) * dtype.itemsize
+        if path.stat().st_size != expected:
+            raise LmError(f"{path} has {path.stat().st_size} bytes, meta.json says {expected}: re-run `lm encode`")
+        tokens = np.memmap(path, dtype=dtype, mode="r", shape=shape)
+        lengths = np.load(root / "lengths.npy") if (root / "lengths.npy").exists() else None
+        offsets = np.load(root / "offsets.npy") if (root / "offsets.npy").exists() else None
+        targets = np.load(require(root / "targets.npy", PRODUCER))
+        return cls(root, meta, tokens, lengths, offsets, targets)
+
+    def check_task(self, task: str) -> None:
+        if self.task != task:
+            raise LmError(f"{self.root} was encoded for task={self.task}, params say task={task}: re-run `lm encode`")

@@ -1,0 +1,507 @@
+"""Corpus sources: one function turns `data.source` into the canonical corpus frame the pipeline uses.
+
+Every source -- the embedded generator, a Hugging Face dataset (hub id or local directory), a local
+.csv/.parquet/.jsonl/.txt file -- ends up as the same frame, so later stages never care where text came from:
+
+    id      str      the source's id column, or the source row number when data.id_column is None
+    text    str      never empty or whitespace-only (such rows are dropped and counted)
+    target  float64  in [0, 1]; NaN only when task != "classify" (no target column, or an empty cell)
+    <identity columns>  float64 in [0, 1] or NaN (not annotated): those of data.identity_columns present
+
+Rows keep the source order (index reset), so the corpus is a deterministic function of (config, seed).
+Bad input stops here with one `LmError` line naming the file, column or row and the fix, because a typo in
+params.yaml should cost a second, not a tokenizer run. `CorpusStats.to_manifest()` records what was read
+for data/raw/manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lm.config import DataConfig
+from lm.data.embedded import BIASED_IDENTITIES, SUPPORTED_IDENTITIES, generate_corpus
+from lm.errors import LmError
+
+TASKS = ("classify", "mlm", "clm")
+EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt",
+              ".tokens": "txt"}  # .tokens: the WikiText files, paragraphs separated by blank lines
+_MAX_LISTED = 60  # columns listed in a 'column missing' message before eliding
+
+
+@dataclass
+class CorpusStats:
+    """What load_corpus read and kept; `to_manifest()` is the JSON written beside the corpus."""
+
+    source: str
+    kind: str  # embedded | hf | csv | parquet | jsonl | txt
+    task: str
+    n_read: int
+    n_kept: int
+    n_dropped_empty: int
+    identity_columns: list[str]
+    synthetic: bool
+    text_column: str
+    target_column: str | None  # None when the source has no target
+    id_column: str | None
+    max_rows: int | None
+    threshold: float
+    n_positive: int | None = None  # rows with target >= threshold (None without a target)
+    positive_rate: float | None = None
+    target_mean: float | None = None
+    identity_columns_missing: list[str] = field(default_factory=list)  # asked for, absent from the source
+    n_identity_annotated: int = 0  # rows with at least one identity value
+    n_chars: int = 0
+    details: dict[str, Any] = field(default_factory=dict)  # source-specific: seed, hf config, file size...
+
+    def to_manifest(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("positive_rate", "target_mean"):
+            if out[key] is not None:
+                out[key] = round(float(out[key]), 6)
+        return json.loads(json.dumps(out))  # proves it is JSON-serialisable, and copies
+
+
+@dataclass
+class _Raw:
+    """A source read into memory before mapping: the frame, the names to map, and how to describe it."""
+
+    frame: pd.DataFrame  # only the needed source columns
+    label: str  # how messages name the source: a path or data.source
+    kind: str
+    text: str
+    target: str | None  # None: the source has no target column
+    id: str | None
+    identities: list[str]
+    missing_identities: list[str]
+    synthetic: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def load_corpus(cfg: DataConfig, *, task: str, seed: int) -> tuple[pd.DataFrame, CorpusStats]:
+    """Read `cfg.source`, map its columns, drop empty texts, validate; return the corpus and its stats."""
+    if task not in TASKS:
+        raise LmError(f"task must be one of {list(TASKS)}, got {task!r}")
+    source = cfg.source.strip()
+    if source == "embedded":
+        raw = _read_embedded(cfg, seed)
+    elif source.startswith("hf:"):
+        raw = _read_hf(source[3:], cfg, task)
+    else:
+        raw = _read_local(source, cfg, task)
+    return _finish(raw, cfg, task)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Readers: each returns the needed columns of at most cfg.max_rows rows, in source order.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _read_embedded(cfg: DataConfig, seed: int) -> _Raw:
+    n = cfg.n_rows if cfg.max_rows is None else min(cfg.n_rows, cfg.max_rows)
+    known = [c for c in cfg.identity_columns if c in SUPPORTED_IDENTITIES]
+    missing = [c for c in cfg.identity_columns if c not in SUPPORTED_IDENTITIES]
+    frame = generate_corpus(n, seed, known)
+    details = {"generator": "lm.data.embedded", "seed": seed, "n_rows": n,
+               "biased_identities": list(BIASED_IDENTITIES)}
+    return _Raw(frame, "embedded corpus", "embedded", "text", "target", "id", known, missing,
+                synthetic=True, details=details)
+
+
+def _needed(columns: list[str], cfg: DataConfig, task: str, label: str) -> tuple[str | None, list[str], list[str]]:
+    """Check the mapped columns exist; return (target column or None, present identities, missing ones)."""
+    have = set(columns)
+    if cfg.text_column not in have:
+        raise LmError(f"{label}: no text column {cfg.text_column!r} (columns: {_listing(columns)}); "
+                      f"set data.text_column to one of them")
+    if cfg.id_column is not None and cfg.id_column not in have:
+        raise LmError(f"{label}: no id column {cfg.id_column!r} (columns: {_listing(columns)}); "
+                      f"set data.id_column to one of them, or to null to number the rows")
+    target = cfg.target_column if cfg.target_column in have else None
+    if target is None and task == "classify":
+        if cfg.target_column is None:
+            raise LmError(f"{label}: task=classify needs a target column; set data.target_column")
+        raise LmError(f"{label}: no target column {cfg.target_column!r} for task=classify "
+                      f"(columns: {_listing(columns)}); set data.target_column, or use task mlm/clm")
+    present = [c for c in cfg.identity_columns if c in have]
+    missing = [c for c in cfg.identity_columns if c not in have]
+    return target, present, missing
+
+
+def _listing(columns: list[str]) -> str:
+    shown = ", ".join(columns[:_MAX_LISTED])
+    return shown + (f", ... ({len(columns)} in all)" if len(columns) > _MAX_LISTED else "")
+
+
+def _select(cfg: DataConfig, target: str | None, identities: list[str]) -> list[str]:
+    cols = [cfg.text_column, target, cfg.id_column, *identities]
+    return list(dict.fromkeys(c for c in cols if c is not None))  # unique, in order
+
+
+def _read_local(source: str, cfg: DataConfig, task: str) -> _Raw:
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise LmError(f"data.source {source!r}: unknown extension {suffix or '(none)'!r}; use 'embedded', "
+                      f"'hf:<dataset>', or a file ending in {', '.join(EXTENSIONS)}")
+    if not path.is_file():
+        raise LmError(f"data.source: file not found: {path} (check the path in params.yaml, relative to the "
+                      f"repository root)")
+    kind = EXTENSIONS[suffix]
+    label = str(path)
+    details = {"bytes": path.stat().st_size}
+    if kind == "txt":
+        if task == "classify":
+            raise LmError(f"{label}: a .txt source has no target column, and task=classify needs one; use a "
+                          f".csv/.parquet/.jsonl with data.target_column, or task mlm/clm")
+        frame = pd.DataFrame({"text": _read_txt(path, cfg.max_rows)})
+        return _Raw(frame, label, kind, "text", None, None, [], list(cfg.identity_columns), details=details)
+    if kind == "csv":
+        columns = _csv_columns(path)
+        target, present, missing = _needed(columns, cfg, task, label)
+        frame = _read_csv(path, _select(cfg, target, present), cfg.max_rows)
+    elif kind == "parquet":
+        columns = _parquet_columns(path)
+        target, present, missing = _needed(columns, cfg, task, label)
+        frame = _read_parquet(path, _select(cfg, target, present), cfg.max_rows)
+    else:
+        records = _read_jsonl(path, cfg.max_rows)
+        columns = list(dict.fromkeys(k for rec in records for k in rec))
+        target, present, missing = _needed(columns, cfg, task, label)
+        wanted = _select(cfg, target, present)
+        frame = pd.DataFrame({c: [rec.get(c) for rec in records] for c in wanted}, dtype=object)
+    return _Raw(frame, label, kind, cfg.text_column, target, cfg.id_column, present, missing, details=details)
+
+
+def _read_txt(path: Path, max_rows: int | None) -> list[str]:
+    """One document per blank-line-separated paragraph; reads only as far as max_rows needs."""
+    docs: list[str] = []
+    para: list[str] = []
+    with _open_text(path) as fh:
+        for line in fh:
+            if line.strip():
+                para.append(line)
+                continue
+            if para:
+                docs.append("".join(para).strip("\n"))
+                para = []
+                if max_rows is not None and len(docs) >= max_rows:
+                    return docs
+    if para:
+        docs.append("".join(para).strip("\n"))
+    return docs[:max_rows] if max_rows is not None else docs
+
+
+def _open_text(path: Path):
+    return open(path, encoding="utf-8", newline=None)
+
+
+def _csv_columns(path: Path) -> list[str]:
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8").columns]
+    except UnicodeDecodeError:
+        raise LmError(f"{path}: not UTF-8 text; re-save the CSV as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise LmError(f"{path}: not a readable CSV ({_first_line(err)})") from None
+
+
+def _read_csv(path: Path, usecols: list[str], max_rows: int | None) -> pd.DataFrame:
+    # Everything as strings, and only empty cells are missing: a comment reading "NA" or "null" is text, and
+    # numeric columns are parsed afterwards so that a bad cell can be reported by row.
+    try:
+        return pd.read_csv(path, usecols=usecols, dtype=str, keep_default_na=False, na_values=[""],
+                           nrows=max_rows, encoding="utf-8")[usecols]
+    except UnicodeDecodeError:
+        raise LmError(f"{path}: not UTF-8 text; re-save the CSV as UTF-8") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        raise LmError(f"{path}: not a readable CSV ({_first_line(err)})") from None
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as err:  # pyarrow raises ArrowInvalid/OSError variants for non-parquet files
+        raise LmError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
+
+
+def _read_parquet(path: Path, columns: list[str], max_rows: int | None) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    if max_rows is None:
+        table = pf.read(columns=columns)
+    else:  # stop reading row groups once max_rows are in
+        batches, n = [], 0
+        for batch in pf.iter_batches(batch_size=min(max_rows, 65_536), columns=columns):
+            batches.append(batch)
+            n += batch.num_rows
+            if n >= max_rows:
+                break
+        table = pa.Table.from_batches(batches, schema=pf.schema_arrow.empty_table().select(columns).schema)
+        table = table.slice(0, max_rows)
+    return table.to_pandas()[columns]
+
+
+def _read_jsonl(path: Path, max_rows: int | None) -> list[dict[str, Any]]:
+    """JSON lines (one object per line, blank lines skipped), or a .json file holding an array of objects."""
+    with _open_text(path) as fh:
+        head = fh.read(1)
+        while head and head.isspace():
+            head = fh.read(1)
+        fh.seek(0)
+        if head == "[":
+            try:
+                records = json.load(fh)
+            except json.JSONDecodeError as err:
+                raise LmError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+            records = records[:max_rows] if max_rows is not None else records
+            bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise LmError(f"{path}: item {bad} of the JSON array is not an object; expected one object per row")
+            return records
+        records = []
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LmError(f"{path}: line {lineno} is not valid JSON ({err.msg}); expected one object per "
+                              f"line (JSON lines)") from None
+            if not isinstance(rec, dict):
+                raise LmError(f"{path}: line {lineno} is not a JSON object; expected one object per line")
+            records.append(rec)
+            if max_rows is not None and len(records) >= max_rows:
+                break
+        return records
+
+
+def _parse_hf(spec: str) -> tuple[str, str | None]:
+    """'id', 'id:config', a local directory, or 'dir:config' -> (path or id, config or None)."""
+    spec = spec.strip()
+    if not spec:
+        raise LmError("data.source 'hf:' names no dataset; use 'hf:<dataset id>' or 'hf:<dataset id>:<config>'")
+    if Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser()), None
+    ref, config = spec, None
+    if ":" in spec:
+        left, right = spec.rsplit(":", 1)
+        if Path(left).expanduser().exists() or ":" not in left:
+            ref, config = left, right or None
+    if Path(ref).expanduser().exists():
+        return str(Path(ref).expanduser()), config
+    if ref.startswith(("/", "./", "../", "~")):  # clearly a path: never fall through to a hub lookup
+        raise LmError(f"data.source hf:{spec}: directory not found: {ref} (check the path, or use a hub id "
+                      f"like 'hf:owner/name')")
+    return ref, config
+
+
+def _is_saved_to_disk(ref: str) -> bool:
+    p = Path(ref)
+    return p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file())
+
+
+def _read_hf(spec: str, cfg: DataConfig, task: str) -> _Raw:
+    """A Hugging Face dataset: hub id (optionally ':config'), or a local directory (save_to_disk or data files).
+
+    With data.max_rows set the dataset is streamed and only max_rows rows are pulled, so a multi-terabyte
+    corpus costs what you read.
+    """
+    import datasets
+
+    ref, config = _parse_hf(spec)
+    label = f"data.source hf:{spec}"
+    streaming = cfg.max_rows is not None
+    try:
+        if _is_saved_to_disk(ref):
+            ds = datasets.load_from_disk(ref)
+            if isinstance(ds, datasets.DatasetDict):
+                if cfg.hf_split not in ds:
+                    raise LmError(f"{label}: no split {cfg.hf_split!r} (splits: {', '.join(ds)}); set data.hf_split")
+                ds = ds[cfg.hf_split]
+            if streaming:
+                ds = ds.to_iterable_dataset()
+        else:
+            ds = datasets.load_dataset(ref, config, split=cfg.hf_split, streaming=streaming)
+    except LmError:
+        raise
+    except Exception as err:  # datasets raises many types (hub, config, split, file errors): one line for all
+        raise LmError(f"{label}: could not load the dataset ({type(err).__name__}: {_first_line(err)}); check "
+                      f"the id, data.hf_split and the ':config' suffix, or point at a local path") from None
+    details = {"dataset": ref, "config": config, "split": cfg.hf_split, "streaming": streaming}
+
+    if isinstance(ds, datasets.IterableDataset):
+        columns: dict[str, list[Any]] = {}
+        wanted: list[str] = []
+        target: str | None = None
+        present: list[str] = []
+        missing: list[str] = []
+        n = 0
+        for row in ds:
+            if n == 0:
+                target, present, missing = _needed(list(row), cfg, task, label)
+                wanted = _select(cfg, target, present)
+                columns = {c: [] for c in wanted}
+            for c in wanted:
+                columns[c].append(row.get(c))
+            n += 1
+            if n >= cfg.max_rows:
+                break
+        if n == 0:
+            raise LmError(f"{label}: the {cfg.hf_split!r} split has no rows; check data.hf_split")
+        frame = pd.DataFrame(columns, dtype=object)
+    else:
+        target, present, missing = _needed(list(ds.column_names), cfg, task, label)
+        wanted = _select(cfg, target, present)
+        frame = ds.select_columns(wanted).to_pandas()[wanted]
+    return _Raw(frame, label, "hf", cfg.text_column, target, cfg.id_column, present, missing, details=details)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mapping and validation: one path for every source.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _finish(raw: _Raw, cfg: DataConfig, task: str) -> tuple[pd.DataFrame, CorpusStats]:
+    frame = raw.frame.reset_index(drop=True)
+    n_read = len(frame)
+    row_no = np.arange(n_read)  # source row numbers, kept through the drop for ids and messages
+
+    text_col = frame[raw.text]
+    missing_text = text_col.isna().to_numpy()
+    texts = np.array([("" if m else (t if isinstance(t, str) else str(t))) for t, m in zip(text_col, missing_text)],
+                     dtype=object)
+    keep = np.fromiter((bool(t.strip()) for t in texts), dtype=bool, count=n_read)
+    n_kept = int(keep.sum())
+    if n_kept == 0:
+        raise LmError(f"{raw.label}: the corpus is empty: no non-empty text in column {raw.text!r} "
+                      f"({n_read} rows read); check data.text_column and the source")
+    frame = frame.loc[keep].reset_index(drop=True)
+    row_no = row_no[keep]
+
+    if raw.id is not None:
+        ids_col = frame[raw.id]
+        if ids_col.isna().any():
+            i = int(np.flatnonzero(ids_col.isna().to_numpy())[0])
+            raise LmError(f"{raw.label}: id column {raw.id!r} is empty at row {row_no[i]}; fill it or set "
+                          f"data.id_column to null to number the rows")
+        ids = [_id_text(v) for v in ids_col]
+        if len(set(ids)) != len(ids):
+            dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+            raise LmError(f"{raw.label}: id column {raw.id!r} has duplicate value {dup!r}; ids must be unique "
+                          f"(or set data.id_column to null to number the rows)")
+    else:
+        ids = [str(i) for i in row_no]
+    where = _Where(raw.label, row_no, ids if raw.id is not None else None)
+
+    if raw.target is not None:
+        target = _numeric(frame[raw.target], raw.target, where)
+        if task == "classify" and np.isnan(target).any():
+            i = int(np.flatnonzero(np.isnan(target))[0])
+            raise LmError(f"{raw.label}: target column {raw.target!r} is empty at {where.row(i)}; task=classify "
+                          f"needs a target on every row (fill it, or drop the row)")
+        _check_unit(target, f"target column {raw.target!r}", where,
+                    "scale it to [0, 1] (a fraction of annotators or a probability)")
+    else:
+        target = np.full(n_kept, np.nan, dtype=np.float64)
+
+    out: dict[str, Any] = {"id": ids, "text": list(texts[keep]), "target": target}
+    for col in raw.identities:
+        vals = _numeric(frame[col], col, where, kind="identity column")
+        _check_unit(vals, f"identity column {col!r}", where, "identity values must be fractions in [0, 1]")
+        out[col] = vals
+    df = pd.DataFrame(out)
+
+    has_target = raw.target is not None
+    n_positive = int((target >= cfg.threshold).sum()) if has_target else None
+    ident = df[raw.identities].to_numpy(dtype=np.float64) if raw.identities else np.empty((n_kept, 0))
+    stats = CorpusStats(
+        source=cfg.source,
+        kind=raw.kind,
+        task=task,
+        n_read=n_read,
+        n_kept=n_kept,
+        n_dropped_empty=n_read - n_kept,
+        identity_columns=list(raw.identities),
+        synthetic=raw.synthetic,
+        text_column=raw.text,
+        target_column=raw.target,
+        id_column=raw.id if raw.kind != "embedded" else None,
+        max_rows=cfg.max_rows,
+        threshold=cfg.threshold,
+        n_positive=n_positive,
+        positive_rate=(n_positive / n_kept) if has_target else None,
+        target_mean=float(np.nanmean(target)) if has_target and not np.isnan(target).all() else None,
+        identity_columns_missing=list(raw.missing_identities),
+        n_identity_annotated=int((~np.isnan(ident)).any(axis=1).sum()) if raw.identities else 0,
+        n_chars=int(sum(len(t) for t in df["text"])),
+        details=dict(raw.details),
+    )
+    return df, stats
+
+
+@dataclass
+class _Where:
+    """Names a row in messages by its source row number, plus its id when the source has an id column."""
+
+    label: str
+    row_no: np.ndarray
+    ids: list[str] | None
+
+    def row(self, i: int) -> str:
+        return f"row {self.row_no[i]}" + (f" (id {self.ids[i]})" if self.ids is not None else "")
+
+
+def _id_text(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))  # an integer id column that pandas widened to float
+    return str(v)
+
+
+def _numeric(col: pd.Series, name: str, where: _Where, kind: str = "target column") -> np.ndarray:
+    """Float64 values of a column; empty cells -> NaN; anything else non-numeric -> LmError naming the row."""
+    if pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = col.astype(object).to_numpy()
+    out = np.full(len(values), np.nan, dtype=np.float64)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+            continue
+        if isinstance(v, (bool, int, float, np.integer, np.floating)):
+            out[i] = float(v)
+            continue
+        s = str(v).strip()
+        if not s:
+            continue
+        try:
+            out[i] = float(s)
+        except ValueError:
+            raise LmError(f"{where.label}: {kind} {name!r} is not numeric at {where.row(i)}: {_short(v)}; "
+                          f"it must hold numbers in [0, 1]") from None
+    return out
+
+
+def _check_unit(values: np.ndarray, what: str, where: _Where, fix: str) -> None:
+    bad = ~np.isnan(values) & ((values < 0.0) | (values > 1.0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LmError(f"{where.label}: {what} is outside [0, 1] at {where.row(i)}: {values[i]:g}; {fix}")
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+

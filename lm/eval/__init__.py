@@ -1,0 +1,1 @@
+"""Evaluation metrics: classification (scikit-learn), Jigsaw unintended bias, language modelling."""

@@ -1,0 +1,130 @@
+"""Use an exported model (models/: weights, config.json, tokenizer/) on new text.
+
+`lm predict` and `lm generate` load the export through here; it needs nothing from the pipeline's data/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lm.errors import LmError
+
+MASK = "<|mask|>"
+
+
+def read_texts(path: Path, text_column: str = "text") -> list[str]:
+    """Texts from a .txt (one per line) or a .csv/.parquet/.jsonl table's text column."""
+    path = Path(path)
+    if not path.exists():
+        raise LmError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True)}
+    if suffix not in readers:
+        raise LmError(f"{path}: unsupported extension {suffix!r}; use .txt, .csv, .parquet or .jsonl")
+    frame = readers[suffix](path)
+    if text_column not in frame.columns:
+        raise LmError(f"{path}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); pass --text-column")
+    return frame[text_column].astype(str).tolist()
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    config: dict[str, Any]
+    tokenizer: Any
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def max_len(self) -> int:
+        return int(self.config["max_len"])
+
+    def _rows(self, texts: list[str], allowed: set[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.tokenizer
+        prefix = [tok.cls_id] if self.task != "clm" else []
+        rows = [(prefix + tok.encode(t, allowed_special=allowed))[: self.max_len] for t in texts]
+        width = max(1, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = True
+        return ids, mask
+
+    @torch.no_grad()
+    def predict(self, texts: list[str], *, top_k: int = 5, batch_size: int = 64) -> pd.DataFrame:
+        if self.task == "classify":
+            threshold = float(self.config.get("threshold", 0.5))
+            probs: list[float] = []
+            for lo in range(0, len(texts), batch_size):
+                ids, mask = self._rows(texts[lo : lo + batch_size], set())
+                probs.extend(torch.sigmoid(self.model(ids, mask).logits.float()).tolist())
+            return pd.DataFrame({
+                "text": texts,
+                "toxicity": np.round(probs, 4),
+                "label": ["toxic" if p >= threshold else "non-toxic" for p in probs],
+            })
+        if self.task == "mlm":
+            return self._fill_masks(texts, top_k)
+        return self._next_tokens(texts, top_k)
+
+    def _candidates(self, logits: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
+        probs = torch.softmax(logits.float(), dim=-1)
+        p, idx = probs.topk(min(top_k, probs.numel()))
+        return [(self.tokenizer.token_str(int(i)), round(float(q), 4)) for q, i in zip(p, idx)]
+
+    def _fill_masks(self, texts: list[str], top_k: int) -> pd.DataFrame:
+        records = []
+        for text in texts:
+            if MASK not in text:
+                raise LmError(f"mlm predict: put {MASK} where a token should be filled in: {text[:60]!r}")
+            ids, mask = self._rows([text], {MASK})
+            logits = self.model(ids, mask).logits[0]  # (L, V)
+            for pos in (ids[0] == self.tokenizer.mask_id).nonzero().flatten().tolist():
+                cands = self._candidates(logits[pos], top_k)
+                records.append({"text": text, "position": pos, "prediction": cands[0][0],
+                                "top": ", ".join(f"{t!r} {q:.1%}" for t, q in cands)})
+        return pd.DataFrame(records)
+
+    def _next_tokens(self, texts: list[str], top_k: int) -> pd.DataFrame:
+        records = []
+        for text in texts:
+            ids = self.tokenizer.encode(text, allowed_special=set())[-self.max_len :] or [self.tokenizer.eot_id]
+            logits = self.model(torch.tensor([ids])).logits[0, -1]
+            cands = self._candidates(logits, top_k)
+            records.append({"text": text, "next": cands[0][0], "top": ", ".join(f"{t!r} {q:.1%}" for t, q in cands)})
+        return pd.DataFrame(records)
+
+    def complete(self, text: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
+                 top_p: float | None, seed: int | None) -> str:
+        from lm.infer.generate import generate
+
+        if self.task != "clm":
+            raise LmError(f"generate needs a decoder trained with task=clm; {self.config.get('task')} model given")
+        tok = self.tokenizer
+        prompt = tok.encode(text, allowed_special=set()) or [tok.eot_id]
+        new = generate(self.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_k=top_k, top_p=top_p, eos_id=tok.eot_id, seed=seed)
+        return text + tok.decode([i for i in new if i != tok.eot_id])
+
+
+def load_trained(model_dir: Path) -> Trained:
+    from lm.tokenizer import Tokenizer
+    from lm.train.checkpoint import load_exported
+
+    model, config = load_exported(Path(model_dir))
+    tok = Tokenizer.load(Path(model_dir) / "tokenizer")
+    if tok.hash != config["tokenizer_hash"]:
+        raise LmError(f"{model_dir}/tokenizer does not match the model (hash differs): re-export with `lm train`")
+    return Trained(model, config, tok)

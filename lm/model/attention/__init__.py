@@ -1,0 +1,22 @@
+"""Attention kinds: a common base (base.py), one module per family, and the registry (registry.py)."""
+
+from lm.model.attention.base import Attention, AttentionResult, ExactState, LinearState
+from lm.model.attention.registry import (
+    attention_class,
+    attention_kinds,
+    build_attention,
+    resolve_attention_options,
+    validate_attention_options,
+)
+
+__all__ = [
+    "Attention",
+    "AttentionResult",
+    "ExactState",
+    "LinearState",
+    "attention_class",
+    "attention_kinds",
+    "build_attention",
+    "resolve_attention_options",
+    "validate_attention_options",
+]

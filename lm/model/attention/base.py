@@ -1,0 +1,279 @@
+"""The common attention base: fused q/k/v projection, head split, RoPE, a kind-specific core, head merge,
+output projection; and the two cores every kind is built from.
+
+* Exact (quadratic) core: scores S_ij = f(q_i, k_j), then softmax or kernel normalisation S / (S1 + eps).
+* Linear (feature-map) core (Katharopoulos et al. 2020): out_i = phi(q_i)^T S / stab(phi(q_i)^T z) with
+  S = sum_j phi(k_j) v_j^T and z = sum_j phi(k_j) -- global sums (bidirectional) or prefix sums (causal).
+
+Masking (ATTENTION.md 1.3): the exact core fills disallowed scores with finfo.min (softmax) or 0 (kernel);
+the linear core zeroes phi(k_j) and v_j of padded keys before the sums. Cores run in fp32 with autocast off.
+Incremental decoding carries an `ExactState` (past k, v, key mask) or a `LinearState` (S, z).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lm.errors import LmError
+from lm.model.attention.registry import Option, boolean, integer, number
+from lm.model.positions import RotaryEmbedding
+
+
+@dataclass
+class ExactState:
+    """Cache of an exact kind: keys (after RoPE) and values of past tokens, and their key mask."""
+
+    k: Tensor  # (B, H, T, d)
+    v: Tensor  # (B, H, T, d)
+    mask: Tensor  # (B, T) bool
+
+
+@dataclass
+class LinearState:
+    """Cache of a linear kind: the running sums of the causal prefix."""
+
+    S: Tensor  # (B, H, m, d)  sum_j phi(k_j) v_j^T
+    z: Tensor  # (B, H, m)     sum_j phi(k_j)
+
+
+@dataclass
+class AttentionResult:
+    out: Tensor  # (B, L, E)
+    weights: Tensor | None  # (B, H, L, T) attention (or kernel-normalised equivalent) weights
+    state: ExactState | LinearState | None
+
+
+class Attention(nn.Module):
+    """Base of every kind. Subclasses implement `core` (usually through ExactAttention/LinearAttention)."""
+
+    kind: ClassVar[str] = "base"
+    options: ClassVar[dict[str, Option]] = {
+        "use_rope": Option(False, boolean(), "apply RoPE to q and k before the score / feature map"),
+        "rope_theta": Option(10000.0, number(1.0), "RoPE base"),
+    }
+
+    @classmethod
+    def option_spec(cls) -> dict[str, Option]:
+        """Options of this kind: the union of the `options` dicts along the class hierarchy."""
+        spec: dict[str, Option] = {}
+        for klass in reversed(cls.__mro__):
+            spec.update(getattr(klass, "options", {}) if "options" in vars(klass) else {})
+        return spec
+
+    @classmethod
+    def check_combination(cls, options: dict[str, Any]) -> None:
+        """Reject option combinations that are individually valid but impossible together."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        qkv_bias: bool = True,
+        attention_dropout: float = 0.0,
+        max_len: int = 512,
+        options: dict[str, Any] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise LmError(f"model.n_heads ({n_heads}) must divide model.d_model ({d_model})")
+        from lm.model.attention.registry import resolve_attention_options
+
+        self.opts = resolve_attention_options(self.kind, options) if self.kind != "base" else dict(options or {})
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.max_len = max_len
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=qkv_bias)
+        self.proj = nn.Linear(d_model, d_model, bias=True)
+        self.attn_drop = nn.Dropout(attention_dropout)
+        self.rope = RotaryEmbedding(self.head_dim, self.opts["rope_theta"]) if self.opts["use_rope"] else None
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_mask: Tensor | None = None,
+        causal: bool = False,
+        state: ExactState | LinearState | None = None,
+        offset: int = 0,
+        use_cache: bool = False,
+        return_attention: bool = False,
+    ) -> AttentionResult:
+        """x: (B, L, E) for positions offset..offset+L-1; key_mask: (B, L) bool, True = real token."""
+        B, L, E = x.shape
+        H, d = self.n_heads, self.head_dim
+        q, k, v = self.qkv(x).split(E, dim=-1)
+        q, k, v = (t.view(B, L, H, d).transpose(1, 2) for t in (q, k, v))  # (B, H, L, d)
+        positions = torch.arange(offset, offset + L, device=x.device)  # (L,)
+        if self.rope is not None:
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if key_mask is not None:
+            key_mask = key_mask.to(device=x.device, dtype=torch.bool)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out, weights, new_state = self.core(
+                q.float(), k.float(), v.float(),
+                key_mask=key_mask, causal=causal, positions=positions, state=state,
+                use_cache=use_cache, return_attention=return_attention,
+            )  # out: (B, H, L, d)
+        out = out.to(x.dtype).transpose(1, 2).reshape(B, L, E)
+        return AttentionResult(self.proj(out), weights, new_state)
+
+    def core(
+        self, q: Tensor, k: Tensor, v: Tensor, *, key_mask: Tensor | None, causal: bool, positions: Tensor,
+        state: Any, use_cache: bool, return_attention: bool,
+    ) -> tuple[Tensor, Tensor | None, Any]:
+        raise NotImplementedError
+
+
+def allowed_keys(
+    key_mask: Tensor | None, causal: bool, n_queries: int, n_keys: int, device: torch.device
+) -> Tensor | None:
+    """(B or 1, 1, Lq, Lk) bool: key j visible to query i (queries are the last Lq of the Lk positions)."""
+    allowed = None
+    if causal:
+        qi = torch.arange(n_keys - n_queries, n_keys, device=device)[:, None]  # absolute query positions
+        allowed = (torch.arange(n_keys, device=device)[None, :] <= qi)[None, None]  # (1, 1, Lq, Lk)
+    if key_mask is not None:
+        km = key_mask[:, None, None, :]  # (B, 1, 1, Lk)
+        allowed = km if allowed is None else allowed & km
+    return allowed
+
+
+class ExactAttention(Attention):
+    """Quadratic core over an explicit score matrix; subclasses define `scores` and `normalization`."""
+
+    normalization: str = "softmax"  # or "kernel": S / (sum_j S + eps)
+
+    def scores(self, q: Tensor, k: Tensor) -> Tensor:
+        """q: (B, H, Lq, d), k: (B, H, Lk, d) -> (B, H, Lq, Lk) fp32 scores."""
+        raise NotImplementedError
+
+    def kernel_eps(self) -> float:
+        return 1e-6
+
+    def core(self, q, k, v, *, key_mask, causal, positions, state, use_cache, return_attention):
+        B, H, L, d = q.shape
+        if state is not None:
+            k = torch.cat([state.k, k], dim=2)
+            v = torch.cat([state.v, v], dim=2)
+            new_mask = key_mask if key_mask is not None else torch.ones(B, L, dtype=torch.bool, device=q.device)
+            key_mask = torch.cat([state.mask, new_mask], dim=1)  # (B, T)
+        new_state = None
+        if use_cache:
+            mask_all = key_mask if key_mask is not None else torch.ones(B, k.shape[2], dtype=torch.bool, device=q.device)
+            new_state = ExactState(k=k, v=v, mask=mask_all)
+        s = self.scores(q, k)  # (B, H, L, T)
+        allowed = allowed_keys(key_mask, causal, L, k.shape[2], q.device)
+        if self.normalization == "softmax":
+            if allowed is not None:
+                s = s.masked_fill(~allowed, torch.finfo(s.dtype).min)
+            w = torch.softmax(s, dim=-1)
+        else:
+            if allowed is not None:
+                s = s.masked_fill(~allowed, 0.0)
+            w = s / (s.sum(-1, keepdim=True) + self.kernel_eps())
+        out = self.attn_drop(w) @ v  # (B, H, L, d)
+        return out, (w if return_attention else None), new_state
+
+
+# ---- linear core -------------------------------------------------------------------------------------
+
+
+def linear_bidirectional(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Global sums: num = phi(Q) (phi(K)^T V), den = phi(Q) (phi(K)^T 1). phi: (B,H,L,m), v: (B,H,L,d)."""
+    S = phi_k.transpose(-1, -2) @ v  # (B, H, m, d)
+    z = phi_k.sum(-2)  # (B, H, m)
+    return phi_q @ S, (phi_q * z[..., None, :]).sum(-1)
+
+
+def linear_causal_chunked(
+    phi_q: Tensor, phi_k: Tensor, v: Tensor, S0: Tensor, z0: Tensor, chunk: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Causal prefix sums, chunk by chunk: inside a chunk the masked quadratic form, plus the state carried
+    from earlier chunks (as Performer's `forward_chunked`). Returns num (B,H,L,d), den (B,H,L), S, z."""
+    L = phi_q.shape[2]
+    S, z = S0, z0
+    nums, dens = [], []
+    for start in range(0, L, chunk):
+        qc, kc, vc = phi_q[:, :, start : start + chunk], phi_k[:, :, start : start + chunk], v[:, :, start : start + chunk]
+        c = qc.shape[2]
+        tri = torch.ones(c, c, dtype=torch.bool, device=qc.device).tril()
+        a = (qc @ kc.transpose(-1, -2)).masked_fill(~tri, 0.0)  # (B, H, c, c)
+        nums.append(qc @ S + a @ vc)
+        dens.append((qc * z[..., None, :]).sum(-1) + a.sum(-1))
+        S = S + kc.transpose(-1, -2) @ vc
+        z = z + kc.sum(-2)
+    return torch.cat(nums, dim=2), torch.cat(dens, dim=2), S, z
+
+
+def linear_causal_cumsum(
+    phi_q: Tensor, phi_k: Tensor, v: Tensor, S0: Tensor, z0: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Causal prefix sums by a vectorised cumsum over a (B,H,L,m,d) tensor: memory-hungry, used as a check."""
+    S_t = S0[:, :, None] + torch.cumsum(phi_k[..., :, None] * v[..., None, :], dim=2)  # (B, H, L, m, d)
+    z_t = z0[:, :, None] + torch.cumsum(phi_k, dim=2)  # (B, H, L, m)
+    num = (phi_q[..., None] * S_t).sum(-2)
+    den = (phi_q * z_t).sum(-1)
+    return num, den, S_t[:, :, -1], z_t[:, :, -1]
+
+
+def linear_quadratic(phi_q: Tensor, phi_k: Tensor, v: Tensor, allowed: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The explicit form K = phi(Q) phi(K)^T (zeroed where not allowed): num = K V, den = K 1; returns K too."""
+    K = phi_q @ phi_k.transpose(-1, -2)  # (B, H, Lq, Lk)
+    if allowed is not None:
+        K = K.masked_fill(~allowed, 0.0)
+    return K @ v, K.sum(-1), K
+
+
+class LinearAttention(Attention):
+    """Feature-map core; subclasses define `features`. `stabilizer` is 'add' (den + eps) or 'clamp'."""
+
+    stabilizer: str = "add"
+    options: ClassVar[dict[str, Option]] = {
+        "eps": Option(1e-4, number(0.0), "denominator stabiliser (added, or a lower clamp for slay kinds)"),
+        "chunk_size": Option(64, integer(1), "causal prefix sums are computed in chunks of this many tokens"),
+    }
+
+    def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
+        """u: (B, H, L, d) fp32 queries or keys at `positions` -> (B, H, L, m) features."""
+        raise NotImplementedError
+
+    def stabilize(self, den: Tensor) -> Tensor:
+        eps = self.opts["eps"]
+        return den + eps if self.stabilizer == "add" else den.clamp_min(eps)
+
+    def core(self, q, k, v, *, key_mask, causal, positions, state, use_cache, return_attention):
+        phi_q = self.features(q, positions, causal)  # (B, H, L, m)
+        phi_k = self.features(k, positions, causal)
+        if key_mask is not None:
+            keep = key_mask[:, None, :, None].to(phi_k.dtype)  # (B, 1, L, 1)
+            phi_k, v = phi_k * keep, v * keep
+        new_state = None
+        if not causal:
+            if state is not None or use_cache:
+                raise LmError(f"attention {self.kind!r}: a cache needs causal attention")
+            num, den = linear_bidirectional(phi_q, phi_k, v)
+        else:
+            B, H, _, m = phi_k.shape
+            if state is None:
+                S0 = phi_k.new_zeros(B, H, m, v.shape[-1])
+                z0 = phi_k.new_zeros(B, H, m)
+            else:
+                S0, z0 = state.S, state.z
+            num, den, S, z = linear_causal_chunked(phi_q, phi_k, v, S0, z0, self.opts["chunk_size"])
+            if use_cache:
+                new_state = LinearState(S=S, z=z)
+        out = self.attn_drop(num / self.stabilize(den)[..., None])  # (B, H, L, d)
+        weights = None
+        if return_attention:
+            if state is not None:
+                raise LmError(f"attention {self.kind!r}: return_attention is not available with a cache")
+            allowed = allowed_keys(key_mask, causal, q.shape[2], k.shape[2], q.device)
+            _, den_q, K = linear_quadratic(phi_q, phi_k, v, allowed)
+            weights = K / self.stabilize(den_q)[..., None]  # (B, H, L, L) kernel-normalised weights
+        return out, weights, new_state

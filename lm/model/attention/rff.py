@@ -1,0 +1,36 @@
+"""Random Fourier features (Rahimi & Recht 2007) as a linear-attention kernel.
+
+phi(u) = sqrt(2/m) cos(u W_h + b_h), W_h entries N(0, 1) (unit bandwidth), b_h ~ U[0, 2 pi), m = 64, so
+E <phi(q), phi(k)> = exp(-|q - k|^2 / 2). Features are signed: the denominator can be ~0 or negative
+(source behaviour, kept). `input_scale` (default 1, off) multiplies q and k before the map.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from lm.model.attention.base import LinearAttention
+from lm.model.attention.registry import Option, integer, number, register
+
+
+@register("rff")
+class RffAttention(LinearAttention):
+    options: ClassVar[dict[str, Option]] = {
+        "num_features": Option(64, integer(1), "random features m per head"),
+        "input_scale": Option(1.0, number(0.0), "q and k are multiplied by this before the feature map"),
+    }
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        H, d, m = self.n_heads, self.head_dim, self.opts["num_features"]
+        self.register_buffer("omega", torch.randn(H, d, m, generator=self.generator))  # (H, d, m)
+        self.register_buffer("phase", 2 * math.pi * torch.rand(H, m, generator=self.generator))  # (H, m)
+
+    def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
+        m = self.omega.shape[-1]
+        proj = (u * self.opts["input_scale"]) @ self.omega[None] + self.phase[None, :, None, :]  # (B, H, L, m)
+        return math.sqrt(2.0 / m) * torch.cos(proj)

@@ -1,0 +1,134 @@
+"""Task models on the shared trunk, and `build_model`.
+
+* SequenceClassifier: bidirectional encoder, pooled (CLS = position 0, or mean over real tokens), a small
+  tanh head (BERT pooler) -> one logit.
+* MaskedLM: bidirectional encoder + LM head (tied to the token embeddings when `tie_embeddings`).
+* CausalLM: causal decoder + LM head, with a KV cache for incremental decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lm.config import ModelConfig
+from lm.errors import LmError
+from lm.model.attention.registry import validate_attention_options
+from lm.model.transformer import KVCache, Transformer
+
+Task = Literal["classify", "mlm", "clm"]
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor  # classify: (B,); mlm/clm: (B, L, V)
+    attentions: list[Tensor] | None = None  # one (B, H, L, L) per layer when return_attention
+    cache: KVCache | None = None  # clm with use_cache only
+
+
+def _key_mask(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None:
+    """attention_mask (B, L) of 1/True for real tokens -> bool, checked against input_ids' shape."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape:
+        raise LmError(
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+        )
+    return attention_mask.to(device=input_ids.device) != 0
+
+
+class _TaskModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, causal: bool, seed: int):
+        super().__init__()
+        self.config, self.max_len, self.pad_id, self.vocab_size = cfg, max_len, pad_id, vocab_size
+        self.trunk = Transformer(cfg, vocab_size=vocab_size, max_len=max_len, causal=causal, seed=seed)
+
+    def _lm_head(self, bias: bool) -> nn.Linear:
+        head = nn.Linear(self.config.d_model, self.vocab_size, bias=bias)
+        nn.init.normal_(head.weight, std=0.02)
+        if bias:
+            nn.init.zeros_(head.bias)
+        if self.config.tie_embeddings:
+            head.weight = self.trunk.tok_emb.weight  # one Parameter, shared storage
+        return head
+
+
+class SequenceClassifier(_TaskModel):
+    def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, seed: int = 0):
+        super().__init__(cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, causal=False, seed=seed)
+        self.pooler = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.d_model, 1)
+        for lin in (self.pooler, self.classifier):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False) -> ModelOutput:
+        mask = _key_mask(attention_mask, input_ids)
+        t = self.trunk(input_ids, mask, return_attention=return_attention)
+        h = t.hidden  # (B, L, E)
+        if self.config.pooling == "cls":
+            pooled = h[:, 0]
+        else:
+            m = (mask if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)).to(h.dtype)[..., None]
+            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, E) mean over real tokens
+        logits = self.classifier(self.drop(torch.tanh(self.pooler(pooled)))).squeeze(-1)  # (B,)
+        return ModelOutput(logits=logits, attentions=t.attentions)
+
+
+class MaskedLM(_TaskModel):
+    def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, seed: int = 0):
+        super().__init__(cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, causal=False, seed=seed)
+        self.lm_head = self._lm_head(bias=True)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False) -> ModelOutput:
+        t = self.trunk(input_ids, _key_mask(attention_mask, input_ids), return_attention=return_attention)
+        return ModelOutput(logits=self.lm_head(t.hidden), attentions=t.attentions)  # (B, L, V)
+
+
+class CausalLM(_TaskModel):
+    def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, seed: int = 0):
+        super().__init__(cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, causal=True, seed=seed)
+        self.lm_head = self._lm_head(bias=False)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        return_attention: bool = False,
+        cache: KVCache | None = None,
+        use_cache: bool = False,
+    ) -> ModelOutput:
+        """With `use_cache`, returns `out.cache`; pass it back with the next tokens (cache=None starts one).
+        attention_mask may cover the new tokens only, or the cached plus the new tokens."""
+        if attention_mask is not None and cache is not None and attention_mask.shape[1] == cache.length + input_ids.shape[1]:
+            attention_mask = attention_mask[:, cache.length :]
+        t = self.trunk(
+            input_ids, _key_mask(attention_mask, input_ids), cache=cache, use_cache=use_cache,
+            return_attention=return_attention,
+        )
+        return ModelOutput(logits=self.lm_head(t.hidden), attentions=t.attentions, cache=t.cache)
+
+
+_MODELS: dict[str, type[_TaskModel]] = {"classify": SequenceClassifier, "mlm": MaskedLM, "clm": CausalLM}
+
+
+def build_model(
+    cfg: ModelConfig, *, task: Task, vocab_size: int, max_len: int, pad_id: int, seed: int = 0
+) -> nn.Module:
+    """The model for `task`. Parameters and random attention buffers are fully determined by `seed`
+    (the global RNG is left untouched)."""
+    if task not in _MODELS:
+        raise LmError(f"task: unknown task {task!r} (choose classify, mlm or clm)")
+    if vocab_size < 1 or max_len < 1:
+        raise LmError(f"vocab_size ({vocab_size}) and max_len ({max_len}) must be positive")
+    if not 0 <= pad_id < vocab_size:
+        raise LmError(f"pad_id {pad_id} is outside the vocabulary of {vocab_size} tokens")
+    validate_attention_options(cfg.attention, cfg.attention_options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _MODELS[task](cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, seed=seed)

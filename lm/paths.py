@@ -1,0 +1,13 @@
+"""Where each stage reads and writes, relative to the repository root (the DVC stage table)."""
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+TOKENIZER = Path("data/tokenizer")
+ENCODED = Path("data/encoded")
+SPLIT = Path("data/split")
+MODELS = Path("models")
+REPORTS = Path("reports")
+TRAIN_REPORTS = REPORTS / "train"
+PLOTS = REPORTS / "plots"
+ATTENTION = REPORTS / "attention"

@@ -1,0 +1,290 @@
+"""The trained tokenizer: merges + special tokens, encoding through a `tiktoken.Encoding`.
+
+Token ids (GPT-2 style)::
+
+    0 .. 255                      the single bytes, id == byte value
+    256 .. 256 + len(merges) - 1  one token per merge, in training order (its rank)
+    then                          the special tokens, in the order given
+
+tiktoken applies the merges by rank (lowest first) inside each GPT-2 pre-token, which is the standard BPE
+encoding of the trained merges; the exported ``tokenizer.json`` (Hugging Face) gives the same ids, which
+the tests check.
+
+Special tokens in text. ``encode`` never splits a special token and never silently turns one into
+ordinary text. ``allowed_special`` names the special token strings that become their special ids
+(``"all"``, a set, or ``None`` for none); what happens to the *other* special strings found in the text is
+``disallowed``: ``"raise"`` (default; an `LmError` naming the token) or ``"as_text"`` (encoded as the
+ordinary bytes they are, e.g. to tokenize user text that merely mentions ``<|endoftext|>``)::
+
+    tok.encode("a<|endoftext|>b")                          # LmError: text contains special token ...
+    tok.encode("a<|endoftext|>b", allowed_special="all")   # [97, eot_id, 98]
+    tok.encode("a<|endoftext|>b", disallowed="as_text")    # [97, 27, 91, ...]: plain bytes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence, Set
+from functools import cached_property
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+import tiktoken
+
+from lm.errors import LmError
+from lm.tokenizer.pretokenize import GPT2_PATTERN, special_splitter
+
+Merge = tuple[bytes, bytes]
+AllowedSpecial = Literal["all"] | Set[str] | None
+Disallowed = Literal["raise", "as_text"]
+
+PAD, EOT, CLS, MASK = "<|pad|>", "<|endoftext|>", "<|cls|>", "<|mask|>"
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer: ``Tokenizer(merges, special_tokens)``; see the module docstring."""
+
+    def __init__(self, merges: Sequence[Merge], special_tokens: Sequence[str] = ()) -> None:
+        self.merges: list[Merge] = [(bytes(a), bytes(b)) for a, b in merges]
+        self.special_tokens: list[str] = list(special_tokens)
+        if len(set(self.special_tokens)) != len(self.special_tokens):
+            raise LmError(f"tokenizer special tokens have duplicates: {self.special_tokens}")
+
+        ranks: dict[bytes, int] = {bytes([i]): i for i in range(256)}
+        for a, b in self.merges:
+            if a not in ranks or b not in ranks:
+                raise LmError(f"tokenizer merge {a!r} + {b!r} uses a token that no earlier merge made")
+            token = a + b
+            if token in ranks:
+                raise LmError(f"tokenizer merge {a!r} + {b!r} makes a token that already exists")
+            ranks[token] = len(ranks)
+        self.mergeable_ranks = ranks
+        first = len(ranks)
+        self.special_ids: dict[str, int] = {s: first + i for i, s in enumerate(self.special_tokens)}
+        for s in self.special_tokens:
+            if s.encode("utf-8") in ranks:
+                raise LmError(f"special token {s!r} equals a learned token; use a marker like '<|{s}|>'")
+        self._id_to_bytes: list[bytes] = list(ranks)  # dicts keep insertion order: index == id
+        self._id_to_bytes += [s.encode("utf-8") for s in self.special_tokens]
+        self.encoding = tiktoken.Encoding(
+            f"lm-bpe-{self.hash[:16]}",
+            pat_str=GPT2_PATTERN,
+            mergeable_ranks=ranks,
+            special_tokens=self.special_ids,
+        )
+        # tiktoken picks among special tokens that match at one place in arbitrary order; when one special
+        # token is a prefix of another we cut the text ourselves so that the longest one wins.
+        self._prefix_clash = any(
+            s != t and t.startswith(s) for s in self.special_tokens for t in self.special_tokens
+        )
+        self._splitters: dict[frozenset[str], re.Pattern[str] | None] = {}
+
+    # ------------------------------------------------------------------ identity and sizes
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + len(self.merges) + len(self.special_tokens)
+
+    @cached_property
+    def hash(self) -> str:
+        """sha256 of the pattern, the merges and the special tokens: equal hash, equal token ids."""
+        h = hashlib.sha256()
+        h.update(b"lm-bpe-v1\n" + GPT2_PATTERN.encode() + b"\n")
+        for a, b in self.merges:
+            h.update(f"{a.hex()} {b.hex()}\n".encode())
+        h.update(json.dumps(self.special_tokens, ensure_ascii=True).encode())
+        return h.hexdigest()
+
+    def _special(self, token: str) -> int:
+        try:
+            return self.special_ids[token]
+        except KeyError:
+            raise LmError(f"tokenizer has no special token {token!r} (tokenizer.special_tokens)") from None
+
+    @property
+    def pad_id(self) -> int:
+        return self._special(PAD)
+
+    @property
+    def eot_id(self) -> int:
+        return self._special(EOT)
+
+    @property
+    def cls_id(self) -> int:
+        return self._special(CLS)
+
+    @property
+    def mask_id(self) -> int:
+        return self._special(MASK)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, special={self.special_tokens})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.hash == other.hash
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    # Pickle as (merges, specials): DataLoader workers rebuild the tiktoken Encoding themselves.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"merges": self.merges, "special_tokens": self.special_tokens}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["merges"], state["special_tokens"])  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ encoding
+
+    def _allowed(self, allowed_special: AllowedSpecial) -> frozenset[str]:
+        if allowed_special is None:
+            return frozenset()
+        if allowed_special == "all":
+            return frozenset(self.special_tokens)
+        if isinstance(allowed_special, str):
+            raise LmError(f"allowed_special must be 'all', a set of special tokens or None, got {allowed_special!r}")
+        allowed = frozenset(allowed_special)
+        unknown = allowed - set(self.special_tokens)
+        if unknown:
+            raise LmError(f"allowed_special names unknown special tokens {sorted(unknown)}")
+        return allowed
+
+    def _splitter(self, tokens: frozenset[str]) -> re.Pattern[str] | None:
+        if tokens not in self._splitters:
+            self._splitters[tokens] = special_splitter(sorted(tokens))
+        return self._splitters[tokens]
+
+    def _check(self, text: str, allowed: frozenset[str], disallowed: Disallowed) -> None:
+        if disallowed == "as_text":
+            return
+        if disallowed != "raise":
+            raise LmError(f"disallowed must be 'raise' or 'as_text', got {disallowed!r}")
+        finder = self._splitter(frozenset(self.special_tokens) - allowed)
+        if finder is not None:
+            m = finder.search(text)
+            if m:
+                raise LmError(
+                    f"text contains special token {m.group()!r}; pass allowed_special={{{m.group()!r}}} "
+                    "(or 'all') to encode it as a special token, or disallowed='as_text' to encode it as text"
+                )
+
+    def encode(self, text: str, *, allowed_special: AllowedSpecial = None, disallowed: Disallowed = "raise") -> list[int]:
+        """Token ids of text; see the module docstring for `allowed_special` and `disallowed`."""
+        allowed = self._allowed(allowed_special)
+        self._check(text, allowed, disallowed)
+        return self._encode_checked(text, allowed)
+
+    def _encode_checked(self, text: str, allowed: frozenset[str]) -> list[int]:
+        if not allowed:
+            return self.encoding.encode_ordinary(text)
+        if not self._prefix_clash:
+            return self.encoding.encode(text, allowed_special=allowed, disallowed_special=())
+        ids: list[int] = []
+        splitter = self._splitter(allowed)
+        assert splitter is not None
+        start = 0
+        for m in splitter.finditer(text):
+            ids += self.encoding.encode_ordinary(text[start : m.start()])
+            ids.append(self.special_ids[m.group()])
+            start = m.end()
+        ids += self.encoding.encode_ordinary(text[start:])
+        return ids
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        allowed_special: AllowedSpecial = None,
+        disallowed: Disallowed = "raise",
+        num_threads: int | None = None,
+    ) -> list[list[int]]:
+        """`encode` over many texts on a thread pool (tiktoken releases the GIL while encoding)."""
+        allowed = self._allowed(allowed_special)
+        for text in texts:
+            self._check(text, allowed, disallowed)
+        threads = num_threads or min(8, os.cpu_count() or 1)
+        if len(texts) < 2 or threads == 1:
+            return [self._encode_checked(t, allowed) for t in texts]
+        if not allowed:
+            return self.encoding.encode_ordinary_batch(list(texts), num_threads=threads)
+        if not self._prefix_clash:
+            return self.encoding.encode_batch(
+                list(texts), num_threads=threads, allowed_special=allowed, disallowed_special=()
+            )
+        return [self._encode_checked(t, allowed) for t in texts]
+
+    def encode_stream(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int = 1024,
+        allowed_special: AllowedSpecial = None,
+        disallowed: Disallowed = "raise",
+        num_threads: int | None = None,
+    ) -> Iterator[list[int]]:
+        """Yield the ids of each text in order, encoding `batch_size` texts at a time (bounded memory)."""
+        it = iter(texts)
+        while batch := list(islice(it, batch_size)):
+            yield from self.encode_batch(
+                batch, allowed_special=allowed_special, disallowed=disallowed, num_threads=num_threads
+            )
+
+    # ------------------------------------------------------------------ decoding
+
+    def _ids(self, ids: Iterable[int]) -> list[int]:
+        if hasattr(ids, "tolist"):  # numpy arrays and torch tensors
+            ids = ids.tolist()  # type: ignore[union-attr]
+        out = [int(i) for i in ids]
+        if out and (min(out) < 0 or max(out) >= self.vocab_size):
+            bad = next(i for i in out if i < 0 or i >= self.vocab_size)
+            raise LmError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return out
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return self.encoding.decode_bytes(self._ids(ids))
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
+        """Text of ids; byte sequences that are not valid UTF-8 become U+FFFD (never raises for valid ids)."""
+        out = self._ids(ids)
+        if skip_special:
+            first = 256 + len(self.merges)
+            out = [i for i in out if i < first]
+        return self.encoding.decode_bytes(out).decode("utf-8", errors="replace")
+
+    def token_bytes(self, id: int) -> bytes:
+        """The bytes of one token (a special token's UTF-8 string)."""
+        return self._id_to_bytes[self._ids([id])[0]]
+
+    def token_str(self, id: int) -> str:
+        """A printable label for one token, for plots and tables.
+
+        Special tokens as themselves; other bytes decoded as UTF-8 with invalid bytes as ``\\xNN``; control
+        characters as escapes (``\\n``, ``\\t``, ``\\x07``); spaces are kept.
+        """
+        i = self._ids([id])[0]
+        if i >= 256 + len(self.merges):
+            return self.special_tokens[i - 256 - len(self.merges)]
+        text = self._id_to_bytes[i].decode("utf-8", errors="backslashreplace")
+        return "".join(
+            ch if ch == " " or unicodedata.category(ch)[0] not in "CZ" else ch.encode("unicode_escape").decode("ascii")
+            for ch in text
+        )
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, directory: str | Path) -> Path:
+        """Write vocab.json, merges.txt, special_tokens.json, tokenizer.json, tokenizer_config.json."""
+        from lm.tokenizer.files import save_tokenizer
+
+        return save_tokenizer(self, Path(directory))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Tokenizer:
+        """Read a tokenizer written by `save` (vocab.json + merges.txt + special_tokens.json)."""
+        from lm.tokenizer.files import load_tokenizer
+
+        return load_tokenizer(Path(directory))

@@ -1,0 +1,43 @@
+"""`lm bench`: training throughput of the configured model on random tokens (no data needed)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from lm.config import Params
+
+
+def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) -> str:
+    """Time `steps` optimizer steps (after 2 warm-up steps); return one JSON line of figures."""
+    from lm.model import build_model
+    from lm.train.optim import build_optimizer
+
+    vocab = vocab_size or params.tokenizer.vocab_size
+    L, B = params.encode.max_len, params.train.batch_size
+    torch.manual_seed(params.seed)
+    model = build_model(params.model, task=params.task, vocab_size=vocab, max_len=L, pad_id=1, seed=params.seed)
+    opt = build_optimizer(model, params.train)
+    ids = torch.randint(4, vocab, (B, L))
+    mask = torch.ones(B, L, dtype=torch.bool)
+
+    def step() -> None:
+        out = model(ids, mask).logits
+        loss = out.float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - started
+    return json.dumps({
+        "task": params.task, "attention": params.model.attention, "params": sum(p.numel() for p in model.parameters()),
+        "batch": B, "seq_len": L, "steps": steps, "seconds": round(seconds, 3),
+        "tokens_per_s": round(steps * B * L / seconds, 1), "threads": torch.get_num_threads(),
+    })

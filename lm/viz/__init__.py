@@ -1,0 +1,1 @@
+"""Visualisations: attention heatmaps, metric plots (PNG) and markdown tables of predictions."""

@@ -1,0 +1,103 @@
+"""Stage `evaluate`: score the exported model on the test split; write reports/metrics.json and
+reports/plots/ (curve data as JSON for `dvc plots`, and the same curves as PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lm.config import Params
+from lm.io import atomic_write_json, require
+from lm.paths import ENCODED, MODELS, PLOTS, RAW, REPORTS, SPLIT
+
+
+def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, raw_dir=RAW,
+        metrics_path=REPORTS / "metrics.json", plots_dir=PLOTS) -> None:
+    import shutil
+
+    import torch
+    from rich.console import Console
+
+    from lm.data.encoded import Encoded
+    from lm.train.checkpoint import load_exported
+    from lm.train.loop import load_split, make_items
+
+    require(Path(model_dir) / "config.json", "lm train")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, config = load_exported(Path(model_dir))
+    enc = Encoded.open(encoded_dir)
+    enc.check_task(config["task"])
+    if config["tokenizer_hash"] != enc.meta["tokenizer_hash"]:
+        from lm.errors import LmError
+
+        raise LmError(f"{model_dir} was trained with another tokenizer than {encoded_dir}: re-run `lm train`")
+    test_rows = load_split(split_dir)["test"]
+    items = make_items(enc, test_rows, config["task"], enc.max_len)
+    plots_dir = Path(plots_dir)
+    shutil.rmtree(plots_dir, ignore_errors=True)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+
+    if config["task"] == "classify":
+        metrics = _classify(params, model, items, raw_dir, plots_dir)
+    else:
+        metrics = _language(params, model, enc, items, config["task"], Path(model_dir))
+    metrics = {"task": config["task"], "attention": config["model"]["attention"], "n_test": int(len(test_rows)), **metrics}
+    atomic_write_json(metrics_path, metrics)
+    headline = {k: metrics[k] for k in ("roc_auc", "pr_auc", "f1", "perplexity", "accuracy", "bits_per_byte") if k in metrics}
+    Console(stderr=True).print("evaluate: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None))
+
+
+def _classify(params: Params, model, items, raw_dir, plots_dir: Path) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    from lm.eval.bias import bias_report
+    from lm.eval.classification import classification_report, curve_rows
+    from lm.infer.scoring import classifier_probs
+    from lm.viz.plots import plot_calibration, plot_confusion, plot_pr, plot_roc
+
+    threshold = params.threshold
+    rows, probs = classifier_probs(model, items, params.eval.batch_size)
+    y_score = items.enc.targets[rows].astype(np.float64)
+    report = classification_report(y_score, probs, threshold=threshold)
+    y_true = y_score >= threshold
+    y_pred = probs >= threshold
+    curves = curve_rows(y_true, probs)
+    for name in ("roc", "pr", "calibration"):
+        atomic_write_json(plots_dir / f"{name}.json", curves[name])
+    atomic_write_json(
+        plots_dir / "confusion.json",
+        [{"actual": "toxic" if t else "non-toxic", "predicted": "toxic" if p else "non-toxic"} for t, p in zip(y_true, y_pred)],
+    )
+    plot_roc(curves["roc"], plots_dir / "roc.png", auc=report["roc_auc"])
+    plot_pr(curves["pr"], plots_dir / "pr.png", ap=report["pr_auc"])
+    plot_calibration(curves["calibration"], plots_dir / "calibration.png")
+    plot_confusion(y_true, y_pred, plots_dir / "confusion.png")
+
+    metrics = {**report, "threshold": threshold}
+    corpus = pd.read_parquet(require(Path(raw_dir) / "corpus.parquet", "lm download"))
+    identities = [c for c in params.data.identity_columns if c in corpus.columns]
+    if identities and report["roc_auc"] is not None:
+        frame = corpus.iloc[rows][identities].reset_index(drop=True)
+        frame["y_true"] = y_true
+        frame["y_prob"] = probs
+        metrics["bias"] = bias_report(frame, identities, "y_true", "y_prob", overall_auc=report["roc_auc"])
+    return metrics
+
+
+def _language(params: Params, model, enc, items, task: str, model_dir: Path) -> dict:
+    import numpy as np
+
+    from lm.infer.scoring import lm_statistics
+    from lm.tokenizer import Tokenizer
+    from lm.train.loop import make_objective
+
+    objective = make_objective(params.model_copy(update={"task": task}), enc, np.zeros(0, dtype=np.int64))
+    token_bytes = None
+    if task == "clm":
+        tok = Tokenizer.load(model_dir / "tokenizer")
+        specials = set(tok.special_ids.values())
+        token_bytes = np.array([0 if i in specials else len(tok.token_bytes(i)) for i in range(tok.vocab_size)])
+    stats = lm_statistics(model, objective, items, params.eval.batch_size, token_bytes)
+    if task == "mlm":
+        stats["masked_accuracy"] = stats["accuracy"]
+    return stats

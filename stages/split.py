@@ -1,0 +1,34 @@
+"""Stage `split`: train/val/test index arrays (stratified for classify) and reports/split.json."""
+
+from __future__ import annotations
+
+from lm.config import Params
+from lm.io import atomic_dir, atomic_write_json
+from lm.paths import ENCODED, REPORTS, SPLIT
+
+
+def run(params: Params, encoded_dir=ENCODED, out_dir=SPLIT, report=REPORTS / "split.json") -> None:
+    import numpy as np
+    from rich.console import Console
+
+    from lm.data.encoded import Encoded
+    from lm.data.split import split_indices, split_summary
+    from lm.errors import LmError
+
+    enc = Encoded.open(encoded_dir)
+    enc.check_task(params.task)
+    labels = None
+    if params.task == "classify":
+        if np.isnan(enc.targets).any():
+            raise LmError("split: some rows have no target; task=classify needs data.target_column on every row")
+        labels = enc.targets >= params.data.threshold
+    parts = split_indices(
+        enc.n_docs, val_fraction=params.split.val_fraction, test_fraction=params.split.test_fraction,
+        seed=params.seed, labels=labels,
+    )
+    with atomic_dir(out_dir) as tmp:
+        for name, idx in parts.items():
+            np.save(tmp / f"{name}.npy", idx)
+    summary = split_summary(parts, labels)
+    atomic_write_json(report, summary)
+    Console(stderr=True).print("split: " + ", ".join(f"{k} {v['n']}" for k, v in summary.items()))

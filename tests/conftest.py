@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny params, synthetic encoded data, and where ../shared/data lives."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+SPECIALS = {"<|endoftext|>": 60, "<|pad|>": 61, "<|cls|>": 62, "<|mask|>": 63}
+
+
+def tiny_params(**overrides) -> dict:
+    """A params dict for tiny, fast runs; `overrides` maps dotted keys to values."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"]["n_rows"] = 400
+    raw["tokenizer"]["vocab_size"] = 300
+    raw["encode"]["max_len"] = 32
+    raw["model"].update(d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    raw["train"].update(batch_size=16, epochs=1, eval_every=5, warmup_steps=2)
+    raw["viz"].update(n_examples=1, max_new_tokens=8, prompts=["The"])
+    for key, value in overrides.items():
+        node = raw
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return raw
+
+
+def write_params(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def write_fake_encoded(root: Path, task: str, n_docs: int = 64, max_len: int = 16, seed: int = 0) -> None:
+    """data/encoded + data/split + data/tokenizer stand-ins with random tokens (vocab 64: 60 ordinary + 4 specials)."""
+    rng = np.random.default_rng(seed)
+    enc = root / "data" / "encoded"
+    enc.mkdir(parents=True)
+    lengths = rng.integers(4, max_len + 1, n_docs).astype(np.int32)
+    targets = rng.random(n_docs).astype(np.float32)
+    if task == "clm":
+        docs = [rng.integers(0, 60, n - 1).tolist() + [SPECIALS["<|endoftext|>"]] for n in lengths]
+        flat = np.array([t for d in docs for t in d], dtype=np.uint16)
+        flat.tofile(enc / "tokens.bin")
+        np.save(enc / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        shape = [len(flat)]
+    else:
+        rows = np.full((n_docs, max_len), SPECIALS["<|pad|>"], dtype=np.uint16)
+        for i, n in enumerate(lengths):
+            rows[i, 0] = SPECIALS["<|cls|>"]
+            rows[i, 1:n] = rng.integers(0, 60, n - 1)
+        rows.tofile(enc / "tokens.bin")
+        np.save(enc / "lengths.npy", lengths)
+        shape = [n_docs, max_len]
+    np.save(enc / "targets.npy", targets)
+    meta = {"task": task, "dtype": "uint16", "shape": shape, "n_docs": n_docs, "max_len": max_len,
+            "vocab_size": 64, "special_ids": SPECIALS, "tokenizer_hash": "fake"}
+    (enc / "meta.json").write_text(json.dumps(meta))
+    split = root / "data" / "split"
+    split.mkdir(parents=True)
+    idx = rng.permutation(n_docs)
+    n_val = n_docs // 8
+    np.save(split / "val.npy", np.sort(idx[:n_val]))
+    np.save(split / "test.npy", np.sort(idx[n_val: 2 * n_val]))
+    np.save(split / "train.npy", np.sort(idx[2 * n_val:]))
+    tok = root / "data" / "tokenizer"
+    tok.mkdir(parents=True)
+    (tok / "special_tokens.json").write_text(json.dumps(SPECIALS))
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
