@@ -77,7 +77,8 @@ def _classify(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
     items = RowItems(enc, test_rows)
     for k, row in enumerate(_pick_examples(enc, test_rows, params.threshold, params.viz.n_examples)):
         batch = items.batch(np.flatnonzero(test_rows == row))
-        prob = float(torch.sigmoid(trained.model(batch["input_ids"], batch["attention_mask"]).logits)[0])
+        with torch.no_grad():
+            prob = float(torch.sigmoid(trained.model(batch["input_ids"], batch["attention_mask"]).logits)[0])
         title = f"test row {row}: target {enc.targets[row]:.2f}, predicted toxicity {prob:.2f}"
         _attention_png(trained, batch["input_ids"], batch["attention_mask"], out_dir / f"example_{k}.png", title)
     shown = test_rows[: max(20, params.viz.n_examples)]

@@ -120,9 +120,9 @@ TOPICS = [
          "the transit authority", "the county", "the planning commission", "the fire department",
          "city hall", "the parks department"],
         ["the new bike lane plan", "the parking policy", "the bus schedule", "the library schedule",
-         "the road repair program", "the housing project", "the homeless shelter", "the park renovation", "the property tax",
-         "the water rate hike", "the light rail extension", "the speed camera program", "the farmers market",
-         "the snow removal", "the new roundabout"],
+         "the road repair program", "the housing project", "the homeless shelter", "the park renovation",
+         "the property tax", "the water rate hike", "the light rail extension", "the speed camera program",
+         "the farmers market", "the snow removal", "the new roundabout"],
     ),
     Topic(  # sports
         ["the coach", "the quarterback", "the referee", "the team", "the goalie", "the owner", "the league",

@@ -476,8 +476,12 @@ def _numeric(col: pd.Series, name: str, where: _Where, kind: str = "target colum
     if pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
         return col.to_numpy(dtype=np.float64, na_value=np.nan)
     values = col.astype(object).to_numpy()
-    out = np.full(len(values), np.nan, dtype=np.float64)
-    for i, v in enumerate(values):
+    try:  # fast path; cells it cannot parse come out NaN and are looked at one by one below
+        out = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    except (TypeError, ValueError):  # e.g. JSON lists or objects in the column
+        out = np.full(len(values), np.nan, dtype=np.float64)
+    for i in np.flatnonzero(np.isnan(out)):  # empty cells, unusual spellings, or bad values
+        v = values[i]
         if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
             continue
         if isinstance(v, (bool, int, float, np.integer, np.floating)):

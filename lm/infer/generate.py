@@ -13,15 +13,12 @@ from torch import Tensor
 from lm.errors import LmError
 
 
-def sample_next(
-    logits: Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> int:
-    """One token id from logits (V,). temperature 0 means greedy (argmax); top_k keeps the k most likely
-    tokens; top_p keeps the smallest set of most likely tokens whose probability reaches p."""
+def next_token_probs(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
+    """The distribution sample_next draws from: softmax(logits / temperature) restricted to the top_k most
+    likely tokens and to the nucleus (the smallest most-likely set whose probability reaches top_p),
+    renormalised. temperature 0 gives a one-hot on the argmax. logits: (V,) -> probs: (V,) fp32."""
     if logits.dim() != 1:
         raise LmError(f"sample_next expects logits of shape (vocab,), got {tuple(logits.shape)}")
     if temperature < 0:
@@ -32,7 +29,7 @@ def sample_next(
         raise LmError(f"top_p must be in (0, 1], got {top_p}")
     logits = logits.detach().float()
     if temperature == 0.0:
-        return int(torch.argmax(logits))
+        return torch.nn.functional.one_hot(torch.argmax(logits), logits.numel()).float()
     logits = logits / temperature
     if top_k is not None and top_k < logits.numel():
         kth = torch.topk(logits, top_k).values[-1]
@@ -41,10 +38,24 @@ def sample_next(
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each token
-        drop_sorted = before >= top_p  # the first token is always kept
+        drop_sorted = before >= top_p  # the most likely token is always kept
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """One token id from logits (V,). temperature 0 means greedy (argmax); top_k keeps the k most likely
+    tokens; top_p keeps the smallest set of most likely tokens whose probability reaches p."""
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    if temperature == 0.0:
+        return int(torch.argmax(probs))
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 

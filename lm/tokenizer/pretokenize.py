@@ -22,9 +22,8 @@ is also what the GPT-2 pattern uses; Python's ``str.isspace`` differs (it includ
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -86,9 +85,9 @@ def cut_pieces(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
         yield text[start:]
 
 
-def count_units(pieces: Iterable[str]) -> Counter[str]:
-    """Count the whitespace+word units of special-free texts (cheap first pass)."""
-    units: Counter[str] = Counter()
+def count_units(pieces: Iterable[str], into: Counter[str] | None = None) -> Counter[str]:
+    """Count the whitespace+word units of special-free texts (the cheap first pass)."""
+    units: Counter[str] = Counter() if into is None else into
     for piece in pieces:
         units.update(_UNIT_RE.findall(piece))
     return units
@@ -105,10 +104,13 @@ def units_to_pretokens(units: Counter[str] | dict[str, int]) -> dict[str, int]:
     return counts
 
 
+def _utf8_len(pieces: list[str]) -> int:
+    return sum(len(p.encode("utf-8", "surrogatepass")) for p in pieces)
+
+
 def count_chunk(pieces: list[str]) -> tuple[dict[str, int], int]:
-    """Worker entry point: pre-token counts of special-free pieces, and the UTF-8 bytes they hold."""
-    nbytes = sum(len(p.encode("utf-8", "surrogatepass")) for p in pieces)
-    return units_to_pretokens(count_units(pieces)), nbytes
+    """Worker entry point: unit counts of special-free pieces, and the UTF-8 bytes they hold."""
+    return dict(count_units(pieces)), _utf8_len(pieces)
 
 
 def iter_work(texts: Iterable[str], special_tokens: Sequence[str], size: int = CHUNK_CHARS) -> Iterator[list[str]]:
@@ -184,35 +186,37 @@ Progress = Callable[[int], None]
 def count_pretokens(
     work: Iterable[list[str]], *, workers: int = 1, on_bytes: Progress | None = None
 ) -> dict[str, int]:
-    """Sum pre-token counts over batches of special-free pieces, in `workers` processes.
+    """Pre-token counts over batches of special-free pieces, counted in `workers` processes.
 
-    Counts are exact integers summed over batches, so the result does not depend on `workers` or on the
-    order in which batches finish. At most 2 * workers batches are in flight (bounded memory).
+    Workers count units; the parent sums them and pre-tokenizes each distinct unit once. Counts are exact
+    integers summed over batches, so the result depends neither on `workers` nor on the order in which
+    batches finish. At most 2 * workers batches are in flight (bounded memory).
     """
-    total: dict[str, int] = {}
+    units: Counter[str] = Counter()
+    if workers <= 1:
+        for batch in work:
+            count_units(batch, into=units)
+            if on_bytes is not None:
+                on_bytes(_utf8_len(batch))
+        return units_to_pretokens(units)
 
     def absorb(counts: dict[str, int], nbytes: int) -> None:
-        if not total:
-            total.update(counts)
-        else:
-            get = total.get
-            for tok, n in counts.items():
-                total[tok] = get(tok, 0) + n
+        get = units.get
+        for unit, n in counts.items():
+            units[unit] = get(unit, 0) + n
         if on_bytes is not None:
             on_bytes(nbytes)
 
-    if workers <= 1:
-        for batch in work:
-            absorb(*count_chunk(batch))
-        return total
-
-    ctx = multiprocessing.get_context("spawn" if os.name != "posix" else "forkserver")
+    # fork: workers start in milliseconds and need no `if __name__ == "__main__"` guard in the caller's
+    # script; they only run regex/str code, so inheriting the parent's threads is harmless.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: list[Future[tuple[dict[str, int], int]]] = []
+        pending: deque[Future[tuple[dict[str, int], int]]] = deque()
         for batch in work:
             pending.append(pool.submit(count_chunk, batch))
             while len(pending) >= 2 * workers:
-                absorb(*pending.pop(0).result())
-        for fut in pending:
-            absorb(*fut.result())
-    return total
+                absorb(*pending.popleft().result())
+        while pending:
+            absorb(*pending.popleft().result())
+    return units_to_pretokens(units)

@@ -8,9 +8,11 @@ The rule (``reference.py`` spells it out as a brute-force loop, which the tests 
 * stop after ``vocab_size - 256 - len(special_tokens)`` merges, or earlier if no pair is left.
 
 Worked example (``tests/test_tokenizer.py`` checks it): pre-tokens ``{"low": 5, "lower": 2, "newest": 6,
-"widest": 3}``. Counts: ``es``=9, ``st``=9, ``we``=8, ``lo``=7, ``ow``=7, ... ``es`` and ``st`` tie at
-9 and ``(b"s", b"t") > (b"e", b"s")``, so the first merge is ``s t``; then ``e st`` (9), ``o w`` (7 ties
-with ``l o`` and ``(b"o", b"w")`` wins), ``l ow`` (7), ``w est`` (9 - 0: ``we`` lost its ``e``), ...
+"widest": 3}``. Pair counts: ``es`` 9, ``st`` 9, ``we`` 8, ``lo`` 7, ``ow`` 7, ``ne`` 6, ``ew`` 6, ...;
+``es`` and ``st`` tie and ``(b"s", b"t") > (b"e", b"s")``, so the merges go ``s t``, ``e st`` (9),
+``o w`` (7, ties with ``l o``), ``l ow`` (7), ``w est`` (6; ``we`` lost its ``e``, and ``w`` beats ``n``
+and ``e`` in the three-way tie), ``n e``, ``ne west``, ``w i``, ``wi d``, ``wid est``, ``low e``,
+``lowe r``, and then no pair is left.
 
 Speed comes from never recounting: ``where[pair]`` lists the words that contain a pair, so a merge
 touches only those words, and a max-heap with lazy invalidation finds the next pair. Only pairs that

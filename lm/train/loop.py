@@ -247,7 +247,7 @@ def train(
                             loss_sum = objective.loss_sum(wrapped, batch)
                         loss = loss_sum * d.world_size / max(global_count, 1.0)
                         scaler.scale(loss).backward()
-                    step_loss += float(loss_sum)
+                    step_loss += float(loss_sum.detach())
                 if cfg.grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -61,7 +61,7 @@ class Attention(nn.Module):
         """Options of this kind: the union of the `options` dicts along the class hierarchy."""
         spec: dict[str, Option] = {}
         for klass in reversed(cls.__mro__):
-            spec.update(getattr(klass, "options", {}) if "options" in vars(klass) else {})
+            spec.update(vars(klass).get("options", {}))
         return spec
 
     @classmethod
@@ -91,7 +91,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=True)
         self.attn_drop = nn.Dropout(attention_dropout)
         self.rope = RotaryEmbedding(self.head_dim, self.opts["rope_theta"]) if self.opts["use_rope"] else None
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.init_buffers(generator if generator is not None else torch.Generator().manual_seed(0))
+
+    def init_buffers(self, generator: torch.Generator) -> None:
+        """Draw this kind's fixed random state (feature matrices, anchors, hashes) into persistent buffers.
+        Called once at construction; the generator is not kept, so nothing can be redrawn later."""
 
     def forward(
         self,

@@ -44,10 +44,10 @@ class PerformerAttention(LinearAttention):
         "orthogonal": Option(False, boolean(), "block-orthogonal random matrix"),
     }
 
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
+    def init_buffers(self, generator: torch.Generator) -> None:
+        super().init_buffers(generator)
         H, d, m = self.n_heads, self.head_dim, self.opts["num_features"]
-        w = gaussian_projection(H, d, m, orthogonal=self.opts["orthogonal"], generator=self.generator)
+        w = gaussian_projection(H, d, m, orthogonal=self.opts["orthogonal"], generator=generator)
         if self.opts["kernel"] == "relu":
             w = w / math.sqrt(d)  # entries N(0, 1/d)
         self.register_buffer("omega", w)  # (H, d, m)

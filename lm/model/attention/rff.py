@@ -24,11 +24,11 @@ class RffAttention(LinearAttention):
         "input_scale": Option(1.0, number(0.0), "q and k are multiplied by this before the feature map"),
     }
 
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
+    def init_buffers(self, generator: torch.Generator) -> None:
+        super().init_buffers(generator)
         H, d, m = self.n_heads, self.head_dim, self.opts["num_features"]
-        self.register_buffer("omega", torch.randn(H, d, m, generator=self.generator))  # (H, d, m)
-        self.register_buffer("phase", 2 * math.pi * torch.rand(H, m, generator=self.generator))  # (H, m)
+        self.register_buffer("omega", torch.randn(H, d, m, generator=generator))  # (H, d, m)
+        self.register_buffer("phase", 2 * math.pi * torch.rand(H, m, generator=generator))  # (H, m)
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         m = self.omega.shape[-1]

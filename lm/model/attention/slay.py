@@ -54,14 +54,14 @@ class SlayBase(LinearAttention):
         "clip": Option(10.0, number(0.0), "PRF exponents are clipped to [-clip, clip]"),
     }
 
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
+    def init_buffers(self, generator: torch.Generator) -> None:
+        super().init_buffers(generator)
         R, M, H, d = self.opts["num_quadrature_nodes"], self.opts["num_features"], self.n_heads, self.head_dim
         C = 2.0 + self.opts["epsilon"]
         t, alpha = laguerre_nodes(R)
         self.register_buffer("nodes", (t / C).float(), persistent=False)  # (R,) s_r
         self.register_buffer("node_weights", self.quadrature_weights(alpha, C).float(), persistent=False)  # (R,)
-        self.register_buffer("omega", torch.randn(R, H, d, M, generator=self.generator))  # (R, H, d, M)
+        self.register_buffer("omega", torch.randn(R, H, d, M, generator=generator))  # (R, H, d, M)
 
     @staticmethod
     def quadrature_weights(alpha: Tensor, C: float) -> Tensor:
@@ -142,13 +142,13 @@ class SlayTensorAttention(_PolySlay):
     """TensorSketch of u (x) u: TS(u) = irfft(rfft(CS1 u) * rfft(CS2 u), n=P) / sqrt(P), two independent
     CountSketches (hash h_j: d -> P, sign s_j in {+-1}); E<TS(x), TS(y)> = (x.y)^2 / P. Signed."""
 
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
+    def init_buffers(self, generator: torch.Generator) -> None:
+        super().init_buffers(generator)
         d, P = self.head_dim, self.opts["poly_dim"]
         sketches = []
         for _ in range(2):
-            h = torch.randint(0, P, (d,), generator=self.generator)
-            sign = torch.randint(0, 2, (d,), generator=self.generator).float() * 2 - 1
+            h = torch.randint(0, P, (d,), generator=generator)
+            sign = torch.randint(0, 2, (d,), generator=generator).float() * 2 - 1
             sketches.append(torch.nn.functional.one_hot(h, P).float() * sign[:, None])  # (d, P)
         self.register_buffer("sketch", torch.stack(sketches))  # (2, d, P) CountSketch matrices
 
@@ -163,10 +163,10 @@ class SlayRandomMaclaurinAttention(_PolySlay):
     """Random Maclaurin degree 2: phi(u) = (r1 u) * (r2 u) / sqrt(P), r entries N(0, 1/d);
     E<phi(x), phi(y)> = (x.y)^2 / d^2. Signed, unbiased, high variance."""
 
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
+    def init_buffers(self, generator: torch.Generator) -> None:
+        super().init_buffers(generator)
         d, P = self.head_dim, self.opts["poly_dim"]
-        self.register_buffer("rm", torch.randn(2, P, d, generator=self.generator) / math.sqrt(d))  # (2, P, d)
+        self.register_buffer("rm", torch.randn(2, P, d, generator=generator) / math.sqrt(d))  # (2, P, d)
 
     def poly(self, u_hat: Tensor) -> Tensor:
         return (u_hat @ self.rm[0].T) * (u_hat @ self.rm[1].T) / math.sqrt(self.rm.shape[1])
@@ -181,10 +181,10 @@ class SlayNystromAttention(_PolySlay):
         "nystrom_reg": Option(1e-3, number(0.0, strict=False), "lambda added to the anchor Gram matrix"),
     }
 
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
+    def init_buffers(self, generator: torch.Generator) -> None:
+        super().init_buffers(generator)
         d, P = self.head_dim, self.opts["poly_dim"]
-        anchors = unit_anchors(P, d, self.generator)
+        anchors = unit_anchors(P, d, generator)
         a = anchors.double()
         gram = (a @ a.T).pow(2) + self.opts["nystrom_reg"] * torch.eye(P, dtype=torch.float64)
         evals, evecs = torch.linalg.eigh(gram)
@@ -201,9 +201,9 @@ class SlayAnchorAttention(_PolySlay):
     """Anchor features phi(u) = [(a_p.u)^2]_p / sqrt(P) >= 0 (the paper's recommended SLAY). Biased:
     targets ~ (x^2 + 1/2) / (C - 2x) as P grows (ATTENTION.md 3.15). All features > 0 up to ties at 0."""
 
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
-        self.register_buffer("anchors", unit_anchors(self.opts["poly_dim"], self.head_dim, self.generator))  # (P, d)
+    def init_buffers(self, generator: torch.Generator) -> None:
+        super().init_buffers(generator)
+        self.register_buffer("anchors", unit_anchors(self.opts["poly_dim"], self.head_dim, generator))  # (P, d)
 
     def poly(self, u_hat: Tensor) -> Tensor:
         return (u_hat @ self.anchors.T).pow(2) / math.sqrt(self.anchors.shape[0])

@@ -1,0 +1,313 @@
+"""Model level: parts against torch references, every option combination, KV cache == recompute, causality,
+padding invariance, tied embeddings, determinism, and a tiny model overfitting a tiny batch for each task."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lm.config import ATTENTION_KINDS, ModelConfig
+from lm.errors import LmError
+from lm.model import CausalLM, KVCache, MaskedLM, ModelOutput, SequenceClassifier, build_model
+from lm.model.block import Block
+from lm.model.mlp import GeluMLP, SwiGLU
+from lm.model.norms import LayerNorm, RMSNorm
+from lm.model.positions import sinusoidal_table
+
+V, MAXLEN, PAD = 40, 24, 0
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscribing the shared cores (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+def cfg(**kw) -> ModelConfig:
+    base = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def ids(B=2, L=10, seed=0):
+    return torch.randint(1, V, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+# ---- parts ----------------------------------------------------------------------------------------------
+
+
+def test_norms_match_torch():
+    x = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    ln, rms = LayerNorm(12), RMSNorm(12)
+    with torch.no_grad():
+        for p in (ln.weight, ln.bias, rms.weight):
+            p.normal_()
+    torch.testing.assert_close(ln(x), F.layer_norm(x, (12,), ln.weight, ln.bias, eps=1e-5))
+    ref = nn.RMSNorm(12, eps=1e-6)
+    with torch.no_grad():
+        ref.weight.copy_(rms.weight)
+    torch.testing.assert_close(rms(x), ref(x))
+
+
+def test_mlps_match_formulas():
+    x = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(0))
+    g = GeluMLP(8, 16)
+    torch.testing.assert_close(g(x), g.fc_out.bias + F.gelu(x @ g.fc_in.weight.T + g.fc_in.bias) @ g.fc_out.weight.T)
+    s = SwiGLU(8, 16)
+    w1, w3 = s.fc_in.weight[:16], s.fc_in.weight[16:]
+    torch.testing.assert_close(s(x), (F.silu(x @ w1.T) * (x @ w3.T)) @ s.fc_out.weight.T)
+
+
+def test_sinusoidal_table_matches_formula():
+    t = sinusoidal_table(7, 6)
+    for p in range(7):
+        for i in range(3):
+            assert math.isclose(t[p, 2 * i], math.sin(p / 10000 ** (2 * i / 6)), abs_tol=1e-6)
+            assert math.isclose(t[p, 2 * i + 1], math.cos(p / 10000 ** (2 * i / 6)), abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_pre_and_post_norm_blocks(norm_position):
+    """Post-norm normalises after each residual (outputs have zero mean, unit variance per token); pre-norm
+    leaves the residual stream unnormalised and the trunk adds a final norm."""
+    c = cfg(norm_position=norm_position)
+    block = Block(c, max_len=MAXLEN, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 6, 16) * 4 + 2
+    y, _, _ = block(x, key_mask=None, causal=False)
+    normalised = torch.allclose(y.mean(-1), torch.zeros(2, 6), atol=1e-4) and torch.allclose(
+        y.var(-1, unbiased=False), torch.ones(2, 6), atol=1e-3)
+    assert normalised == (norm_position == "post")
+    if norm_position == "pre":  # h = x + attn(norm1(x)); y = h + mlp(norm2(h))
+        h = x + block.attn(block.norm1(x)).out
+        ref = h + block.mlp(block.norm2(h))
+    else:  # h = norm1(x + attn(x)); y = norm2(h + mlp(h))
+        h = block.norm1(x + block.attn(x).out)
+        ref = block.norm2(h + block.mlp(h))
+    torch.testing.assert_close(y, ref)
+    model = build_model(c, task="mlm", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+    assert isinstance(model.trunk.final_norm, nn.Identity) == (norm_position == "post")
+
+
+# ---- every option combination ---------------------------------------------------------------------------
+
+COMBOS = list(itertools.product(["learned", "sinusoidal", "none"], ["layernorm", "rmsnorm"], ["pre", "post"],
+                                ["gelu", "swiglu"], ["cls", "mean"]))
+
+
+@pytest.mark.parametrize("positions,norm,norm_position,mlp,pooling", COMBOS)
+def test_every_option_combination_runs_forward_and_backward(positions, norm, norm_position, mlp, pooling):
+    c = cfg(positions=positions, norm=norm, norm_position=norm_position, mlp=mlp, pooling=pooling, n_layers=1,
+            dropout=0.1, attention_dropout=0.1, qkv_bias=pooling == "cls", tie_embeddings=mlp == "gelu")
+    x = ids(L=8)
+    mask = torch.ones_like(x)
+    mask[1, 5:] = 0
+    for task in ("classify", "mlm", "clm"):
+        model = build_model(c, task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD).train()
+        out = model(x, mask)
+        assert isinstance(out, ModelOutput)
+        assert out.logits.shape == ((2,) if task == "classify" else (2, 8, V))
+        out.logits.float().square().mean().backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert model.config is c and model.max_len == MAXLEN
+
+
+# ---- decoder: KV cache, causality ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_kv_cache_equals_recompute(kind):
+    model = build_model(cfg(attention=kind), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=3).eval()
+    x = ids(L=12)
+    with torch.no_grad():
+        full = model(x).logits
+        out = model(x[:, :5], use_cache=True)
+        assert isinstance(out.cache, KVCache) and out.cache.length == 5
+        logits, cache = [out.logits], out.cache
+        for t in range(5, 12):
+            out = model(x[:, t : t + 1], cache=cache, use_cache=True)
+            logits.append(out.logits)
+            cache = out.cache
+    torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
+    assert cache.length == 12
+
+
+@pytest.mark.parametrize("kind", ["standard", "rotary", "linear", "cosformer", "yat", "slay-anchor"])
+def test_causal_lm_output_at_t_ignores_later_tokens(kind):
+    model = build_model(cfg(attention=kind, positions="learned"), task="clm", vocab_size=V, max_len=MAXLEN,
+                        pad_id=PAD).eval()
+    x = ids(L=12)
+    y = x.clone()
+    y[:, 7:] = ids(L=5, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits[:, :7], model(y).logits[:, :7], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(model(x).logits[:, 7:], model(y).logits[:, 7:])
+
+
+def test_cache_rejects_overflow_and_encoders():
+    model = build_model(cfg(), task="clm", vocab_size=V, max_len=8, pad_id=PAD)
+    out = model(ids(L=8), use_cache=True)
+    with pytest.raises(LmError, match="max_len"):
+        model(ids(L=1), cache=out.cache, use_cache=True)
+    enc = build_model(cfg(), task="mlm", vocab_size=V, max_len=8, pad_id=PAD)
+    with pytest.raises(TypeError):
+        enc(ids(L=4), use_cache=True)
+
+
+# ---- padding ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_padding_changes_nothing_for_the_classifier(kind, pooling):
+    model = build_model(cfg(attention=kind, pooling=pooling), task="classify", vocab_size=V, max_len=MAXLEN,
+                        pad_id=PAD).eval()
+    x = ids(L=12)
+    mask = torch.ones_like(x)
+    mask[0, 6:] = 0
+    mask[1, 9:] = 0
+    y = torch.where(mask.bool(), x, ids(L=12, seed=5))  # different junk in the padded slots
+    with torch.no_grad():
+        a, b = model(x, mask).logits, model(y, mask).logits
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        if kind != "cosformer":  # bidirectional cosformer uses M = padded length (source behaviour)
+            wider = torch.cat([x, torch.full((2, 5), PAD)], 1)
+            wmask = torch.cat([mask, torch.zeros(2, 5, dtype=mask.dtype)], 1)
+            torch.testing.assert_close(model(wider, wmask).logits, a, atol=1e-5, rtol=1e-5)
+            if pooling == "mean":
+                single = model(x[:1, :6]).logits  # an unpadded row alone gives the same score
+                torch.testing.assert_close(single, a[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_changes_nothing_for_mlm_and_clm():
+    for task in ("mlm", "clm"):
+        model = build_model(cfg(), task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD).eval()
+        x = ids(L=10)
+        mask = torch.ones_like(x)
+        mask[:, 7:] = 0
+        y = torch.where(mask.bool(), x, ids(L=10, seed=5))
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, mask).logits[:, :7], model(y, mask).logits[:, :7])
+            torch.testing.assert_close(model(x[:, :7]).logits, model(x, mask).logits[:, :7], atol=1e-5, rtol=1e-5)
+
+
+def test_returned_attentions_per_layer():
+    for kind in ("standard", "slay-anchor"):
+        model = build_model(cfg(attention=kind, n_layers=3), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+        x = ids(L=9)
+        mask = torch.ones_like(x)
+        mask[1, 6:] = 0
+        out = model(x, mask, return_attention=True)
+        assert len(out.attentions) == 3
+        allowed = mask.bool()[:, None, None, :] & torch.ones(9, 9, dtype=torch.bool).tril()
+        for w in out.attentions:
+            assert w.shape == (2, 2, 9, 9)
+            assert torch.all(w.masked_select(~allowed.expand_as(w)) == 0)
+            rows = w.sum(-1)[allowed.any(-1).expand(2, 2, 9)]
+            torch.testing.assert_close(rows, torch.ones_like(rows), atol=1e-3, rtol=0)
+        assert model(x).attentions is None
+
+
+# ---- parameters, seeds, storage -------------------------------------------------------------------------
+
+
+def test_tied_embeddings_share_storage():
+    for task, cls in (("mlm", MaskedLM), ("clm", CausalLM)):
+        tied = build_model(cfg(), task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+        assert isinstance(tied, cls)
+        assert tied.lm_head.weight is tied.trunk.tok_emb.weight
+        assert tied.lm_head.weight.data_ptr() == tied.trunk.tok_emb.weight.data_ptr()
+        n_tied = sum(p.numel() for p in tied.parameters())
+        untied = build_model(cfg(tie_embeddings=False), task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+        assert untied.lm_head.weight.data_ptr() != untied.trunk.tok_emb.weight.data_ptr()
+        assert sum(p.numel() for p in untied.parameters()) == n_tied + V * 16
+    assert isinstance(build_model(cfg(), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD), SequenceClassifier)
+
+
+def test_build_is_seeded_and_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    a = build_model(cfg(attention="performer"), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = build_model(cfg(attention="performer"), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=1)
+    c = build_model(cfg(attention="performer"), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=2)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["trunk.blocks.0.attn.omega"], sc["trunk.blocks.0.attn.omega"])
+    assert not torch.equal(sa["trunk.blocks.0.attn.omega"], sa["trunk.blocks.1.attn.omega"])  # per layer
+
+
+def test_state_dict_round_trip_with_random_buffers():
+    a = build_model(cfg(attention="slay-nystrom"), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=1)
+    b = build_model(cfg(attention="slay-nystrom"), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=2)
+    x = ids()
+    a.eval(), b.eval()
+    assert not torch.allclose(a(x).logits, b(x).logits)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b.load_state_dict(torch.load(buf))
+    torch.testing.assert_close(a(x).logits, b(x).logits, rtol=0, atol=0)
+
+
+def test_bad_inputs_raise_lm_errors():
+    with pytest.raises(LmError, match="pad_id"):
+        build_model(cfg(), task="mlm", vocab_size=V, max_len=MAXLEN, pad_id=V)
+    with pytest.raises(LmError, match=r"model\.attention_options\.nope"):
+        build_model(cfg(attention_options={"nope": 1}), task="mlm", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+    model = build_model(cfg(), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+    with pytest.raises(LmError, match="attention_mask shape"):
+        model(ids(L=6), torch.ones(2, 5))
+    with pytest.raises(LmError, match="max_len"):
+        model(ids(L=MAXLEN + 1))
+    with pytest.raises(LmError, match="task"):
+        build_model(cfg(), task="seq2seq", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+
+
+# ---- a tiny model can overfit a tiny batch ----------------------------------------------------------------
+
+
+def _train(model, loss_fn, steps=50, lr=1e-2):
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("task", ["classify", "mlm", "clm"])
+def test_tiny_model_overfits_a_tiny_batch(task):
+    c = cfg(d_model=32, n_heads=4, d_ff=64, n_layers=2, attention="rotary" if task == "clm" else "standard")
+    model = build_model(c, task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=0).train()
+    x = ids(B=8, L=12, seed=1)
+    if task == "classify":
+        y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1], dtype=torch.float)
+
+        def loss_fn(m):
+            return F.binary_cross_entropy_with_logits(m(x).logits, y)
+    elif task == "mlm":
+        masked = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.25
+        inp = x.masked_fill(masked, V - 1)  # V-1 plays the mask token
+
+        def loss_fn(m):
+            return F.cross_entropy(m(inp).logits[masked], x[masked])
+    else:
+
+        def loss_fn(m):
+            return F.cross_entropy(m(x[:, :-1]).logits.reshape(-1, V), x[:, 1:].reshape(-1))
+
+    losses = _train(model, loss_fn)
+    assert losses[-1] < 0.2 * losses[0], losses[::10]

@@ -1,0 +1,109 @@
+"""End to end: `dvc repro` of a tiny config in a temporary git repository, re-runs limited to what changed,
+and the three tasks through `dvc exp run -S task=...`, then `lm predict` / `lm generate` on the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, subprocess_env, tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, dict]:
+    """A copy of the tracked project files in a fresh git repository, with tiny params."""
+    root = tmp_path_factory.mktemp("pipeline") / "repo"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if rel.startswith(("reports/", "tests/", "benchmarks/")) or not (REPO / rel).exists():
+            continue
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dest)
+    write_params(root / "params.yaml", tiny_params())
+    env = subprocess_env()
+    env["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dvc-site-cache"))
+    env["PATH"] = str(Path(os.sys.executable).parent) + os.pathsep + env["PATH"]
+    env["DVC_NO_ANALYTICS"] = "1"
+    _sh(["git", "init", "-q"], root, env)
+    _sh(["git", "config", "user.email", "test@lm.local"], root, env)
+    _sh(["git", "config", "user.name", "lm test"], root, env)
+    _sh(["dvc", "config", "core.analytics", "false"], root, env)
+    _sh(["git", "add", "-A"], root, env)
+    _sh(["git", "commit", "-qm", "tiny"], root, env)
+    return root, env
+
+
+def _stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def test_repro_writes_reports_and_reruns_only_what_changed(repo):
+    root, env = repo
+    first = _sh(["dvc", "repro"], root, env)
+    assert _stages_run(first.stdout) == {"download", "tokenizer", "encode", "split", "train", "evaluate", "visualize"}
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "accuracy"):
+        assert key in metrics
+    assert "final_score" in metrics["bias"] and metrics["bias"]["per_identity"]
+    for name in ("roc.json", "pr.json", "confusion.json", "roc.png", "pr.png", "confusion.png"):
+        assert (root / "reports" / "plots" / name).stat().st_size > 0
+    assert list((root / "reports" / "attention").glob("*.png"))
+    assert (root / "reports" / "train" / "curves.png").exists()
+    assert (root / "models" / "model.safetensors").exists()
+
+    again = _sh(["dvc", "repro"], root, env)
+    assert _stages_run(again.stdout) == set()
+
+    params = tiny_params(**{"model.n_layers": 2})
+    write_params(root / "params.yaml", params)
+    changed = _sh(["dvc", "repro"], root, env)
+    assert _stages_run(changed.stdout) == {"train", "evaluate", "visualize"}
+    shown = _sh(["dvc", "metrics", "show", "--json"], root, env)
+    assert "roc_auc" in shown.stdout
+    _sh(["git", "add", "-A"], root, env)
+    _sh(["git", "commit", "-qm", "n_layers=2"], root, env)
+
+    pred = _sh(["lm", "predict", "you are an idiot", "what a lovely day"], root, env)
+    assert "toxicity" in pred.stdout and pred.stdout.count("toxic") >= 2
+
+
+@pytest.mark.parametrize("task, keys", [
+    ("mlm", ["masked_accuracy", "top5_accuracy", "perplexity"]),
+    ("clm", ["perplexity", "bits_per_byte"]),
+])
+def test_exp_run_switches_task(repo, task, keys):
+    root, env = repo
+    if not (root / "dvc.lock").exists():
+        pytest.skip("needs the repro test first")  # module order guarantees it in a full run
+    _sh(["dvc", "exp", "run", "-S", f"task={task}", "-S", "train.epochs=1"], root, env)
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert metrics["task"] == task
+    for key in keys:
+        assert key in metrics and metrics[key] is not None
+    shown = json.loads(_sh(["dvc", "exp", "show", "--json"], root, env).stdout)
+    assert task in json.dumps(shown)
+    table = (root / "reports" / "predictions.md").read_text()
+    assert table.strip()
+    if task == "clm":
+        gen = _sh(["lm", "generate", "The", "--max-new-tokens", "5", "--seed", "1"], root, env)
+        assert gen.stdout.startswith("The")
+    else:
+        pred = _sh(["lm", "predict", "the <|mask|> is good"], root, env)
+        assert "prediction" in pred.stdout
+    _sh(["git", "checkout", "--", "params.yaml"], root, env)
+    _sh(["dvc", "checkout", "-q"], root, env, check=False)
