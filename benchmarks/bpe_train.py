@@ -10,8 +10,8 @@ corpus (Zipf-distributed words) is generated instead. The output says which.
 Each trainer runs in its own child process so that its peak memory (ru_maxrss, including lm's worker
 processes) is measured in isolation; the corpus is loaded before the clock starts. HF: BPE model,
 ByteLevel pre-tokenizer (the same GPT-2 pattern), BpeTrainer with the 256-byte initial alphabet; it uses
-all cores (rayon). lm: `train_bpe(texts, vocab, specials, workers=--workers)`. The last line is one JSON
-object with the figures.
+all cores (rayon) unless RAYON_NUM_THREADS is set. lm: `train_bpe(texts, vocab, specials, workers=--workers)`.
+The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def child(kind: str, corpus: Path, vocab: int, workers: int) -> None:
         from lm.tokenizer.hf_export import from_unicode
 
         merged = json.loads(tok.to_str())["model"]["merges"]
-        tokens = [from_unicode(a) + from_unicode(b) for a, b in (m.split(" ") if isinstance(m, str) else m for m in merged)]
+        pairs = (m.split(" ") if isinstance(m, str) else m for m in merged)
+        tokens = [from_unicode(a) + from_unicode(b) for a, b in pairs]
     own, kids = peak_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": own, "workers_peak_mb": kids, "base_mb": base,
                       "n_merges": len(tokens), "tokens": [t.hex() for t in tokens]}))  # fmt: skip
@@ -137,7 +138,7 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=None, help="corpus size in MB (default 12, quick 2)")
     ap.add_argument("--vocab", type=int, default=None, help="vocab size (default 10,000, quick 2,000)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="lm pre-tokenization processes")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per trainer, alternating; best kept (default 2, quick 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per trainer (alternating; best kept)")
     ap.add_argument("--child", choices=["lm", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -162,7 +163,8 @@ def main() -> None:
     ratio = lm["seconds"] / hf["seconds"]
     for name, r in [("hf tokenizers", hf), (f"lm (workers={args.workers})", lm)]:
         print(f"{name:>20}: {r['seconds']:6.2f} s  {n_bytes / 1e6 / r['seconds']:5.1f} MB/s  "
-              f"peak {r['peak_mb']:.0f} MB (workers {r['workers_peak_mb']:.0f} MB, corpus loaded {r['base_mb']:.0f} MB)  "
+              f"peak {r['peak_mb']:.0f} MB (workers {r['workers_peak_mb']:.0f} MB, "
+              f"corpus loaded {r['base_mb']:.0f} MB)  "
               f"{r['n_merges']} merges")  # fmt: skip
     print(f"all runs (s): hf {hf_all}, lm {lm_all}")
     print(f"lm / hf time: {ratio:.2f}x (target <= 2.0x); learned-token overlap {overlap:.1%}")
@@ -172,6 +174,7 @@ def main() -> None:
         "corpus_mb": round(n_bytes / 1e6, 2),
         "vocab_size": vocab,
         "lm_workers": args.workers,
+        "hf_threads": int(os.environ.get("RAYON_NUM_THREADS", os.cpu_count() or 1)),
         "lm_seconds": round(lm["seconds"], 3),
         "hf_seconds": round(hf["seconds"], 3),
         "lm_runs_s": lm_all,

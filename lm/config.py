@@ -148,6 +148,13 @@ class ModelConfig(Section):
         uses_rope = self.attention == "rotary" or bool(self.attention_options.get("use_rope", False))
         if uses_rope and head_dim % 2:
             raise ValueError(f"model.attention={self.attention} with RoPE needs an even head dim, got {head_dim}")
+        from lm.errors import LmError
+        from lm.model.attention.registry import validate_attention_options
+
+        try:
+            validate_attention_options(self.attention, self.attention_options)
+        except LmError as err:
+            raise ValueError(str(err)) from None
         return self
 
 

@@ -21,7 +21,7 @@ from lm.model.attention.base import (
     linear_causal_cumsum,
     linear_quadratic,
 )
-from lm.model.attention.slay import SlayBase, SlayLaplaceAttention, laguerre_nodes
+from lm.model.attention.slay import SlayLaplaceAttention, laguerre_nodes
 from lm.model.positions import RotaryEmbedding
 
 KINDS = list(ATTENTION_KINDS)
@@ -588,3 +588,22 @@ def test_slay_anchor_error_to_spherical_yat_shrinks_with_features():
             e.append(rel_err(core(slay, q, k, v), core(exact, q, k, v)))
         errs[M] = sum(e) / 3
     assert errs[4096] < errs[16]
+
+
+@pytest.mark.parametrize("kind", ["linear", "performer", "cosformer", "rff", "yat", "yat-spherical", "slay-anchor"])
+def test_use_rope_on_other_kinds(kind):
+    """RoPE before the score / feature map: cached decoding still equals the full pass, and the bidirectional
+    output stops being permutation-equivariant (positions now matter)."""
+    attn = make(kind, use_rope=True, **({"chunk_size": 4} if kind in LINEAR_KINDS else {}))
+    assert attn.rope is not None and make(kind).rope is None
+    x = rand_x(L=9)
+    full = attn(x, causal=True).out
+    r = attn(x[:, :4], causal=True, use_cache=True)
+    outs, state = [r.out], r.state
+    for t in range(4, 9):
+        r = attn(x[:, t : t + 1], causal=True, state=state, offset=t, use_cache=True)
+        outs.append(r.out)
+        state = r.state
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(attn(x[:, perm]).out, attn(x).out[:, perm], atol=1e-4)

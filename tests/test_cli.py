@@ -54,6 +54,8 @@ def _run(args, cwd):
         ({"split.val_fraction": 0.5, "split.test_fraction": 0.5}, "split.val_fraction"),
         ({"task": "regression"}, "task"),
         ({"bogus": 1}, "bogus"),
+        ({"model.attention": "performer", "model.attention_options": {"bogus": 1}}, "model.attention_options.bogus"),
+        ({"model.attention": "rotary", "model.d_model": 30, "model.n_heads": 2}, "model.attention"),
     ],
 )
 def test_bad_params_stop_with_one_line_naming_the_key(tmp_path, overrides, key):

@@ -261,8 +261,9 @@ def test_state_dict_round_trip_with_random_buffers():
 def test_bad_inputs_raise_lm_errors():
     with pytest.raises(LmError, match="pad_id"):
         build_model(cfg(), task="mlm", vocab_size=V, max_len=MAXLEN, pad_id=V)
+    unvalidated = cfg().model_copy(update={"attention_options": {"nope": 1}})  # skips pydantic validation
     with pytest.raises(LmError, match=r"model\.attention_options\.nope"):
-        build_model(cfg(attention_options={"nope": 1}), task="mlm", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+        build_model(unvalidated, task="mlm", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
     model = build_model(cfg(), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
     with pytest.raises(LmError, match="attention_mask shape"):
         model(ids(L=6), torch.ones(2, 5))
@@ -311,3 +312,17 @@ def test_tiny_model_overfits_a_tiny_batch(task):
 
     losses = _train(model, loss_fn)
     assert losses[-1] < 0.2 * losses[0], losses[::10]
+
+
+def test_cached_decoding_accepts_a_mask_over_past_and_new_tokens():
+    model = build_model(cfg(attention="rotary"), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD).eval()
+    x = ids(L=8)
+    mask = torch.ones_like(x)
+    mask[0, 2] = 0  # a padded key inside the prompt
+    with torch.no_grad():
+        full = model(x, mask).logits[:, -1]
+        prefix = model(x[:, :7], mask[:, :7], use_cache=True)
+        new_only = model(x[:, 7:], mask[:, 7:], cache=prefix.cache, use_cache=True).logits[:, -1]
+        past_and_new = model(x[:, 7:], mask, cache=prefix.cache, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(new_only, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(past_and_new, full, atol=1e-5, rtol=1e-5)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lm.config import TokenizerConfig
 from lm.errors import LmError
@@ -94,6 +96,15 @@ def test_random_corpora_match_brute_force(seed: int) -> None:
     specials = rng.sample(SPECIALS, rng.randint(0, 4))
     vocab_size = 256 + len(specials) + rng.randint(0, 120)
     assert train_bpe(texts, vocab_size, specials) == reference_train_bpe(texts, vocab_size, specials)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.lists(st.sampled_from(PIECES), max_size=30).map("".join), min_size=1, max_size=8),
+    extra=st.integers(0, 60),
+)
+def test_fuzzed_corpora_match_brute_force(texts: list[str], extra: int) -> None:
+    assert train_bpe(texts, 260 + extra, SPECIALS) == reference_train_bpe(texts, 260 + extra, SPECIALS)
 
 
 @pytest.mark.parametrize("seed", range(8))

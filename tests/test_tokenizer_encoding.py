@@ -6,6 +6,7 @@ import itertools
 import json
 import pickle
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -256,8 +257,17 @@ def test_invalid_merges_rejected() -> None:
         Tokenizer([(b"a", b"b"), (b"a", b"b")], [])
     with pytest.raises(LmError, match="duplicates"):
         Tokenizer([], ["<|x|>", "<|x|>"])
-    with pytest.raises(LmError, match="no special token '<|cls|>'"):
+    with pytest.raises(LmError, match=re.escape("no special token '<|cls|>'")):
         _ = Tokenizer([], ["<|endoftext|>"]).cls_id
+    with pytest.raises(LmError, match="equals a learned token"):
+        Tokenizer([(b"a", b"b")], ["ab"])
+
+
+def test_special_spelled_like_a_byte_level_token_cannot_be_saved(tmp_path: Path) -> None:
+    tok = Tokenizer([(b" ", b"x")], ["Ġx"])  # vocab.json spells b" x" as "Ġx"
+    with pytest.raises(LmError, match="spelled like the byte-level form"):
+        tok.save(tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -309,7 +319,8 @@ def test_load_errors(tok: Tokenizer, tmp_path: Path) -> None:
         Tokenizer.load(tmp_path / "absent")
     other = Tokenizer(tok.merges[:-1], SPECIALS)
     tok.save(tmp_path)
-    (tmp_path / "vocab.json").write_text(json.dumps(json.loads((other.save(tmp_path / "o") / "vocab.json").read_text())))
+    other_vocab = (other.save(tmp_path / "other") / "vocab.json").read_text(encoding="utf-8")
+    (tmp_path / "vocab.json").write_text(other_vocab, encoding="utf-8")
     with pytest.raises(LmError, match="vocab.json: does not match"):
         Tokenizer.load(tmp_path)
     tok.save(tmp_path)

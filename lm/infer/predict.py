@@ -53,7 +53,7 @@ class Trained:
     def _rows(self, texts: list[str], allowed: set[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer
         prefix = [tok.cls_id] if self.task != "clm" else []
-        rows = [(prefix + tok.encode(t, allowed_special=allowed))[: self.max_len] for t in texts]
+        rows = [(prefix + tok.encode(t, allowed_special=allowed, disallowed="as_text"))[: self.max_len] for t in texts]
         width = max(1, max(len(r) for r in rows))
         ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -100,7 +100,7 @@ class Trained:
     def _next_tokens(self, texts: list[str], top_k: int) -> pd.DataFrame:
         records = []
         for text in texts:
-            ids = self.tokenizer.encode(text, allowed_special=set())[-self.max_len :] or [self.tokenizer.eot_id]
+            ids = self.tokenizer.encode(text, allowed_special=set(), disallowed="as_text")[-self.max_len :] or [self.tokenizer.eot_id]
             logits = self.model(torch.tensor([ids])).logits[0, -1]
             cands = self._candidates(logits, top_k)
             records.append({"text": text, "next": cands[0][0], "top": ", ".join(f"{t!r} {q:.1%}" for t, q in cands)})
@@ -113,7 +113,7 @@ class Trained:
         if self.task != "clm":
             raise LmError(f"generate needs a decoder trained with task=clm; {self.config.get('task')} model given")
         tok = self.tokenizer
-        prompt = tok.encode(text, allowed_special=set()) or [tok.eot_id]
+        prompt = tok.encode(text, allowed_special=set(), disallowed="as_text") or [tok.eot_id]
         new = generate(self.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_k=top_k, top_p=top_p, eos_id=tok.eot_id, seed=seed)
         return text + tok.decode([i for i in new if i != tok.eot_id])

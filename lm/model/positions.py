@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lm.errors import LmError
+
 
 def sinusoidal_table(max_len: int, dim: int) -> Tensor:
     """The Transformer's fixed table: PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(...)."""
@@ -41,8 +43,6 @@ class AbsolutePositions(nn.Module):
             return x
         L = x.shape[1]
         if offset + L > self.max_len:
-            from lm.errors import LmError
-
             raise LmError(f"sequence of {offset + L} tokens exceeds the model's max_len {self.max_len}; crop the input")
         if self.kind == "learned":
             pos = torch.arange(offset, offset + L, device=x.device)

@@ -7,7 +7,7 @@ The encoder (bidirectional, key-padding mask) and the decoder (causal, KV cache)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,6 @@ class KVCache:
 
     states: list[ExactState | LinearState]
     length: int
-    mask: Tensor | None = field(default=None)  # (B, length) bool key mask of the consumed tokens
 
 
 @dataclass
@@ -75,7 +74,7 @@ class Transformer(nn.Module):
             raise LmError(f"input_ids must be a (batch, length) tensor, got shape {tuple(input_ids.shape)}")
         if (cache is not None or use_cache) and not self.causal:
             raise LmError("a KV cache is only available for the causal (clm) model")
-        B, L = input_ids.shape
+        L = input_ids.shape[1]
         offset = cache.length if cache is not None else 0
         if offset + L > self.max_len:
             raise LmError(f"sequence of {offset + L} tokens exceeds the model's max_len {self.max_len}; crop the input")
@@ -90,10 +89,5 @@ class Transformer(nn.Module):
             if attentions is not None:
                 attentions.append(w)
             states.append(st)
-        new_cache = None
-        if use_cache:
-            new_mask = key_mask if key_mask is not None else torch.ones(B, L, dtype=torch.bool, device=x.device)
-            past = cache.mask if cache is not None and cache.mask is not None else None
-            new_cache = KVCache(states=states, length=offset + L,
-                                mask=new_mask if past is None else torch.cat([past, new_mask], dim=1))
+        new_cache = KVCache(states=states, length=offset + L) if use_cache else None
         return TrunkOutput(self.final_norm(x), attentions, new_cache)

@@ -1,8 +1,8 @@
 """Byte-level BPE: the trainer (train.py), tiktoken-backed encoding (encoding.py), GPT-2/HF files (files.py).
 
-    merges = train_bpe(texts, vocab_size=2048, special_tokens=["<|endoftext|>", "<|pad|>"])
-    tok = Tokenizer(merges, ["<|endoftext|>", "<|pad|>"])
-    tok.save("data/tokenizer"); tok = Tokenizer.load("data/tokenizer")
+merges = train_bpe(texts, vocab_size=2048, special_tokens=["<|endoftext|>", "<|pad|>"])
+tok = Tokenizer(merges, ["<|endoftext|>", "<|pad|>"])
+tok.save("data/tokenizer"); tok = Tokenizer.load("data/tokenizer")
 """
 
 from lm.tokenizer.encoding import Tokenizer

@@ -28,8 +28,8 @@ import json
 import os
 import re
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Sequence, Set
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
@@ -81,9 +81,7 @@ class Tokenizer:
         )
         # tiktoken picks among special tokens that match at one place in arbitrary order; when one special
         # token is a prefix of another we cut the text ourselves so that the longest one wins.
-        self._prefix_clash = any(
-            s != t and t.startswith(s) for s in self.special_tokens for t in self.special_tokens
-        )
+        self._prefix_clash = any(s != t and t.startswith(s) for s in self.special_tokens for t in self.special_tokens)
         self._splitters: dict[frozenset[str], re.Pattern[str] | None] = {}
 
     # ------------------------------------------------------------------ identity and sizes
@@ -174,7 +172,9 @@ class Tokenizer:
                     "(or 'all') to encode it as a special token, or disallowed='as_text' to encode it as text"
                 )
 
-    def encode(self, text: str, *, allowed_special: AllowedSpecial = None, disallowed: Disallowed = "raise") -> list[int]:
+    def encode(
+        self, text: str, *, allowed_special: AllowedSpecial = None, disallowed: Disallowed = "raise"
+    ) -> list[int]:
         """Token ids of text; see the module docstring for `allowed_special` and `disallowed`."""
         allowed = self._allowed(allowed_special)
         self._check(text, allowed, disallowed)
@@ -209,6 +209,7 @@ class Tokenizer:
         Texts go to threads in contiguous slices of about `THREAD_CHARS` characters rather than one task per
         text (tiktoken's own encode_batch), which costs less when texts are short.
         """
+        texts = texts if isinstance(texts, list) else list(texts)
         allowed = self._allowed(allowed_special)
         for text in texts:
             self._check(text, allowed, disallowed)

@@ -46,14 +46,18 @@ def _json(obj: Any) -> str:
 
 def save_tokenizer(tok: Tokenizer, directory: Path) -> Path:
     """Write the tokenizer files into directory (created if needed); return the directory."""
-    directory.mkdir(parents=True, exist_ok=True)
     merges = "\n".join([MERGES_HEADER, *(f"{to_unicode(a)} {to_unicode(b)}" for a, b in tok.merges)]) + "\n"
     special = {"special_tokens": tok.special_tokens, "ids": tok.special_ids, "hash": tok.hash}
-    atomic_write_text(directory / MERGES, merges)
-    atomic_write_text(directory / VOCAB, _json(gpt2_vocab(tok)))
-    atomic_write_text(directory / SPECIAL, json.dumps(special, ensure_ascii=False, indent=2) + "\n")
-    atomic_write_text(directory / HF_JSON, _json(hf_tokenizer_json(tok)))
-    atomic_write_text(directory / HF_CONFIG, json.dumps(hf_tokenizer_config(tok), indent=2) + "\n")
+    contents = {  # everything is rendered (and checked) before the first file is written
+        VOCAB: _json(gpt2_vocab(tok)),
+        MERGES: merges,
+        SPECIAL: json.dumps(special, ensure_ascii=False, indent=2) + "\n",
+        HF_JSON: _json(hf_tokenizer_json(tok)),
+        HF_CONFIG: json.dumps(hf_tokenizer_config(tok), indent=2) + "\n",
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in contents.items():
+        atomic_write_text(directory / name, text)
     return directory
 
 

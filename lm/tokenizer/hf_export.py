@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from lm.errors import LmError
 from lm.tokenizer.pretokenize import GPT2_PATTERN
 
 if TYPE_CHECKING:
@@ -54,7 +55,13 @@ def from_unicode(text: str) -> bytes:
 def gpt2_vocab(tok: Tokenizer) -> dict[str, int]:
     """vocab.json content: printable token -> id, special tokens included under their own strings."""
     vocab = {to_unicode(token): i for token, i in tok.mergeable_ranks.items()}
-    vocab.update(tok.special_ids)
+    for special, i in tok.special_ids.items():
+        if special in vocab:
+            raise LmError(
+                f"special token {special!r} is spelled like the byte-level form of token {vocab[special]} in "
+                "vocab.json; use a marker like '<|name|>'"
+            )
+        vocab[special] = i
     return vocab
 
 

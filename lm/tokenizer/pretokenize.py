@@ -136,7 +136,9 @@ def iter_work(texts: Iterable[str], special_tokens: Sequence[str], size: int = C
         yield batch
 
 
-def iter_file_texts(paths: Iterable[str | Path], special_tokens: Sequence[str], block: int = 4 * CHUNK_CHARS) -> Iterator[str]:
+def iter_file_texts(
+    paths: Iterable[str | Path], special_tokens: Sequence[str], block: int = 4 * CHUNK_CHARS
+) -> Iterator[str]:
     """Stream text files as a sequence of parts that pre-tokenize exactly like each whole file.
 
     Each file is read in blocks and cut at the last safe point of a block that no special token spans,
@@ -162,14 +164,14 @@ def iter_file_texts(paths: Iterable[str | Path], special_tokens: Sequence[str], 
                 if carry:
                     yield carry
         except UnicodeDecodeError as err:
-            raise LmError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start}); convert it to UTF-8") from None
+            raise LmError(f"{path}: not valid UTF-8 ({err.reason}); convert the file to UTF-8") from None
 
 
 def _last_safe_cut(buf: str, special_tokens: Sequence[str], longest: int) -> int:
     """The last safe cut point in buf not inside any special-token occurrence, or 0 if none."""
     end = len(buf)
     while end > 0:
-        # search backwards by scanning a window before `end`
+        # scan backwards, 4096 characters at a time
         lo = max(0, end - 4096)
         cuts = [m.start() for m in _SAFE_CUT_RE.finditer(buf, max(lo, 1), end)]
         for p in reversed(cuts):
@@ -183,9 +185,7 @@ def _last_safe_cut(buf: str, special_tokens: Sequence[str], longest: int) -> int
 Progress = Callable[[int], None]
 
 
-def count_pretokens(
-    work: Iterable[list[str]], *, workers: int = 1, on_bytes: Progress | None = None
-) -> dict[str, int]:
+def count_pretokens(work: Iterable[list[str]], *, workers: int = 1, on_bytes: Progress | None = None) -> dict[str, int]:
     """Pre-token counts over batches of special-free pieces, counted in `workers` processes.
 
     Workers count units; the parent sums them and pre-tokenizes each distinct unit once. Counts are exact

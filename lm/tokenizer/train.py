@@ -15,7 +15,9 @@ and ``e`` in the three-way tie), ``n e``, ``ne west``, ``w i``, ``wi d``, ``wid 
 ``lowe r``, and then no pair is left.
 
 Speed comes from never recounting: ``where[pair]`` lists the words that contain a pair, so a merge
-touches only those words, and a max-heap with lazy invalidation finds the next pair. Only pairs that
+touches only those words (each held as a str of one character per token, so that applying a merge is one
+``str.replace``), and only the pairs around each merged occurrence change count; a max-heap with lazy
+invalidation finds the next pair. Only pairs that
 contain the new token can gain counts, so only they are pushed; an entry popped with a stale (too high)
 count is pushed back with the current one.
 """
@@ -190,7 +192,9 @@ def train_bpe_from_files(
     return _train(work, n_merges, workers=workers, progress=progress, total_bytes=total)
 
 
-def _train(work: Iterable[list[str]], n_merges: int, *, workers: int, progress: bool, total_bytes: int | None) -> list[Merge]:
+def _train(
+    work: Iterable[list[str]], n_merges: int, *, workers: int, progress: bool, total_bytes: int | None
+) -> list[Merge]:
     if workers < 1:
         raise LmError(f"tokenizer workers must be >= 1, got {workers}")
     if not progress:

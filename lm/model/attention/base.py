@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lm.errors import LmError
-from lm.model.attention.registry import Option, boolean, integer, number
+from lm.model.attention.registry import Option, boolean, integer, number, resolve_attention_options
 from lm.model.positions import RotaryEmbedding
 
 
@@ -82,8 +82,6 @@ class Attention(nn.Module):
         super().__init__()
         if d_model % n_heads:
             raise LmError(f"model.n_heads ({n_heads}) must divide model.d_model ({d_model})")
-        from lm.model.attention.registry import resolve_attention_options
-
         self.opts = resolve_attention_options(self.kind, options) if self.kind != "base" else dict(options or {})
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.max_len = max_len

@@ -43,9 +43,9 @@ class YatSphericalAttention(ExactAttention):
         "eps": Option(1e-6, number(0.0), "kernel normalisation: added to the row sum"),
     }
 
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
-        self.normalization = self.opts["normalization"]
+    @property
+    def normalization(self) -> str:  # type: ignore[override]
+        return self.opts["normalization"]
 
     def kernel_eps(self) -> float:
         return self.opts["eps"]
