@@ -138,7 +138,9 @@ class ModelConfig(Section):
     mlp: Literal["gelu", "swiglu"] = "gelu"
     tie_embeddings: bool = True
     pooling: Literal["cls", "mean"] = "cls"
-    qkv_bias: bool = True
+    bias: bool = Field(True, description="biases in every linear layer and LayerNorm (GPT-2: on, Llama: off)")
+    norm_eps: float = Field(1e-5, gt=0.0, lt=0.1)
+    gradient_checkpointing: bool = Field(False, description="recompute block activations in backward to save memory")
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
@@ -160,22 +162,29 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     batch_size: int = Field(32, ge=1, description="per-process micro-batch")
-    grad_accum: int = Field(1, ge=1)
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     epochs: int = Field(4, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     lr: float = Field(1e-3, gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    min_lr: float = Field(2e-4, ge=0.0, description="learning rate at the end of the cosine decay")
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_steps: int = Field(50, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     nproc: int = Field(1, ge=1, description="DDP processes on this machine (torchrun)")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="autocast dtype; fp16 adds a GradScaler")
     compile: bool = False
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
     patience: int | None = Field(None, ge=1, description="early stop after this many evals without improvement")
-    class_balance: Literal["pos_weight", "none"] = "pos_weight"
+    pos_weight: Literal["auto", "off"] | float = Field(
+        "auto", description="classify: BCE pos_weight; auto = #neg/#pos of the train split"
+    )
+    sampler: Literal["shuffle", "weighted"] = Field(
+        "shuffle", description="classify: 'weighted' draws classes equally (then use pos_weight: off)"
+    )
+    checkpoint_every: int | None = Field(None, ge=1, description="optimizer steps between checkpoints (default eval_every)")
+    max_restarts: int = Field(0, ge=0, description="torchrun --max-restarts for train.nproc > 1")
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: fraction of tokens to predict")
     threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores / nproc)")
 
@@ -215,6 +224,17 @@ class Params(Section):
         if self.model.attention == "cosformer" and self.task == "clm":
             # fixed M keeps causal cosformer prefix-consistent (ATTENTION.md 3.5)
             pass
+        return self
+
+    @model_validator(mode="after")
+    def _train_combinations(self) -> Params:
+        t = self.train
+        if t.min_lr > t.lr:
+            raise ValueError(f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
+        if t.sampler == "weighted" and self.task != "classify":
+            raise ValueError("train.sampler=weighted applies to task=classify only")
+        if isinstance(t.pos_weight, float) and t.pos_weight <= 0:
+            raise ValueError("train.pos_weight must be 'auto', 'off' or a positive number")
         return self
 
     @property

@@ -106,7 +106,7 @@ COMBOS = list(itertools.product(["learned", "sinusoidal", "none"], ["layernorm",
 @pytest.mark.parametrize("positions,norm,norm_position,mlp,pooling", COMBOS)
 def test_every_option_combination_runs_forward_and_backward(positions, norm, norm_position, mlp, pooling):
     c = cfg(positions=positions, norm=norm, norm_position=norm_position, mlp=mlp, pooling=pooling, n_layers=1,
-            dropout=0.1, attention_dropout=0.1, qkv_bias=pooling == "cls", tie_embeddings=mlp == "gelu")
+            dropout=0.1, attention_dropout=0.1, bias=pooling == "cls", tie_embeddings=mlp == "gelu")
     x = ids(L=8)
     mask = torch.ones_like(x)
     mask[1, 5:] = 0

@@ -63,8 +63,8 @@ def make_items(enc: Encoded, rows: np.ndarray, task: str, max_len: int) -> RowIt
 def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
     special_ids = enc.meta["special_ids"]
     if params.task == "classify":
-        pos_weight = None
-        if params.train.class_balance == "pos_weight":
+        pos_weight = params.train.pos_weight if isinstance(params.train.pos_weight, float) else None
+        if params.train.pos_weight == "auto":
             labels = enc.targets[train_rows] >= params.data.threshold
             n_pos = int(labels.sum())
             if n_pos == 0:
@@ -82,15 +82,15 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
     return CausalLMObjective()
 
 
-def autocast_ctx(device: torch.device, precision: str):
-    if precision == "fp32":
+def autocast_ctx(device: torch.device, amp: str):
+    if amp == "none":
         return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, objective, items, batch_size: int, d: Dist, precision: str) -> float:
+def evaluate_loss(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: str) -> float:
     """Mean loss over `items`, sharded over ranks (every rank runs the unwrapped model) and all-reduced."""
     plain = unwrap(model)
     was_training = plain.training
@@ -103,7 +103,7 @@ def evaluate_loss(model: nn.Module, objective, items, batch_size: int, d: Dist, 
         if batch["count"] == 0:
             continue
         batch = to_device(batch, d.device)
-        with autocast_ctx(d.device, precision):
+        with autocast_ctx(d.device, amp):
             total += float(objective.loss_sum(plain, batch))
         count += batch["count"]
     total, count = d.all_reduce_sum([total, count])
@@ -197,20 +197,20 @@ def train(
         sampler = DistributedSampler(
             range(len(train_items)), num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=params.seed, drop_last=False
         )
-        per_step = cfg.batch_size * cfg.grad_accum
+        per_step = cfg.batch_size * cfg.grad_accum_steps
         # from the global item count, so the padding DistributedSampler adds is never reached and a step
         # sees the same examples whatever the number of processes
         steps_per_epoch = len(train_items) // (per_step * d.world_size)
         if steps_per_epoch == 0:
             raise LmError(
                 f"train: {len(train_items)} training items are fewer than one step of "
-                f"train.batch_size x train.grad_accum x train.nproc = {per_step * d.world_size}; lower train.batch_size"
+                f"train.batch_size x train.grad_accum_steps x train.nproc = {per_step * d.world_size}; lower train.batch_size"
             )
         total_steps = cfg.epochs * steps_per_epoch
         if cfg.max_steps:
             total_steps = min(total_steps, cfg.max_steps)
         scheduler = build_scheduler(optimizer, cfg, total_steps)
-        scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.precision == "fp16")
+        scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.amp == "fp16")
         gen = torch.Generator().manual_seed(params.seed * 1_000_003 + d.rank)  # mlm dynamic masks
 
         logger = _Logger(d.is_main, reports_dir)
@@ -234,7 +234,7 @@ def train(
                     break
                 micro = [
                     objective.prepare(train_items.batch(order[s * per_step + m * cfg.batch_size: s * per_step + (m + 1) * cfg.batch_size]), gen, train=True)
-                    for m in range(cfg.grad_accum)
+                    for m in range(cfg.grad_accum_steps)
                 ]
                 (global_count,) = d.all_reduce_sum([float(sum(b["count"] for b in micro))])
                 step_loss = 0.0
@@ -243,7 +243,7 @@ def train(
                     tokens_seen += int(batch["attention_mask"].sum())
                     sync = d.enabled and m < len(micro) - 1
                     with (wrapped.no_sync() if sync and hasattr(wrapped, "no_sync") else nullcontext()):
-                        with autocast_ctx(d.device, cfg.precision):
+                        with autocast_ctx(d.device, cfg.amp):
                             loss_sum = objective.loss_sum(wrapped, batch)
                         loss = loss_sum * d.world_size / max(global_count, 1.0)
                         scaler.scale(loss).backward()
@@ -260,7 +260,7 @@ def train(
                 running.append(total_loss / max(global_count, 1.0))
 
                 if step % cfg.eval_every == 0 or step == total_steps:
-                    val_loss = evaluate_loss(wrapped, objective, val_items, params.eval.batch_size, d, cfg.precision) if len(val_items) else float("nan")
+                    val_loss = evaluate_loss(wrapped, objective, val_items, params.eval.batch_size, d, cfg.amp) if len(val_items) else float("nan")
                     last_train_loss = float(np.mean(running))
                     running.clear()
                     row = {"step": step, "epoch": epoch, "train_loss": last_train_loss, "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]}
