@@ -106,7 +106,6 @@ class TokenizerConfig(Section):
 
 class EncodeConfig(Section):
     max_len: int = Field(64, ge=4, le=8192, description="tokens per row (classify/mlm) or per training window (clm)")
-    mode: Literal["memmap", "on_the_fly"] = "memmap"
     batch_size: int = Field(1024, ge=1, description="texts per encode batch")
 
 

@@ -7,9 +7,16 @@ from lm.io import atomic_dir, atomic_write_json, require
 from lm.paths import ENCODED, RAW, TOKENIZER
 
 
+def stream_texts(table, batch_size: int):
+    """The corpus' text column, read one parquet batch at a time (memory bounded by the batch)."""
+    for batch in table.iter_batches(batch_size=batch_size, columns=["text"]):
+        yield from batch.column(0).to_pylist()
+
+
 def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -> None:
     import numpy as np
     import pandas as pd
+    import pyarrow.parquet as pq
     from rich.console import Console
 
     from lm.data.encode_corpus import encode_rows, encode_stream
@@ -18,20 +25,22 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
     corpus = require(raw_dir / "corpus.parquet", "lm download")
     require(tokenizer_dir / "special_tokens.json", "lm tokenize")
     tok = Tokenizer.load(tokenizer_dir)
-    frame = pd.read_parquet(corpus, columns=["text", "target"])
-    texts = frame["text"].tolist()
+    table = pq.ParquetFile(corpus)
+    n_docs = table.metadata.num_rows
     max_len = params.encode.max_len
     with atomic_dir(out_dir) as tmp:
+        texts = stream_texts(table, params.encode.batch_size)
         if params.task == "clm":
-            info = encode_stream(texts, len(texts), tok, tmp)
+            info = encode_stream(texts, n_docs, tok, tmp)
         else:
-            info = encode_rows(texts, len(texts), tok, max_len, tmp)
-        np.save(tmp / "targets.npy", frame["target"].to_numpy(dtype=np.float32, na_value=np.nan))
+            info = encode_rows(texts, n_docs, tok, max_len, tmp)
+        targets = pd.read_parquet(corpus, columns=["target"])["target"]
+        np.save(tmp / "targets.npy", targets.to_numpy(dtype=np.float32, na_value=np.nan))
         meta = {
             "task": params.task,
             "layout": "stream" if params.task == "clm" else "rows",
             **info,
-            "n_docs": len(texts),
+            "n_docs": n_docs,
             "max_len": max_len,
             "vocab_size": tok.vocab_size,
             "special_ids": tok.special_ids,
@@ -39,6 +48,6 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
         }
         atomic_write_json(tmp / "meta.json", meta)
     Console(stderr=True).print(
-        f"encode: {len(texts)} documents, {info['n_tokens']} tokens ({info['dtype']}, "
+        f"encode: {n_docs} documents, {info['n_tokens']} tokens ({info['dtype']}, "
         f"{info.get('n_truncated', 0)} truncated at {max_len}) -> {out_dir}"
     )
