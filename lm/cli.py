@@ -101,13 +101,17 @@ def split(params: ParamsOption = DEFAULT_PARAMS) -> None:
 
 
 @app.command()
-def train(params: ParamsOption = DEFAULT_PARAMS) -> None:
+def train(
+    params: ParamsOption = DEFAULT_PARAMS,
+    resume: Annotated[bool, typer.Option("--resume", help="continue exactly from models/checkpoint.pt "
+                                         "(same params) instead of starting again")] = False,
+) -> None:
     """Train the model (DDP through torchrun when train.nproc > 1) and write models/."""
 
     def body() -> None:
         from stages import train as stage
 
-        stage.run(_params(params), params_path=params)
+        stage.run(_params(params), params_path=params, resume=resume)
 
     _run(body)
 

@@ -180,10 +180,12 @@ class TrainConfig(Section):
         "auto", description="classify: BCE pos_weight; auto = #neg/#pos of the train split"
     )
     sampler: Literal["shuffle", "weighted"] = Field(
-        "shuffle", description="classify: 'weighted' draws classes equally (then use pos_weight: off)"
+        "shuffle", description="classify: 'weighted' draws classes equally, with replacement (pos_weight auto then means off)"
     )
     checkpoint_every: int | None = Field(None, ge=1, description="optimizer steps between checkpoints (default eval_every)")
-    max_restarts: int = Field(0, ge=0, description="torchrun --max-restarts for train.nproc > 1")
+    max_restarts: int = Field(
+        0, ge=0, description="torchrun --max-restarts for train.nproc > 1; restarted workers resume from the checkpoint"
+    )
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: fraction of tokens to predict")
     threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores / nproc)")
 

@@ -1,11 +1,14 @@
 """Stage `train`: train the model and write models/ (export + checkpoint) and reports/train/.
 
 With train.nproc > 1 this re-launches itself under torchrun (`python -m torch.distributed.run
---standalone`), one process per rank; each rank then takes the same code path with its own rank.
+--standalone --max-restarts=train.max_restarts`), one process per rank; each rank then takes the same code
+path with its own rank. When a worker dies, torchrun restarts the whole group (up to max_restarts times)
+and every restarted worker (TORCHELASTIC_RESTART_COUNT > 0) resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,36 +18,51 @@ from lm.io import require
 from lm.paths import ENCODED, MODELS, SPLIT, TOKENIZER, TRAIN_REPORTS
 
 
-def launch_torchrun(nproc: int, params_path: Path) -> None:
+def launch_torchrun(nproc: int, params_path: Path, *, max_restarts: int = 0, resume: bool = False) -> None:
     from lm.errors import LmError
 
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "stages.train", "--params", str(params_path),
+        f"--max-restarts={max_restarts}", "--monitor-interval=0.5",
+        "-m", "stages.train", "--params", str(params_path), *(["--resume"] if resume else []),
     ]
-    code = subprocess.call(cmd)
+    # workers must not share torchrun's rendezvous store: with it shared, a restarted group can read the
+    # previous attempt's gloo/NCCL addresses and fail or hang (pytorch/pytorch#135712)
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")}
+    code = subprocess.call(cmd, env=env)
     if code != 0:
         raise LmError(f"train: torchrun with {nproc} processes exited with code {code} (see the log above)")
 
 
-def run(params: Params, params_path: Path = Path("params.yaml"), out_dir=MODELS, reports_dir=TRAIN_REPORTS) -> None:
+def run(params: Params, params_path: Path = Path("params.yaml"), out_dir=MODELS, reports_dir=TRAIN_REPORTS,
+        resume: bool = False) -> None:
     from lm.train.distributed import in_torchrun
 
     require(ENCODED / "meta.json", "lm encode")
     require(SPLIT / "train.npy", "lm split")
     if params.train.nproc > 1 and not in_torchrun():
-        launch_torchrun(params.train.nproc, params_path)
+        launch_torchrun(params.train.nproc, params_path, max_restarts=params.train.max_restarts, resume=resume)
         return
-    train_here(params, out_dir=out_dir, reports_dir=reports_dir)
+    train_here(params, out_dir=out_dir, reports_dir=reports_dir, resume=resume_mode(resume))
 
 
-def train_here(params: Params, out_dir=MODELS, reports_dir=TRAIN_REPORTS) -> None:
+def resume_mode(requested: bool):
+    """--resume: True (the checkpoint must exist). A worker that torchrun restarted after a failure:
+    'auto' (continue from the checkpoint when one was written, else start again). Otherwise False."""
+    if requested:
+        return True
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return "auto"
+    return False
+
+
+def train_here(params: Params, out_dir=MODELS, reports_dir=TRAIN_REPORTS, resume=False) -> None:
     from lm.train.loop import train
 
     out_dir, reports_dir = Path(out_dir), Path(reports_dir)
     result = train(
         params, encoded_dir=ENCODED, split_dir=SPLIT, tokenizer_dir=TOKENIZER, out_dir=out_dir,
-        reports_dir=reports_dir,
+        reports_dir=reports_dir, resume=resume,
     )
     if result is not None and result.history:
         from lm.viz.plots import plot_training_curves
@@ -53,7 +71,7 @@ def train_here(params: Params, out_dir=MODELS, reports_dir=TRAIN_REPORTS) -> Non
 
 
 def _main() -> None:
-    """Entry for torchrun workers: `python -m stages.train --params PATH`."""
+    """Entry for torchrun workers: `python -m stages.train --params PATH [--resume]`."""
     import argparse
 
     from lm.config import ConfigError, load_params
@@ -61,9 +79,10 @@ def _main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     try:
-        train_here(load_params(args.params))
+        train_here(load_params(args.params), resume=resume_mode(args.resume))
     except (ConfigError, LmError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

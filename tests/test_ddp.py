@@ -1,9 +1,12 @@
-"""DDP is exact: 2 processes x batch B reach the same weights as 1 process x batch 2B, and only rank 0
-writes files. Runs the real train stage under torchrun (gloo on CPU)."""
+"""DDP is exact: 2 processes reach the same weights as 1 process with the same global batch, for each task
+(mlm masks and clm windows do not depend on the process), with accumulation under `no_sync`; evaluation is
+sharded and all-reduced (same validation losses); only rank 0 writes files; and a worker SIGKILLed mid-run
+is restarted by torchrun --max-restarts, resumes from the last checkpoint and ends bit-identical to an
+uninterrupted run. Runs the real train stage under torchrun (gloo on CPU)."""
 
 from __future__ import annotations
 
-import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import subprocess_env, tiny_params, write_fake_encoded, write_params
+from conftest import SPECIALS, subprocess_env, tiny_params, write_fake_encoded, write_params
+from lm.config import parse_params
+from lm.model import build_model
+from test_train_resume import hook_env
 
 pytestmark = pytest.mark.slow
 
@@ -26,50 +32,89 @@ _main()
 """
 
 
-def _params(task: str, batch: int) -> dict:
+def _params(task: str, batch: int, accum: int = 1, **extra) -> dict:
     return tiny_params(**{
-        "task": task, "train.batch_size": batch, "train.epochs": 3, "train.eval_every": 2,
-        "train.warmup_steps": 1, "model.dropout": 0.0, "model.attention_dropout": 0.0, "train.threads": 1,
+        "task": task, "train.batch_size": batch, "train.grad_accum_steps": accum, "train.epochs": 3,
+        "train.eval_every": 2, "train.warmup_steps": 1, "model.dropout": 0.0, "model.attention_dropout": 0.0,
+        "train.threads": 1, **extra,
     })
 
 
-def _final_weights(root: Path) -> dict[str, torch.Tensor]:
-    return torch.load(root / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+def _checkpoint(root: Path) -> dict:
+    return torch.load(root / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("task", ["classify", "clm"])
-def test_two_processes_match_one_process_with_double_batch(tmp_path, task):
+@pytest.mark.parametrize("task, batch, accum", [("classify", 4, 1), ("mlm", 2, 2), ("clm", 2, 2)])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, task, batch, accum):
     env = subprocess_env()
     single, double = tmp_path / "single", tmp_path / "ddp"
     for root in (single, double):
         root.mkdir()
         write_fake_encoded(root, task, n_docs=72)
     write_params(single / "params.yaml", _params(task, batch=8))
-    write_params(double / "params.yaml", _params(task, batch=4))
+    write_params(double / "params.yaml", _params(task, batch=batch, accum=accum))
     rank_dir = tmp_path / "rank1"
     rank_dir.mkdir()
     (rank_dir / "data").symlink_to(double / "data")
     (double / "driver.py").write_text(DRIVER)
 
     subprocess.run([sys.executable, "-m", "stages.train", "--params", "params.yaml"], cwd=single, env=env,
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, timeout=300)
     env_ddp = {**env, "LM_TEST_RANK_DIR": str(rank_dir)}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "driver.py", "params.yaml"],
-        cwd=double, env=env_ddp, capture_output=True, text=True,
+        cwd=double, env=env_ddp, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    a, b = _final_weights(single), _final_weights(double)
+    one, two = _checkpoint(single), _checkpoint(double)
+    assert one["step"] == two["step"] >= 6  # several optimizer steps
+    a, b = one["model"], two["model"]
     assert a.keys() == b.keys()
-    ckpt = torch.load(double / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert ckpt["step"] >= 6  # several optimizer steps
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), f"{name}: max diff {(a[name] - b[name]).abs().max()}"
     # the weights did move: the comparison is not trivially between two initialisations
-    init = torch.load(single / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert init["step"] == ckpt["step"]
+    init = build_model(parse_params(_params(task, batch=8)).model, task=task, vocab_size=64, max_len=16,
+                       pad_id=SPECIALS["<|pad|>"], seed=0).state_dict()
+    assert all(not torch.allclose(a[n], init[n], atol=1e-4) for n in ("trunk.tok_emb.weight", "trunk.final_norm.weight"))
+    losses = [one["progress"]["log"]["table"][:, 1], two["progress"]["log"]["table"][:, 1]]
+    assert torch.allclose(*losses, rtol=1e-5) and losses[0][0] != losses[0][-1]
+    # sharded, all-reduced validation: the same validation losses as one process evaluating everything
+    val = [[h["val_loss"] for h in c["progress"]["history"]] for c in (one, two)]
+    assert len(val[0]) >= 3 and val[0] == pytest.approx(val[1], rel=1e-5)
     # only rank 0 wrote: rank 1 ran in rank_dir and left nothing there but the data link
     assert sorted(p.name for p in rank_dir.iterdir()) == ["data"]
     assert (double / "models" / "model.safetensors").exists()
     assert (double / "reports" / "train" / "metrics.json").exists()
+
+
+def test_a_killed_worker_is_restarted_and_the_run_resumes_exactly(tmp_path):
+    """train.max_restarts=1: rank 1 SIGKILLs itself at a random step; torchrun stops rank 0, restarts both,
+    and both resume from the last checkpoint (TORCHELASTIC_RESTART_COUNT > 0)."""
+    raw = _params("classify", batch=2, accum=2, **{
+        "train.nproc": 2, "train.max_restarts": 1, "train.checkpoint_every": 2, "train.eval_every": 3,
+        "model.dropout": 0.1,
+    })
+    runs = {}
+    for name in ("whole", "killed"):
+        root = tmp_path / name
+        root.mkdir()
+        write_fake_encoded(root, "classify", n_docs=72)
+        write_params(root / "params.yaml", raw)
+        runs[name] = root
+    whole = subprocess.run([sys.executable, "-m", "lm.cli", "train"], cwd=runs["whole"],
+                           env=hook_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    total = _checkpoint(runs["whole"])["step"]
+    n = random.randrange(3, total)
+    killed = subprocess.run([sys.executable, "-m", "lm.cli", "train"], cwd=runs["killed"],
+                            env=hook_env(tmp_path, f"step:{n}", rank=1), capture_output=True, text=True, timeout=300)
+    log = killed.stderr.replace("\n", " ")
+    assert killed.returncode == 0, f"step:{n}: {killed.stderr[-3000:]}"
+    assert "resumed at step" in log, f"step:{n}: no resume in the log: {killed.stderr[-3000:]}"
+    a, b = _checkpoint(runs["whole"]), _checkpoint(runs["killed"])
+    assert a["step"] == b["step"] == total
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), f"step:{n}: {name}"
+    assert a["progress"]["log"]["table"][:, 1].tolist() == b["progress"]["log"]["table"][:, 1].tolist()
+    assert not list((runs["killed"] / "models").glob(".*.tmp"))

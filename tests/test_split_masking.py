@@ -36,15 +36,25 @@ def test_split_refuses_when_no_training_rows_or_one_class():
         split_indices(50, val_fraction=0.1, test_fraction=0.1, seed=0, labels=np.zeros(50, dtype=bool))
 
 
-def test_bert_masking_rates_and_special_tokens():
-    g = torch.Generator().manual_seed(0)
-    B, L, specials = 400, 64, [60, 61, 62, 63]
-    ids = torch.randint(0, 60, (B, L))
+def _masks(ids, mask, rows, epoch, seed=0):
+    return mask_tokens(ids, mask, mask_prob=0.15, mask_id=63, special_ids=[60, 61, 62, 63], n_ordinary=60,
+                       rows=rows, seed=seed, epoch=epoch)
+
+
+def _rows_batch(B=400, L=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 60, (B, L), generator=g)
     ids[:, 0] = 62  # cls
-    lengths = torch.randint(10, L + 1, (B,))
+    lengths = torch.randint(10, L + 1, (B,), generator=g)
     mask = torch.arange(L)[None] < lengths[:, None]
     ids[~mask] = 61
-    corrupted, labels = mask_tokens(ids, mask, mask_prob=0.15, mask_id=63, special_ids=specials, n_ordinary=60, generator=g)
+    return ids, mask, lengths
+
+
+def test_bert_masking_rates_and_special_tokens():
+    ids, mask, _ = _rows_batch()
+    B = len(ids)
+    corrupted, labels = _masks(ids, mask, np.arange(B), epoch=0)
     chosen = labels != IGNORE_INDEX
     assert not chosen[:, 0].any() and not chosen[~mask].any()  # never cls or pad
     assert torch.equal(labels[chosen], ids[chosen])
@@ -56,5 +66,39 @@ def test_bert_masking_rates_and_special_tokens():
     assert abs(became_mask.sum().item() / n - 0.8) < 0.03
     # 10% random + 10% kept (a random draw equals the original 1/60 of the time)
     assert abs(unchanged.sum().item() / n - (0.1 + 0.1 / 60)) < 0.03
+    random_ids = corrupted[chosen & (corrupted != 63) & (corrupted != ids)]
+    assert random_ids.numel() and int(random_ids.max()) < 60  # random replacements are ordinary tokens
     assert torch.equal(corrupted[~chosen], ids[~chosen])
     assert chosen.any(dim=1).all()  # every row has a target
+
+
+def test_masks_are_a_function_of_seed_epoch_row_not_of_batching():
+    """What makes 2 DDP processes and accumulated micro-batches mask exactly like one big batch."""
+    ids, mask, lengths = _rows_batch(B=24)
+    rows = np.arange(100, 124)
+    whole, whole_labels = _masks(ids, mask, rows, epoch=3)
+    # the same rows in another order, split in two batches trimmed to their own longest row
+    perm = np.random.default_rng(1).permutation(24)
+    for part in np.array_split(perm, 2):
+        width = int(lengths[part].max())
+        c, lab = _masks(ids[part, :width], mask[part, :width], rows[part], epoch=3)
+        assert torch.equal(c, whole[part, :width]) and torch.equal(lab, whole_labels[part, :width])
+    other_epoch, _ = _masks(ids, mask, rows, epoch=4)
+    other_seed, _ = _masks(ids, mask, rows, epoch=3, seed=1)
+    assert not torch.equal(other_epoch, whole) and not torch.equal(other_seed, whole)
+    again, _ = _masks(ids, mask, rows, epoch=3)
+    assert torch.equal(again, whole)
+
+
+def test_hash_uniform_is_uniform_and_independent_across_draws():
+    from lm.data.masking import hash_uniform
+
+    u = hash_uniform(7, 0, np.arange(2000), 50, 0)
+    v = hash_uniform(7, 0, np.arange(2000), 50, 1)
+    assert u.shape == (2000, 50) and u.min() >= 0 and u.max() < 1
+    counts = np.histogram(u, bins=20, range=(0, 1))[0]
+    expected = u.size / 20
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 43.8  # chi-square, 19 dof, p = 0.001
+    assert abs(np.corrcoef(u.ravel(), v.ravel())[0, 1]) < 0.01
+    assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01  # neighbouring positions

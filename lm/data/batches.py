@@ -3,7 +3,8 @@
 - classify / mlm: an item is a document row; a batch is trimmed to its longest row (dynamic padding), which
   on short comments saves most of the attention cost of padding to max_len.
 - clm: an item is a window of max_len + 1 tokens cut from a run of consecutive documents of the split
-  (documents are contiguous in the stream, so a run is one slice of the memmap, copied only when batched).
+  (documents are contiguous in the stream, so a run is one slice of the memmap, copied only when batched);
+  the window grid can be shifted per epoch (WindowItems.with_offset) without dropping or repeating targets.
 """
 
 from __future__ import annotations
@@ -46,29 +47,51 @@ class RowItems:
 
 @dataclass
 class WindowItems:
-    """Fixed-length windows over the documents of one split (clm)."""
+    """Windows of up to max_len + 1 tokens over the documents of one split (clm).
+
+    The split's documents form runs of consecutive documents (one contiguous slice of the stream each). A
+    run is cut on a grid of stride max_len shifted by `offset`: a head window covering the run's first
+    `offset` targets, then full windows from there on. Every target token of the run is predicted exactly
+    once whatever the offset; training draws a new offset every epoch so the model sees new context
+    boundaries, and evaluation uses offset 0.
+    """
 
     enc: Encoded
-    starts: np.ndarray  # int64 token offsets of each window
-    ends: np.ndarray  # int64 exclusive end of the run the window belongs to
+    starts: np.ndarray  # int64 token offset of each window
+    ends: np.ndarray  # int64 exclusive end of the tokens the window may read (its run's end, or its segment's)
     window: int  # max_len + 1 (inputs and shifted targets)
+    run_lo: np.ndarray | None = None  # int64 start of each run (kept to re-cut the grid)
+    run_hi: np.ndarray | None = None  # int64 exclusive end of each run
 
     @classmethod
-    def from_docs(cls, enc: Encoded, docs: np.ndarray, max_len: int) -> WindowItems:
-        docs = np.sort(docs)
-        starts: list[np.ndarray] = []
-        ends: list[np.ndarray] = []
+    def from_docs(cls, enc: Encoded, docs: np.ndarray, max_len: int, offset: int = 0) -> WindowItems:
+        docs = np.sort(np.asarray(docs, dtype=np.int64))
+        lo = hi = np.zeros(0, dtype=np.int64)
         if len(docs):
             breaks = np.flatnonzero(np.diff(docs) != 1) + 1
-            for run in np.split(docs, breaks):
-                lo, hi = int(enc.offsets[run[0]]), int(enc.offsets[run[-1] + 1])
-                if hi - lo < 2:
-                    continue
-                s = np.arange(lo, hi - 1, max_len, dtype=np.int64)  # stride max_len: each target once
-                starts.append(s)
-                ends.append(np.full_like(s, hi))
-        cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64))
-        return cls(enc, cat(starts), cat(ends), max_len + 1)
+            first = np.concatenate([[0], breaks])
+            last = np.concatenate([breaks - 1, [len(docs) - 1]])
+            lo = np.asarray(enc.offsets[docs[first]], dtype=np.int64)
+            hi = np.asarray(enc.offsets[docs[last] + 1], dtype=np.int64)
+            keep = hi - lo >= 2  # a run needs one input and one target
+            lo, hi = lo[keep], hi[keep]
+        return cls(enc, lo, hi, max_len + 1, lo, hi).with_offset(offset)
+
+    def with_offset(self, offset: int) -> WindowItems:
+        """The same runs cut on a grid shifted by `offset` tokens (0 <= offset < max_len)."""
+        L = self.window - 1
+        if not 0 <= offset < L:
+            raise ValueError(f"window offset {offset} outside [0, {L})")
+        lo, hi = self.run_lo, self.run_hi
+        n = hi - 1 - lo  # targets per run
+        shift = np.where((offset > 0) & (offset < n), offset, 0)  # (R,) runs shorter than the offset stay whole
+        counts = -(-(n - shift) // L)  # full-grid windows per run (ceil)
+        run_of = np.repeat(np.arange(len(lo)), counts)
+        k = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        starts = np.concatenate([lo[run_of] + shift[run_of] + k * L, lo[shift > 0]])
+        ends = np.concatenate([hi[run_of], (lo + shift + 1)[shift > 0]])  # head window stops at its targets
+        order = np.argsort(starts, kind="stable")  # stream order: memmap reads stay sequential
+        return WindowItems(self.enc, starts[order], ends[order], self.window, lo, hi)
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -1,15 +1,43 @@
 """BERT masked-language-model corruption: choose ~mask_prob of the real tokens; of those, 80% become
 <|mask|>, 10% a random ordinary token and 10% stay unchanged (Devlin et al. 2019, §3.1).
 
-Training draws fresh masks every time a batch is seen (dynamic masking, RoBERTa); validation and test use
-masks fixed by the seed so that losses are comparable across evaluations and runs.
+Every random draw is a hash of (seed, epoch, document row, position, draw), not a generator's output, so a
+row's mask does not depend on which process, micro-batch or batch width it lands in: 2 DDP processes, or 4
+accumulated micro-batches, corrupt exactly the tokens one big batch would. Training passes its epoch
+(dynamic masking, RoBERTa: new masks every epoch); validation and test pass EVAL_EPOCH, so their masks are
+fixed by the seed and losses stay comparable across evaluations and runs.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100
+EVAL_EPOCH = -1  # the "epoch" of validation/test masks: never a training epoch
+
+_M64 = (1 << 64) - 1
+_SELECT, _ACTION, _RANDOM = 0, 1, 2  # independent draws per position
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (Steele et al. 2014): a bijection on uint64 whose output bits look independent."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_uniform(seed: int, epoch: int, rows: np.ndarray, width: int, draw: int) -> np.ndarray:
+    """Uniform [0, 1) float64 of shape (len(rows), width): entry (i, j) depends only on
+    (seed, epoch, rows[i], j, draw). 53 random bits each, like torch.rand in double precision."""
+    with np.errstate(over="ignore"):
+        key = _mix(np.array([seed & _M64], dtype=np.uint64))
+        key = _mix(key ^ np.uint64(epoch & _M64))
+        key = _mix(key ^ np.uint64(draw & _M64))
+        h = _mix(key ^ np.asarray(rows, dtype=np.int64).astype(np.uint64)[:, None])  # (B, 1)
+        h = _mix(h ^ np.arange(width, dtype=np.uint64)[None, :])  # (B, W)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def mask_tokens(
@@ -20,19 +48,23 @@ def mask_tokens(
     mask_id: int,
     special_ids: list[int],
     n_ordinary: int,
-    generator: torch.Generator,
+    rows: torch.Tensor | np.ndarray,  # (B,) document index of each row: the key of its mask
+    seed: int,
+    epoch: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (corrupted input_ids, labels) where labels are IGNORE_INDEX except at chosen positions.
 
-    Ordinary (non-special) token ids are assumed to be 0..n_ordinary-1, as in lm's tokenizer layout.
-    Every row with at least one maskable token gets at least one prediction target, so short rows still
-    contribute to the loss.
+    Ordinary (non-special) token ids are assumed to be 0..n_ordinary-1, as in lm's tokenizer layout; special
+    and padding positions are never chosen. Every row with at least one maskable token gets at least one
+    prediction target, so short rows still contribute to the loss.
     """
+    rows = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows)
+    B, L = input_ids.shape
     special = torch.zeros_like(input_ids, dtype=torch.bool)
     for sid in special_ids:
         special |= input_ids == sid
     maskable = attention_mask.bool() & ~special  # (B, L)
-    u = torch.rand(input_ids.shape, generator=generator)
+    u = torch.from_numpy(hash_uniform(seed, epoch, rows, L, _SELECT))  # (B, L)
     chosen = (u < mask_prob) & maskable
     # guarantee one target per row that has any maskable token: take its lowest-u maskable position
     u_masked = torch.where(maskable, u, torch.full_like(u, 2.0))
@@ -41,10 +73,11 @@ def mask_tokens(
     chosen |= torch.zeros_like(chosen).scatter_(1, first, True) & has_any
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
-    action = torch.rand(input_ids.shape, generator=generator)
+    action = torch.from_numpy(hash_uniform(seed, epoch, rows, L, _ACTION))  # (B, L)
     to_mask = chosen & (action < 0.8)
     to_random = chosen & (action >= 0.8) & (action < 0.9)
-    random_ids = torch.randint(0, n_ordinary, input_ids.shape, generator=generator)
+    random_ids = (torch.from_numpy(hash_uniform(seed, epoch, rows, L, _RANDOM)) * n_ordinary).long()
+    random_ids = random_ids.clamp_(max=n_ordinary - 1)
     corrupted = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
     corrupted = torch.where(to_random, random_ids, corrupted)
     return corrupted, labels

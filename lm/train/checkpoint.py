@@ -1,8 +1,10 @@
 """Checkpoints (the whole training state) and the exported model (weights + config to rebuild it).
 
 A checkpoint holds the unwrapped model (no `module.` / `_orig_mod.` prefixes), optimizer, scheduler, scaler,
-step, epoch, data position, RNG states and the resolved params, written atomically by rank 0 only. The
-export is what inference needs and nothing else: `model.safetensors` + `config.json` + the tokenizer files.
+step, epoch, data position, RNG states, best-model tracking, early-stopping counters, the logged metrics and
+the resolved params, written atomically by rank 0 only and loaded with torch.load(weights_only=True) (so it
+holds tensors and plain Python values, never numpy objects). The export is what inference needs and nothing
+else: `model.safetensors` (the best weights by validation loss) + `config.json` + the tokenizer files.
 """
 
 from __future__ import annotations
@@ -38,22 +40,92 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The process's random generators as tensors, ints and lists only (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "internal": list(internal), "gauss": gauss},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Serialise in memory, then write a temporary sibling and rename it over `path`: a kill at any moment
+    leaves the previous checkpoint or the new one, never a truncated file."""
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with weights_only=True: a checkpoint holds tensors and plain Python values only, so loading it
+    can never run code."""
     if not path.exists():
         raise LmError(f"{path} not found: train first (`lm train`)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise LmError(f"{path} is not a readable lm checkpoint ({type(err).__name__}); train again without --resume") from None
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete temporary files a killed writer left behind (`.checkpoint.pt.XXXX.tmp` and the like)."""
+    if out_dir.is_dir():
+        for tmp in out_dir.glob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+
+
+# params that may differ between a run and its resumption: they change how, not what, is computed
+RUNTIME_KEYS = ("train.threads", "train.max_restarts", "train.backend", "train.device", "train.compile")
+
+
+def resume_signature(params_dump: dict[str, Any]) -> dict[str, Any]:
+    """The params a resumed run must share with the checkpoint, flattened to dotted keys."""
+    flat: dict[str, Any] = {}
+    for key in ("task", "seed"):
+        flat[key] = params_dump.get(key)
+    flat["data.threshold"] = params_dump.get("data", {}).get("threshold")
+    for section in ("model", "train"):
+        for k, v in params_dump.get(section, {}).items():
+            flat[f"{section}.{k}"] = v
+    for key in RUNTIME_KEYS:
+        flat.pop(key, None)
+    return flat
+
+
+def check_resumable(ckpt: dict[str, Any], params_dump: dict[str, Any], data_fingerprint: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint written with other params or data: the continuation would not be the
+    run those params describe."""
+    saved, now = resume_signature(ckpt.get("params", {})), resume_signature(params_dump)
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise LmError(
+                f"{path} was written with {key}={saved.get(key)!r} but the params say {now.get(key)!r}: "
+                "restore that value to resume, or train from scratch (without --resume)"
+            )
+    old = ckpt.get("data", {})
+    for key, value in data_fingerprint.items():
+        if old.get(key) != value:
+            raise LmError(
+                f"{path} was trained on other data ({key} {old.get(key)!r} != {value!r}): "
+                "train from scratch (without --resume)"
+            )
 
 
 def export_model(model: nn.Module, out_dir: Path, config: dict[str, Any], tokenizer_dir: Path) -> None:

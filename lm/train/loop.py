@@ -1,35 +1,47 @@
 """The training loop shared by all tasks: single process or DDP, accumulation, AMP, clipping, schedule,
-periodic validation with early stopping, best-model export and a full checkpoint.
+periodic validation with early stopping, periodic checkpoints, exact resume, best-model export.
 
 Loss normalisation: every micro-batch returns a loss SUM and its target count; the count of the whole
 accumulated step is all-reduced first, and each micro-batch backpropagates sum * world / global_count. DDP
 averages gradients over ranks (dividing by world), so the update equals one big batch's mean loss exactly,
-whatever the split into processes and micro-batches.
+whatever the split into processes and micro-batches. Gradients are all-reduced once per optimizer step (DDP
+`no_sync` on every micro-step but the last), and clipping sees the whole accumulated gradient.
+
+Exact resume: what a step computes depends only on the weights, the optimizer/scheduler/scaler state and
+(seed, epoch, step, rank): the data order comes from lm.train.data, mlm masks from a hash, and the torch RNG
+(dropout) is re-seeded every step. A checkpoint saved at a step boundary therefore continues bit-identically.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from lm.config import Params
 from lm.data.batches import RowItems, WindowItems
 from lm.data.encoded import Encoded
 from lm.errors import LmError
-from lm.train.checkpoint import CHECKPOINT, export_model, rng_state, save_checkpoint, unwrap
+from lm.train.checkpoint import (
+    CHECKPOINT, check_resumable, export_model, load_checkpoint, remove_stale_temporaries, rng_state,
+    save_checkpoint, set_rng_state, unwrap,
+)
+from lm.train.data import TrainStream, class_weights, step_seed
 from lm.train.distributed import Dist, distributed
+from lm.train.logging import StepLog, TrainLogger
 from lm.train.objectives import CausalLMObjective, ClassifyObjective, MaskedLMObjective, Special, to_device
 from lm.train.optim import build_optimizer, build_scheduler
+
+Resume = bool | Literal["auto"]
 
 
 @dataclass
@@ -40,8 +52,11 @@ class TrainResult:
     final_train_loss: float | None
     seconds: float
     tokens_per_s: float
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per validation pass
     stopped_early: bool = False
+    best_step: int | None = None
+    step_log: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step
+    resumed_from: int | None = None  # the checkpoint's step, when resumed
 
 
 def load_split(split_dir: Path) -> dict[str, np.ndarray]:
@@ -60,12 +75,19 @@ def make_items(enc: Encoded, rows: np.ndarray, task: str, max_len: int) -> RowIt
     return RowItems(enc, rows)
 
 
+def train_labels(params: Params, enc: Encoded, train_rows: np.ndarray) -> np.ndarray:
+    return enc.targets[train_rows] >= params.data.threshold
+
+
 def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
+    """The task's objective. classify: pos_weight 'auto' is #neg/#pos of the train split, or none at all
+    with the weighted sampler (which already balances the classes); a number is used as given."""
     special_ids = enc.meta["special_ids"]
     if params.task == "classify":
-        pos_weight = params.train.pos_weight if isinstance(params.train.pos_weight, float) else None
-        if params.train.pos_weight == "auto":
-            labels = enc.targets[train_rows] >= params.data.threshold
+        pw = params.train.pos_weight
+        pos_weight = float(pw) if not isinstance(pw, str) else None
+        if pw == "auto" and params.train.sampler != "weighted" and len(train_rows):
+            labels = train_labels(params, enc, train_rows)
             n_pos = int(labels.sum())
             if n_pos == 0:
                 raise LmError("the train split has no positive rows: check data.target_column and data.threshold")
@@ -83,6 +105,7 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
 
 
 def autocast_ctx(device: torch.device, amp: str):
+    """One switch for mixed precision: bf16/fp16 autocast, or nothing."""
     if amp == "none":
         return nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -91,15 +114,15 @@ def autocast_ctx(device: torch.device, amp: str):
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: str) -> float:
-    """Mean loss over `items`, sharded over ranks (every rank runs the unwrapped model) and all-reduced."""
+    """Mean loss over `items`, sharded over ranks (every rank runs the unwrapped model, never the DDP
+    wrapper, so no rank waits on a collective inside forward) and all-reduced."""
     plain = unwrap(model)
     was_training = plain.training
     plain.eval()
     total, count = 0.0, 0.0
     mine = np.arange(d.rank, len(items), d.world_size)
-    gen = torch.Generator().manual_seed(0)
     for lo in range(0, len(mine), batch_size):
-        batch = objective.prepare(items.batch(mine[lo : lo + batch_size]), gen, train=False)
+        batch = objective.prepare(items.batch(mine[lo : lo + batch_size]), train=False)
         if batch["count"] == 0:
             continue
         batch = to_device(batch, d.device)
@@ -126,32 +149,93 @@ def export_config(params: Params, enc: Encoded) -> dict[str, Any]:
     }
 
 
-class _Logger:
-    """dvclive on rank 0 (metrics + curves under reports/train), printing one line per validation."""
+def data_fingerprint(enc: Encoded, train_rows: np.ndarray) -> dict[str, Any]:
+    """What a resumed run checks to be sure it trains on the same data."""
+    return {
+        "tokenizer_hash": str(enc.meta.get("tokenizer_hash")),
+        "n_docs": enc.n_docs,
+        "n_train": int(len(train_rows)),
+        "train_rows_sum": int(np.asarray(train_rows, dtype=np.int64).sum()),
+    }
 
-    def __init__(self, enabled: bool, out_dir: Path):
-        self.live = None
-        if enabled:
-            from dvclive import Live
 
-            self.live = Live(dir=str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+@dataclass
+class StepStats:
+    loss_sum: float  # this rank's loss sum over the step's micro-batches
+    count: float  # targets of the step over all ranks
+    tokens: int  # real tokens this rank processed
+    grad_norm: float  # of the whole accumulated (and all-reduced) gradient, before clipping
 
-    def log(self, row: dict[str, Any]) -> None:
-        if self.live is None:
-            return
-        for key, value in row.items():
-            if key != "step" and value is not None and not (isinstance(value, float) and math.isnan(value)):
-                self.live.log_metric(key, value)
-        self.live.step = row["step"]
-        self.live.next_step()
 
-    def summary(self, values: dict[str, Any]) -> None:
-        if self.live is not None:
-            for key, value in values.items():
-                if value is not None:
-                    self.live.summary[key] = value
-            self.live.make_summary()
-            self.live.end()
+def optimizer_step(
+    *,
+    model: nn.Module,
+    wrapped: nn.Module,
+    ddp: nn.parallel.DistributedDataParallel | None,
+    objective,
+    micro: list[dict],
+    d: Dist,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float | None,
+    amp: str,
+) -> StepStats:
+    """Accumulate the micro-batches' gradients, clip the total, step the optimizer."""
+    (global_count,) = d.all_reduce_sum([float(sum(b["count"] for b in micro))])
+    loss_sum, tokens = 0.0, 0
+    for m, batch in enumerate(micro):
+        batch = to_device(batch, d.device)
+        tokens += int(batch["attention_mask"].sum())
+        last = m == len(micro) - 1
+        with (ddp.no_sync() if ddp is not None and not last else nullcontext()):  # sync once, on the last
+            with autocast_ctx(d.device, amp):
+                part = objective.loss_sum(wrapped, batch)
+            scaler.scale(part * d.world_size / max(global_count, 1.0)).backward()
+        loss_sum += float(part.detach())
+    scaler.unscale_(optimizer)  # no-op without fp16; clipping must see true gradients
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return StepStats(loss_sum, global_count, tokens, float(norm))
+
+
+@dataclass
+class _Progress:
+    """Everything besides the modules' state dicts that a checkpoint must carry to resume exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_val: float = math.inf
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    tokens_seen: int = 0
+    seconds: float = 0.0
+    running: list[float] = field(default_factory=list)  # step losses since the last validation
+    history: list[dict[str, Any]] = field(default_factory=list)
+    log: StepLog = field(default_factory=StepLog)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "best": {"val_loss": None if math.isinf(self.best_val) else self.best_val, "step": self.best_step,
+                     "bad_evals": self.bad_evals},
+            "stopped_early": self.stopped_early, "tokens_seen": self.tokens_seen, "seconds": self.seconds,
+            "running": list(self.running), "history": list(self.history), "log": self.log.state(),
+        }
+
+    @classmethod
+    def from_state(cls, ck: dict[str, Any]) -> _Progress:
+        best = ck["best"]
+        return cls(
+            step=ck["step"], epoch=ck["epoch"], step_in_epoch=ck["step_in_epoch"],
+            best_val=math.inf if best["val_loss"] is None else best["val_loss"], best_step=best["step"],
+            bad_evals=best["bad_evals"], stopped_early=ck["stopped_early"], tokens_seen=ck["tokens_seen"],
+            seconds=ck["seconds"], running=list(ck["running"]), history=list(ck["history"]),
+            log=StepLog.from_state(ck["log"]),
+        )
 
 
 def train(
@@ -162,17 +246,26 @@ def train(
     tokenizer_dir: Path,
     out_dir: Path,
     reports_dir: Path,
+    resume: Resume = False,
 ) -> TrainResult | None:
-    """Train per params; rank 0 writes out_dir (export + checkpoint) and reports_dir. Returns on rank 0."""
+    """Train per params; rank 0 writes out_dir (export + checkpoint) and reports_dir. Returns on rank 0.
+
+    resume: False starts afresh (deleting a previous checkpoint); True continues from
+    out_dir/checkpoint.pt (which must exist and match the params); "auto" continues when it exists (what a
+    worker restarted by torchrun --max-restarts does) and starts afresh otherwise.
+    """
     from rich.console import Console
 
     from lm.model import build_model
 
     cfg = params.train
+    out_dir, reports_dir = Path(out_dir), Path(reports_dir)
+    ckpt_path = out_dir / CHECKPOINT
     with distributed(cfg.device, cfg.backend) as d:
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.world_size))
-        torch.manual_seed(params.seed)  # identical initial weights on every rank
-        np.random.seed(params.seed)
+        torch.manual_seed(params.seed)
+        np.random.seed(params.seed & 0xFFFFFFFF)
+        random.seed(params.seed)
         console = Console(stderr=True, quiet=not d.is_main)
 
         enc = Encoded.open(encoded_dir)
@@ -181,6 +274,18 @@ def train(
         train_items = make_items(enc, parts["train"], params.task, enc.max_len)
         val_items = make_items(enc, parts["val"], params.task, enc.max_len)
         objective = make_objective(params, enc, parts["train"])
+        stream = TrainStream(
+            train_items, seed=params.seed, batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps,
+            rank=d.rank, world_size=d.world_size, sampler=cfg.sampler,
+            weights=class_weights(train_labels(params, enc, parts["train"])) if cfg.sampler == "weighted" else None,
+        )
+        plan = stream.schedule(cfg.epochs, cfg.max_steps)
+        total_steps = sum(plan)
+        if total_steps == 0:
+            raise LmError(
+                f"train: {len(train_items)} training items are fewer than one step of train.batch_size x "
+                f"train.grad_accum_steps x train.nproc = {stream.global_batch}; lower train.batch_size"
+            )
 
         model = build_model(
             params.model, task=params.task, vocab_size=enc.vocab_size, max_len=enc.max_len,
@@ -188,128 +293,148 @@ def train(
         ).to(d.device)
         model.train()
         optimizer = build_optimizer(model, cfg)
+        scheduler = build_scheduler(optimizer, cfg, total_steps)
+        scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.amp == "fp16")
+        fingerprint = data_fingerprint(enc, parts["train"])
+        prog, best_state = _Progress(), None
+
+        resumed_from = None
+        if resume is True or (resume == "auto" and ckpt_path.exists()):
+            ck = load_checkpoint(ckpt_path)
+            check_resumable(ck, params.model_dump(), fingerprint, ckpt_path)
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            scaler.load_state_dict(ck["scaler"])
+            set_rng_state(ck["rng"])
+            prog = _Progress.from_state(ck["progress"])
+            best_state = ck["best_model"] if d.is_main else None
+            resumed_from = prog.step
+            del ck
+        elif d.is_main:
+            ckpt_path.unlink(missing_ok=True)  # a restarted worker must never find a previous run's state
+        if d.is_main:
+            remove_stale_temporaries(out_dir)
+        d.barrier()  # every rank has read the checkpoint before rank 0 may overwrite it
+
+        ddp = None
         wrapped: nn.Module = model
         if d.enabled:
-            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+            ddp = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+            wrapped = ddp
         if cfg.compile:
             wrapped = torch.compile(wrapped)
 
-        sampler = DistributedSampler(
-            range(len(train_items)), num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=params.seed, drop_last=False
-        )
-        per_step = cfg.batch_size * cfg.grad_accum_steps
-        # from the global item count, so the padding DistributedSampler adds is never reached and a step
-        # sees the same examples whatever the number of processes
-        steps_per_epoch = len(train_items) // (per_step * d.world_size)
-        if steps_per_epoch == 0:
-            raise LmError(
-                f"train: {len(train_items)} training items are fewer than one step of "
-                f"train.batch_size x train.grad_accum_steps x train.nproc = {per_step * d.world_size}; lower train.batch_size"
-            )
-        total_steps = cfg.epochs * steps_per_epoch
-        if cfg.max_steps:
-            total_steps = min(total_steps, cfg.max_steps)
-        scheduler = build_scheduler(optimizer, cfg, total_steps)
-        scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.amp == "fp16")
-        gen = torch.Generator().manual_seed(params.seed * 1_000_003 + d.rank)  # mlm dynamic masks
-
-        logger = _Logger(d.is_main, reports_dir)
-        console.print(
+        logger = TrainLogger(d.is_main, reports_dir, total_steps, console, replay=prog.log if resumed_from is not None else None)
+        logger.print(
             f"[bold]train[/] task={params.task} attention={params.model.attention} "
             f"params={sum(p.numel() for p in model.parameters()):,} items={len(train_items)} "
-            f"steps={total_steps} processes={d.world_size} device={d.device}"
+            f"steps={total_steps} processes={d.world_size} device={d.device} amp={cfg.amp}"
+            + (f" resumed at step {resumed_from}" if resumed_from is not None else "")
         )
-        history: list[dict[str, Any]] = []
-        best_val, best_state, bad_evals = math.inf, None, 0
-        step, epoch, stopped_early = 0, 0, False
-        tokens_seen, started = 0, time.perf_counter()
-        last_train_loss: float | None = None
-        running: list[float] = []
+        checkpoint_every = cfg.checkpoint_every or cfg.eval_every
 
-        while step < total_steps and not stopped_early:
-            sampler.set_epoch(epoch)
-            order = np.fromiter(iter(sampler), dtype=np.int64)
-            for s in range(steps_per_epoch):
-                if step >= total_steps:
-                    break
-                micro = [
-                    objective.prepare(train_items.batch(order[s * per_step + m * cfg.batch_size: s * per_step + (m + 1) * cfg.batch_size]), gen, train=True)
-                    for m in range(cfg.grad_accum_steps)
-                ]
-                (global_count,) = d.all_reduce_sum([float(sum(b["count"] for b in micro))])
-                step_loss = 0.0
-                for m, batch in enumerate(micro):
-                    batch = to_device(batch, d.device)
-                    tokens_seen += int(batch["attention_mask"].sum())
-                    sync = d.enabled and m < len(micro) - 1
-                    with (wrapped.no_sync() if sync and hasattr(wrapped, "no_sync") else nullcontext()):
-                        with autocast_ctx(d.device, cfg.amp):
-                            loss_sum = objective.loss_sum(wrapped, batch)
-                        loss = loss_sum * d.world_size / max(global_count, 1.0)
-                        scaler.scale(loss).backward()
-                    step_loss += float(loss_sum.detach())
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+        def save(finished: bool) -> None:
+            if d.is_main:
+                save_checkpoint(ckpt_path, {
+                    "format": 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "step": prog.step,
+                    "epoch": prog.epoch,
+                    "data_position": {"epoch": prog.epoch, "step_in_epoch": prog.step_in_epoch,
+                                      "seed": params.seed, "global_batch": stream.global_batch},
+                    "rng": rng_state(),
+                    "progress": prog.state(),
+                    "best_model": best_state,
+                    "best_val_loss": None if math.isinf(prog.best_val) else prog.best_val,
+                    "finished": finished,
+                    "params": params.model_dump(),
+                    "data": fingerprint,
+                })
+
+        started = time.perf_counter()
+        seconds_before = prog.seconds
+        try:
+            while prog.step < total_steps and not prog.stopped_early:
+                if prog.step_in_epoch >= plan[prog.epoch]:
+                    prog.epoch, prog.step_in_epoch = prog.epoch + 1, 0
+                    continue
+                t0 = time.perf_counter()
+                torch.manual_seed(step_seed(params.seed, prog.step, d.rank))  # dropout: a function of the step
+                micro = [objective.prepare(b, train=True, epoch=prog.epoch)
+                         for b in stream.micro_batches(prog.epoch, prog.step_in_epoch)]
+                lr = optimizer.param_groups[0]["lr"]
+                stats = optimizer_step(
+                    model=model, wrapped=wrapped, ddp=ddp, objective=objective, micro=micro, d=d,
+                    optimizer=optimizer, scaler=scaler, grad_clip=cfg.grad_clip, amp=cfg.amp,
+                )
                 scheduler.step()
-                step += 1
-                (total_loss,) = d.all_reduce_sum([step_loss])
-                running.append(total_loss / max(global_count, 1.0))
+                prog.step += 1
+                prog.step_in_epoch += 1
+                loss_all, tokens_all = d.all_reduce_sum([stats.loss_sum, float(stats.tokens)])
+                prog.tokens_seen += int(tokens_all)
+                train_loss = loss_all / max(stats.count, 1.0)
+                prog.running.append(train_loss)
+                row: dict[str, Any] = {
+                    "step": prog.step, "train_loss": train_loss, "lr": lr, "grad_norm": stats.grad_norm,
+                    "tokens_per_s": tokens_all / max(time.perf_counter() - t0, 1e-9),
+                }
 
-                if step % cfg.eval_every == 0 or step == total_steps:
-                    val_loss = evaluate_loss(wrapped, objective, val_items, params.eval.batch_size, d, cfg.amp) if len(val_items) else float("nan")
-                    last_train_loss = float(np.mean(running))
-                    running.clear()
-                    row = {"step": step, "epoch": epoch, "train_loss": last_train_loss, "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]}
-                    history.append(row)
-                    logger.log(row)
-                    console.print(
-                        f"step {step:>5}/{total_steps} epoch {epoch} train_loss {last_train_loss:.4f} "
-                        f"val_loss {val_loss:.4f} lr {row['lr']:.2e}"
+                if prog.step % cfg.eval_every == 0 or prog.step == total_steps:
+                    val_loss = (evaluate_loss(wrapped, objective, val_items, params.eval.batch_size, d, cfg.amp)
+                                if len(val_items) else float("nan"))
+                    avg = float(np.mean(prog.running))
+                    prog.running.clear()
+                    row.update(val_loss=val_loss, train_loss_avg=avg)
+                    prog.history.append({"step": prog.step, "epoch": prog.epoch, "train_loss": avg,
+                                         "val_loss": val_loss, "lr": lr})
+                    logger.print(
+                        f"step {prog.step:>5}/{total_steps} epoch {prog.epoch} train_loss {avg:.4f} "
+                        f"val_loss {val_loss:.4f} lr {lr:.2e}"
                     )
-                    if math.isnan(val_loss) or val_loss < best_val:
-                        best_val = val_loss if not math.isnan(val_loss) else best_val
-                        bad_evals = 0
+                    if math.isnan(val_loss) or val_loss < prog.best_val:
+                        if not math.isnan(val_loss):
+                            prog.best_val, prog.best_step = val_loss, prog.step
+                        prog.bad_evals = 0
                         if d.is_main:
-                            best_state = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+                            best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
                     else:
-                        bad_evals += 1
-                        if cfg.patience and bad_evals >= cfg.patience:
-                            console.print(f"early stop: no validation improvement in {cfg.patience} evaluations")
-                            stopped_early = True
-                            break
-            epoch += 1
+                        prog.bad_evals += 1
+                        if cfg.patience and prog.bad_evals >= cfg.patience:
+                            logger.print(f"early stop: no validation improvement in {cfg.patience} evaluations")
+                            prog.stopped_early = True
+                prog.log.append(row)
+                logger.log(row)
+                prog.seconds = seconds_before + time.perf_counter() - started
+                if prog.step % checkpoint_every == 0 and prog.step < total_steps and not prog.stopped_early:
+                    save(finished=False)
 
-        seconds = time.perf_counter() - started
-        (tokens_all,) = d.all_reduce_sum([float(tokens_seen)])
-        result = TrainResult(
-            steps=step, epochs_run=epoch, best_val_loss=None if math.isinf(best_val) else best_val,
-            final_train_loss=last_train_loss, seconds=seconds, tokens_per_s=tokens_all / max(seconds, 1e-9),
-            history=history, stopped_early=stopped_early,
-        )
-        if d.is_main:
-            plain = unwrap(model)
-            save_checkpoint(out_dir / CHECKPOINT, {
-                "model": plain.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "epoch": epoch,
-                "data_position": {"epoch": epoch, "sampler_seed": params.seed},
-                "rng": rng_state(),
-                "params": params.model_dump(),
-                "best_val_loss": result.best_val_loss,
-            })
-            if best_state is not None:
-                plain.load_state_dict(best_state)
-            export_model(plain, out_dir, export_config(params, enc), tokenizer_dir)
-            logger.summary({
-                "best_val_loss": result.best_val_loss, "final_train_loss": last_train_loss, "steps": step,
-                "tokens_per_s": round(result.tokens_per_s, 1), "seconds": round(seconds, 2),
-            })
+            prog.seconds = seconds_before + time.perf_counter() - started
+            save(finished=True)
+            result = TrainResult(
+                steps=prog.step, epochs_run=prog.epoch + (1 if prog.step_in_epoch else 0),
+                best_val_loss=None if math.isinf(prog.best_val) else prog.best_val,
+                final_train_loss=prog.history[-1]["train_loss"] if prog.history else None,
+                seconds=prog.seconds, tokens_per_s=prog.tokens_seen / max(prog.seconds, 1e-9),
+                history=list(prog.history), stopped_early=prog.stopped_early, best_step=prog.best_step,
+                step_log=list(prog.log.rows), resumed_from=resumed_from,
+            )
+            if d.is_main:
+                plain = unwrap(model)
+                if best_state is not None:
+                    plain.load_state_dict(best_state)
+                export_model(plain, out_dir, export_config(params, enc), tokenizer_dir)
+                summary = {
+                    "best_val_loss": result.best_val_loss, "best_step": result.best_step,
+                    "final_train_loss": result.final_train_loss, "steps": result.steps,
+                    "stopped_early": result.stopped_early, "tokens_per_s": round(result.tokens_per_s, 1),
+                    "seconds": round(result.seconds, 2),
+                }
+                logger.close(summary)
+        finally:
+            logger.close()
         d.barrier()
         return result if d.is_main else None

@@ -2,7 +2,8 @@
 
 An objective turns an item batch into model inputs, and returns the SUM of the loss over what counts
 (examples, masked tokens, next tokens) together with that count, so the loop can normalise by the real
-number of targets in the whole accumulated, all-process batch.
+number of targets in the whole accumulated, all-process batch. `prepare` is deterministic given the batch
+and the epoch (no generator state), which is what makes DDP, accumulation and resume exact.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm.data.masking import IGNORE_INDEX, mask_tokens
+from lm.data.masking import EVAL_EPOCH, IGNORE_INDEX, mask_tokens
 
 
 @dataclass
@@ -25,13 +26,14 @@ class Special:
 
 
 class ClassifyObjective:
-    """BCE on one logit per document; pos_weight = #neg/#pos of the train split counters imbalance."""
+    """BCE on one logit per document; pos_weight = #neg/#pos of the train split counters imbalance
+    (None: plain BCE, e.g. when a weighted sampler already balances the classes)."""
 
     def __init__(self, threshold: float, pos_weight: float | None):
         self.threshold = threshold
         self.pos_weight = pos_weight
 
-    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+    def prepare(self, batch: dict, generator: torch.Generator | None = None, *, train: bool, epoch: int = 0) -> dict:
         batch = dict(batch)
         batch["labels"] = (batch["targets"] >= self.threshold).float()
         batch["count"] = len(batch["labels"])
@@ -44,36 +46,28 @@ class ClassifyObjective:
 
 
 class MaskedLMObjective:
-    """Cross-entropy on the masked positions only; dynamic masks in training, seeded masks otherwise."""
+    """Cross-entropy on the masked positions only. Masks are a hash of (seed, epoch, row, position): new
+    every training epoch, fixed for evaluation (EVAL_EPOCH), and the same whatever the batching."""
 
     def __init__(self, special: Special, mask_prob: float, eval_seed: int = 0):
         self.special = special
         self.mask_prob = mask_prob
-        self.eval_seed = eval_seed
+        self.seed = eval_seed
 
-    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+    def prepare(self, batch: dict, generator: torch.Generator | None = None, *, train: bool, epoch: int = 0) -> dict:
+        """`generator` is unused (kept so callers that pass one still work): masks come from the hash."""
         batch = dict(batch)
-        kwargs = dict(
+        ids, labels = mask_tokens(
+            batch["input_ids"],
+            batch["attention_mask"],
             mask_prob=self.mask_prob,
             mask_id=self.special.mask_id,
             special_ids=self.special.special_ids,
             n_ordinary=self.special.n_ordinary,
+            rows=batch["rows"],
+            seed=self.seed,
+            epoch=epoch if train else EVAL_EPOCH,
         )
-        if train:
-            ids, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], generator=generator, **kwargs)
-        else:
-            # fixed masks: each row's mask depends only on the seed and the row's index, not on batching
-            pairs = [
-                mask_tokens(
-                    batch["input_ids"][i : i + 1],
-                    batch["attention_mask"][i : i + 1],
-                    generator=torch.Generator().manual_seed(self.eval_seed * 1_000_003 + int(row)),
-                    **kwargs,
-                )
-                for i, row in enumerate(batch["rows"].tolist())
-            ]
-            ids = torch.cat([p[0] for p in pairs])
-            labels = torch.cat([p[1] for p in pairs])
         batch["input_ids"], batch["labels"] = ids, labels
         batch["count"] = int((labels != IGNORE_INDEX).sum())
         return batch
@@ -88,7 +82,7 @@ class MaskedLMObjective:
 class CausalLMObjective:
     """Next-token cross-entropy over every real position of each window."""
 
-    def prepare(self, batch: dict, generator: torch.Generator, train: bool) -> dict:
+    def prepare(self, batch: dict, generator: torch.Generator | None = None, *, train: bool, epoch: int = 0) -> dict:
         batch = dict(batch)
         batch["count"] = int((batch["labels"] != IGNORE_INDEX).sum())
         return batch

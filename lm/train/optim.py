@@ -1,7 +1,8 @@
-"""AdamW with decoupled weight decay on matrices only, and linear warmup + cosine decay.
+"""AdamW with decoupled weight decay on weight matrices only, and linear warmup + cosine decay to min_lr.
 
 Norm gains, biases and embeddings are not decayed: shrinking them towards zero has no regularising meaning
-and hurts small models (the GPT-2/nanoGPT convention).
+and hurts small models (the GPT-2/nanoGPT convention). A tied LM head shares the token embedding's
+Parameter, so it follows the embedding (no decay).
 """
 
 from __future__ import annotations
@@ -14,18 +15,27 @@ from torch import nn
 from lm.config import TrainConfig
 
 
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)) or type(module).__name__.endswith("Norm")
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """[decayed, not decayed] parameter groups; each trainable Parameter appears once."""
+    no_decay_ids: set[int] = set()
+    for module in model.modules():
+        direct = list(module.parameters(recurse=False))
+        if isinstance(module, nn.Embedding) or _is_norm(module):
+            no_decay_ids.update(id(p) for p in direct)
+        for name, p in module.named_parameters(recurse=False):
+            if p.ndim < 2 or name.endswith("bias"):
+                no_decay_ids.add(id(p))
     decay, no_decay = [], []
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     seen: set[int] = set()
-    for name, p in model.named_parameters():
+    for p in model.parameters():  # de-duplicated: a tied weight is listed once
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if p.ndim < 2 or id(p) in embedding_params or "norm" in name.lower():
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (no_decay if id(p) in no_decay_ids else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -34,11 +44,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    """Multiplier of the peak lr at optimizer step `step` (0-based)."""
+    """Multiplier of the peak lr for optimizer step `step` (0-based): (step+1)/warmup during warmup, then a
+    cosine from 1 at step `warmup` down to min_ratio at the last step (total - 1)."""
     if warmup and step < warmup:
         return (step + 1) / warmup
-    span = max(1, total - warmup)
-    progress = min(1.0, (step - warmup) / span)
+    span = total - 1 - warmup
+    progress = 0.0 if span <= 0 else min(1.0, (step - warmup) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
