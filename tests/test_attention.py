@@ -44,7 +44,7 @@ def _one_thread():
 def make(kind: str, seed: int = 0, d_model: int = E, n_heads: int = H, **options):
     torch.manual_seed(1234)  # parameters; buffers come from the generator
     cls = attention_class(kind)
-    return cls(d_model=d_model, n_heads=n_heads, qkv_bias=True, attention_dropout=0.0, max_len=MAXLEN,
+    return cls(d_model=d_model, n_heads=n_heads, bias=True, attention_dropout=0.0, max_len=MAXLEN,
                options=options, generator=torch.Generator().manual_seed(seed)).eval()
 
 
@@ -84,6 +84,15 @@ def test_options_are_validated_per_kind():
         validate_attention_options("rotary", {"use_rope": False})
     with pytest.raises(LmError, match=r"model\.attention_options\.use_rope: must be true or false"):
         validate_attention_options("linear", {"use_rope": "yes"})
+
+
+def test_bias_switch_covers_qkv_and_output_projection():
+    cls = attention_class("standard")
+    on = cls(d_model=E, n_heads=H, bias=True, max_len=MAXLEN)
+    off = cls(d_model=E, n_heads=H, bias=False, max_len=MAXLEN)
+    assert on.qkv.bias is not None and on.proj.bias is not None
+    assert off.qkv.bias is None and off.proj.bias is None
+    assert sum(p.numel() for p in on.parameters()) - sum(p.numel() for p in off.parameters()) == 4 * E
 
 
 # ---- standard == SDPA --------------------------------------------------------------------------------------

@@ -47,15 +47,21 @@ def ids(B=2, L=10, seed=0):
 
 def test_norms_match_torch():
     x = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(0)) * 3 + 1
-    ln, rms = LayerNorm(12), RMSNorm(12)
-    with torch.no_grad():
-        for p in (ln.weight, ln.bias, rms.weight):
-            p.normal_()
-    torch.testing.assert_close(ln(x), F.layer_norm(x, (12,), ln.weight, ln.bias, eps=1e-5))
-    ref = nn.RMSNorm(12, eps=1e-6)
-    with torch.no_grad():
-        ref.weight.copy_(rms.weight)
-    torch.testing.assert_close(rms(x), ref(x))
+    for eps in (1e-5, 1e-2):
+        ln, ln_nobias, rms = LayerNorm(12, eps=eps), LayerNorm(12, eps=eps, bias=False), RMSNorm(12, eps=eps)
+        with torch.no_grad():
+            for p in (ln.weight, ln.bias, rms.weight, ln_nobias.weight):
+                p.normal_()
+        xd = x.double()  # the formula by hand, in fp64
+        normed = (xd - xd.mean(-1, keepdim=True)) / torch.sqrt(xd.var(-1, unbiased=False, keepdim=True) + eps)
+        torch.testing.assert_close(ln(x), (normed * ln.weight.double() + ln.bias.double()).float())
+        assert ln_nobias.bias is None and len(list(ln_nobias.parameters())) == 1
+        torch.testing.assert_close(ln_nobias(x), (normed * ln_nobias.weight.double()).float())
+        torch.testing.assert_close(ln(x.bfloat16()), ln(x).bfloat16(), atol=2e-2, rtol=2e-2)  # fp32 inside
+        ref = nn.RMSNorm(12, eps=eps)
+        with torch.no_grad():
+            ref.weight.copy_(rms.weight)
+        torch.testing.assert_close(rms(x), ref(x))
 
 
 def test_mlps_match_formulas():
@@ -65,6 +71,11 @@ def test_mlps_match_formulas():
     s = SwiGLU(8, 16)
     w1, w3 = s.fc_in.weight[:16], s.fc_in.weight[16:]
     torch.testing.assert_close(s(x), (F.silu(x @ w1.T) * (x @ w3.T)) @ s.fc_out.weight.T)
+    sb = SwiGLU(8, 16, bias=True)
+    (w1, w3), (b1, b3) = sb.fc_in.weight.chunk(2), sb.fc_in.bias.chunk(2)
+    ref = (F.silu(x @ w1.T + b1) * (x @ w3.T + b3)) @ sb.fc_out.weight.T + sb.fc_out.bias
+    torch.testing.assert_close(sb(x), ref)
+    assert GeluMLP(8, 16, bias=False).fc_in.bias is None
 
 
 def test_sinusoidal_table_matches_formula():
@@ -229,7 +240,8 @@ def test_tied_embeddings_share_storage():
         n_tied = sum(p.numel() for p in tied.parameters())
         untied = build_model(cfg(tie_embeddings=False), task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD)
         assert untied.lm_head.weight.data_ptr() != untied.trunk.tok_emb.weight.data_ptr()
-        assert sum(p.numel() for p in untied.parameters()) == n_tied + V * 16
+        assert sum(p.numel() for p in untied.parameters()) == n_tied + V * 16 + V  # untied head has a bias
+        assert tied.lm_head.bias is None and untied.lm_head.bias is not None
     assert isinstance(build_model(cfg(), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD), SequenceClassifier)
 
 
@@ -326,3 +338,73 @@ def test_cached_decoding_accepts_a_mask_over_past_and_new_tokens():
         past_and_new = model(x[:, 7:], mask, cache=prefix.cache, use_cache=True).logits[:, -1]
     torch.testing.assert_close(new_only, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(past_and_new, full, atol=1e-5, rtol=1e-5)
+
+
+# ---- bias, norm_eps, gradient checkpointing ---------------------------------------------------------------
+
+
+def _count_biases(model):
+    return {name for name, p in model.named_parameters() if name.endswith(".bias")}
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_bias_switch_reaches_every_linear_and_layernorm(norm):
+    """bias=True: every nn.Linear and LayerNorm has a bias (the tied LM head excepted); bias=False: none."""
+    for task in ("classify", "mlm", "clm"):
+        for tie in (True, False):
+            on = build_model(cfg(norm=norm, tie_embeddings=tie), task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+            off = build_model(cfg(norm=norm, tie_embeddings=tie, bias=False), task=task, vocab_size=V,
+                              max_len=MAXLEN, pad_id=PAD)
+            assert not _count_biases(off)
+            for name, mod in on.named_modules():
+                if isinstance(mod, (nn.Linear, LayerNorm)):
+                    tied_head = name == "lm_head" and tie
+                    assert (mod.bias is None) == tied_head, name
+            n_linear = sum(isinstance(m, nn.Linear) for m in on.modules())
+            n_ln = sum(isinstance(m, LayerNorm) for m in on.modules())
+            assert len(_count_biases(on)) == n_linear + n_ln - (task != "classify" and tie)
+
+
+def test_norm_eps_reaches_every_norm():
+    for norm in ("layernorm", "rmsnorm"):
+        model = build_model(cfg(norm=norm, norm_eps=3e-3), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+        eps = [m.eps for m in model.modules() if isinstance(m, (LayerNorm, RMSNorm))]
+        assert len(eps) == 2 * 2 + 1 and set(eps) == {3e-3}
+
+
+@pytest.mark.parametrize("task,kind", [("clm", "standard"), ("classify", "performer"), ("mlm", "slay")])
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(task, kind):
+    """Recomputing the blocks in backward (dropout on: its RNG state is replayed) changes nothing."""
+    results = []
+    for ckpt in (False, True):
+        c = cfg(attention=kind, dropout=0.2, attention_dropout=0.1, gradient_checkpointing=ckpt, n_layers=3)
+        model = build_model(c, task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=4).train()
+        assert model.trunk.gradient_checkpointing == ckpt
+        x = ids(L=9)
+        mask = torch.ones_like(x)
+        mask[1, 6:] = 0
+        torch.manual_seed(7)
+        logits = model(x, mask).logits
+        loss = logits.float().square().mean()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-7)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_gradient_checkpointing_really_recomputes():
+    """With checkpointing, the blocks' forward runs again during backward (and not in eval / no_grad)."""
+    c = cfg(gradient_checkpointing=True, n_layers=2)
+    model = build_model(c, task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD).train()
+    calls = []
+    for block in model.trunk.blocks:
+        block.register_forward_pre_hook(lambda *_: calls.append(1))
+    model(ids()).logits.sum().backward()
+    assert len(calls) == 4  # 2 blocks forward + 2 recomputed in backward
+    calls.clear()
+    with torch.no_grad():
+        model(ids())
+    assert len(calls) == 2

@@ -17,10 +17,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, *, max_len: int, generator: torch.Generator) -> None:
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
-        self.norm1 = make_norm(cfg.norm, cfg.d_model)
+        self.norm1 = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.attn = build_attention(cfg, max_len=max_len, generator=generator)
-        self.norm2 = make_norm(cfg.norm, cfg.d_model)
-        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff)
+        self.norm2 = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(

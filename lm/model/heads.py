@@ -4,6 +4,9 @@
   tanh head (BERT pooler) -> one logit.
 * MaskedLM: bidirectional encoder + LM head (tied to the token embeddings when `tie_embeddings`).
 * CausalLM: causal decoder + LM head, with a KV cache for incremental decoding.
+
+`ModelConfig.bias` puts biases in the pooler, the classifier and the LM head; an LM head tied to the token
+embeddings never has one (GPT-2's convention), so the bias follows `bias and not tie_embeddings`.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ class _TaskModel(nn.Module):
         self.config, self.max_len, self.pad_id, self.vocab_size = cfg, max_len, pad_id, vocab_size
         self.trunk = Transformer(cfg, vocab_size=vocab_size, max_len=max_len, causal=causal, seed=seed)
 
-    def _lm_head(self, bias: bool) -> nn.Linear:
+    def _lm_head(self) -> nn.Linear:
+        bias = self.config.bias and not self.config.tie_embeddings
         head = nn.Linear(self.config.d_model, self.vocab_size, bias=bias)
         nn.init.normal_(head.weight, std=0.02)
         if bias:
@@ -59,12 +63,13 @@ class _TaskModel(nn.Module):
 class SequenceClassifier(_TaskModel):
     def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, seed: int = 0):
         super().__init__(cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, causal=False, seed=seed)
-        self.pooler = nn.Linear(cfg.d_model, cfg.d_model)
+        self.pooler = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
-        self.classifier = nn.Linear(cfg.d_model, 1)
+        self.classifier = nn.Linear(cfg.d_model, 1, bias=cfg.bias)
         for lin in (self.pooler, self.classifier):
             nn.init.normal_(lin.weight, std=0.02)
-            nn.init.zeros_(lin.bias)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False) -> ModelOutput:
         mask = _key_mask(attention_mask, input_ids)
@@ -82,7 +87,7 @@ class SequenceClassifier(_TaskModel):
 class MaskedLM(_TaskModel):
     def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, seed: int = 0):
         super().__init__(cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, causal=False, seed=seed)
-        self.lm_head = self._lm_head(bias=True)
+        self.lm_head = self._lm_head()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False) -> ModelOutput:
         t = self.trunk(input_ids, _key_mask(attention_mask, input_ids), return_attention=return_attention)
@@ -92,7 +97,7 @@ class MaskedLM(_TaskModel):
 class CausalLM(_TaskModel):
     def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, seed: int = 0):
         super().__init__(cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, causal=True, seed=seed)
-        self.lm_head = self._lm_head(bias=False)
+        self.lm_head = self._lm_head()
 
     def forward(
         self,

@@ -1,7 +1,9 @@
 """The shared trunk: token embeddings (+ absolute positions) -> N blocks -> final norm (pre-norm only).
 
 The encoder (bidirectional, key-padding mask) and the decoder (causal, KV cache) are the same module with
-`causal` switched; the task heads in heads.py sit on top.
+`causal` switched; the task heads in heads.py sit on top. With `gradient_checkpointing` each block's
+activations are recomputed in backward (torch.utils.checkpoint, non-reentrant, RNG state preserved so
+dropout masks are the same), trading ~1/3 more compute for memory that no longer grows with n_layers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lm.config import ModelConfig
 from lm.errors import LmError
@@ -45,7 +48,10 @@ class Transformer(nn.Module):
         # random feature buffers of every layer come from this generator, drawn once, in layer order
         generator = torch.Generator().manual_seed(int(seed) + 0x5EED)
         self.blocks = nn.ModuleList(Block(cfg, max_len=max_len, generator=generator) for _ in range(cfg.n_layers))
-        self.final_norm = make_norm(cfg.norm, cfg.d_model) if cfg.norm_position == "pre" else nn.Identity()
+        self.final_norm = (
+            make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.norm_position == "pre" else nn.Identity()
+        )
+        self.gradient_checkpointing = cfg.gradient_checkpointing
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -79,13 +85,16 @@ class Transformer(nn.Module):
         if offset + L > self.max_len:
             raise LmError(f"sequence of {offset + L} tokens exceeds the model's max_len {self.max_len}; crop the input")
         x = self.drop(self.positions(self.tok_emb(input_ids), offset))  # (B, L, E)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
         attentions: list[Tensor] | None = [] if return_attention else None
         states = []
         for i, block in enumerate(self.blocks):
-            x, w, st = block(
-                x, key_mask=key_mask, causal=self.causal, state=cache.states[i] if cache is not None else None,
-                offset=offset, use_cache=use_cache, return_attention=return_attention,
-            )
+            kw = dict(key_mask=key_mask, causal=self.causal, state=cache.states[i] if cache is not None else None,
+                      offset=offset, use_cache=use_cache, return_attention=return_attention)
+            if recompute:
+                x, w, st = checkpoint(block, x, use_reentrant=False, **kw)
+            else:
+                x, w, st = block(x, **kw)
             if attentions is not None:
                 attentions.append(w)
             states.append(st)

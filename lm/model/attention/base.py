@@ -73,7 +73,7 @@ class Attention(nn.Module):
         *,
         d_model: int,
         n_heads: int,
-        qkv_bias: bool = True,
+        bias: bool = True,
         attention_dropout: float = 0.0,
         max_len: int = 512,
         options: dict[str, Any] | None = None,
@@ -85,8 +85,8 @@ class Attention(nn.Module):
         self.opts = resolve_attention_options(self.kind, options) if self.kind != "base" else dict(options or {})
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.max_len = max_len
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=qkv_bias)
-        self.proj = nn.Linear(d_model, d_model, bias=True)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # fused q, k, v (in that order)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
         self.attn_drop = nn.Dropout(attention_dropout)
         self.rope = RotaryEmbedding(self.head_dim, self.opts["rope_theta"]) if self.opts["use_rope"] else None
         self.init_buffers(generator if generator is not None else torch.Generator().manual_seed(0))
@@ -152,7 +152,8 @@ class ExactAttention(Attention):
     normalization: str = "softmax"  # or "kernel": S / (sum_j S + eps)
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
-        """q: (B, H, Lq, d), k: (B, H, Lk, d) -> (B, H, Lq, Lk) fp32 scores."""
+        """q: (B, H, Lq, d), k: (B, H, Lk, d) -> (B, H, Lq, Lk) fp32 scores, a fresh tensor that no autograd
+        node saved: the core masks it in place (one pass over the L x L matrix fewer)."""
         raise NotImplementedError
 
     def kernel_eps(self) -> float:
@@ -170,14 +171,17 @@ class ExactAttention(Attention):
             mask_all = key_mask if key_mask is not None else torch.ones(B, k.shape[2], dtype=torch.bool, device=q.device)
             new_state = ExactState(k=k, v=v, mask=mask_all)
         s = self.scores(q, k)  # (B, H, L, T)
-        allowed = allowed_keys(key_mask, causal, L, k.shape[2], q.device)
+        allowed = allowed_keys(key_mask, causal, L, k.shape[2], q.device)  # (B or 1, 1, L, T) bool
+        # masks are applied in place through a small broadcast float tensor: an add / mul over the L x L
+        # scores is several times faster on CPU than a broadcast masked_fill
         if self.normalization == "softmax":
-            if allowed is not None:
-                s = s.masked_fill(~allowed, torch.finfo(s.dtype).min)
+            if allowed is not None:  # + finfo.min: exp() gives exactly 0, a fully masked row stays uniform
+                s.add_(torch.zeros(allowed.shape, dtype=s.dtype, device=s.device).masked_fill_(
+                    ~allowed, torch.finfo(s.dtype).min))
             w = torch.softmax(s, dim=-1)
         else:
             if allowed is not None:
-                s = s.masked_fill(~allowed, 0.0)
+                s.mul_(allowed.to(s.dtype))
             w = s / (s.sum(-1, keepdim=True) + self.kernel_eps())
         out = self.attn_drop(w) @ v  # (B, H, L, d)
         return out, (w if return_attention else None), new_state
@@ -197,15 +201,17 @@ def linear_causal_chunked(
     phi_q: Tensor, phi_k: Tensor, v: Tensor, S0: Tensor, z0: Tensor, chunk: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Causal prefix sums, chunk by chunk: inside a chunk the masked quadratic form, plus the state carried
-    from earlier chunks (as Performer's `forward_chunked`). Returns num (B,H,L,d), den (B,H,L), S, z."""
-    L = phi_q.shape[2]
+    from earlier chunks (as Performer's `forward_chunked`). Returns num (B,H,L,d), den (B,H,L), S, z.
+    The chunks come from `split` (one backward node that concatenates the chunk gradients): slicing each
+    chunk separately would make backward scatter every chunk's gradient into a zero (B,H,L,m) tensor,
+    quadratic in L."""
     S, z = S0, z0
     nums, dens = [], []
-    for start in range(0, L, chunk):
-        qc, kc, vc = phi_q[:, :, start : start + chunk], phi_k[:, :, start : start + chunk], v[:, :, start : start + chunk]
+    c0 = min(chunk, phi_q.shape[2])
+    above = torch.ones(c0, c0, dtype=torch.bool, device=phi_q.device).triu(1)  # (c, c) future keys
+    for qc, kc, vc in zip(phi_q.split(chunk, dim=2), phi_k.split(chunk, dim=2), v.split(chunk, dim=2)):
         c = qc.shape[2]
-        tri = torch.ones(c, c, dtype=torch.bool, device=qc.device).tril()
-        a = (qc @ kc.transpose(-1, -2)).masked_fill(~tri, 0.0)  # (B, H, c, c)
+        a = (qc @ kc.transpose(-1, -2)).masked_fill(above[:c, :c], 0.0)  # (B, H, c, c)
         nums.append(qc @ S + a @ vc)
         dens.append((qc * z[..., None, :]).sum(-1) + a.sum(-1))
         S = S + kc.transpose(-1, -2) @ vc

@@ -127,7 +127,7 @@ def build_attention(
     return cls(
         d_model=cfg.d_model,
         n_heads=cfg.n_heads,
-        qkv_bias=cfg.bias,
+        bias=cfg.bias,
         attention_dropout=cfg.attention_dropout,
         max_len=max_len,
         options=resolve_attention_options(cfg.attention, cfg.attention_options),

@@ -1,0 +1,176 @@
+"""Attention kinds: forward+backward time and peak memory against sequence length, one run for all kinds.
+
+    python benchmarks/attention.py             # 14 kinds x L = 256 .. 8192, batch 1, d_model 256, 4 heads
+    python benchmarks/attention.py --quick     # 4 kinds, L = 256 .. 2048 (under a minute)
+    python benchmarks/attention.py --causal    # the decoder form (prefix sums / causal mask)
+
+One attention layer (lm's full module: fused qkv projection, kernel, output projection) is run on a random
+(1, L, 256) input; a pass is forward + backward of sum(out^2) w.r.t. the input and the weights. The default
+is the bidirectional (encoder) form without padding.
+
+Peak memory, CPU method: every (kind, L) case runs in a fresh worker process (multiprocessing "forkserver",
+whose server has imported torch and lm once, so a case costs no interpreter start-up). After building the
+layer and its input the worker reads its resident-set high-water mark (getrusage ru_maxrss), runs one pass,
+and reads it again: the difference is the extra resident memory the pass needed at its peak (activations
+saved for backward, score matrices, gradients), independent of the interpreter's and torch's own footprint
+and of what other cases left in the allocator. With CUDA (`--device cuda`) torch.cuda.max_memory_allocated
+is used instead. Time is the median of the passes after the first (as many as fit in `--budget` seconds, at
+most 10); a case whose first pass alone exceeds the budget reports that first pass (at that size every pass
+allocates and faults in fresh memory anyway, as the first one did).
+
+Growth: time(8192) / time(1024) and memory(8192) / memory(1024). An 8x longer sequence costs ~8x for the
+linear (feature-map) kinds and ~64x for the quadratic ones once the L x L score matrices dominate (at 1024
+the projections still weigh, so measured quadratic ratios land below 64). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+D_MODEL, HEADS = 256, 4
+LENGTHS = [256, 512, 1024, 2048, 4096, 8192]
+QUICK_KINDS = ["standard", "linear", "performer", "slay-anchor"]
+QUICK_LENGTHS = [256, 512, 1024, 2048]
+MAX_PASSES = 10
+
+
+def worker(kind: str, L: int, causal: bool, budget: float, device: str, threads: int | None) -> dict:
+    """One case, in its own process: build, measure the first pass's peak memory, then time passes."""
+    import torch
+
+    from lm.model.attention import attention_class
+
+    if threads:
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)
+    torch.manual_seed(0)
+    layer = attention_class(kind)(d_model=D_MODEL, n_heads=HEADS, bias=True, attention_dropout=0.0, max_len=L,
+                                  options={}, generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.randn(1, L, D_MODEL, device=device, requires_grad=True)
+
+    def one_pass(inp: torch.Tensor = x) -> float:
+        start = time.perf_counter()
+        out = layer(inp, causal=causal).out  # (1, L, E)
+        out.square().sum().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        inp.grad = None
+        layer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    # a tiny pass first: loads the backward code paths and starts autograd's threads, so their one-off
+    # resident memory is not counted against the measured case
+    one_pass(torch.randn(1, 8, D_MODEL, device=device, requires_grad=True))
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        first = one_pass()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        first = one_pass()
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    n = min(MAX_PASSES, int(budget / max(first, 1e-6)))
+    times = [one_pass() for _ in range(n)]
+    return {"kind": kind, "L": L, "seconds": statistics.median(times) if times else first, "first_s": first,
+            "passes": len(times), "peak_mib": peak / 2**20}
+
+
+def _child(conn, *args) -> None:  # type: ignore[no-untyped-def]
+    try:
+        conn.send(worker(*args))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent as the case's error
+        conn.send({"error": f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"})
+    finally:
+        conn.close()
+
+
+def run_case(ctx, args: argparse.Namespace, kind: str, L: int) -> dict:  # type: ignore[no-untyped-def]
+    """Run one case in a fresh process from the fork server; its result comes back through a pipe."""
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, kind, L, args.causal, args.budget, args.device, args.threads))
+    proc.start()
+    send.close()
+    result = recv.recv() if recv.poll(args.case_timeout) else {"error": f"timeout after {args.case_timeout} s"}
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
+    if not result and proc.exitcode:
+        result = {"error": f"worker exited with code {proc.exitcode} (out of memory?)"}
+    return {"kind": kind, "L": L, **result}
+
+
+def growth(rows: dict[int, dict], key: str, lo: int = 1024, hi: int = 8192) -> float | None:
+    a, b = rows.get(lo), rows.get(hi)
+    if not a or not b or "error" in a or "error" in b or a[key] <= 0:
+        return None
+    return round(b[key] / a[key], 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"kinds {', '.join(QUICK_KINDS)}; L up to 2048")
+    ap.add_argument("--kinds", default=None, help="comma-separated kinds (default: all 14)")
+    ap.add_argument("--lengths", default=None, help="comma-separated sequence lengths")
+    ap.add_argument("--causal", action="store_true", help="causal (decoder) attention instead of bidirectional")
+    ap.add_argument("--budget", type=float, default=None, help="seconds of timed passes per case (default 2, quick 1)")
+    ap.add_argument("--device", default="cuda" if _cuda() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per case (default 1: on a shared 2-core machine a 2-thread team waits on a "
+                         "descheduled thread at every op and small cases become noise)")
+    ap.add_argument("--case-timeout", type=float, default=300.0)
+    args = ap.parse_args()
+    if args.budget is None:
+        args.budget = 1.0 if args.quick else 2.0
+    import multiprocessing as mp
+
+    from lm.config import ATTENTION_KINDS
+
+    kinds = args.kinds.split(",") if args.kinds else (QUICK_KINDS if args.quick else list(ATTENTION_KINDS))
+    lengths = [int(v) for v in args.lengths.split(",")] if args.lengths else (QUICK_LENGTHS if args.quick else LENGTHS)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "lm.model.attention"])
+    lo, hi = (1024, 8192) if 8192 in lengths and 1024 in lengths else (lengths[0], lengths[-1])
+    mode = "causal" if args.causal else "bidirectional"
+    print(f"{mode} attention, batch 1, d_model {D_MODEL}, {HEADS} heads, device {args.device}; "
+          f"{args.threads} thread(s); forward+backward ms / peak extra MiB (one process per case)")
+    print(f"{'kind':14}" + "".join(f"{L:>16}" for L in lengths) + f"{'time x':>9}{'mem x':>8}  ({lo}->{hi})")
+    started = time.perf_counter()
+    results = []
+    for kind in kinds:
+        rows: dict[int, dict] = {}
+        for L in lengths:
+            rows[L] = run_case(ctx, args, kind, L)
+        cells = [("error" if "error" in rows[L] else f"{rows[L]['seconds'] * 1e3:.0f}/{rows[L]['peak_mib']:.0f}")
+                 for L in lengths]
+        t_x, m_x = growth(rows, "seconds", lo, hi), growth(rows, "peak_mib", lo, hi)
+        print(f"{kind:14}" + "".join(f"{c:>16}" for c in cells) + f"{t_x if t_x else '-':>9}{m_x if m_x else '-':>8}",
+              flush=True)
+        for L in lengths:
+            if "error" in rows[L]:
+                print(f"  {kind} L={L}: {rows[L]['error']}", flush=True)
+        results.append({"kind": kind, "time_growth": t_x, "memory_growth": m_x,
+                        "cases": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[L].items()
+                                   if k != "kind"} for L in lengths]})
+    print(json.dumps({"benchmark": "attention", "mode": mode, "device": args.device, "threads": args.threads, "d_model": D_MODEL,
+                      "heads": HEADS, "batch": 1, "lengths": lengths, "growth_from_to": [lo, hi],
+                      "wall_s": round(time.perf_counter() - started, 1), "results": results}))
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Training-step throughput: lm's model vs the Hugging Face model of the same size, measured side by side.
+
+    python benchmarks/train_step.py            # d_model 256, 4 layers, 4 heads, d_ff 1024, vocab 8192, 32 x 128
+    python benchmarks/train_step.py --quick    # batch 8, fewer repeats (well under a minute)
+
+Pairs (eager PyTorch, fp32, no torch.compile):
+
+* clm:      lm CausalLM (pre-norm, learned positions, LayerNorm, GELU, biases, tied head)
+            vs transformers GPT2LMHeadModel; loss = next-token cross-entropy.
+* classify: lm SequenceClassifier (post-norm like BERT, CLS pooling, tanh pooler) vs
+            BertForSequenceClassification(num_labels=1); loss = BCE-with-logits; rows are right-padded to
+            random lengths in [L/2, L] and both models get the same attention mask.
+
+Both sides use the exact (erf) GELU (HF GPT-2 is built with activation_function="gelu") so the same
+arithmetic is timed, and Hugging Face's default attention implementation (`sdpa`; `--hf-attn eager` for
+its explicit path). A step is forward + loss + backward + AdamW step + zero_grad on the same random batch.
+Dropout is 0.1 everywhere on both sides (embeddings, residuals, attention weights: HF's defaults).
+Measurements are interleaved step by step (lm, hf, hf, lm, ...) for `--steps` x `--repeats` steps each and
+the median step time is reported, so both sides see the same machine noise. The last line is one JSON
+object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+D, LAYERS, HEADS, FF, VOCAB = 256, 4, 4, 1024, 8192
+
+
+def lm_model(task: str, max_len: int, attention: str) -> torch.nn.Module:
+    from lm.config import ModelConfig
+    from lm.model import build_model
+
+    cfg = ModelConfig(d_model=D, n_layers=LAYERS, n_heads=HEADS, d_ff=FF, dropout=0.1, attention_dropout=0.1,
+                      attention=attention,
+                      positions="learned", norm="layernorm", norm_position="pre" if task == "clm" else "post",
+                      mlp="gelu", bias=True, tie_embeddings=True, pooling="cls")
+    return build_model(cfg, task=task, vocab_size=VOCAB, max_len=max_len, pad_id=1, seed=0)
+
+
+def hf_model(task: str, max_len: int, attn: str) -> torch.nn.Module:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if task == "clm":
+        cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=D, n_layer=LAYERS, n_head=HEADS, n_inner=FF,
+                                      n_positions=max_len, activation_function="gelu", bos_token_id=0,
+                                      eos_token_id=0)
+        return transformers.GPT2LMHeadModel._from_config(cfg, attn_implementation=attn)
+    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                  intermediate_size=FF, max_position_embeddings=max_len, num_labels=1, pad_token_id=1)
+    return transformers.BertForSequenceClassification._from_config(cfg, attn_implementation=attn)
+
+
+def make_step(model: torch.nn.Module, task: str, is_hf: bool, ids: torch.Tensor, mask: torch.Tensor,
+              y: torch.Tensor) -> Callable[[], float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step() -> float:
+        if task == "clm":
+            logits = model(ids[:, :-1]).logits  # (B, L-1, V)
+            loss = F.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+        else:
+            out = model(input_ids=ids, attention_mask=mask) if is_hf else model(ids, mask)
+            logits = out.logits.reshape(-1)  # (B,)
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def bench_task(task: str, *, batch: int, seq: int, steps: int, repeats: int, attention: str, hf_attn: str) -> dict:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, VOCAB, (batch, seq + (1 if task == "clm" else 0)), generator=g)
+    lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()  # right padding (classify only)
+    ids = torch.where(mask.bool() | (task == "clm"), ids, torch.ones_like(ids))
+    y = (torch.rand(batch, generator=g) < 0.5).float()
+    models = {"lm": lm_model(task, ids.shape[1], attention), "hf": hf_model(task, ids.shape[1], hf_attn)}
+    runners = {name: make_step(m, task, name == "hf", ids, mask, y) for name, m in models.items()}
+    for run in runners.values():  # warm-up: allocator, first-call costs
+        run(), run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    order = list(runners)
+    for r in range(repeats * steps):  # step by step, alternating which model goes first
+        for name in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+    tokens = batch * seq
+    row: dict = {"task": task, "tokens_per_step": tokens,
+                 "params": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}}
+    for name, ts in times.items():
+        row[f"{name}_s_per_step"] = round(statistics.median(ts), 4)
+        row[f"{name}_tokens_per_s"] = round(tokens / statistics.median(ts), 1)
+    row["ratio_lm_over_hf"] = round(row["lm_tokens_per_s"] / row["hf_tokens_per_s"], 3)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="batch 8, 3 repeats of 2 steps")
+    ap.add_argument("--tasks", default="clm,classify")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=None, help="steps per repeat (default 4, quick 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats (default 5, quick 3): steps x repeats timed")
+    ap.add_argument("--attention", default="standard", help="lm attention kind")
+    ap.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"])
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = args.batch or (8 if args.quick else 32)
+    steps = args.steps or (2 if args.quick else 4)
+    repeats = args.repeats or (3 if args.quick else 5)
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {batch} x {args.seq}; "
+          f"{steps * repeats} steps per model interleaved step by step; median step time; hf attention {args.hf_attn}")
+    print(f"{'task':9} {'lm tok/s':>10} {'hf tok/s':>10} {'lm/hf':>6}")
+    for task in args.tasks.split(","):
+        row = bench_task(task, batch=batch, seq=args.seq, steps=steps, repeats=repeats, attention=args.attention,
+                         hf_attn=args.hf_attn)
+        rows.append(row)
+        print(f"{task:9} {row['lm_tokens_per_s']:>10.0f} {row['hf_tokens_per_s']:>10.0f} {row['ratio_lm_over_hf']:>6.2f}")
+    print(json.dumps({"benchmark": "train_step", "threads": torch.get_num_threads(), "batch": batch, "seq": args.seq,
+                      "attention": args.attention, "hf_attn": args.hf_attn, "results": rows}))
+
+
+if __name__ == "__main__":
+    main()
