@@ -76,6 +76,17 @@ def write_fake_encoded(root: Path, task: str, n_docs: int = 64, max_len: int = 1
     (tok / "special_tokens.json").write_text(json.dumps(SPECIALS))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids oversubscribing the shared cores (restored afterwards)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

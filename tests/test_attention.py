@@ -31,13 +31,7 @@ POSITIVE_KINDS = ["standard", "rotary", "linear", "performer", "cosformer", "yat
 RANDOM_KINDS = ["performer", "rff", "slay", "slay-tensor", "slay-laplace", "slay-rm", "slay-nystrom", "slay-anchor"]
 E, H, MAXLEN = 16, 2, 32
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared cores (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
