@@ -107,7 +107,7 @@ def _mlm(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
     items = RowItems(enc, test_rows)
     records = []
     shown = max(params.viz.n_examples, 8)
-    batch = objective.prepare(items.batch(np.arange(min(shown, len(items)))), torch.Generator(), train=False)
+    batch = objective.prepare(items.batch(np.arange(min(shown, len(items)))), train=False)
     with torch.no_grad():
         logits = trained.model(batch["input_ids"], batch["attention_mask"]).logits
     tok = trained.tokenizer

@@ -34,9 +34,8 @@ def lm_statistics(model: nn.Module, objective, items, batch_size: int, token_byt
 
     model.eval()
     acc = LmAccumulator(top_k=top_k)
-    gen = torch.Generator().manual_seed(0)
     for lo in range(0, len(items), batch_size):
-        batch = objective.prepare(items.batch(np.arange(lo, min(lo + batch_size, len(items)))), gen, train=False)
+        batch = objective.prepare(items.batch(np.arange(lo, min(lo + batch_size, len(items)))), train=False)
         logits = model(batch["input_ids"], batch["attention_mask"]).logits  # (B, L, V)
         keep = batch["labels"] != IGNORE_INDEX
         targets = batch["labels"][keep]

@@ -33,7 +33,7 @@ class ClassifyObjective:
         self.threshold = threshold
         self.pos_weight = pos_weight
 
-    def prepare(self, batch: dict, generator: torch.Generator | None = None, *, train: bool, epoch: int = 0) -> dict:
+    def prepare(self, batch: dict, *, train: bool, epoch: int = 0) -> dict:
         batch = dict(batch)
         batch["labels"] = (batch["targets"] >= self.threshold).float()
         batch["count"] = len(batch["labels"])
@@ -54,8 +54,8 @@ class MaskedLMObjective:
         self.mask_prob = mask_prob
         self.seed = eval_seed
 
-    def prepare(self, batch: dict, generator: torch.Generator | None = None, *, train: bool, epoch: int = 0) -> dict:
-        """`generator` is unused (kept so callers that pass one still work): masks come from the hash."""
+    def prepare(self, batch: dict, *, train: bool, epoch: int = 0) -> dict:
+        """Masks come from a hash of (seed, epoch, row, position), so batching and sharding cannot change them."""
         batch = dict(batch)
         ids, labels = mask_tokens(
             batch["input_ids"],
@@ -82,7 +82,7 @@ class MaskedLMObjective:
 class CausalLMObjective:
     """Next-token cross-entropy over every real position of each window."""
 
-    def prepare(self, batch: dict, generator: torch.Generator | None = None, *, train: bool, epoch: int = 0) -> dict:
+    def prepare(self, batch: dict, *, train: bool, epoch: int = 0) -> dict:
         batch = dict(batch)
         batch["count"] = int((batch["labels"] != IGNORE_INDEX).sum())
         return batch
