@@ -134,3 +134,14 @@ def test_stage_before_its_inputs_says_what_to_run(tmp_path, stage, needs):
 def test_predict_without_a_model(tmp_path):
     proc = _run(["predict", "hello", "--model", str(tmp_path / "nomodel")], tmp_path)
     assert proc.returncode == 1 and "config.json" in proc.stderr
+
+
+def test_bench_prints_one_json_line_of_throughput(tmp_path):
+    import json
+
+    write_params(tmp_path / "params.yaml", tiny_params())
+    proc = _run(["bench", "--steps", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["steps"] == 2 and figures["tokens_per_s"] > 0
+    assert figures["tokens_per_s"] == pytest.approx(2 * figures["batch"] * figures["seq_len"] / figures["seconds"], rel=0.1)  # seconds is rounded to ms
