@@ -56,15 +56,11 @@ def _attention_png(trained, ids, mask, path: Path, title: str) -> None:
 
 
 def _pick_examples(enc, rows, threshold: float, n: int):
-    """Alternate toxic and non-toxic test rows, so the maps show both classes."""
-    import numpy as np
-
-    if n == 0:
-        return []
+    """Alternate toxic and non-toxic test rows, so the maps show both classes; top up from the rest."""
     labels = enc.targets[rows] >= threshold
-    pos, neg = rows[labels], rows[~labels]
-    picked = [r for pair in zip(pos, neg) for r in pair][:n]
-    return picked + [r for r in rows if r not in picked][: n - len(picked)] if len(picked) < n else picked
+    picked = [r for pair in zip(rows[labels], rows[~labels]) for r in pair][:n]
+    rest = [r for r in rows if r not in picked]
+    return picked + rest[: n - len(picked)]
 
 
 def _classify(params: Params, trained, enc, test_rows, out_dir: Path) -> str:

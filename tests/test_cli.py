@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, subprocess_env, tiny_params, write_params
+from conftest import subprocess_env, tiny_params, write_params
 from lm.cli import app
 
 runner = CliRunner()

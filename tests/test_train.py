@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import SPECIALS, tiny_params, write_fake_encoded
 from lm.config import Params, TrainConfig, parse_params
