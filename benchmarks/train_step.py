@@ -6,7 +6,10 @@
 Pairs (eager PyTorch, fp32, no torch.compile):
 
 * clm:      lm CausalLM (pre-norm, learned positions, LayerNorm, GELU, biases, tied head)
-            vs transformers GPT2LMHeadModel; loss = next-token cross-entropy.
+            vs transformers GPT2LMHeadModel; loss = mean next-token cross-entropy, each side computed the
+            way its library trains: lm passes `labels` (the LM head and cross-entropy chunked together,
+            lm/model/lm_loss.py), Hugging Face gets full logits -> float -> F.cross_entropy (what its
+            `labels=` path does).
 * classify: lm SequenceClassifier (post-norm like BERT, CLS pooling, tanh pooler) vs
             BertForSequenceClassification(num_labels=1); loss = BCE-with-logits; rows are right-padded to
             random lengths in [L/2, L] and both models get the same attention mask.
@@ -65,9 +68,11 @@ def make_step(model: torch.nn.Module, task: str, is_hf: bool, ids: torch.Tensor,
     model.train()
 
     def step() -> float:
-        if task == "clm":
-            logits = model(ids[:, :-1]).logits  # (B, L-1, V)
-            loss = F.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+        if task == "clm" and not is_hf:  # lm's training route: the chunked head + cross-entropy (lm_loss.py)
+            loss = model(ids[:, :-1], labels=ids[:, 1:]).loss / ids[:, 1:].numel()
+        elif task == "clm":  # what GPT2LMHeadModel(labels=...) computes, minus its extra shifted position
+            logits = model(ids[:, :-1]).logits  # (B, L, V)
+            loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
         else:
             out = model(input_ids=ids, attention_mask=mask) if is_hf else model(ids, mask)
             logits = out.logits.reshape(-1)  # (B,)

@@ -5,6 +5,9 @@
 * MaskedLM: bidirectional encoder + LM head (tied to the token embeddings when `tie_embeddings`).
 * CausalLM: causal decoder + LM head, with a KV cache for incremental decoding.
 
+Given `labels`, the LMs return the summed cross-entropy (`out.loss`) computed chunk by chunk with the head
+(lm_loss.py) instead of the full logits: that is how training calls them.
+
 `ModelConfig.bias` puts biases in the pooler, the classifier and the LM head; an LM head tied to the token
 embeddings never has one (GPT-2's convention), so the bias follows `bias and not tie_embeddings`.
 """
@@ -18,8 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from lm.config import ModelConfig
+from lm.data.masking import IGNORE_INDEX
 from lm.errors import LmError
 from lm.model.attention.registry import validate_attention_options
+from lm.model.lm_loss import linear_cross_entropy_sum
 from lm.model.transformer import KVCache, Transformer
 
 Task = Literal["classify", "mlm", "clm"]
@@ -27,7 +32,8 @@ Task = Literal["classify", "mlm", "clm"]
 
 @dataclass
 class ModelOutput:
-    logits: Tensor  # classify: (B,); mlm/clm: (B, L, V)
+    logits: Tensor | None  # classify: (B,); mlm/clm: (B, L, V); None when an LM got `labels`
+    loss: Tensor | None = None  # mlm/clm with `labels`: summed cross-entropy over the labelled positions
     attentions: list[Tensor] | None = None  # one (B, H, L, L) per layer when return_attention
     cache: KVCache | None = None  # clm with use_cache only
 
@@ -59,6 +65,15 @@ class _TaskModel(nn.Module):
             head.weight = self.trunk.tok_emb.weight  # one Parameter, shared storage
         return head
 
+    def _head_output(self, hidden: Tensor, labels: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """(logits, None), or with labels (None, loss sum) through the chunked head + cross-entropy, which
+        never builds the (B, L, V) logits and skips positions labelled IGNORE_INDEX."""
+        if labels is None:
+            return self.lm_head(hidden), None
+        if labels.shape != hidden.shape[:-1]:
+            raise LmError(f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(hidden.shape[:-1])}")
+        return None, linear_cross_entropy_sum(hidden, self.lm_head.weight, self.lm_head.bias, labels, IGNORE_INDEX)
+
 
 class SequenceClassifier(_TaskModel):
     def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, seed: int = 0):
@@ -89,9 +104,14 @@ class MaskedLM(_TaskModel):
         super().__init__(cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, causal=False, seed=seed)
         self.lm_head = self._lm_head()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False) -> ModelOutput:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, labels: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> ModelOutput:
+        """labels: (B, L) token ids to predict, IGNORE_INDEX elsewhere -> out.loss (sum) instead of logits."""
         t = self.trunk(input_ids, _key_mask(attention_mask, input_ids), return_attention=return_attention)
-        return ModelOutput(logits=self.lm_head(t.hidden), attentions=t.attentions)  # (B, L, V)
+        logits, loss = self._head_output(t.hidden, labels)
+        return ModelOutput(logits=logits, loss=loss, attentions=t.attentions)  # logits (B, L, V)
 
 
 class CausalLM(_TaskModel):
@@ -104,19 +124,22 @@ class CausalLM(_TaskModel):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         *,
+        labels: Tensor | None = None,
         return_attention: bool = False,
         cache: KVCache | None = None,
         use_cache: bool = False,
     ) -> ModelOutput:
         """With `use_cache`, returns `out.cache`; pass it back with the next tokens (cache=None starts one).
-        attention_mask may cover the new tokens only, or the cached plus the new tokens."""
+        attention_mask may cover the new tokens only, or the cached plus the new tokens. labels: (B, L) next
+        token of each position (already shifted), IGNORE_INDEX where none -> out.loss (sum) instead of logits."""
         if attention_mask is not None and cache is not None and attention_mask.shape[1] == cache.length + input_ids.shape[1]:
             attention_mask = attention_mask[:, cache.length :]
         t = self.trunk(
             input_ids, _key_mask(attention_mask, input_ids), cache=cache, use_cache=use_cache,
             return_attention=return_attention,
         )
-        return ModelOutput(logits=self.lm_head(t.hidden), attentions=t.attentions, cache=t.cache)
+        logits, loss = self._head_output(t.hidden, labels)
+        return ModelOutput(logits=logits, loss=loss, attentions=t.attentions, cache=t.cache)
 
 
 _MODELS: dict[str, type[_TaskModel]] = {"classify": SequenceClassifier, "mlm": MaskedLM, "clm": CausalLM}

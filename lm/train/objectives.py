@@ -73,10 +73,7 @@ class MaskedLMObjective:
         return batch
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        logits = model(batch["input_ids"], batch["attention_mask"]).logits  # (B, L, V)
-        return F.cross_entropy(
-            logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        return model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"]).loss
 
 
 class CausalLMObjective:
@@ -88,10 +85,7 @@ class CausalLMObjective:
         return batch
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        logits = model(batch["input_ids"], batch["attention_mask"]).logits  # (B, L, V)
-        return F.cross_entropy(
-            logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        return model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"]).loss
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
