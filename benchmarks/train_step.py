@@ -12,7 +12,8 @@ Pairs (eager PyTorch, fp32, no torch.compile):
             `labels=` path does).
 * classify: lm SequenceClassifier (post-norm like BERT, CLS pooling, tanh pooler) vs
             BertForSequenceClassification(num_labels=1); loss = BCE-with-logits; rows are right-padded to
-            random lengths in [L/2, L] and both models get the same attention mask.
+            random lengths in [L/2, L] and both models get the same attention mask. lm's classifier reads
+            the CLS row only, so its last block computes that row alone (keys and values from every row).
 
 Both sides use the exact (erf) GELU (HF GPT-2 is built with activation_function="gelu") so the same
 arithmetic is timed, and Hugging Face's default attention implementation (`sdpa`; `--hf-attn eager` for

@@ -193,6 +193,32 @@ def test_padding_changes_nothing_for_the_classifier(kind, pooling):
                 torch.testing.assert_close(single, a[:1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_cls_classifier_computing_only_row_0_in_the_last_block_equals_the_full_trunk(kind, norm_position):
+    """The CLS classifier runs the last block for position 0 only; asking for the attention maps runs every
+    row (the plain trunk), and logits and gradients must agree."""
+    model = build_model(cfg(attention=kind, norm_position=norm_position, pooling="cls"), task="classify",
+                        vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+    x = ids(B=3, L=12)
+    mask = torch.ones_like(x)
+    mask[0, 7:] = 0
+    fast = model(x, mask)
+    full = model(x, mask, return_attention=True)
+    assert fast.attentions is None and len(full.attentions) == 2
+    torch.testing.assert_close(fast.logits, full.logits, atol=1e-6, rtol=1e-5)
+    params = list(model.parameters())
+    g_fast = torch.autograd.grad(fast.logits.sum(), params, allow_unused=True)
+    g_full = torch.autograd.grad(full.logits.sum(), params, allow_unused=True)
+    for p, a, b in zip(params, g_fast, g_full):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    hidden = model.trunk(x, mask.bool(), final_rows=slice(0, 1)).hidden
+    assert hidden.shape == (3, 1, 16)
+
+
 def test_padding_changes_nothing_for_mlm_and_clm():
     for task in ("mlm", "clm"):
         model = build_model(cfg(), task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD).eval()

@@ -33,16 +33,21 @@ class Block(nn.Module):
         offset: int = 0,
         use_cache: bool = False,
         return_attention: bool = False,
+        rows: slice | None = None,
     ) -> tuple[Tensor, Tensor | None, ExactState | LinearState | None]:
-        """x: (B, L, E) -> (B, L, E), this layer's attention weights (or None), its new cache state."""
+        """x: (B, L, E) -> (B, L, E), this layer's attention weights (or None), its new cache state.
+        rows: keep only these positions of the output (every position still serves as a key): a classifier
+        reading the CLS token needs just row 0 of the last block, which skips its output projection and MLP
+        for the other positions."""
         kw = dict(key_mask=key_mask, causal=causal, state=state, offset=offset, use_cache=use_cache,
-                  return_attention=return_attention)
+                  return_attention=return_attention, rows=rows)
+        residual = x if rows is None else x[:, rows]
         if self.pre_norm:
             a = self.attn(self.norm1(x), **kw)
-            x = x + self.drop(a.out)
+            x = residual + self.drop(a.out)
             x = x + self.drop(self.mlp(self.norm2(x)))
         else:
             a = self.attn(x, **kw)
-            x = self.norm1(x + self.drop(a.out))
+            x = self.norm1(residual + self.drop(a.out))
             x = self.norm2(x + self.drop(self.mlp(x)))
         return x, a.weights, a.state

@@ -88,9 +88,13 @@ class SequenceClassifier(_TaskModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False) -> ModelOutput:
         mask = _key_mask(attention_mask, input_ids)
-        t = self.trunk(input_ids, mask, return_attention=return_attention)
-        h = t.hidden  # (B, L, E)
-        if self.config.pooling == "cls":
+        cls = self.config.pooling == "cls"
+        # CLS pooling reads position 0 only, so the last block computes that row alone (not when the full
+        # attention maps of the last layer are asked for)
+        rows = slice(0, 1) if cls and not return_attention else None
+        t = self.trunk(input_ids, mask, return_attention=return_attention, final_rows=rows)
+        h = t.hidden  # (B, L, E), or (B, 1, E)
+        if cls:
             pooled = h[:, 0]
         else:
             m = (mask if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)).to(h.dtype)[..., None]

@@ -74,8 +74,10 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         use_cache: bool = False,
         return_attention: bool = False,
+        final_rows: slice | None = None,
     ) -> TrunkOutput:
-        """input_ids: (B, L) long; key_mask: (B, L) bool, True = real token (for the new tokens only)."""
+        """input_ids: (B, L) long; key_mask: (B, L) bool, True = real token (for the new tokens only).
+        final_rows: the positions the caller reads; the last block computes only those (hidden: (B, L', E))."""
         if input_ids.dim() != 2:
             raise LmError(f"input_ids must be a (batch, length) tensor, got shape {tuple(input_ids.shape)}")
         if (cache is not None or use_cache) and not self.causal:
@@ -88,9 +90,11 @@ class Transformer(nn.Module):
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
         attentions: list[Tensor] | None = [] if return_attention else None
         states = []
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             kw = dict(key_mask=key_mask, causal=self.causal, state=cache.states[i] if cache is not None else None,
-                      offset=offset, use_cache=use_cache, return_attention=return_attention)
+                      offset=offset, use_cache=use_cache, return_attention=return_attention,
+                      rows=final_rows if i == last else None)
             if recompute:
                 x, w, st = checkpoint(block, x, use_reentrant=False, **kw)
             else:

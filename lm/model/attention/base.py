@@ -105,8 +105,10 @@ class Attention(nn.Module):
         offset: int = 0,
         use_cache: bool = False,
         return_attention: bool = False,
+        rows: slice | None = None,
     ) -> AttentionResult:
-        """x: (B, L, E) for positions offset..offset+L-1; key_mask: (B, L) bool, True = real token."""
+        """x: (B, L, E) for positions offset..offset+L-1; key_mask: (B, L) bool, True = real token.
+        rows: only these query positions are wanted: the output projection runs on them alone."""
         B, L, E = x.shape
         H, d = self.n_heads, self.head_dim
         q, k, v = self.qkv(x).split(E, dim=-1)
@@ -122,7 +124,9 @@ class Attention(nn.Module):
                 key_mask=key_mask, causal=causal, positions=positions, state=state,
                 use_cache=use_cache, return_attention=return_attention,
             )  # out: (B, H, L, d)
-        out = out.to(x.dtype).transpose(1, 2).reshape(B, L, E)
+        if rows is not None:
+            out = out[:, :, rows]
+        out = out.to(x.dtype).transpose(1, 2).reshape(B, out.shape[2], E)
         return AttentionResult(self.proj(out), weights, new_state)
 
     def core(

@@ -3,10 +3,11 @@
 S_ij = q_i . k_j / sqrt(d), w = softmax_j(S), out = w v. `rotary` is the same with RoPE forced on.
 
 No fused kernel: lm never calls F.scaled_dot_product_attention. The explicit path (q pre-scaled, masked in
-place by a broadcast add, one softmax) trains as fast as Hugging Face's GPT-2/BERT on CPU with their SDPA or
-eager attention (benchmarks/train_step.py: lm/HF 0.97-1.07 over repeated runs; with attention dropout SDPA
-falls back to the same math on CPU), gives the attention weights for free, and is the one path
-tests/test_attention.py checks against SDPA, so a second path would add code without a measured gain.
+place by a broadcast add, one softmax) costs the same as Hugging Face's GPT-2/BERT attention on CPU with
+their SDPA or eager attention (with attention dropout SDPA falls back to the same math on CPU; lm's lead in
+benchmarks/train_step.py comes from the chunked LM-head loss and the CLS-only last block, not from here),
+gives the attention weights for free, and is the one path tests/test_attention.py checks against SDPA, so
+a second path would add code without a measured gain.
 """
 
 from __future__ import annotations
