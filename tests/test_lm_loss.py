@@ -8,8 +8,7 @@ import torch.nn.functional as F
 
 from lm.config import ModelConfig
 from lm.data.masking import IGNORE_INDEX
-from lm.model import build_model
-from lm.model import lm_loss
+from lm.model import build_model, lm_loss
 from lm.model.lm_loss import linear_cross_entropy_sum
 
 pytestmark = pytest.mark.usefixtures("one_thread")

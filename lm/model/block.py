@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from lm.config import ModelConfig
 from lm.model.attention import build_attention
 from lm.model.attention.base import ExactState, LinearState
+from lm.model.dropout import Dropout
 from lm.model.mlp import make_mlp
 from lm.model.norms import make_norm
 
@@ -21,7 +22,7 @@ class Block(nn.Module):
         self.attn = build_attention(cfg, max_len=max_len, generator=generator)
         self.norm2 = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self,

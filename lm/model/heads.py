@@ -24,6 +24,7 @@ from lm.config import ModelConfig
 from lm.data.masking import IGNORE_INDEX
 from lm.errors import LmError
 from lm.model.attention.registry import validate_attention_options
+from lm.model.dropout import Dropout
 from lm.model.lm_loss import linear_cross_entropy_sum
 from lm.model.transformer import KVCache, Transformer
 
@@ -79,7 +80,7 @@ class SequenceClassifier(_TaskModel):
     def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, seed: int = 0):
         super().__init__(cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, causal=False, seed=seed)
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.d_model, 1, bias=cfg.bias)
         for lin in (self.pooler, self.classifier):
             nn.init.normal_(lin.weight, std=0.02)

@@ -19,6 +19,7 @@ from lm.config import ModelConfig
 from lm.errors import LmError
 from lm.model.attention.base import ExactState, LinearState
 from lm.model.block import Block
+from lm.model.dropout import Dropout
 from lm.model.norms import make_norm
 from lm.model.positions import AbsolutePositions
 
@@ -44,7 +45,7 @@ class Transformer(nn.Module):
         self.config, self.max_len, self.causal = cfg, max_len, causal
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.positions = AbsolutePositions(cfg.positions, max_len, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         # random feature buffers of every layer come from this generator, drawn once, in layer order
         generator = torch.Generator().manual_seed(int(seed) + 0x5EED)
         self.blocks = nn.ModuleList(Block(cfg, max_len=max_len, generator=generator) for _ in range(cfg.n_layers))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from lm.errors import LmError
 from lm.model.attention.registry import Option, boolean, integer, number, resolve_attention_options
+from lm.model.dropout import Dropout
 from lm.model.positions import RotaryEmbedding
 
 
@@ -87,7 +88,7 @@ class Attention(nn.Module):
         self.max_len = max_len
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # fused q, k, v (in that order)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
-        self.attn_drop = nn.Dropout(attention_dropout)
+        self.attn_drop = Dropout(attention_dropout)
         self.rope = RotaryEmbedding(self.head_dim, self.opts["rope_theta"]) if self.opts["use_rope"] else None
         self.init_buffers(generator if generator is not None else torch.Generator().manual_seed(0))
 
