@@ -136,12 +136,13 @@ def test_predict_without_a_model(tmp_path):
     assert proc.returncode == 1 and "config.json" in proc.stderr
 
 
-def test_bench_prints_one_json_line_of_throughput(tmp_path):
+@pytest.mark.parametrize("task", ["classify", "mlm", "clm"])
+def test_bench_prints_one_json_line_of_throughput(tmp_path, task):
     import json
 
-    write_params(tmp_path / "params.yaml", tiny_params())
+    write_params(tmp_path / "params.yaml", tiny_params(task=task))
     proc = _run(["bench", "--steps", "2"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert figures["steps"] == 2 and figures["tokens_per_s"] > 0
+    assert figures["task"] == task and figures["steps"] == 2 and figures["tokens_per_s"] > 0
     assert figures["tokens_per_s"] == pytest.approx(2 * figures["batch"] * figures["seq_len"] / figures["seconds"], rel=0.1)  # seconds is rounded to ms

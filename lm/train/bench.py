@@ -6,8 +6,10 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
 
 from lm.config import Params
+from lm.data.masking import IGNORE_INDEX
 
 
 def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) -> str:
@@ -20,12 +22,21 @@ def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) ->
     torch.manual_seed(params.seed)
     model = build_model(params.model, task=params.task, vocab_size=vocab, max_len=L, pad_id=1, seed=params.seed)
     opt = build_optimizer(model, params.train)
-    ids = torch.randint(4, vocab, (B, L))
+    g = torch.Generator().manual_seed(params.seed)
+    ids = torch.randint(4, vocab, (B, L), generator=g)
     mask = torch.ones(B, L, dtype=torch.bool)
+    if params.task == "classify":
+        y = (torch.rand(B, generator=g) < 0.5).float()
+    elif params.task == "mlm":  # predict a mask_prob share of the positions, as training does
+        labels = torch.where(torch.rand(B, L, generator=g) < params.train.mask_prob, ids, IGNORE_INDEX)
+    else:
+        labels = torch.cat([ids[:, 1:], torch.randint(4, vocab, (B, 1), generator=g)], dim=1)
 
-    def step() -> None:
-        out = model(ids, mask).logits
-        loss = out.float().pow(2).mean()
+    def step() -> None:  # the loss the training objectives compute (lm/train/objectives.py)
+        if params.task == "classify":
+            loss = F.binary_cross_entropy_with_logits(model(ids, mask).logits.float(), y)
+        else:
+            loss = model(ids, mask, labels=labels).loss / (labels != IGNORE_INDEX).sum().clamp_min(1)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
