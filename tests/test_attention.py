@@ -437,6 +437,39 @@ def test_yat_spherical_bounds_and_invariances(normalization):
         torch.testing.assert_close(core(scaled, q, k, v), core(attn, q, k, v), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["yat", "yat-spherical"])
+def test_yat_hand_written_score_gradient_equals_autograd_of_the_formula(kind):
+    """The Yat scores have a hand-written backward (two saved L x L tensors instead of five): gradients of q
+    and k must equal autograd through the plain formula, in float64, including clamped entries."""
+    attn = make(kind, score_scale=1.7).double()
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, H, 9, 8, generator=g, dtype=torch.float64)
+    k = torch.randn(2, H, 11, 8, generator=g, dtype=torch.float64)
+    k[:, :, :3] = q[:, :, :3] + 1e-3 * torch.randn(2, H, 3, 8, generator=g, dtype=torch.float64)  # near q: tiny distances
+    if kind == "yat-spherical":
+        k[:, :, 3] = q[:, :, 3] * 2.0  # cosine 1: the largest score, 1 / epsilon
+
+    def formula(q, k):
+        if kind == "yat":
+            dot = q @ k.transpose(-1, -2)
+            dist = (q.pow(2).sum(-1)[..., :, None] + k.pow(2).sum(-1)[..., None, :] - 2 * dot).clamp_min(0.0)
+            return dot.pow(2) / (dist + 1e-4) * 1.7
+        x = F.normalize(q, dim=-1, eps=1e-6) @ F.normalize(k, dim=-1, eps=1e-6).transpose(-1, -2)
+        return x.pow(2) / (2.01 - 2 * x).clamp_min(1e-4) * 1.7
+
+    w = torch.randn(2, H, 9, 11, generator=g, dtype=torch.float64)
+    q1, k1 = q.clone().requires_grad_(), k.clone().requires_grad_()
+    q2, k2 = q.clone().requires_grad_(), k.clone().requires_grad_()
+    ours, ref = attn.scores(q1, k1), formula(q2, k2)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    (ours * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(k1.grad, k2.grad, rtol=1e-7, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda a, b: attn.scores(a, b), (q[:1, :1, :4].clone().requires_grad_(),
+                                                                     k[:1, :1, 2:6].clone().requires_grad_()))
+
+
 # ---- SLAY components -------------------------------------------------------------------------------------
 
 C = 2.0 + 1e-6
