@@ -41,6 +41,7 @@ def test_eval_zero_and_one():
     assert m(x) is x
     assert dropout(x, 0.0, training=True) is x
     assert torch.all(dropout(x, 1.0, training=True) == 0)
+    assert torch.all(dropout(x, 1.0 - 1e-10, training=True) == 0)  # p whose 31-bit threshold would overflow
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.5)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from lm.config import ModelConfig
 from lm.data.masking import IGNORE_INDEX
@@ -32,7 +33,7 @@ def _grads(loss, tensors):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("ignore_every", [0, 3])
 def test_loss_and_gradients_equal_the_plain_route(bias, ignore_every, monkeypatch):
-    monkeypatch.setattr(lm_loss, "_chunk_rows", lambda vocab: 64)  # 300 rows -> 5 chunks, the last one short
+    monkeypatch.setattr(lm_loss, "_chunk_rows", lambda vocab, device: 64)  # 300 rows -> 5 chunks, the last one short
     h, w, b, t = _problem(bias=bias, ignore_every=ignore_every)
     ref = F.cross_entropy(F.linear(h, w, b).float(), t, ignore_index=IGNORE_INDEX, reduction="sum")
     got = linear_cross_entropy_sum(h, w, b, t, IGNORE_INDEX)
@@ -43,7 +44,7 @@ def test_loss_and_gradients_equal_the_plain_route(bias, ignore_every, monkeypatc
 
 
 def test_gradcheck_in_double(monkeypatch):
-    monkeypatch.setattr(lm_loss, "_chunk_rows", lambda vocab: 4)
+    monkeypatch.setattr(lm_loss, "_chunk_rows", lambda vocab, device: 4)
     h, w, b, t = _problem(N=10, E=5, V=7, ignore_every=4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda h, w, b: linear_cross_entropy_sum(h, w, b, t), (h, w, b))
 
@@ -59,13 +60,33 @@ def test_ignored_rows_get_zero_gradient_and_all_ignored_gives_zero():
     assert not gh.any() and not gw.any()
 
 
-def test_no_grad_gives_the_loss_only():
+class _CountCalls(TorchFunctionMode):
+    def __init__(self, name):
+        super().__init__()
+        self.name, self.calls = name, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += getattr(func, "__name__", "") == self.name
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_grad_gives_the_loss_only_and_skips_the_gradient_work():
     h, w, b, t = _problem()
     ref = F.cross_entropy(F.linear(h, w, b), t, reduction="sum")
-    with torch.no_grad():
+    with torch.no_grad(), _CountCalls("exp_") as counter:  # exp_ turns log-probs into the gradient
         got = linear_cross_entropy_sum(h, w, b, t)
-    assert not got.requires_grad
+    assert not got.requires_grad and counter.calls == 0
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-4)
+    with _CountCalls("exp_") as counter:
+        linear_cross_entropy_sum(h, w, b, t)
+    assert counter.calls > 0
+
+
+def test_double_backward_is_refused_not_silently_wrong():
+    h, w, b, t = _problem(N=8)
+    (gh,) = torch.autograd.grad(linear_cross_entropy_sum(h, w, b, t), [h], create_graph=True)
+    with pytest.raises(RuntimeError):
+        gh.sum().backward()
 
 
 def test_bf16_autocast_matches_the_plain_route_under_autocast():

@@ -21,7 +21,7 @@ _RANGE = 1 << 31  # random_() on int32 draws uniformly from [0, 2^31)
 class _CpuDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
-        keep = torch.empty(x.shape, dtype=torch.int32).random_() >= round(p * _RANGE)
+        keep = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_() >= round(p * _RANGE)
         scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(keep)
         ctx.scale = scale
@@ -36,7 +36,7 @@ class _CpuDropout(torch.autograd.Function):
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0:
+    if x.device.type != "cpu" or round(p * _RANGE) >= _RANGE:  # p within 2^-32 of 1: no int32 threshold
         return F.dropout(x, p, training=True)
     return _CpuDropout.apply(x, p)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -23,25 +24,28 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
 
 
-def _chunk_rows(vocab: int) -> int:
-    """Rows per chunk: about 4 MB of fp32 logits (so they stay in cache), at least 32 rows."""
-    return max(32, (1 << 20) // max(vocab, 1))
+def _chunk_rows(vocab: int, device: torch.device) -> int:
+    """Rows per chunk: about 4 MB of fp32 logits on CPU (so they stay in cache), about 256 MB on an
+    accelerator (few, large matrix products); at least 32 rows."""
+    budget = (1 << 20) if device.type == "cpu" else (1 << 26)  # fp32 elements
+    return max(32, budget // max(vocab, 1))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, dtype: torch.dtype):
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, dtype: torch.dtype,
+                grads: bool):
         N, V = hidden.shape[0], weight.shape[0]
         acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax / loss precision: fp32 at least
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        want_b = bias is not None and ctx.needs_input_grad[2]
+        want_h, want_w = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
+        want_b = grads and bias is not None and ctx.needs_input_grad[2]
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
         grad_b = torch.zeros(V, dtype=acc, device=weight.device) if want_b else None
         loss = torch.zeros((), dtype=acc, device=hidden.device)
-        step = _chunk_rows(V)
+        step = _chunk_rows(V, hidden.device)
         for start in range(0, N, step):
             h = hidden[start : start + step].to(dtype)  # (c, E)
             t = targets[start : start + step]  # (c,)
@@ -72,10 +76,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: Tensor):
         saved = iter(ctx.saved_tensors)
         out = [next(saved) * grad_loss if want else None for want in ctx.have]
-        return out[0], out[1], out[2], None, None
+        return out[0], out[1], out[2], None, None, None
 
 
 def linear_cross_entropy_sum(
@@ -93,5 +98,6 @@ def linear_cross_entropy_sum(
         idx = keep.nonzero().squeeze(1)
         hidden, targets = hidden.index_select(0, idx), targets.index_select(0, idx)
     dtype = _compute_dtype(hidden)
+    grads = torch.is_grad_enabled()  # under no_grad (validation) only the loss is computed
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype)
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, grads)

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from lm.model.attention.base import ExactAttention
 from lm.model.attention.registry import Option, choice, number, register
@@ -23,7 +24,9 @@ class _RationalScores(torch.autograd.Function):
     Written out by hand because autograd would keep five (Lq, Lk) tensors of the chain (x, the clamp
     input, x^2, D, the quotient) where two suffice (x and D; the clamp is active exactly where D = lo + add),
     and would build them with one pass per elementary op. At L = 8192 that is the difference between
-    9 GB and 5 GB per layer and head group. a, b: (..., Lq) and (..., Lk), or None for 0."""
+    9 GB and 5 GB per layer and head group. a, b: (..., Lq) and (..., Lk), or None for 0. Where the clamp
+    bites exactly at its bound (q == k up to rounding) the clamp's gradient counts as off, where torch's
+    clamp would pass it; the two differ only there."""
 
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor | None, b: Tensor | None, lo: float, add: float, scale: float) -> Tensor:
@@ -44,6 +47,7 @@ class _RationalScores(torch.autograd.Function):
         return S
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, G: Tensor):
         x, D = ctx.saved_tensors
         floor, scale, has_a, has_b = ctx.consts
