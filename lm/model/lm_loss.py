@@ -69,18 +69,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if want_b:
                 grad_b += g.to(acc).sum(0)
         ctx.save_for_backward(
-            *(x for x in (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
-                          grad_b.to(bias.dtype) if grad_b is not None else None) if x is not None)
+            grad_h,
+            grad_w.to(weight.dtype) if want_w else None,
+            grad_b.to(bias.dtype) if want_b else None,
         )
-        ctx.have = (want_h, want_w, want_b)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: Tensor):
-        saved = iter(ctx.saved_tensors)
-        out = [next(saved) * grad_loss if want else None for want in ctx.have]
-        return out[0], out[1], out[2], None, None, None
+        grad_h, grad_w, grad_b = (g * grad_loss if g is not None else None for g in ctx.saved_tensors)
+        return grad_h, grad_w, grad_b, None, None, None
 
 
 def linear_cross_entropy_sum(
