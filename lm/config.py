@@ -105,7 +105,7 @@ class TokenizerConfig(Section):
 
 
 class EncodeConfig(Section):
-    max_len: int = Field(64, ge=4, le=8192, description="tokens per row (classify/mlm) or per training window (clm)")
+    max_len: int = Field(64, ge=4, le=8192, description="tokens per row (classify) or per packed training window (mlm, clm)")
     batch_size: int = Field(1024, ge=1, description="texts per encode batch")
 
 
@@ -193,6 +193,9 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     batch_size: int = Field(128, ge=1)
     threshold: float | None = Field(None, gt=0.0, lt=1.0, description="score threshold (default data.threshold)")
+    baseline: bool = Field(
+        True, description="also fit a classical baseline (TF-IDF + LR, or a Kneser-Ney n-gram LM) on the train rows"
+    )
 
 
 class VizConfig(Section):

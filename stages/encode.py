@@ -30,7 +30,7 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
     max_len = params.encode.max_len
     with atomic_dir(out_dir) as tmp:
         texts = stream_texts(table, params.encode.batch_size)
-        if params.task == "clm":
+        if params.task in ("clm", "mlm"):  # packed into full windows at training time
             info = encode_stream(texts, n_docs, tok, tmp)
         else:
             info = encode_rows(texts, n_docs, tok, max_len, tmp)
@@ -38,7 +38,7 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
         np.save(tmp / "targets.npy", targets.to_numpy(dtype=np.float32, na_value=np.nan))
         meta = {
             "task": params.task,
-            "layout": "stream" if params.task == "clm" else "rows",
+            "layout": "rows" if params.task == "classify" else "stream",
             **info,
             "n_docs": n_docs,
             "max_len": max_len,

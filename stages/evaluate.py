@@ -36,17 +36,26 @@ def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, 
     shutil.rmtree(plots_dir, ignore_errors=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
 
+    parts = load_split(split_dir)
     if config["task"] == "classify":
-        metrics = _classify(params, model, items, raw_dir, plots_dir)
+        metrics = _classify(params, model, items, raw_dir, plots_dir, parts["train"])
     else:
-        metrics = _language(params, model, enc, items, config["task"], Path(model_dir))
+        metrics = _language(params, model, enc, items, config["task"], Path(model_dir), parts["train"])
     metrics = {"task": config["task"], "attention": config["model"]["attention"], "n_test": int(len(test_rows)), **metrics}
     atomic_write_json(metrics_path, metrics)
     headline = {k: metrics[k] for k in ("roc_auc", "pr_auc", "f1", "perplexity", "accuracy", "bits_per_byte") if k in metrics}
-    Console(stderr=True).print("evaluate: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None))
+    line = "evaluate: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None)
+    if "baseline" in metrics:
+        base = {k: metrics["baseline"].get(k) for k in headline}
+        line += "; baseline " + ", ".join(f"{k} {v:.4f}" for k, v in base.items() if v is not None)
+    Console(stderr=True).print(line)
 
 
-def _classify(params: Params, model, items, raw_dir, plots_dir: Path) -> dict:
+CLASSIFY_LIFT = ("roc_auc", "pr_auc", "f1", "accuracy")
+LANGUAGE_LIFT = ("perplexity", "loss", "accuracy", "top5_accuracy", "bits_per_byte")
+
+
+def _classify(params: Params, model, items, raw_dir, plots_dir: Path, train_rows) -> dict:
     import numpy as np
     import pandas as pd
 
@@ -68,13 +77,31 @@ def _classify(params: Params, model, items, raw_dir, plots_dir: Path) -> dict:
         plots_dir / "confusion.json",
         [{"actual": "toxic" if t else "non-toxic", "predicted": "toxic" if p else "non-toxic"} for t, p in zip(y_true, y_pred)],
     )
-    plot_roc(curves["roc"], plots_dir / "roc.png", auc=report["roc_auc"])
-    plot_pr(curves["pr"], plots_dir / "pr.png", ap=report["pr_auc"])
+    corpus = pd.read_parquet(require(Path(raw_dir) / "corpus.parquet", "lm download"))
+    base_report, base_curves = None, {"roc": [], "pr": []}
+    if params.eval.baseline:
+        from lm.eval.baselines import tfidf_logreg_probs
+
+        texts = corpus["text"].fillna("").astype(str)
+        train_y = items.enc.targets[train_rows] >= threshold
+        base_probs = tfidf_logreg_probs(texts.iloc[train_rows].tolist(), train_y, texts.iloc[rows].tolist())
+        base_report = classification_report(y_score, base_probs, threshold=threshold)
+        base_curves = curve_rows(y_true, base_probs)
+        for name in ("roc", "pr"):
+            atomic_write_json(plots_dir / f"{name}_baseline.json", base_curves[name])
+    plot_roc(curves["roc"], plots_dir / "roc.png", auc=report["roc_auc"], baseline=base_curves["roc"],
+             baseline_auc=base_report and base_report["roc_auc"])
+    plot_pr(curves["pr"], plots_dir / "pr.png", ap=report["pr_auc"], baseline=base_curves["pr"],
+            baseline_ap=base_report and base_report["pr_auc"])
     plot_calibration(curves["calibration"], plots_dir / "calibration.png")
     plot_confusion(y_true, y_pred, plots_dir / "confusion.png")
 
     metrics = {**report, "threshold": threshold}
-    corpus = pd.read_parquet(require(Path(raw_dir) / "corpus.parquet", "lm download"))
+    if base_report is not None:
+        from lm.eval.baselines import lift
+
+        metrics["baseline"] = {"model": "tfidf_logreg", **base_report}
+        metrics["lift"] = lift(report, base_report, CLASSIFY_LIFT)
     identities = [c for c in params.data.identity_columns if c in corpus.columns]
     if identities and report["roc_auc"] is not None:
         frame = corpus.iloc[rows][identities].reset_index(drop=True)
@@ -84,7 +111,7 @@ def _classify(params: Params, model, items, raw_dir, plots_dir: Path) -> dict:
     return metrics
 
 
-def _language(params: Params, model, enc, items, task: str, model_dir: Path) -> dict:
+def _language(params: Params, model, enc, items, task: str, model_dir: Path, train_rows) -> dict:
     import numpy as np
 
     from lm.infer.scoring import lm_statistics
@@ -98,6 +125,13 @@ def _language(params: Params, model, enc, items, task: str, model_dir: Path) -> 
         specials = set(tok.special_ids.values())
         token_bytes = np.array([0 if i in specials else len(tok.token_bytes(i)) for i in range(tok.vocab_size)])
     stats = lm_statistics(model, objective, items, params.eval.batch_size, token_bytes)
+    if params.eval.baseline:
+        from lm.eval.baselines import lift, ngram_statistics
+
+        base = ngram_statistics(enc, train_rows, objective, items, task=task, batch_size=params.eval.batch_size,
+                                token_bytes=token_bytes)
+        stats["baseline"] = {"model": f"kneser_ney_{base['order']}gram", **base}
+        stats["lift"] = lift(stats, base, LANGUAGE_LIFT)
     if task == "mlm":
         stats["masked_accuracy"] = stats["accuracy"]
     return stats

@@ -94,13 +94,12 @@ def _mlm(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
     import numpy as np
     import torch
 
-    from lm.data.batches import RowItems
     from lm.data.masking import IGNORE_INDEX
-    from lm.train.loop import make_objective
+    from lm.train.loop import make_items, make_objective
     from lm.viz.predictions import masked_predictions_markdown
 
     objective = make_objective(params.model_copy(update={"task": "mlm"}), enc, np.zeros(0, dtype=np.int64))
-    items = RowItems(enc, test_rows)
+    items = make_items(enc, test_rows, "mlm", enc.max_len)  # the packed windows evaluation scores
     records = []
     shown = max(params.viz.n_examples, 8)
     batch = objective.prepare(items.batch(np.arange(min(shown, len(items)))), train=False)
@@ -119,7 +118,7 @@ def _mlm(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
                             "top5": [(tok.token_str(int(i)), float(q)) for q, i in zip(p, idx)]})
         if j < params.viz.n_examples:
             _attention_png(trained, batch["input_ids"][j : j + 1, :n], batch["attention_mask"][j : j + 1, :n],
-                           out_dir / f"example_{j}.png", f"test row {int(batch['rows'][j])} (masked input)")
+                           out_dir / f"example_{j}.png", f"test window at token {int(batch['rows'][j])} (masked input)")
     return "# Masked-token predictions (test split, fixed masks)\n\n" + masked_predictions_markdown(records)
 
 

@@ -46,7 +46,7 @@ def write_fake_encoded(root: Path, task: str, n_docs: int = 64, max_len: int = 1
     enc.mkdir(parents=True)
     lengths = rng.integers(4, max_len + 1, n_docs).astype(np.int32)
     targets = rng.random(n_docs).astype(np.float32)
-    if task == "clm":
+    if task in ("clm", "mlm"):  # packed stream (mlm windows add <|cls|> at batch time)
         docs = [rng.integers(0, 60, n - 1).tolist() + [SPECIALS["<|endoftext|>"]] for n in lengths]
         flat = np.array([t for d in docs for t in d], dtype=np.uint16)
         flat.tofile(enc / "tokens.bin")

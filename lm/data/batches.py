@@ -1,10 +1,10 @@
 """Items and batches over the encoded memmaps: what one training example is for each task.
 
-- classify / mlm: an item is a document row; a batch is trimmed to its longest row (dynamic padding), which
+- classify: an item is a document row; a batch is trimmed to its longest row (dynamic padding), which
   on short comments saves most of the attention cost of padding to max_len.
-- clm: an item is a window of max_len + 1 tokens cut from a run of consecutive documents of the split
-  (documents are contiguous in the stream, so a run is one slice of the memmap, copied only when batched);
-  the window grid can be shifted per epoch (WindowItems.with_offset) without dropping or repeating targets.
+- clm / mlm: an item is a packed window cut from a run of consecutive documents of the split (documents
+  are contiguous in the stream, so a run is one slice of the memmap, copied only when batched); the window
+  grid can be shifted per epoch (WindowItems.with_offset) without dropping or repeating targets.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from lm.data.encoded import Encoded
 
 @dataclass
 class RowItems:
-    """Document rows of one split (classify / mlm)."""
+    """Document rows of one split (classify)."""
 
     enc: Encoded
     rows: np.ndarray  # int64 document indices
@@ -47,24 +47,41 @@ class RowItems:
 
 @dataclass
 class WindowItems:
-    """Windows of up to max_len + 1 tokens over the documents of one split (clm).
+    """Packed windows over the documents of one split (clm and mlm): documents joined by <|endoftext|>, cut
+    into full windows, so no token is thrown away and no compute goes to padding.
 
     The split's documents form runs of consecutive documents (one contiguous slice of the stream each). A
-    run is cut on a grid of stride max_len shifted by `offset`: a head window covering the run's first
-    `offset` targets, then full windows from there on. Every target token of the run is predicted exactly
+    run is cut on a grid of stride `stride` shifted by `offset`: a head window covering the run's first
+    `offset` targets, then full windows from there on. Every target token of the run is covered exactly
     once whatever the offset; training draws a new offset every epoch so the model sees new context
     boundaries, and evaluation uses offset 0.
+
+    - clm (shift 1): a window reads max_len + 1 tokens; inputs are its first max_len, labels the next tokens.
+    - mlm (shift 0, prefix <|cls|>): a window reads max_len - 1 tokens and is fed as <|cls|> + those tokens
+      (as BERT starts every sequence with [CLS], so a classifier fine-tuned from it finds a trained
+      <|cls|>); `rows` is the window's start offset in the stream, the key of its masks.
     """
 
     enc: Encoded
     starts: np.ndarray  # int64 token offset of each window
     ends: np.ndarray  # int64 exclusive end of the tokens the window may read (its run's end, or its segment's)
-    window: int  # max_len + 1 (inputs and shifted targets)
+    window: int  # tokens read from the stream per window
     run_lo: np.ndarray | None = None  # int64 start of each run (kept to re-cut the grid)
     run_hi: np.ndarray | None = None  # int64 exclusive end of each run
+    shift: int = 1  # 1: next-token inputs/labels (clm); 0: the window itself is the input (mlm)
+    prefix_id: int | None = None  # a token put before every window (mlm: <|cls|>)
+
+    @property
+    def stride(self) -> int:
+        """Targets per full window: the grid step."""
+        return self.window - self.shift
 
     @classmethod
-    def from_docs(cls, enc: Encoded, docs: np.ndarray, max_len: int, offset: int = 0) -> WindowItems:
+    def from_docs(cls, enc: Encoded, docs: np.ndarray, max_len: int, offset: int = 0, *, task: str = "clm") -> WindowItems:
+        if task == "clm":
+            window, shift, prefix = max_len + 1, 1, None
+        else:
+            window, shift, prefix = max_len - 1, 0, int(enc.meta["special_ids"]["<|cls|>"])
         docs = np.sort(np.asarray(docs, dtype=np.int64))
         lo = hi = np.zeros(0, dtype=np.int64)
         if len(docs):
@@ -73,40 +90,47 @@ class WindowItems:
             last = np.concatenate([breaks - 1, [len(docs) - 1]])
             lo = np.asarray(enc.offsets[docs[first]], dtype=np.int64)
             hi = np.asarray(enc.offsets[docs[last] + 1], dtype=np.int64)
-            keep = hi - lo >= 2  # a run needs one input and one target
+            keep = hi - lo >= 1 + shift  # a clm run needs one input and one target
             lo, hi = lo[keep], hi[keep]
-        return cls(enc, lo, hi, max_len + 1, lo, hi).with_offset(offset)
+        return cls(enc, lo, hi, window, lo, hi, shift, prefix).with_offset(offset)
 
     def with_offset(self, offset: int) -> WindowItems:
-        """The same runs cut on a grid shifted by `offset` tokens (0 <= offset < max_len)."""
-        L = self.window - 1
+        """The same runs cut on a grid shifted by `offset` tokens (0 <= offset < stride)."""
+        L = self.stride
         if not 0 <= offset < L:
             raise ValueError(f"window offset {offset} outside [0, {L})")
         lo, hi = self.run_lo, self.run_hi
-        n = hi - 1 - lo  # targets per run
+        n = hi - lo - self.shift  # targets per run
         shift = np.where((offset > 0) & (offset < n), offset, 0)  # (R,) runs shorter than the offset stay whole
         counts = -(-(n - shift) // L)  # full-grid windows per run (ceil)
         run_of = np.repeat(np.arange(len(lo)), counts)
         k = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
         starts = np.concatenate([lo[run_of] + shift[run_of] + k * L, lo[shift > 0]])
-        ends = np.concatenate([hi[run_of], (lo + shift + 1)[shift > 0]])  # head window stops at its targets
+        head_end = lo + shift + self.shift  # the head window stops at its last target
+        ends = np.concatenate([hi[run_of], head_end[shift > 0]])
         order = np.argsort(starts, kind="stable")  # stream order: memmap reads stay sequential
-        return WindowItems(self.enc, starts[order], ends[order], self.window, lo, hi)
+        return WindowItems(self.enc, starts[order], ends[order], self.window, lo, hi, self.shift, self.prefix_id)
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def batch(self, items: np.ndarray) -> dict[str, torch.Tensor]:
         n = len(items)
-        block = np.full((n, self.window), self.enc.pad_id, dtype=np.int64)
-        valid = np.zeros((n, self.window), dtype=bool)
+        p = 0 if self.prefix_id is None else 1
+        block = np.full((n, p + self.window), self.enc.pad_id, dtype=np.int64)
+        valid = np.zeros((n, p + self.window), dtype=bool)
+        if p:
+            block[:, 0] = self.prefix_id
         for j, i in enumerate(items):
             lo = int(self.starts[i])
             hi = min(lo + self.window, int(self.ends[i]))
-            block[j, : hi - lo] = self.enc.tokens[lo:hi]
-            valid[j, : hi - lo] = True
+            block[j, p : p + hi - lo] = self.enc.tokens[lo:hi]
+            valid[j, : p + hi - lo] = True
         ids = torch.from_numpy(block)
         valid_t = torch.from_numpy(valid)
+        if self.shift == 0:
+            return {"input_ids": ids, "attention_mask": valid_t,
+                    "rows": torch.from_numpy(np.asarray(self.starts[np.asarray(items, dtype=np.int64)], dtype=np.int64))}
         return {
             "input_ids": ids[:, :-1],
             "attention_mask": valid_t[:, :-1],

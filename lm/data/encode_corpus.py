@@ -25,7 +25,8 @@ class _Encoder(Protocol):
 
 
 def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, out_dir: Path) -> dict:
-    """classify / mlm: one padded row per document, starting with <|cls|>; returns counts for meta.json."""
+    """classify: one padded row per document, starting with <|cls|>, truncated to its first max_len tokens
+    (the head of a comment carries its tone; the count of truncated rows goes to meta.json)."""
     dtype = token_dtype(tok.vocab_size)
     arr = np.memmap(out_dir / "tokens.bin", dtype=dtype, mode="w+", shape=(n_rows, max_len))
     lengths = np.zeros(n_rows, dtype=np.int32)
@@ -56,7 +57,7 @@ def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, 
 
 
 def encode_stream(texts: Iterable[str], n_docs: int, tok: _Encoder, out_dir: Path, chunk_tokens: int = 1 << 20) -> dict:
-    """clm: one flat stream, each document followed by <|endoftext|>; offsets mark document starts."""
+    """clm / mlm: one flat stream, each document followed by <|endoftext|>; offsets mark document starts."""
     dtype = token_dtype(tok.vocab_size)
     offsets = np.zeros(n_docs + 1, dtype=np.int64)
     buffer: list[int] = []

@@ -2,10 +2,10 @@
 
 Layout of data/encoded/ (written once by `lm encode`, read through np.memmap by training and evaluation):
 
-- classify / mlm: ``tokens.bin`` is a C-order ``[n_rows, max_len]`` array, one row per document:
+- classify: ``tokens.bin`` is a C-order ``[n_rows, max_len]`` array, one row per document:
   ``<|cls|>`` then the document's tokens, truncated to max_len and right-padded with ``<|pad|>``;
   ``lengths.npy`` (int32 ``[n_rows]``) is the number of real tokens in each row.
-- clm: ``tokens.bin`` is one flat ``[n_tokens]`` stream, every document followed by ``<|endoftext|>``;
+- clm / mlm: ``tokens.bin`` is one flat ``[n_tokens]`` stream, every document followed by ``<|endoftext|>``;
   ``offsets.npy`` (int64 ``[n_docs + 1]``) gives where each document starts, so a split can pick documents.
 - ``targets.npy`` (float32 ``[n_rows]``, NaN when absent): the raw toxicity score per document.
 
@@ -38,8 +38,8 @@ class Encoded:
     root: Path
     meta: dict
     tokens: np.memmap
-    lengths: np.ndarray | None  # classify / mlm
-    offsets: np.ndarray | None  # clm
+    lengths: np.ndarray | None  # classify
+    offsets: np.ndarray | None  # clm / mlm
     targets: np.ndarray
 
     @property

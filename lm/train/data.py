@@ -8,7 +8,7 @@ global step over processes and micro-batches never changes which items the step 
   without replacement), or classes drawn equally often with replacement (``weighted``, classify);
 - step s of the epoch takes the global block order[s*G : (s+1)*G], G = batch_size x grad_accum x world;
   rank r takes its contiguous share of the block and cuts it into grad_accum micro-batches;
-- clm windows are re-cut every epoch on a grid shifted by a random offset (WindowItems.with_offset), then
+- clm / mlm windows are re-cut every epoch on a grid shifted by a random offset (WindowItems.with_offset), then
   permuted: random windows, without replacement within an epoch.
 
 The tail of an epoch smaller than G is skipped (a different tail every epoch, since the order changes).
@@ -77,7 +77,7 @@ class TrainStream:
         return self.batch_size * self.grad_accum_steps * self.world_size
 
     def window_offset(self, epoch: int) -> int:
-        return int(_rng(self.seed, _OFFSET, epoch).integers(0, self.items.window - 1))
+        return int(_rng(self.seed, _OFFSET, epoch).integers(0, self.items.stride))
 
     def epoch_items(self, epoch: int) -> RowItems | WindowItems:
         if isinstance(self.items, WindowItems):

@@ -70,8 +70,8 @@ def load_split(split_dir: Path) -> dict[str, np.ndarray]:
 
 
 def make_items(enc: Encoded, rows: np.ndarray, task: str, max_len: int) -> RowItems | WindowItems:
-    if task == "clm":
-        return WindowItems.from_docs(enc, rows, max_len)
+    if task in ("clm", "mlm"):
+        return WindowItems.from_docs(enc, rows, max_len, task=task)
     return RowItems(enc, rows)
 
 

@@ -27,13 +27,20 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "undefined" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def plot_roc(rows: list[dict[str, float]], path: str | Path, *, auc: float | None = None) -> Path:
-    """ROC curve from ``curve_rows(...)["roc"]`` rows, with the chance diagonal and the AUC in the legend."""
+def plot_roc(
+    rows: list[dict[str, float]], path: str | Path, *, auc: float | None = None,
+    baseline: list[dict[str, float]] | None = None, baseline_auc: float | None = None,
+) -> Path:
+    """ROC curve from ``curve_rows(...)["roc"]`` rows, with the chance diagonal, the baseline's curve when
+    given, and the AUCs in the legend."""
     fig = new_figure(5.0, 5.0)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance (0.500)")
+    if baseline:
+        ax.plot(_column(baseline, "fpr"), _column(baseline, "tpr"), linewidth=1.5, color="tab:orange",
+                label=f"TF-IDF + LR baseline (AUC {_fmt(baseline_auc)})")
     if rows:
-        ax.plot(_column(rows, "fpr"), _column(rows, "tpr"), linewidth=2, label=f"model (AUC {_fmt(auc)})")
+        ax.plot(_column(rows, "fpr"), _column(rows, "tpr"), linewidth=2, color="tab:blue", label=f"model (AUC {_fmt(auc)})")
     else:
         ax.text(0.5, 0.3, "undefined: one class only", ha="center")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title="ROC")
@@ -44,16 +51,21 @@ def plot_roc(rows: list[dict[str, float]], path: str | Path, *, auc: float | Non
 
 
 def plot_pr(
-    rows: list[dict[str, float]], path: str | Path, *, ap: float | None = None, prevalence: float | None = None
+    rows: list[dict[str, float]], path: str | Path, *, ap: float | None = None, prevalence: float | None = None,
+    baseline: list[dict[str, float]] | None = None, baseline_ap: float | None = None,
 ) -> Path:
-    """Precision-recall curve from ``curve_rows(...)["pr"]`` rows; ``prevalence`` draws the chance level."""
+    """Precision-recall curve from ``curve_rows(...)["pr"]`` rows; ``prevalence`` draws the chance level,
+    ``baseline`` the baseline's curve."""
     fig = new_figure(5.0, 5.0)
     ax = fig.subplots()
     if prevalence is not None:
         ax.axhline(prevalence, linestyle="--", color="grey", linewidth=1, label=f"chance ({prevalence:.3f})")
+    if baseline:
+        ax.step(_column(baseline, "recall"), _column(baseline, "precision"), where="pre", linewidth=1.5,
+                color="tab:orange", label=f"TF-IDF + LR baseline (AP {_fmt(baseline_ap)})")
     if rows:
         # rows run from low to high recall and each precision holds up to its own recall (as in AP)
-        ax.step(_column(rows, "recall"), _column(rows, "precision"), where="pre", linewidth=2,
+        ax.step(_column(rows, "recall"), _column(rows, "precision"), where="pre", linewidth=2, color="tab:blue",
                 label=f"model (AP {_fmt(ap)})")
     else:
         ax.text(0.5, 0.5, "undefined: one class only", ha="center")
