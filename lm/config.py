@@ -167,7 +167,8 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(2e-4, ge=0.0, description="learning rate at the end of the cosine decay")
     weight_decay: float = Field(0.01, ge=0.0)
-    warmup_steps: int = Field(50, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, description="linear warmup length; default train.warmup_fraction")
+    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="warmup as a share of all optimizer steps")
     grad_clip: float | None = Field(1.0, gt=0)
     nproc: int = Field(1, ge=1, description="DDP processes on this machine (torchrun)")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
@@ -176,8 +177,12 @@ class TrainConfig(Section):
     compile: bool = False
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
     patience: int | None = Field(None, ge=1, description="early stop after this many evals without improvement")
+    select_by: Literal["auto", "val_loss", "val_roc_auc"] = Field(
+        "auto", description="validation metric that picks the exported weights and drives early stopping "
+        "(auto: val_roc_auc for classify, val_loss otherwise)"
+    )
     pos_weight: Literal["auto", "off"] | float = Field(
-        "auto", description="classify: BCE pos_weight; auto = #neg/#pos of the train split"
+        "auto", description="classify: BCE pos_weight; auto = #neg/#pos of the train split when positives are the minority"
     )
     sampler: Literal["shuffle", "weighted"] = Field(
         "shuffle", description="classify: 'weighted' draws classes equally, with replacement (pos_weight auto then means off)"
@@ -187,6 +192,10 @@ class TrainConfig(Section):
         0, ge=0, description="torchrun --max-restarts for train.nproc > 1; restarted workers resume from the checkpoint"
     )
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: fraction of tokens to predict")
+    init_from: str | None = Field(
+        None, description="start from the weights of an lm model directory (e.g. pretrained/) or a local Hugging "
+        "Face GPT-2 / Llama checkpoint directory: the trunk loads, the task head is new"
+    )
     threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores / nproc)")
 
 
@@ -237,6 +246,8 @@ class Params(Section):
             raise ValueError(f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
         if t.sampler == "weighted" and self.task != "classify":
             raise ValueError("train.sampler=weighted applies to task=classify only")
+        if t.select_by == "val_roc_auc" and self.task != "classify":
+            raise ValueError("train.select_by=val_roc_auc applies to task=classify only (use val_loss or auto)")
         if isinstance(t.pos_weight, float) and t.pos_weight <= 0:
             raise ValueError("train.pos_weight must be 'auto', 'off' or a positive number")
         return self

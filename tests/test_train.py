@@ -192,6 +192,21 @@ def test_schedule_is_linear_warmup_then_cosine_to_min_lr():
     assert all(a < b for a, b in zip(got[:5], got[1:5]))
 
 
+def test_warmup_is_a_fraction_of_the_run_unless_steps_are_given():
+    model = torch.nn.Linear(2, 2)
+    for cfg, total, warm in ((TrainConfig(lr=1e-3, warmup_fraction=0.1), 200, 20),
+                             (TrainConfig(lr=1e-3, warmup_fraction=0.1), 30, 3),
+                             (TrainConfig(lr=1e-3, warmup_fraction=0.1, warmup_steps=7), 200, 7)):
+        opt = build_optimizer(model, cfg)
+        sched = build_scheduler(opt, cfg, total)
+        lrs = []
+        for _ in range(total):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert int(np.argmax(lrs)) == warm - 1 and lrs[warm - 1] == pytest.approx(1e-3)
+
+
 # ---------------------------------------------------------------------------------------------------- AMP
 
 
@@ -235,8 +250,11 @@ def test_pos_weight_auto_number_off_and_loss_matches_formula(tmp_path):
     enc = Encoded.open(root / "data/encoded")
     rows = np.load(root / "data/split/train.npy")
     y = enc.targets[rows] >= 0.5
-    auto = loop.make_objective(_params("classify"), enc, rows)
-    assert auto.pos_weight == pytest.approx((~y).sum() / y.sum())
+    minority = np.concatenate([rows[y][:5], rows[~y]])  # few positives: up-weighted by #neg/#pos
+    auto = loop.make_objective(_params("classify"), enc, minority)
+    assert auto.pos_weight == pytest.approx((~y).sum() / 5)
+    majority = np.concatenate([rows[y], rows[~y][:5]])  # a majority-positive set is not weighted further
+    assert loop.make_objective(_params("classify"), enc, majority).pos_weight is None
     assert loop.make_objective(_params("classify", **{"train.pos_weight": 2.5}), enc, rows).pos_weight == 2.5
     assert loop.make_objective(_params("classify", **{"train.pos_weight": "off"}), enc, rows).pos_weight is None
     weighted = _params("classify", **{"train.sampler": "weighted"})
@@ -335,13 +353,14 @@ def test_early_stopping_keeps_and_exports_the_best_weights(tmp_path, monkeypatch
 
     def fake_eval(model, *args, **kwargs):
         snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return next(script)
+        return {"val_loss": next(script), "val_roc_auc": 0.5}
 
-    monkeypatch.setattr(loop, "evaluate_loss", fake_eval)
-    result = _train(root, _params("classify", **{"train.eval_every": 1, "train.patience": 2, "train.epochs": 3}))
+    monkeypatch.setattr(loop, "validate", fake_eval)
+    result = _train(root, _params("classify", **{"train.eval_every": 1, "train.patience": 2, "train.epochs": 3,
+                                                 "train.select_by": "val_loss"}))
     assert result.stopped_early and result.steps == 4 and result.best_step == 2 and result.best_val_loss == 2.0
     ck = load_checkpoint(root / "models" / CHECKPOINT)
-    assert ck["progress"]["best"] == {"val_loss": 2.0, "step": 2, "bad_evals": 2}
+    assert ck["progress"]["best"] == {"value": 2.0, "step": 2, "bad_evals": 2}
     best = snapshots[1]
     for k, v in ck["best_model"].items():
         assert torch.equal(v, best[k]), k
@@ -349,6 +368,53 @@ def test_early_stopping_keeps_and_exports_the_best_weights(tmp_path, monkeypatch
     for k, v in exported.items():
         assert torch.equal(v, best[k]), k
     assert not torch.equal(ck["model"]["classifier.weight"], best["classifier.weight"])  # last != best
+
+
+def test_classifier_selects_by_validation_roc_auc_not_loss(tmp_path, monkeypatch):
+    """The exported weights are those of the best validation ROC-AUC, even where the loss was lower elsewhere."""
+    from safetensors.torch import load_file
+
+    root = _data(tmp_path, "classify")
+    script = iter([(1.0, 0.60), (1.5, 0.80), (0.9, 0.70), (0.8, 0.75), (0.7, 0.79)])
+    snapshots = []
+
+    def fake_eval(model, *args, **kwargs):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        loss, auc = next(script)
+        return {"val_loss": loss, "val_roc_auc": auc}
+
+    monkeypatch.setattr(loop, "validate", fake_eval)
+    result = _train(root, _params("classify", **{"train.eval_every": 1, "train.patience": 3, "train.epochs": 3}))
+    assert result.select_by == "val_roc_auc"
+    assert result.best_step == 2 and result.best_val_roc_auc == 0.80 and result.best_val_loss == 1.5
+    assert result.stopped_early and result.steps == 5
+    exported = load_file(str(root / "models" / "model.safetensors"))
+    for k, v in exported.items():
+        assert torch.equal(v, snapshots[1][k]), k
+
+
+def test_validation_roc_auc_equals_sklearn_on_the_val_split(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from lm.data.encoded import Encoded
+    from lm.model import build_model
+    from lm.train.distributed import distributed
+
+    root = _data(tmp_path, "classify")
+    params = _params("classify")
+    enc = Encoded.open(root / "data/encoded")
+    parts = loop.load_split(root / "data/split")
+    items = loop.make_items(enc, parts["val"], "classify", enc.max_len)
+    objective = loop.make_objective(params, enc, parts["train"])
+    model = build_model(params.model, task="classify", vocab_size=enc.vocab_size, max_len=enc.max_len, pad_id=enc.pad_id)
+    with distributed("cpu", "auto") as d:
+        val = loop.validate(model, objective, items, 3, d, "none")
+    model.eval()
+    batch = items.batch(np.arange(len(items)))
+    with torch.no_grad():
+        scores = model(batch["input_ids"], batch["attention_mask"]).logits.numpy()
+    labels = enc.targets[parts["val"]] >= params.data.threshold
+    assert val["val_roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
 def test_checkpoint_holds_the_whole_state_and_loads_weights_only(tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 STEP_METRICS = ("train_loss", "lr", "grad_norm", "tokens_per_s")  # every optimizer step
-EVAL_METRICS = ("val_loss", "train_loss_avg")  # every validation pass
+EVAL_METRICS = ("val_loss", "val_roc_auc", "train_loss_avg")  # every validation pass (val_roc_auc: classify)
 
 
 class StepLog:

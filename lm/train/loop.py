@@ -57,6 +57,8 @@ class TrainResult:
     best_step: int | None = None
     step_log: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step
     resumed_from: int | None = None  # the checkpoint's step, when resumed
+    best_val_roc_auc: float | None = None  # classify: the validation ROC-AUC of the exported weights
+    select_by: str = "val_loss"  # the validation metric that picked them
 
 
 def load_split(split_dir: Path) -> dict[str, np.ndarray]:
@@ -80,8 +82,10 @@ def train_labels(params: Params, enc: Encoded, train_rows: np.ndarray) -> np.nda
 
 
 def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
-    """The task's objective. classify: pos_weight 'auto' is #neg/#pos of the train split, or none at all
-    with the weighted sampler (which already balances the classes); a number is used as given."""
+    """The task's objective. classify: pos_weight 'auto' is #neg/#pos of the train split when positives are
+    the minority (it up-weights the rare class) and no weighting when they are not (weighting the majority
+    further would push every score toward it); none with the weighted sampler (which already balances the
+    classes); a number is used as given."""
     special_ids = enc.meta["special_ids"]
     if params.task == "classify":
         pw = params.train.pos_weight
@@ -91,7 +95,8 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
             n_pos = int(labels.sum())
             if n_pos == 0:
                 raise LmError("the train split has no positive rows: check data.target_column and data.threshold")
-            pos_weight = float((len(labels) - n_pos) / n_pos)
+            n_neg = len(labels) - n_pos
+            pos_weight = float(n_neg / n_pos) if n_neg > n_pos else None
         return ClassifyObjective(params.data.threshold, pos_weight)
     if params.task == "mlm":
         special = Special(
@@ -114,24 +119,60 @@ def autocast_ctx(device: torch.device, amp: str):
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: str) -> float:
-    """Mean loss over `items`, sharded over ranks (every rank runs the unwrapped model, never the DDP
-    wrapper, so no rank waits on a collective inside forward) and all-reduced."""
+    """Mean loss over `items`, sharded over ranks and all-reduced (see `validate`)."""
+    return validate(model, objective, items, batch_size, d, amp)["val_loss"]
+
+
+@torch.no_grad()
+def validate(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: str) -> dict[str, float]:
+    """Mean loss over `items`, and for a classifier the ROC-AUC of its scores, sharded over ranks (every rank
+    runs the unwrapped model, never the DDP wrapper, so no rank waits on a collective inside forward) and
+    all-reduced. The AUC is None when the items hold one class only."""
+    from sklearn.metrics import roc_auc_score
+
     plain = unwrap(model)
     was_training = plain.training
     plain.eval()
     total, count = 0.0, 0.0
+    classify = isinstance(objective, ClassifyObjective)
+    scores = np.zeros(len(items) if classify else 0)
+    labels = np.zeros(len(items) if classify else 0)
     mine = np.arange(d.rank, len(items), d.world_size)
     for lo in range(0, len(mine), batch_size):
-        batch = objective.prepare(items.batch(mine[lo : lo + batch_size]), train=False)
+        idx = mine[lo : lo + batch_size]
+        batch = objective.prepare(items.batch(idx), train=False)
         if batch["count"] == 0:
             continue
         batch = to_device(batch, d.device)
         with autocast_ctx(d.device, amp):
-            total += float(objective.loss_sum(plain, batch))
+            if classify:
+                logits, loss = objective.logits_and_loss_sum(plain, batch)
+                scores[idx] = logits.float().cpu().numpy()
+                labels[idx] = batch["labels"].cpu().numpy()
+            else:
+                loss = objective.loss_sum(plain, batch)
+            total += float(loss)
         count += batch["count"]
     total, count = d.all_reduce_sum([total, count])
+    out: dict[str, float] = {"val_loss": total / count if count else float("nan")}
+    if classify:
+        if d.enabled:  # every rank filled its own items; the sum assembles the whole split everywhere
+            scores = np.asarray(d.all_reduce_sum(scores.tolist()))
+            labels = np.asarray(d.all_reduce_sum(labels.tolist()))
+        both = 0 < labels.sum() < len(labels)
+        out["val_roc_auc"] = float(roc_auc_score(labels > 0.5, scores)) if both else None
     plain.train(was_training)
-    return total / count if count else float("nan")
+    return out
+
+
+def selection_metric(params: Params, val_items) -> str:
+    """What picks the exported checkpoint and drives early stopping: train.select_by, where 'auto' is the
+    validation ROC-AUC for a classifier (what users judge it by; the loss also rewards confident calibration)
+    and the validation loss for the language models."""
+    choice = params.train.select_by
+    if choice == "auto":
+        return "val_roc_auc" if params.task == "classify" else "val_loss"
+    return choice
 
 
 def export_config(params: Params, enc: Encoded) -> dict[str, Any]:
@@ -207,7 +248,7 @@ class _Progress:
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
-    best_val: float = math.inf
+    best_val: float = math.inf  # the selection metric's best value, lower is better (val_loss or -val_roc_auc)
     best_step: int | None = None
     bad_evals: int = 0
     stopped_early: bool = False
@@ -220,7 +261,7 @@ class _Progress:
     def state(self) -> dict[str, Any]:
         return {
             "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "best": {"val_loss": None if math.isinf(self.best_val) else self.best_val, "step": self.best_step,
+            "best": {"value": None if math.isinf(self.best_val) else self.best_val, "step": self.best_step,
                      "bad_evals": self.bad_evals},
             "stopped_early": self.stopped_early, "tokens_seen": self.tokens_seen, "seconds": self.seconds,
             "running": list(self.running), "history": list(self.history), "log": self.log.state(),
@@ -231,7 +272,7 @@ class _Progress:
         best = ck["best"]
         return cls(
             step=ck["step"], epoch=ck["epoch"], step_in_epoch=ck["step_in_epoch"],
-            best_val=math.inf if best["val_loss"] is None else best["val_loss"], best_step=best["step"],
+            best_val=math.inf if best["value"] is None else best["value"], best_step=best["step"],
             bad_evals=best["bad_evals"], stopped_early=ck["stopped_early"], tokens_seen=ck["tokens_seen"],
             seconds=ck["seconds"], running=list(ck["running"]), history=list(ck["history"]),
             log=StepLog.from_state(ck["log"]),
@@ -292,6 +333,13 @@ def train(
             pad_id=enc.pad_id, seed=params.seed,
         ).to(d.device)
         model.train()
+        init_note = ""
+        if cfg.init_from and not (resume is True or (resume == "auto" and ckpt_path.exists())):
+            from lm.model.init_from import init_from
+
+            report = init_from(model, cfg.init_from, task=params.task, vocab_size=enc.vocab_size,
+                               tokenizer_hash=enc.meta.get("tokenizer_hash"))
+            init_note = f" init_from={report.source} ({report.kind}, {report.loaded} tensors; new: {len(report.fresh)})"
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg, total_steps)
         scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.amp == "fp16")
@@ -330,9 +378,10 @@ def train(
             f"[bold]train[/] task={params.task} attention={params.model.attention} "
             f"params={sum(p.numel() for p in model.parameters()):,} items={len(train_items)} "
             f"steps={total_steps} processes={d.world_size} device={d.device} amp={cfg.amp}"
-            + (f" resumed at step {resumed_from}" if resumed_from is not None else "")
+            + (f" resumed at step {resumed_from}" if resumed_from is not None else "") + init_note
         )
         checkpoint_every = cfg.checkpoint_every or cfg.eval_every
+        metric = selection_metric(params, val_items)
 
         def save(finished: bool) -> None:
             if d.is_main:
@@ -349,7 +398,7 @@ def train(
                     "rng": rng_state(),
                     "progress": prog.state(),
                     "best_model": best_state,
-                    "best_val_loss": None if math.isinf(prog.best_val) else prog.best_val,
+                    "best_value": None if math.isinf(prog.best_val) else prog.best_val,
                     "finished": finished,
                     "params": params.model_dump(),
                     "data": fingerprint,
@@ -384,27 +433,31 @@ def train(
                 }
 
                 if prog.step % cfg.eval_every == 0 or prog.step == total_steps:
-                    val_loss = (evaluate_loss(wrapped, objective, val_items, params.eval.batch_size, d, cfg.amp)
-                                if len(val_items) else float("nan"))
+                    val = (validate(wrapped, objective, val_items, params.eval.batch_size, d, cfg.amp)
+                           if len(val_items) else {"val_loss": float("nan")})
+                    val_loss = val["val_loss"]
                     avg = float(np.mean(prog.running))
                     prog.running.clear()
-                    row.update(val_loss=val_loss, train_loss_avg=avg)
-                    prog.history.append({"step": prog.step, "epoch": prog.epoch, "train_loss": avg,
-                                         "val_loss": val_loss, "lr": lr})
+                    row.update(val, train_loss_avg=avg)
+                    prog.history.append({"step": prog.step, "epoch": prog.epoch, "train_loss": avg, **val, "lr": lr})
+                    auc = val.get("val_roc_auc")
                     logger.print(
                         f"step {prog.step:>5}/{total_steps} epoch {prog.epoch} train_loss {avg:.4f} "
-                        f"val_loss {val_loss:.4f} lr {lr:.2e}"
+                        f"val_loss {val_loss:.4f}" + (f" val_roc_auc {auc:.4f}" if auc is not None else "")
+                        + f" lr {lr:.2e}"
                     )
-                    if math.isnan(val_loss) or val_loss < prog.best_val:
-                        if not math.isnan(val_loss):
-                            prog.best_val, prog.best_step = val_loss, prog.step
+                    # lower is better: the loss, or minus the AUC (a one-class validation split falls back to the loss)
+                    value = -auc if metric == "val_roc_auc" and auc is not None else val_loss
+                    if math.isnan(value) or value < prog.best_val:
+                        if not math.isnan(value):
+                            prog.best_val, prog.best_step = value, prog.step
                         prog.bad_evals = 0
                         if d.is_main:
                             best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
                     else:
                         prog.bad_evals += 1
                         if cfg.patience and prog.bad_evals >= cfg.patience:
-                            logger.print(f"early stop: no validation improvement in {cfg.patience} evaluations")
+                            logger.print(f"early stop: no {metric} improvement in {cfg.patience} evaluations")
                             prog.stopped_early = True
                 prog.log.append(row)
                 logger.log(row)
@@ -414,9 +467,11 @@ def train(
 
             prog.seconds = seconds_before + time.perf_counter() - started
             save(finished=True)
+            best_row = next((h for h in prog.history if h["step"] == prog.best_step), None)
             result = TrainResult(
                 steps=prog.step, epochs_run=prog.epoch + (1 if prog.step_in_epoch else 0),
-                best_val_loss=None if math.isinf(prog.best_val) else prog.best_val,
+                best_val_loss=None if best_row is None else best_row["val_loss"],
+                best_val_roc_auc=None if best_row is None else best_row.get("val_roc_auc"), select_by=metric,
                 final_train_loss=prog.history[-1]["train_loss"] if prog.history else None,
                 seconds=prog.seconds, tokens_per_s=prog.tokens_seen / max(prog.seconds, 1e-9),
                 history=list(prog.history), stopped_early=prog.stopped_early, best_step=prog.best_step,
@@ -428,7 +483,8 @@ def train(
                     plain.load_state_dict(best_state)
                 export_model(plain, out_dir, export_config(params, enc), tokenizer_dir)
                 summary = {
-                    "best_val_loss": result.best_val_loss, "best_step": result.best_step,
+                    "select_by": metric, "best_val_loss": result.best_val_loss, "best_step": result.best_step,
+                    **({"best_val_roc_auc": result.best_val_roc_auc} if result.best_val_roc_auc is not None else {}),
                     "final_train_loss": result.final_train_loss, "steps": result.steps,
                     "stopped_early": result.stopped_early, "tokens_per_s": round(result.tokens_per_s, 1),
                     "seconds": round(result.seconds, 2),

@@ -26,8 +26,8 @@ class Special:
 
 
 class ClassifyObjective:
-    """BCE on one logit per document; pos_weight = #neg/#pos of the train split counters imbalance
-    (None: plain BCE, e.g. when a weighted sampler already balances the classes)."""
+    """BCE on one logit per document; pos_weight (#neg/#pos of the train split when positives are rare)
+    counters imbalance (None: plain BCE, e.g. when a weighted sampler already balances the classes)."""
 
     def __init__(self, threshold: float, pos_weight: float | None):
         self.threshold = threshold
@@ -40,9 +40,13 @@ class ClassifyObjective:
         return batch
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return self.logits_and_loss_sum(model, batch)[1]
+
+    def logits_and_loss_sum(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(batch["input_ids"], batch["attention_mask"]).logits  # (B,)
         pw = None if self.pos_weight is None else torch.tensor(self.pos_weight, device=logits.device)
-        return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"], pos_weight=pw, reduction="sum")
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["labels"], pos_weight=pw, reduction="sum")
+        return logits, loss
 
 
 class MaskedLMObjective:

@@ -54,7 +54,8 @@ def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = min(cfg.warmup_steps, max(0, total_steps - 1))
+    wanted = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_fraction * total_steps)
+    warmup = min(wanted, max(0, total_steps - 1))
     min_ratio = cfg.min_lr / cfg.lr
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, warmup=warmup, total=total_steps, min_ratio=min_ratio)
