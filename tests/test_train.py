@@ -71,8 +71,8 @@ def test_grad_accum_4_of_batch_2_equals_one_batch_of_8(tmp_path, task):
     root = _data(tmp_path, task)
     big = _train(root, _params(task, **{"train.batch_size": 8}), out="big")
     acc = _train(root, _params(task, **{"train.batch_size": 2, "train.grad_accum_steps": 4}), out="acc")
-    assert big.steps == acc.steps >= 8
-    _assert_close(_weights(root, "big"), _weights(root, "acc"), atol=1e-5)
+    assert big.steps == acc.steps >= 8 and big.best_step == acc.best_step
+    _assert_close(_weights(root, "big"), _weights(root, "acc"), atol=3e-5)  # Adam amplifies float32 summation order
     np.testing.assert_allclose([r["train_loss"] for r in big.step_log], [r["train_loss"] for r in acc.step_log], rtol=1e-5)
     np.testing.assert_allclose([r["grad_norm"] for r in big.step_log], [r["grad_norm"] for r in acc.step_log], rtol=1e-4)
     assert big.step_log[0]["train_loss"] != big.step_log[-1]["train_loss"]  # it trained
