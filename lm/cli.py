@@ -101,6 +101,18 @@ def split(params: ParamsOption = DEFAULT_PARAMS) -> None:
 
 
 @app.command()
+def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Pretrain the trunk on unlabelled text (pretrain.source) into pretrained/; a no-op when it is unset."""
+
+    def body() -> None:
+        from stages import pretrain as stage
+
+        stage.run(_params(params))
+
+    _run(body)
+
+
+@app.command()
 def train(
     params: ParamsOption = DEFAULT_PARAMS,
     resume: Annotated[bool, typer.Option("--resume", help="continue exactly from models/checkpoint.pt "

@@ -216,6 +216,20 @@ class VizConfig(Section):
     top_p: float | None = Field(0.95, gt=0.0, le=1.0)
 
 
+class PretrainConfig(Section):
+    """An optional pretraining run on unlabelled text (stage `pretrain`), fine-tuned by `train` through
+    train.init_from: pretrained. The architecture is `model`; the other training settings are `train`'s."""
+
+    source: str | None = Field(None, description="unlabelled text, same forms as data.source; null: no pretraining")
+    text_column: str = "text"
+    max_rows: int | None = Field(None, ge=1)
+    task: Literal["mlm", "clm"] = Field("mlm", description="pretraining objective")
+    include_train_texts: bool = Field(True, description="also pretrain on the labelled train split's texts (never val/test)")
+    epochs: int = Field(2, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0, description="default train.lr")
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -227,6 +241,7 @@ class Params(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     viz: VizConfig = Field(default_factory=VizConfig)
 
