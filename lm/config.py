@@ -164,6 +164,9 @@ class TrainConfig(Section):
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     epochs: int = Field(4, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    min_steps: int | None = Field(
+        None, ge=1, description="run more epochs than train.epochs until at least this many optimizer steps"
+    )
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(2e-4, ge=0.0, description="learning rate at the end of the cosine decay")
     weight_decay: float = Field(0.01, ge=0.0)
@@ -186,6 +189,9 @@ class TrainConfig(Section):
     )
     sampler: Literal["shuffle", "weighted"] = Field(
         "shuffle", description="classify: 'weighted' draws classes equally, with replacement (pos_weight auto then means off)"
+    )
+    soft_labels: bool = Field(
+        True, description="classify: BCE against the target score in [0,1] (the annotators' share), not its 0/1 label"
     )
     checkpoint_every: int | None = Field(None, ge=1, description="optimizer steps between checkpoints (default eval_every)")
     max_restarts: int = Field(

@@ -251,7 +251,7 @@ def test_pos_weight_auto_number_off_and_loss_matches_formula(tmp_path):
     rows = np.load(root / "data/split/train.npy")
     y = enc.targets[rows] >= 0.5
     minority = np.concatenate([rows[y][:5], rows[~y]])  # few positives: up-weighted by #neg/#pos
-    auto = loop.make_objective(_params("classify"), enc, minority)
+    auto = loop.make_objective(_params("classify", **{"train.soft_labels": False}), enc, minority)
     assert auto.pos_weight == pytest.approx((~y).sum() / 5)
     majority = np.concatenate([rows[y], rows[~y][:5]])  # a majority-positive set is not weighted further
     assert loop.make_objective(_params("classify"), enc, majority).pos_weight is None
@@ -273,6 +273,40 @@ def test_pos_weight_auto_number_off_and_loss_matches_formula(tmp_path):
     lab = torch.tensor([1.0, 0.0, 1.0])
     expected = -(auto.pos_weight * lab * torch.log(p) + (1 - lab) * torch.log(1 - p)).sum()
     assert float(auto.loss_sum(Fixed(), batch)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_min_steps_adds_epochs_to_a_small_corpus_only(tmp_path):
+    root = _data(tmp_path, "clm")
+    enc = Encoded.open(root / "data/encoded")
+    items = loop.make_items(enc, np.load(root / "data/split/train.npy"), "clm", enc.max_len)
+    stream = TrainStream(items, seed=0, batch_size=4, grad_accum_steps=1)
+    per = stream.steps_in_epoch(0)
+    epochs = loop.epochs_for(stream, 2, 10 * per, None)
+    assert sum(stream.schedule(epochs, None)) >= 10 * per > sum(stream.schedule(epochs - 1, None))
+    assert loop.epochs_for(stream, 2, per, None) == 2  # already enough: unchanged
+    assert loop.epochs_for(stream, 2, None, None) == 2
+    assert sum(stream.schedule(loop.epochs_for(stream, 1, 10 * per, 3 * per), 3 * per)) == 3 * per  # max_steps caps
+
+
+def test_soft_labels_are_bce_against_the_target_score():
+    """soft_labels: the loss is BCE against the annotators' share; the validation AUC still uses 0/1 labels."""
+    objective = loop.ClassifyObjective(threshold=0.5, pos_weight=2.0, soft_labels=True)
+    targets = torch.tensor([0.9, 0.1, 0.5, 0.33])
+    logits = torch.tensor([0.3, -1.2, 2.0, 0.1])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, ids, mask):
+            from lm.model import ModelOutput
+            return ModelOutput(logits=logits)
+
+    batch = objective.prepare({"input_ids": torch.zeros(4, 2, dtype=torch.long), "attention_mask": torch.ones(4, 2),
+                               "targets": targets}, train=True)
+    assert torch.equal(batch["positive"], torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    p = torch.sigmoid(logits)
+    expected = -(2.0 * targets * torch.log(p) + (1 - targets) * torch.log(1 - p)).sum()
+    assert float(objective.loss_sum(Fixed(), batch)) == pytest.approx(float(expected), rel=1e-6)
+    hard = loop.ClassifyObjective(threshold=0.5, pos_weight=None, soft_labels=False)
+    assert torch.equal(hard.prepare({"targets": targets}, train=True)["labels"], batch["positive"])
 
 
 def test_weighted_sampler_draws_classes_equally_and_deterministically():

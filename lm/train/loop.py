@@ -97,7 +97,7 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
                 raise LmError("the train split has no positive rows: check data.target_column and data.threshold")
             n_neg = len(labels) - n_pos
             pos_weight = float(n_neg / n_pos) if n_neg > n_pos else None
-        return ClassifyObjective(params.data.threshold, pos_weight)
+        return ClassifyObjective(params.data.threshold, pos_weight, soft_labels=params.train.soft_labels)
     if params.task == "mlm":
         special = Special(
             pad_id=special_ids["<|pad|>"],
@@ -107,6 +107,19 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
         )
         return MaskedLMObjective(special, params.train.mask_prob, eval_seed=params.seed)
     return CausalLMObjective()
+
+
+def epochs_for(stream: TrainStream, epochs: int, min_steps: int | None, max_steps: int | None) -> int:
+    """train.epochs, raised until the run makes at least train.min_steps optimizer steps: a small corpus
+    (a few thousand windows) would otherwise stop after a few dozen updates, long before it has learnt
+    what it can; a large one is unaffected. Capped at 10,000 epochs."""
+    if not min_steps or stream.steps_in_epoch(0) == 0:
+        return epochs
+    target = min(min_steps, max_steps) if max_steps else min_steps
+    epochs = max(epochs, min(-(-target // stream.steps_in_epoch(0)), 10_000))
+    while sum(stream.schedule(epochs, max_steps)) < target and epochs < 10_000:  # window counts vary by epoch
+        epochs += 1
+    return epochs
 
 
 def autocast_ctx(device: torch.device, amp: str):
@@ -148,7 +161,7 @@ def validate(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: 
             if classify:
                 logits, loss = objective.logits_and_loss_sum(plain, batch)
                 scores[idx] = logits.float().cpu().numpy()
-                labels[idx] = batch["labels"].cpu().numpy()
+                labels[idx] = batch["positive"].cpu().numpy()
             else:
                 loss = objective.loss_sum(plain, batch)
             total += float(loss)
@@ -320,7 +333,7 @@ def train(
             rank=d.rank, world_size=d.world_size, sampler=cfg.sampler,
             weights=class_weights(train_labels(params, enc, parts["train"])) if cfg.sampler == "weighted" else None,
         )
-        plan = stream.schedule(cfg.epochs, cfg.max_steps)
+        plan = stream.schedule(epochs_for(stream, cfg.epochs, cfg.min_steps, cfg.max_steps), cfg.max_steps)
         total_steps = sum(plan)
         if total_steps == 0:
             raise LmError(

@@ -27,15 +27,23 @@ class Special:
 
 class ClassifyObjective:
     """BCE on one logit per document; pos_weight (#neg/#pos of the train split when positives are rare)
-    counters imbalance (None: plain BCE, e.g. when a weighted sampler already balances the classes)."""
+    counters imbalance (None: plain BCE, e.g. when a weighted sampler already balances the classes).
 
-    def __init__(self, threshold: float, pos_weight: float | None):
+    soft_labels: the target is the share of annotators who judged the text toxic, and BCE against that share
+    (not its thresholded 0/1) keeps what the annotators said: a text one in three called toxic ranks above
+    one nobody did (the Jigsaw competitions' winning recipe). With 0/1 targets both are the same."""
+
+    def __init__(self, threshold: float, pos_weight: float | None, soft_labels: bool = False):
         self.threshold = threshold
         self.pos_weight = pos_weight
+        self.soft_labels = soft_labels
 
     def prepare(self, batch: dict, *, train: bool, epoch: int = 0) -> dict:
+        """labels: the BCE targets (the score itself with soft labels, else 0/1 at the threshold); positive:
+        the 0/1 class that metrics such as the validation ROC-AUC are computed on."""
         batch = dict(batch)
-        batch["labels"] = (batch["targets"] >= self.threshold).float()
+        batch["positive"] = (batch["targets"] >= self.threshold).float()
+        batch["labels"] = batch["targets"].float().clamp(0.0, 1.0) if self.soft_labels else batch["positive"]
         batch["count"] = len(batch["labels"])
         return batch
 
