@@ -254,7 +254,8 @@ def test_pos_weight_auto_number_off_and_loss_matches_formula(tmp_path):
     auto = loop.make_objective(_params("classify", **{"train.soft_labels": False}), enc, minority)
     assert auto.pos_weight == pytest.approx((~y).sum() / 5)
     majority = np.concatenate([rows[y], rows[~y][:5]])  # a majority-positive set is not weighted further
-    assert loop.make_objective(_params("classify"), enc, majority).pos_weight is None
+    assert loop.make_objective(_params("classify", **{"train.soft_labels": False}), enc, majority).pos_weight is None
+    assert loop.make_objective(_params("classify"), enc, minority).pos_weight is None  # soft labels: no weighting
     assert loop.make_objective(_params("classify", **{"train.pos_weight": 2.5}), enc, rows).pos_weight == 2.5
     assert loop.make_objective(_params("classify", **{"train.pos_weight": "off"}), enc, rows).pos_weight is None
     weighted = _params("classify", **{"train.sampler": "weighted"})

@@ -85,12 +85,13 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
     """The task's objective. classify: pos_weight 'auto' is #neg/#pos of the train split when positives are
     the minority (it up-weights the rare class) and no weighting when they are not (weighting the majority
     further would push every score toward it); none with the weighted sampler (which already balances the
-    classes); a number is used as given."""
+    classes) or with soft labels (a share of 1/3 weighted 16-fold becomes a 0.9 score: every borderline text
+    would cross the threshold); a number is used as given."""
     special_ids = enc.meta["special_ids"]
     if params.task == "classify":
         pw = params.train.pos_weight
         pos_weight = float(pw) if not isinstance(pw, str) else None
-        if pw == "auto" and params.train.sampler != "weighted" and len(train_rows):
+        if pw == "auto" and params.train.sampler != "weighted" and not params.train.soft_labels and len(train_rows):
             labels = train_labels(params, enc, train_rows)
             n_pos = int(labels.sum())
             if n_pos == 0:
