@@ -55,8 +55,6 @@ def _corpus(params: Params, pre: Params, raw_dir: Path, split_dir: Path):
 
 def run(params: Params, raw_dir=RAW, split_dir=SPLIT, tokenizer_dir=TOKENIZER, out_dir=PRETRAINED,
         reports_dir=PRETRAIN_REPORTS) -> None:
-    import shutil
-
     from rich.console import Console
 
     from lm.io import atomic_dir, require
@@ -65,9 +63,11 @@ def run(params: Params, raw_dir=RAW, split_dir=SPLIT, tokenizer_dir=TOKENIZER, o
     console = Console(stderr=True)
     out_dir, reports_dir = Path(out_dir), Path(reports_dir)
     if not params.pretrain.source:
+        note = {"enabled": False, "reason": "pretrain.source is not set"}
         with atomic_dir(out_dir) as tmp:
-            atomic_write_json(tmp / "pretrain.json", {"enabled": False, "reason": "pretrain.source is not set"})
-        shutil.rmtree(reports_dir, ignore_errors=True)
+            atomic_write_json(tmp / "pretrain.json", note)
+        with atomic_dir(reports_dir) as tmp:  # a DVC output: it must exist, and say why it is empty
+            atomic_write_json(tmp / "pretrain.json", note)
         console.print("pretrain: off (set pretrain.source to pretrain on unlabelled text)")
         return
     require(Path(tokenizer_dir) / "special_tokens.json", "lm tokenize")
