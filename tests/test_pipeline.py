@@ -55,10 +55,14 @@ def _stages_run(output: str) -> set[str]:
 def test_repro_writes_reports_and_reruns_only_what_changed(repo):
     root, env = repo
     first = _sh(["dvc", "repro"], root, env)
-    assert _stages_run(first.stdout) == {"download", "tokenizer", "encode", "split", "train", "evaluate", "visualize"}
+    assert _stages_run(first.stdout) == {"download", "tokenizer", "encode", "split", "pretrain", "train", "evaluate",
+                                         "visualize"}
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "accuracy"):
         assert key in metrics
+        assert key in metrics["baseline"]  # TF-IDF + LR on the same rows
+    assert metrics["lift"]["roc_auc"] == pytest.approx(metrics["roc_auc"] - metrics["baseline"]["roc_auc"])
+    assert json.loads((root / "reports" / "plots" / "roc_baseline.json").read_text())
     assert "final_score" in metrics["bias"] and metrics["bias"]["per_identity"]
     for name in ("roc.json", "pr.json", "confusion.json", "roc.png", "pr.png", "confusion.png"):
         assert (root / "reports" / "plots" / name).stat().st_size > 0
@@ -77,7 +81,7 @@ def test_repro_writes_reports_and_reruns_only_what_changed(repo):
     params = tiny_params(**{"model.n_layers": 2})
     write_params(root / "params.yaml", params)
     changed = _sh(["dvc", "repro"], root, env)
-    assert _stages_run(changed.stdout) == {"train", "evaluate", "visualize"}
+    assert _stages_run(changed.stdout) == {"pretrain", "train", "evaluate", "visualize"}  # pretrain: off, a no-op
     shown = _sh(["dvc", "metrics", "show", "--json"], root, env)
     assert "roc_auc" in shown.stdout
     _sh(["git", "add", "-A"], root, env)
@@ -100,6 +104,8 @@ def test_exp_run_switches_task(repo, task, keys):
     assert metrics["task"] == task
     for key in keys:
         assert key in metrics and metrics[key] is not None
+    assert metrics["baseline"]["model"] == "kneser_ney_3gram"
+    assert metrics["baseline"]["n_tokens"] == metrics["n_tokens"]  # the same positions
     shown = json.loads(_sh(["dvc", "exp", "show", "--json"], root, env).stdout)
     assert task in json.dumps(shown)
     table = (root / "reports" / "predictions.md").read_text()
