@@ -30,13 +30,13 @@ def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, 
         from lm.errors import LmError
 
         raise LmError(f"{model_dir} was trained with another tokenizer than {encoded_dir}: re-run `lm train`")
-    test_rows = load_split(split_dir)["test"]
+    parts = load_split(split_dir)
+    test_rows = parts["test"]
     items = make_items(enc, test_rows, config["task"], enc.max_len)
     plots_dir = Path(plots_dir)
     shutil.rmtree(plots_dir, ignore_errors=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
 
-    parts = load_split(split_dir)
     if config["task"] == "classify":
         metrics = _classify(params, model, items, raw_dir, plots_dir, parts["train"])
     else:

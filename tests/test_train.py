@@ -169,17 +169,22 @@ def test_param_groups_decay_only_weight_matrices(tie):
     assert ("lm_head.weight" in d_names) == (not tie)  # a tied head is the embedding: not decayed
 
 
+def _lr_trace(cfg: TrainConfig, total: int) -> list[float]:
+    """The learning rate of every optimizer step of a `total`-step run."""
+    opt = build_optimizer(torch.nn.Linear(2, 2), cfg)
+    sched = build_scheduler(opt, cfg, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
 def test_schedule_is_linear_warmup_then_cosine_to_min_lr():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=5)
     total = 25
-    model = torch.nn.Linear(2, 2)
-    opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg, total)
-    got = []
-    for _ in range(total):
-        got.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    got = _lr_trace(cfg, total)
     expected = []
     for s in range(total):
         if s < 5:
@@ -193,17 +198,10 @@ def test_schedule_is_linear_warmup_then_cosine_to_min_lr():
 
 
 def test_warmup_is_a_fraction_of_the_run_unless_steps_are_given():
-    model = torch.nn.Linear(2, 2)
     for cfg, total, warm in ((TrainConfig(lr=1e-3, warmup_fraction=0.1), 200, 20),
                              (TrainConfig(lr=1e-3, warmup_fraction=0.1), 30, 3),
                              (TrainConfig(lr=1e-3, warmup_fraction=0.1, warmup_steps=7), 200, 7)):
-        opt = build_optimizer(model, cfg)
-        sched = build_scheduler(opt, cfg, total)
-        lrs = []
-        for _ in range(total):
-            lrs.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
+        lrs = _lr_trace(cfg, total)
         assert int(np.argmax(lrs)) == warm - 1 and lrs[warm - 1] == pytest.approx(1e-3)
 
 

@@ -17,6 +17,19 @@ import torch
 from lm.data.encoded import Encoded
 
 
+def doc_runs(enc: Encoded, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) token offsets of each run of consecutive documents among `docs` in the stream layout: a run
+    is one contiguous slice of the memmap."""
+    docs = np.sort(np.asarray(docs, dtype=np.int64))
+    if not len(docs):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(docs) != 1) + 1
+    first = np.concatenate([[0], breaks])
+    last = np.concatenate([breaks - 1, [len(docs) - 1]])
+    return (np.asarray(enc.offsets[docs[first]], dtype=np.int64),
+            np.asarray(enc.offsets[docs[last] + 1], dtype=np.int64))
+
+
 @dataclass
 class RowItems:
     """Document rows of one split (classify)."""
@@ -82,16 +95,9 @@ class WindowItems:
             window, shift, prefix = max_len + 1, 1, None
         else:
             window, shift, prefix = max_len - 1, 0, int(enc.meta["special_ids"]["<|cls|>"])
-        docs = np.sort(np.asarray(docs, dtype=np.int64))
-        lo = hi = np.zeros(0, dtype=np.int64)
-        if len(docs):
-            breaks = np.flatnonzero(np.diff(docs) != 1) + 1
-            first = np.concatenate([[0], breaks])
-            last = np.concatenate([breaks - 1, [len(docs) - 1]])
-            lo = np.asarray(enc.offsets[docs[first]], dtype=np.int64)
-            hi = np.asarray(enc.offsets[docs[last] + 1], dtype=np.int64)
-            keep = hi - lo >= 1 + shift  # a clm run needs one input and one target
-            lo, hi = lo[keep], hi[keep]
+        lo, hi = doc_runs(enc, docs)
+        keep = hi - lo >= 1 + shift  # a clm run needs one input and one target
+        lo, hi = lo[keep], hi[keep]
         return cls(enc, lo, hi, window, lo, hi, shift, prefix).with_offset(offset)
 
     def with_offset(self, offset: int) -> WindowItems:

@@ -37,18 +37,6 @@ def tfidf_logreg_probs(train_texts: Sequence[str], train_labels: np.ndarray, tes
     return model.predict_proba(vectorizer.transform(list(test_texts)))[:, 1]
 
 
-def train_runs(enc, docs: np.ndarray) -> list[np.ndarray]:
-    """The token stream of the given documents as runs of consecutive documents (one memmap slice each)."""
-    docs = np.sort(np.asarray(docs, dtype=np.int64))
-    if not len(docs):
-        return []
-    breaks = np.flatnonzero(np.diff(docs) != 1) + 1
-    first = np.concatenate([[0], breaks])
-    last = np.concatenate([breaks - 1, [len(docs) - 1]])
-    return [np.asarray(enc.tokens[enc.offsets[docs[a]] : enc.offsets[docs[b] + 1]], dtype=np.int64)
-            for a, b in zip(first, last)]
-
-
 def ngram_statistics(
     enc, train_docs: np.ndarray, objective, items, *, task: str, batch_size: int,
     token_bytes: np.ndarray | None, order: int = NGRAM_ORDER, top_k: int = 5,
@@ -56,10 +44,12 @@ def ngram_statistics(
     """Kneser-Ney n-gram loss / perplexity / accuracy / top-k (/ bits per byte) over exactly the positions
     `lm_statistics` scores: the same items, prepared by the same objective (mlm: the same fixed masks; the
     n-gram sees the corrupted left context, where a <|mask|> makes it back off)."""
+    from lm.data.batches import doc_runs
     from lm.eval.language import LmAccumulator
     from lm.eval.ngram import KneserNey, left_contexts
 
-    model = KneserNey(order, enc.vocab_size).fit(train_runs(enc, train_docs))
+    runs = zip(*doc_runs(enc, train_docs))
+    model = KneserNey(order, enc.vocab_size).fit(np.asarray(enc.tokens[lo:hi], dtype=np.int64) for lo, hi in runs)
     acc = LmAccumulator(top_k=top_k)
     for lo in range(0, len(items), batch_size):
         batch = objective.prepare(items.batch(np.arange(lo, min(lo + batch_size, len(items)))), train=False)

@@ -37,10 +37,9 @@ def _keys(grams: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 def _discount(counts: np.ndarray) -> float:
+    """D = n1 / (n1 + 2 n2); 0.5 when the count-of-counts cannot say (no singletons or no doubletons)."""
     n1, n2 = int((counts == 1).sum()), int((counts == 2).sum())
-    if n1 == 0:
-        return 0.5
-    return n1 / (n1 + 2 * max(n2, 0)) if n2 else 0.5
+    return n1 / (n1 + 2 * n2) if n1 and n2 else 0.5
 
 
 @dataclass
@@ -54,10 +53,10 @@ class _Level:
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         """Row of each context key, -1 where the context was never seen."""
-        pos = np.searchsorted(self.ctx_keys, keys)
-        pos = np.minimum(pos, max(len(self.ctx_keys) - 1, 0))
-        found = (len(self.ctx_keys) > 0) & (self.ctx_keys[pos] == keys) if len(self.ctx_keys) else np.zeros(len(keys), bool)
-        return np.where(found, pos, -1)
+        if not len(self.ctx_keys):
+            return np.full(len(keys), -1)
+        pos = np.minimum(np.searchsorted(self.ctx_keys, keys), len(self.ctx_keys) - 1)
+        return np.where(self.ctx_keys[pos] == keys, pos, -1)
 
 
 class KneserNey:
@@ -154,6 +153,4 @@ def left_contexts(input_ids: np.ndarray, positions: tuple[np.ndarray, np.ndarray
     end = cols + (1 if inclusive else 0)  # exclusive end
     offs = np.arange(-width, 0)
     idx = end[:, None] + offs[None, :]  # (N, width)
-    ok = idx >= 0
-    out = np.where(ok, input_ids[rows[:, None], np.clip(idx, 0, None)], -1)
-    return out
+    return np.where(idx >= 0, input_ids[rows[:, None], np.clip(idx, 0, None)], -1)

@@ -21,8 +21,9 @@ from torch import nn
 
 from lm.errors import LmError
 
-# ModelConfig keys that change no weight shape or meaning: they may differ between pretraining and fine-tuning
-FREE_KEYS = {"dropout", "attention_dropout", "pooling", "gradient_checkpointing"}
+# ModelConfig keys that change no trunk weight: they may differ between pretraining and fine-tuning
+# (tie_embeddings concerns the LM head only, which a new task builds afresh)
+FREE_KEYS = {"dropout", "attention_dropout", "pooling", "gradient_checkpointing", "tie_embeddings"}
 
 
 @dataclass
@@ -84,8 +85,6 @@ def _check_architecture(model: nn.Module, source_cfg: dict, path: Path) -> None:
     for key in sorted(ours):
         if key in FREE_KEYS or key not in source_cfg:
             continue
-        if key == "tie_embeddings":
-            continue  # only the LM head depends on it, and a new head is built anyway
         if source_cfg[key] != ours[key]:
             raise LmError(
                 f"train.init_from: {path} has model.{key}={source_cfg[key]!r}, the params say {ours[key]!r}: "

@@ -132,12 +132,6 @@ def autocast_ctx(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: str) -> float:
-    """Mean loss over `items`, sharded over ranks and all-reduced (see `validate`)."""
-    return validate(model, objective, items, batch_size, d, amp)["val_loss"]
-
-
-@torch.no_grad()
 def validate(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: str) -> dict[str, float]:
     """Mean loss over `items`, and for a classifier the ROC-AUC of its scores, sharded over ranks (every rank
     runs the unwrapped model, never the DDP wrapper, so no rank waits on a collective inside forward) and
@@ -179,7 +173,7 @@ def validate(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: 
     return out
 
 
-def selection_metric(params: Params, val_items) -> str:
+def selection_metric(params: Params) -> str:
     """What picks the exported checkpoint and drives early stopping: train.select_by, where 'auto' is the
     validation ROC-AUC for a classifier (what users judge it by; the loss also rewards confident calibration)
     and the validation loss for the language models."""
@@ -347,8 +341,9 @@ def train(
             pad_id=enc.pad_id, seed=params.seed,
         ).to(d.device)
         model.train()
+        resuming = resume is True or (resume == "auto" and ckpt_path.exists())
         init_note = ""
-        if cfg.init_from and not (resume is True or (resume == "auto" and ckpt_path.exists())):
+        if cfg.init_from and not resuming:  # a resumed run takes every weight from its checkpoint
             from lm.model.init_from import init_from
 
             report = init_from(model, cfg.init_from, task=params.task, vocab_size=enc.vocab_size,
@@ -361,7 +356,7 @@ def train(
         prog, best_state = _Progress(), None
 
         resumed_from = None
-        if resume is True or (resume == "auto" and ckpt_path.exists()):
+        if resuming:
             ck = load_checkpoint(ckpt_path)
             check_resumable(ck, params.model_dump(), fingerprint, ckpt_path)
             model.load_state_dict(ck["model"])
@@ -395,7 +390,7 @@ def train(
             + (f" resumed at step {resumed_from}" if resumed_from is not None else "") + init_note
         )
         checkpoint_every = cfg.checkpoint_every or cfg.eval_every
-        metric = selection_metric(params, val_items)
+        metric = selection_metric(params)
 
         def save(finished: bool) -> None:
             if d.is_main:
