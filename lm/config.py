@@ -140,6 +140,7 @@ class ModelConfig(Section):
     bias: bool = Field(True, description="biases in every linear layer and LayerNorm (GPT-2: on, Llama: off)")
     norm_eps: float = Field(1e-5, gt=0.0, lt=0.1)
     gradient_checkpointing: bool = Field(False, description="recompute block activations in backward to save memory")
+    embed_norm: bool = Field(False, description="a norm right after the embeddings (BERT, RoBERTa, DistilBERT)")
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:

@@ -157,3 +157,58 @@ def test_init_from_a_hugging_face_gpt2_directory(tmp_path):
         init_from(build_model(params.model, task="clm", vocab_size=65, max_len=16, pad_id=61), tmp_path / "gpt2",
                   task="clm", vocab_size=65, tokenizer_hash="fake")
     shutil.rmtree(tmp_path / "gpt2")
+
+
+def _encoder(transformers, arch: str):
+    """A tiny randomly initialised Hugging Face encoder with the sizes of lm's fake corpus (vocab 64)."""
+    common = dict(vocab_size=64, max_position_embeddings=40)
+    if arch == "bert":
+        cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+                                      type_vocab_size=2, **common)
+        return transformers.BertForMaskedLM(cfg)
+    if arch == "roberta":
+        cfg = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=48, pad_token_id=1, **common)
+        return transformers.RobertaForMaskedLM(cfg)
+    cfg = transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=48, **common)
+    return transformers.DistilBertForMaskedLM(cfg)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_init_from_a_hugging_face_encoder_gives_its_hidden_states(tmp_path, arch):
+    """A BERT-family checkpoint's trunk in lm computes the same last hidden states as the Hugging Face model."""
+    transformers = pytest.importorskip("transformers")
+    from lm.model.hf import spec_from_hf_config
+
+    torch.manual_seed(0)
+    hf = _encoder(transformers, arch)
+    with torch.no_grad():  # non-trivial norms and biases, so a swapped weight would show
+        for name, p in hf.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / arch)
+    spec = spec_from_hf_config(json.loads((tmp_path / arch / "config.json").read_text()))
+    model = build_model(spec.model, task="classify", vocab_size=64, max_len=16, pad_id=1)
+    report = init_from(model, tmp_path / arch, task="classify", vocab_size=64, tokenizer_hash=None)
+    assert report.kind == arch and sorted(report.fresh) == sorted(k for k in model.state_dict() if not k.startswith("trunk."))
+
+    ids = torch.randint(3, 64, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 8:] = 0  # right padding
+    ids[1, 8:] = 1
+    base = getattr(hf, {"bert": "bert", "roberta": "roberta", "distilbert": "distilbert"}[arch]).eval()
+    model.eval()
+    with torch.no_grad():
+        ref = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        ours = model.trunk(ids, mask.bool()).hidden
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], ref[real], atol=2e-5, rtol=1e-4)
+
+
+def test_an_encoder_is_refused_as_a_causal_lm(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from lm.model.hf import load_hf_checkpoint
+
+    _encoder(transformers, "bert").save_pretrained(tmp_path)
+    with pytest.raises(LmError, match="not a causal LM; fine-tune it with train.init_from"):
+        load_hf_checkpoint(tmp_path)

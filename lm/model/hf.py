@@ -1,4 +1,5 @@
-"""Load a Hugging Face GPT-2 or Llama checkpoint directory into lm's CausalLM.
+"""Load a Hugging Face GPT-2 or Llama checkpoint directory into lm's CausalLM, and convert the trunk of a
+BERT / RoBERTa / DistilBERT encoder for `train.init_from` (lm/model/init_from.py).
 
     model, cfg = load_hf_checkpoint("path/to/dir")   # config.json + model.safetensors / pytorch_model.bin
 
@@ -23,6 +24,10 @@ Weight layout differences handled here:
 * lm's GELU is the exact (erf) one. GPT-2 checkpoints normally use the tanh approximation ("gelu_new");
   they load only with `allow_approximate_gelu=True`, and then differ from Hugging Face by that
   approximation (up to ~1e-3 per activation). Checkpoints with `activation_function: gelu` match exactly.
+* BERT-family encoders (`bert`, `roberta`, `distilbert`): positions learned, post-norm LayerNorm blocks,
+  exact GELU, biases, `embed_norm` (the LayerNorm after the embeddings); the type-0 token-type embedding is
+  folded into the position table (exact for single-segment inputs); RoBERTa's first padding_idx + 1 position
+  rows are dropped (its positions start after them, for unpadded inputs).
 Weights are loaded into a float32 model whatever their stored dtype.
 """
 
@@ -135,8 +140,12 @@ def spec_from_hf_config(cfg: dict[str, Any], *, source: Path = Path("config.json
             norm_eps=float(_get(cfg, "rms_norm_eps", source, 1e-6)),
         )
         max_len = _get(cfg, "max_position_embeddings", source)
+    elif arch in ENCODERS:
+        model, max_len = _encoder_model(cfg, arch, source)
+        n_kv = model["n_heads"]
     else:
-        raise LmError(f"{source}: model_type {arch!r} is not supported (lm converts gpt2 and llama checkpoints)")
+        raise LmError(f"{source}: model_type {arch!r} is not supported (lm converts gpt2, llama, bert, roberta and "
+                      "distilbert checkpoints)")
     try:
         model_cfg = ModelConfig(**model)
     except ValidationError as err:
@@ -147,6 +156,45 @@ def spec_from_hf_config(cfg: dict[str, Any], *, source: Path = Path("config.json
     vocab = _get(cfg, "vocab_size", source)
     return HfSpec(arch=arch, model=model_cfg, vocab_size=vocab, max_len=max_len, pad_id=_pad_id(cfg, vocab),
                   n_kv_heads=n_kv)
+
+
+ENCODERS = ("bert", "roberta", "distilbert")
+_ENCODER_PREFIXES = ("bert.", "roberta.", "distilbert.")
+_ENCODER_HEADS = ("cls.", "lm_head.", "pooler.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.",
+                  "pre_classifier.", "classifier.", "qa_outputs.")  # task heads: init_from takes the trunk only
+
+
+def _encoder_model(cfg: dict[str, Any], arch: str, source: Path) -> tuple[dict[str, Any], int]:
+    """BERT-family encoders: learned positions, post-norm LayerNorm blocks, exact GELU, biases, a LayerNorm
+    right after the embeddings. RoBERTa numbers positions from padding_idx + 1, so two rows fewer are usable."""
+    if arch == "distilbert":
+        act, d = _get(cfg, "activation", source, "gelu"), _get(cfg, "dim", source)
+        if cfg.get("sinusoidal_pos_embds"):
+            raise LmError(f"{source}: DistilBERT with sinusoidal_pos_embds is not supported")
+        model = dict(d_model=d, n_layers=_get(cfg, "n_layers", source), n_heads=_get(cfg, "n_heads", source),
+                     d_ff=_get(cfg, "hidden_dim", source), dropout=float(cfg.get("dropout", 0.1)),
+                     attention_dropout=float(cfg.get("attention_dropout", 0.1)), norm_eps=1e-12)
+        max_len = _get(cfg, "max_position_embeddings", source)
+    else:
+        act, d = _get(cfg, "hidden_act", source, "gelu"), _get(cfg, "hidden_size", source)
+        if cfg.get("position_embedding_type", "absolute") != "absolute":
+            raise LmError(f"{source}: position_embedding_type {cfg['position_embedding_type']!r} is not supported")
+        model = dict(d_model=d, n_layers=_get(cfg, "num_hidden_layers", source),
+                     n_heads=_get(cfg, "num_attention_heads", source), d_ff=_get(cfg, "intermediate_size", source),
+                     dropout=float(cfg.get("hidden_dropout_prob", 0.1)),
+                     attention_dropout=float(cfg.get("attention_probs_dropout_prob", 0.1)),
+                     norm_eps=float(_get(cfg, "layer_norm_eps", source, 1e-12)))
+        max_len = _get(cfg, "max_position_embeddings", source) - (_roberta_offset(cfg) if arch == "roberta" else 0)
+    if act != "gelu":
+        raise LmError(f"{source}: activation {act!r} is not supported (lm's encoder MLP uses the exact GELU)")
+    model.update(attention="standard", positions="learned", norm="layernorm", norm_position="post", mlp="gelu",
+                 bias=True, tie_embeddings=True, embed_norm=True)
+    return model, max_len
+
+
+def _roberta_offset(cfg: dict[str, Any]) -> int:
+    """RoBERTa's position ids start at padding_idx + 1: rows before that are never used."""
+    return int(cfg.get("pad_token_id", 1)) + 1
 
 
 # ---- weights ------------------------------------------------------------------------------------------------
@@ -260,6 +308,39 @@ def _llama_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
     return out
 
 
+def _encoder_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
+    """BERT / RoBERTa / DistilBERT trunk -> lm trunk.* names. The token-type embedding of type 0 (what every
+    token gets when no segment ids are passed) is added to each position row, which is exact for single-segment
+    inputs; task heads are dropped."""
+    prefix = next((p for p in _ENCODER_PREFIXES if any(k.startswith(p) for k in w)), "")
+    w = {k: v for k, v in _strip(w, prefix).items() if not k.startswith(_ENCODER_HEADS)}
+    w = {k.removeprefix("embeddings."): v for k, v in w.items()}
+    w.pop("position_ids", None)  # a buffer older versions saved
+    positions = w.pop("position_embeddings.weight")
+    if "token_type_embeddings.weight" in w:
+        positions = positions + w.pop("token_type_embeddings.weight")[0]
+    positions = positions[positions.shape[0] - spec.max_len :]  # RoBERTa: drop the rows before padding_idx + 1
+    out = {"trunk.tok_emb.weight": w.pop("word_embeddings.weight"), "trunk.positions.table.weight": positions,
+           "trunk.embed_norm.weight": w.pop("LayerNorm.weight"), "trunk.embed_norm.bias": w.pop("LayerNorm.bias")}
+    distil = spec.arch == "distilbert"
+    names = ({"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "proj": "attention.out_lin",
+              "norm1": "sa_layer_norm", "fc_in": "ffn.lin1", "fc_out": "ffn.lin2", "norm2": "output_layer_norm"}
+             if distil else
+             {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+              "proj": "attention.output.dense", "norm1": "attention.output.LayerNorm", "fc_in": "intermediate.dense",
+              "fc_out": "output.dense", "norm2": "output.LayerNorm"})
+    layer = "transformer.layer" if distil else "encoder.layer"
+    for i in range(spec.model.n_layers):
+        h, b = f"{layer}.{i}.", f"trunk.blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[b + f"attn.qkv.{kind}"] = torch.cat([w.pop(h + names[x] + f".{kind}") for x in "qkv"], dim=0)
+            for lm_name, target in (("attn.proj", "proj"), ("norm1", "norm1"), ("mlp.fc_in", "fc_in"),
+                                    ("mlp.fc_out", "fc_out"), ("norm2", "norm2")):
+                out[b + f"{lm_name}.{kind}"] = w.pop(h + names[target] + f".{kind}")
+    _no_leftovers(w)
+    return out
+
+
 def _no_leftovers(w: dict[str, Tensor]) -> None:
     if w:
         keys = ", ".join(sorted(w)[:4])
@@ -267,8 +348,9 @@ def _no_leftovers(w: dict[str, Tensor]) -> None:
 
 
 def convert_hf_state_dict(weights: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
-    """Hugging Face state dict -> lm CausalLM state dict (parameters and persistent buffers)."""
-    converter = _gpt2_state if spec.arch == "gpt2" else _llama_state
+    """Hugging Face state dict -> lm state dict: the whole CausalLM for GPT-2 / Llama, the trunk (trunk.*) for
+    the BERT-family encoders."""
+    converter = {"gpt2": _gpt2_state, "llama": _llama_state}.get(spec.arch, _encoder_state)
     try:
         return converter(dict(weights), spec)
     except KeyError as err:
@@ -290,6 +372,8 @@ def load_hf_checkpoint(path: str | Path, *, allow_approximate_gelu: bool = False
     except json.JSONDecodeError as err:
         raise LmError(f"{config_file}: not valid JSON ({err.msg})") from None
     spec = spec_from_hf_config(raw, source=config_file, allow_approximate_gelu=allow_approximate_gelu)
+    if spec.arch in ENCODERS:
+        raise LmError(f"{path}: a {spec.arch} encoder is not a causal LM; fine-tune it with train.init_from")
     state = convert_hf_state_dict(read_hf_weights(path), spec)
     model = build_model(spec.model, task="clm", vocab_size=spec.vocab_size, max_len=spec.max_len, pad_id=spec.pad_id)
     if spec.model.tie_embeddings:

@@ -1,5 +1,6 @@
 """Start a model from pretrained weights (`train.init_from`): the trunk and embeddings of an earlier lm model
-(a masked- or causal-LM run on unlabelled text), or of a Hugging Face GPT-2 / Llama checkpoint directory.
+(a masked- or causal-LM run on unlabelled text), or of a Hugging Face GPT-2 / Llama / BERT / RoBERTa /
+DistilBERT checkpoint directory.
 
 Why a trunk and not the whole model: the pretraining task's head (an LM head) means nothing to a classifier,
 whose pooler and classifier start fresh; when the source was trained for the same task, its head loads too.
@@ -55,8 +56,11 @@ def _source_state(path: Path, *, vocab_size: int, tokenizer_hash: str | None) ->
                 f"train.init_from: {path} has a vocabulary of {spec.vocab_size} tokens, this run's tokenizer has "
                 f"{vocab_size}: fine-tune with the checkpoint's own vocabulary size (tokenizer.vocab_size)"
             )
+        from lm.model.hf import ENCODERS
+
         state = convert_hf_state_dict(read_hf_weights(path), spec)
-        return state, {**spec.model.model_dump(), "max_len": spec.max_len}, "clm", spec.arch
+        task = "encoder" if spec.arch in ENCODERS else "clm"  # an encoder's head (if any) is never lm's
+        return state, {**spec.model.model_dump(), "max_len": spec.max_len}, task, spec.arch
     from safetensors.torch import load_file
 
     from lm.train.checkpoint import EXPORT_WEIGHTS

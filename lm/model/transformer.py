@@ -45,6 +45,7 @@ class Transformer(nn.Module):
         self.config, self.max_len, self.causal = cfg, max_len, causal
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.positions = AbsolutePositions(cfg.positions, max_len, cfg.d_model)
+        self.embed_norm = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.embed_norm else nn.Identity()
         self.drop = Dropout(cfg.dropout)
         # random feature buffers of every layer come from this generator, drawn once, in layer order
         generator = torch.Generator().manual_seed(int(seed) + 0x5EED)
@@ -87,7 +88,7 @@ class Transformer(nn.Module):
         offset = cache.length if cache is not None else 0
         if offset + L > self.max_len:
             raise LmError(f"sequence of {offset + L} tokens exceeds the model's max_len {self.max_len}; crop the input")
-        x = self.drop(self.positions(self.tok_emb(input_ids), offset))  # (B, L, E)
+        x = self.drop(self.embed_norm(self.positions(self.tok_emb(input_ids), offset)))  # (B, L, E)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
         attentions: list[Tensor] | None = [] if return_attention else None
         states = []
