@@ -207,7 +207,7 @@ def test_unsupported_checkpoints_raise_lm_errors(tmp_path):
                                     num_attention_heads=2, max_position_embeddings=MAXLEN).to_dict()
     spec_from_hf_config(base)  # fine as it is
     for change, match in (
-        ({"model_type": "bert"}, "model_type"),
+        ({"model_type": "t5"}, "model_type"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "rope type"),
         ({"head_dim": 4}, "head_dim"),
