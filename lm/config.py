@@ -199,6 +199,9 @@ class TrainConfig(Section):
         0, ge=0, description="torchrun --max-restarts for train.nproc > 1; restarted workers resume from the checkpoint"
     )
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: fraction of tokens to predict")
+    token_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="classify: share of tokens replaced by <|mask|> in training (word dropout)"
+    )
     init_from: str | None = Field(
         None, description="start from the weights of an lm model directory (e.g. pretrained/) or a local Hugging "
         "Face GPT-2 / Llama checkpoint directory: the trunk loads, the task head is new"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm.data.masking import IGNORE_INDEX, mask_tokens
+from lm.data.masking import IGNORE_INDEX, drop_tokens, mask_tokens
 from lm.data.split import split_indices, split_summary
 from lm.errors import LmError
 
@@ -102,3 +102,26 @@ def test_hash_uniform_is_uniform_and_independent_across_draws():
     assert chi2 < 43.8  # chi-square, 19 dof, p = 0.001
     assert abs(np.corrcoef(u.ravel(), v.ravel())[0, 1]) < 0.01
     assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01  # neighbouring positions
+
+
+def test_token_dropout_rate_specials_and_determinism():
+    """Word dropout: about `rate` of the real ordinary tokens become <|mask|>; specials and padding never do;
+    the choice is a function of (seed, epoch, row, position), not of the batch it lands in."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 60, (400, 32), generator=g)
+    ids[:, 0] = 62  # <|cls|>
+    mask = torch.ones(400, 32, dtype=torch.bool)
+    mask[:, 28:] = False
+    ids[:, 28:] = 61  # <|pad|>
+    rows = np.arange(400)
+    kw = dict(rate=0.1, mask_id=63, special_ids=[60, 61, 62, 63], seed=3, epoch=1)
+    out = drop_tokens(ids, mask, rows=rows, **kw)
+    dropped = out != ids
+    assert (out[dropped] == 63).all()
+    assert not dropped[:, 0].any() and not dropped[:, 28:].any()
+    n = 400 * 27
+    assert abs(int(dropped.sum()) - 0.1 * n) < 5 * (n * 0.1 * 0.9) ** 0.5
+    half = drop_tokens(ids[200:], mask[200:], rows=rows[200:], **kw)
+    assert torch.equal(half, out[200:])
+    assert not torch.equal(drop_tokens(ids, mask, rows=rows, **{**kw, "epoch": 2}), out)
+    assert drop_tokens(ids, mask, rows=rows, **{**kw, "rate": 0.0}) is ids

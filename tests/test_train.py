@@ -515,3 +515,14 @@ def test_crash_and_resume_is_bit_identical_and_does_not_replay_data(tmp_path, mo
     assert resumed.best_step == whole.best_step and resumed.stopped_early == whole.stopped_early
     tsv = (root / "reports" / "broken" / "plots" / "metrics" / "train_loss.tsv").read_text().splitlines()[1:]
     assert [int(line.split("\t")[0]) for line in tsv] == list(range(1, whole.steps + 1))
+
+
+def test_token_dropout_applies_to_training_batches_only(tmp_path):
+    root = _data(tmp_path, "classify")
+    enc = Encoded.open(root / "data/encoded")
+    rows = np.load(root / "data/split/train.npy")
+    objective = loop.make_objective(_params("classify", **{"train.token_dropout": 0.3}), enc, rows)
+    batch = loop.make_items(enc, rows, "classify", enc.max_len).batch(np.arange(16))
+    trained = objective.prepare(batch, train=True, epoch=0)["input_ids"]
+    assert (trained != batch["input_ids"]).any() and (trained[trained != batch["input_ids"]] == SPECIALS["<|mask|>"]).all()
+    assert torch.equal(objective.prepare(batch, train=False)["input_ids"], batch["input_ids"])

@@ -17,7 +17,7 @@ IGNORE_INDEX = -100
 EVAL_EPOCH = -1  # the "epoch" of validation/test masks: never a training epoch
 
 _M64 = (1 << 64) - 1
-_SELECT, _ACTION, _RANDOM = 0, 1, 2  # independent draws per position
+_SELECT, _ACTION, _RANDOM, _DROP = 0, 1, 2, 3  # independent draws per position
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -81,3 +81,29 @@ def mask_tokens(
     corrupted = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
     corrupted = torch.where(to_random, random_ids, corrupted)
     return corrupted, labels
+
+
+def drop_tokens(
+    input_ids: torch.Tensor,  # (B, L) long
+    attention_mask: torch.Tensor,  # (B, L) bool
+    *,
+    rate: float,
+    mask_id: int,
+    special_ids: list[int],
+    rows: torch.Tensor | np.ndarray,
+    seed: int,
+    epoch: int,
+) -> torch.Tensor:
+    """Token dropout for classifier training: each ordinary real token becomes <|mask|> with probability
+    `rate`, so the model cannot lean on any single word and reads the rest of the text (word dropout, a
+    standard regulariser for small labelled sets). Drawn from the same (seed, epoch, row, position) hash as
+    the masked-LM corruption, so it is identical whatever the batching, sharding or resume point."""
+    if rate <= 0:
+        return input_ids
+    rows = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows)
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for sid in special_ids:
+        special |= input_ids == sid
+    u = torch.from_numpy(hash_uniform(seed, epoch, rows, input_ids.shape[1], _DROP))
+    dropped = (u < rate) & attention_mask.bool() & ~special
+    return torch.where(dropped, torch.full_like(input_ids, mask_id), input_ids)

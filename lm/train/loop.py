@@ -88,6 +88,12 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
     classes) or with soft labels (a share of 1/3 weighted 16-fold becomes a 0.9 score: every borderline text
     would cross the threshold); a number is used as given."""
     special_ids = enc.meta["special_ids"]
+    special = Special(
+        pad_id=special_ids["<|pad|>"],
+        mask_id=special_ids["<|mask|>"],
+        special_ids=sorted(special_ids.values()),
+        n_ordinary=min(special_ids.values()),
+    )
     if params.task == "classify":
         pw = params.train.pos_weight
         pos_weight = float(pw) if not isinstance(pw, str) else None
@@ -98,14 +104,9 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
                 raise LmError("the train split has no positive rows: check data.target_column and data.threshold")
             n_neg = len(labels) - n_pos
             pos_weight = float(n_neg / n_pos) if n_neg > n_pos else None
-        return ClassifyObjective(params.data.threshold, pos_weight, soft_labels=params.train.soft_labels)
+        return ClassifyObjective(params.data.threshold, pos_weight, soft_labels=params.train.soft_labels,
+                                 token_dropout=params.train.token_dropout, special=special, seed=params.seed)
     if params.task == "mlm":
-        special = Special(
-            pad_id=special_ids["<|pad|>"],
-            mask_id=special_ids["<|mask|>"],
-            special_ids=sorted(special_ids.values()),
-            n_ordinary=min(special_ids.values()),
-        )
         return MaskedLMObjective(special, params.train.mask_prob, eval_seed=params.seed)
     return CausalLMObjective()
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm.data.masking import EVAL_EPOCH, IGNORE_INDEX, mask_tokens
+from lm.data.masking import EVAL_EPOCH, IGNORE_INDEX, drop_tokens, mask_tokens
 
 
 @dataclass
@@ -33,15 +33,24 @@ class ClassifyObjective:
     (not its thresholded 0/1) keeps what the annotators said: a text one in three called toxic ranks above
     one nobody did (the Jigsaw competitions' winning recipe). With 0/1 targets both are the same."""
 
-    def __init__(self, threshold: float, pos_weight: float | None, soft_labels: bool = False):
+    def __init__(self, threshold: float, pos_weight: float | None, soft_labels: bool = False,
+                 token_dropout: float = 0.0, special: Special | None = None, seed: int = 0):
+        if token_dropout > 0 and special is None:
+            raise ValueError("token_dropout needs the special token ids")
         self.threshold = threshold
         self.pos_weight = pos_weight
         self.soft_labels = soft_labels
+        self.token_dropout, self.special, self.seed = token_dropout, special, seed
 
     def prepare(self, batch: dict, *, train: bool, epoch: int = 0) -> dict:
         """labels: the BCE targets (the score itself with soft labels, else 0/1 at the threshold); positive:
         the 0/1 class that metrics such as the validation ROC-AUC are computed on."""
         batch = dict(batch)
+        if train and self.token_dropout > 0:
+            s = self.special
+            batch["input_ids"] = drop_tokens(batch["input_ids"], batch["attention_mask"], rate=self.token_dropout,
+                                             mask_id=s.mask_id, special_ids=s.special_ids, rows=batch["rows"],
+                                             seed=self.seed, epoch=epoch)
         batch["positive"] = (batch["targets"] >= self.threshold).float()
         batch["labels"] = batch["targets"].float().clamp(0.0, 1.0) if self.soft_labels else batch["positive"]
         batch["count"] = len(batch["labels"])
