@@ -199,6 +199,9 @@ class TrainConfig(Section):
         0, ge=0, description="torchrun --max-restarts for train.nproc > 1; restarted workers resume from the checkpoint"
     )
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: fraction of tokens to predict")
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="validate and export an exponential moving average of the weights"
+    )
     token_dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="classify: share of tokens replaced by <|mask|> in training (word dropout)"
     )

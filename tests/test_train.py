@@ -479,7 +479,7 @@ class _Crash(Exception):
 
 
 @pytest.mark.parametrize("task, extra", [
-    ("classify", {"train.sampler": "weighted", "train.pos_weight": "off"}),
+    ("classify", {"train.sampler": "weighted", "train.pos_weight": "off", "train.ema_decay": 0.9}),
     ("mlm", {"train.grad_accum_steps": 2, "train.batch_size": 4}),
     ("clm", {"train.patience": 2}),
 ])
@@ -526,3 +526,36 @@ def test_token_dropout_applies_to_training_batches_only(tmp_path):
     trained = objective.prepare(batch, train=True, epoch=0)["input_ids"]
     assert (trained != batch["input_ids"]).any() and (trained[trained != batch["input_ids"]] == SPECIALS["<|mask|>"]).all()
     assert torch.equal(objective.prepare(batch, train=False)["input_ids"], batch["input_ids"])
+
+
+def test_weight_average_follows_its_formula_and_swaps_back():
+    from lm.train.ema import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    avg = WeightAverage(model, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for step in range(1, 30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        avg.update(step)
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+    for mine, ref in zip(avg.shadow, expected):
+        torch.testing.assert_close(mine, ref, rtol=1e-6, atol=1e-6)
+    raw = [p.detach().clone() for p in model.parameters()]
+    with avg.swapped_in():
+        assert all(torch.equal(p, s) for p, s in zip(model.parameters(), avg.shadow))
+    assert all(torch.equal(p, r) for p, r in zip(model.parameters(), raw))
+
+
+def test_ema_run_validates_and_exports_the_average(tmp_path):
+    from safetensors.torch import load_file
+
+    root = _data(tmp_path, "classify")
+    _train(root, _params("classify", **{"train.ema_decay": 0.9, "train.eval_every": 2}))
+    ck = load_checkpoint(root / "models" / CHECKPOINT)
+    exported = load_file(str(root / "models" / "model.safetensors"))
+    assert not torch.equal(exported["classifier.weight"], ck["model"]["classifier.weight"])  # not the raw weights
+    if ck["progress"]["best"]["step"] == ck["step"]:  # the last average was the best: it is what was exported
+        assert any(torch.equal(exported["classifier.weight"], t) for t in ck["ema"])

@@ -37,6 +37,7 @@ from lm.train.checkpoint import (
 )
 from lm.train.data import TrainStream, class_weights, step_seed
 from lm.train.distributed import Dist, distributed
+from lm.train.ema import WeightAverage
 from lm.train.logging import StepLog, TrainLogger
 from lm.train.objectives import CausalLMObjective, ClassifyObjective, MaskedLMObjective, Special, to_device
 from lm.train.optim import build_optimizer, build_scheduler
@@ -172,6 +173,12 @@ def validate(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: 
         out["val_roc_auc"] = float(roc_auc_score(labels > 0.5, scores)) if both else None
     plain.train(was_training)
     return out
+
+
+def exported_state(model: nn.Module, average: WeightAverage | None) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights that would be exported now: the moving average when there is one."""
+    with average.swapped_in() if average is not None else nullcontext():
+        return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
 
 
 def selection_metric(params: Params) -> str:
@@ -355,6 +362,7 @@ def train(
         scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.amp == "fp16")
         fingerprint = data_fingerprint(enc, parts["train"])
         prog, best_state = _Progress(), None
+        average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
 
         resumed_from = None
         if resuming:
@@ -366,6 +374,8 @@ def train(
             scaler.load_state_dict(ck["scaler"])
             set_rng_state(ck["rng"])
             prog = _Progress.from_state(ck["progress"])
+            if average is not None:
+                average.load_state(ck["ema"])
             best_state = ck["best_model"] if d.is_main else None
             resumed_from = prog.step
             del ck
@@ -408,6 +418,7 @@ def train(
                     "rng": rng_state(),
                     "progress": prog.state(),
                     "best_model": best_state,
+                    "ema": average.state() if average is not None else None,
                     "best_value": None if math.isinf(prog.best_val) else prog.best_val,
                     "finished": finished,
                     "params": params.model_dump(),
@@ -432,6 +443,8 @@ def train(
                 )
                 scheduler.step()
                 prog.step += 1
+                if average is not None:
+                    average.update(prog.step)
                 prog.step_in_epoch += 1
                 loss_all, tokens_all = d.all_reduce_sum([stats.loss_sum, float(stats.tokens)])
                 prog.tokens_seen += int(tokens_all)
@@ -443,8 +456,9 @@ def train(
                 }
 
                 if prog.step % cfg.eval_every == 0 or prog.step == total_steps:
-                    val = (validate(wrapped, objective, val_items, params.eval.batch_size, d, cfg.amp)
-                           if len(val_items) else {"val_loss": float("nan")})
+                    with average.swapped_in() if average is not None else nullcontext():  # validate what is exported
+                        val = (validate(wrapped, objective, val_items, params.eval.batch_size, d, cfg.amp)
+                               if len(val_items) else {"val_loss": float("nan")})
                     val_loss = val["val_loss"]
                     avg = float(np.mean(prog.running))
                     prog.running.clear()
@@ -463,7 +477,7 @@ def train(
                             prog.best_val, prog.best_step = value, prog.step
                         prog.bad_evals = 0
                         if d.is_main:
-                            best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+                            best_state = exported_state(model, average)
                     else:
                         prog.bad_evals += 1
                         if cfg.patience and prog.bad_evals >= cfg.patience:
