@@ -165,8 +165,9 @@ class TrainConfig(Section):
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     epochs: int = Field(4, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    min_steps: int | None = Field(
-        None, ge=1, description="run more epochs than train.epochs until at least this many optimizer steps"
+    min_steps: Literal["auto"] | int | None = Field(
+        None, description="run more epochs than train.epochs until at least this many optimizer steps "
+        "(auto: 600 for classify, 2000 for mlm/clm)"
     )
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(2e-4, ge=0.0, description="learning rate at the end of the cosine decay")
@@ -276,6 +277,8 @@ class Params(Section):
             raise ValueError("train.sampler=weighted applies to task=classify only")
         if t.select_by == "val_roc_auc" and self.task != "classify":
             raise ValueError("train.select_by=val_roc_auc applies to task=classify only (use val_loss or auto)")
+        if isinstance(t.min_steps, int) and t.min_steps < 1:
+            raise ValueError("train.min_steps must be 'auto', null or a positive number")
         if isinstance(t.pos_weight, float) and t.pos_weight <= 0:
             raise ValueError("train.pos_weight must be 'auto', 'off' or a positive number")
         return self

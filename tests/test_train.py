@@ -559,3 +559,12 @@ def test_ema_run_validates_and_exports_the_average(tmp_path):
     assert not torch.equal(exported["classifier.weight"], ck["model"]["classifier.weight"])  # not the raw weights
     if ck["progress"]["best"]["step"] == ck["step"]:  # the last average was the best: it is what was exported
         assert any(torch.equal(exported["classifier.weight"], t) for t in ck["ema"])
+
+
+def test_min_steps_auto_depends_on_the_task():
+    for task, steps in (("classify", 600), ("mlm", 2000), ("clm", 2000)):
+        assert loop.min_steps_for(_params(task, **{"train.min_steps": "auto"})) == steps
+    assert loop.min_steps_for(_params("clm", **{"train.min_steps": 7})) == 7
+    assert loop.min_steps_for(_params("clm", **{"train.min_steps": None})) is None
+    with pytest.raises(Exception, match="min_steps"):
+        _params("clm", **{"train.min_steps": 0})

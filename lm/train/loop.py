@@ -112,6 +112,17 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
     return CausalLMObjective()
 
 
+# train.min_steps: auto. A language model learns from every token and keeps improving for thousands of steps
+# on a small corpus (TinyStories: perplexity 53 after 634 steps, 36 after 2040); a classifier on a few
+# thousand labels peaks within ~2 epochs and then overfits, so more steps only cost time.
+AUTO_MIN_STEPS = {"classify": 600, "mlm": 2000, "clm": 2000}
+
+
+def min_steps_for(params: Params) -> int | None:
+    m = params.train.min_steps
+    return AUTO_MIN_STEPS[params.task] if m == "auto" else m
+
+
 def epochs_for(stream: TrainStream, epochs: int, min_steps: int | None, max_steps: int | None) -> int:
     """train.epochs, raised until the run makes at least train.min_steps optimizer steps: a small corpus
     (a few thousand windows) would otherwise stop after a few dozen updates, long before it has learnt
@@ -336,7 +347,7 @@ def train(
             rank=d.rank, world_size=d.world_size, sampler=cfg.sampler,
             weights=class_weights(train_labels(params, enc, parts["train"])) if cfg.sampler == "weighted" else None,
         )
-        plan = stream.schedule(epochs_for(stream, cfg.epochs, cfg.min_steps, cfg.max_steps), cfg.max_steps)
+        plan = stream.schedule(epochs_for(stream, cfg.epochs, min_steps_for(params), cfg.max_steps), cfg.max_steps)
         total_steps = sum(plan)
         if total_steps == 0:
             raise LmError(
