@@ -167,7 +167,7 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     min_steps: Literal["auto"] | int | None = Field(
         None, description="run more epochs than train.epochs until at least this many optimizer steps "
-        "(auto: 600 for classify, 2000 for mlm/clm)"
+        "(auto: 600 for classify, 2000 for clm, 4000 for mlm)"
     )
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(2e-4, ge=0.0, description="learning rate at the end of the cosine decay")

@@ -562,7 +562,7 @@ def test_ema_run_validates_and_exports_the_average(tmp_path):
 
 
 def test_min_steps_auto_depends_on_the_task():
-    for task, steps in (("classify", 600), ("mlm", 2000), ("clm", 2000)):
+    for task, steps in (("classify", 600), ("mlm", 4000), ("clm", 2000)):
         assert loop.min_steps_for(_params(task, **{"train.min_steps": "auto"})) == steps
     assert loop.min_steps_for(_params("clm", **{"train.min_steps": 7})) == 7
     assert loop.min_steps_for(_params("clm", **{"train.min_steps": None})) is None
