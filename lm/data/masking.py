@@ -40,6 +40,14 @@ def hash_uniform(seed: int, epoch: int, rows: np.ndarray, width: int, draw: int)
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+def _is_special(input_ids: torch.Tensor, special_ids: list[int]) -> torch.Tensor:
+    """(B, L) bool: positions holding one of the special ids (never masked, never dropped)."""
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for sid in special_ids:
+        special |= input_ids == sid
+    return special
+
+
 def mask_tokens(
     input_ids: torch.Tensor,  # (B, L) long
     attention_mask: torch.Tensor,  # (B, L) bool, True on real tokens
@@ -60,10 +68,7 @@ def mask_tokens(
     """
     rows = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows)
     B, L = input_ids.shape
-    special = torch.zeros_like(input_ids, dtype=torch.bool)
-    for sid in special_ids:
-        special |= input_ids == sid
-    maskable = attention_mask.bool() & ~special  # (B, L)
+    maskable = attention_mask.bool() & ~_is_special(input_ids, special_ids)  # (B, L)
     u = torch.from_numpy(hash_uniform(seed, epoch, rows, L, _SELECT))  # (B, L)
     chosen = (u < mask_prob) & maskable
     # guarantee one target per row that has any maskable token: take its lowest-u maskable position
@@ -101,9 +106,6 @@ def drop_tokens(
     if rate <= 0:
         return input_ids
     rows = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows)
-    special = torch.zeros_like(input_ids, dtype=torch.bool)
-    for sid in special_ids:
-        special |= input_ids == sid
     u = torch.from_numpy(hash_uniform(seed, epoch, rows, input_ids.shape[1], _DROP))
-    dropped = (u < rate) & attention_mask.bool() & ~special
+    dropped = (u < rate) & attention_mask.bool() & ~_is_special(input_ids, special_ids)
     return torch.where(dropped, torch.full_like(input_ids, mask_id), input_ids)
