@@ -8,8 +8,9 @@ matrix products, fewer passes over memory, and no (N, V) tensor kept (the idea o
 linear cross-entropy). Backward only scales the stored gradients by the incoming scalar.
 
 Rows whose target is `ignore_index` are removed before the head, so a masked LM pays for its ~15% masked
-positions only. The result is the SUM of the per-token losses (fp32), as the training objectives want.
-Under autocast the matrix products run in the autocast dtype and the softmax in fp32, like the plain route.
+positions only. The result is the SUM of the per-token losses, as the training objectives want, in float32
+(float64 for a float64 model: lm.model.precision). Under autocast the matrix products run in the autocast
+dtype and the softmax in fp32, like the plain route.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from lm.model.precision import at_least_fp32
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -36,7 +39,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, dtype: torch.dtype,
                 grads: bool):
         N, V = hidden.shape[0], weight.shape[0]
-        acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax / loss precision: fp32 at least
+        acc = at_least_fp32(hidden.dtype)  # softmax / loss precision
         want_h, want_w = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
         want_b = grads and bias is not None and ctx.needs_input_grad[2]
         w = weight.to(dtype)

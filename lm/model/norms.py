@@ -6,10 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lm.model.precision import at_least_fp32
+
 
 class LayerNorm(nn.Module):
     """y = (x - mean) / sqrt(var + eps) * weight (+ bias) over the last dim, biased variance (as torch/BERT),
-    computed in fp32. `bias=False` drops the additive term (ModelConfig.bias off).
+    computed in float32 for half-precision inputs and in the input's dtype otherwise (float64 stays
+    float64); weight and bias are cast along. `bias=False` drops the additive term (ModelConfig.bias off).
 
     The arithmetic runs in torch's fused layer_norm kernel (one pass forward, one backward) rather than as
     the six elementwise ops of the formula: written out, LayerNorm was ~10% of a training step and the
@@ -23,11 +26,14 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x.float(), self.weight.shape, self.weight, self.bias, self.eps).to(x.dtype)
+        dtype = at_least_fp32(x.dtype)
+        bias = self.bias.to(dtype) if self.bias is not None else None
+        return F.layer_norm(x.to(dtype), self.weight.shape, self.weight.to(dtype), bias, self.eps).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight: no centring and no bias, cheaper than LayerNorm (Llama)."""
+    """x / sqrt(mean(x^2) + eps) * weight: no centring and no bias, cheaper than LayerNorm (Llama).
+    Computed in float32 for half-precision inputs, in the input's dtype otherwise (as LayerNorm)."""
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -35,9 +41,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        xf = x.to(at_least_fp32(x.dtype))
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight).to(x.dtype)
+        return (y * self.weight.to(xf.dtype)).to(x.dtype)
 
 
 def make_norm(kind: str, dim: int, *, eps: float = 1e-5, bias: bool = True) -> nn.Module:

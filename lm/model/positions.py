@@ -3,6 +3,9 @@
 Absolute: `learned` (a trained table, GPT-2/BERT) or `sinusoidal` (the fixed table of Vaswani et al. 2017).
 Relative: rotary position embedding (Su et al. 2021, RoFormer) with the *interleaved* pair convention of
 RoFormer / meta-llama `llama/model.py`: dims (2i, 2i+1) form one complex number rotated by p * theta^(-2i/d).
+
+Both tables are computed in float64 (an angle of a few hundred radians rounded to float32 is off by ~1e-5)
+and cast to the dtype the model computes in (lm.model.precision): a float64 model gets float64 positions.
 """
 
 from __future__ import annotations
@@ -13,16 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from lm.errors import LmError
+from lm.model.precision import at_least_fp32
 
 
 def sinusoidal_table(max_len: int, dim: int) -> Tensor:
-    """The Transformer's fixed table: PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(...)."""
+    """The Transformer's fixed table: PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(...), float64."""
     pos = torch.arange(max_len, dtype=torch.float64)[:, None]  # (L, 1)
     inv = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (ceil(dim/2),)
     table = torch.zeros(max_len, dim, dtype=torch.float64)
     table[:, 0::2] = torch.sin(pos * inv)
     table[:, 1::2] = torch.cos(pos * inv)[:, : dim // 2]
-    return table.float()
+    return table
 
 
 class AbsolutePositions(nn.Module):
@@ -34,7 +38,7 @@ class AbsolutePositions(nn.Module):
         self.max_len = max_len
         if kind == "learned":
             self.table = nn.Embedding(max_len, dim)
-        elif kind == "sinusoidal":
+        elif kind == "sinusoidal":  # kept in float64 and cast to the embeddings' dtype at use
             self.register_buffer("sin_table", sinusoidal_table(max_len, dim), persistent=False)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
@@ -57,14 +61,21 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
-        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (d/2,)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, float(theta)
+
+    def rotation(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and sin of p * theta^(-2i/d), each (L, d/2), in `dtype`. The frequencies are recomputed here
+        rather than kept in a buffer: `model.to(torch.bfloat16)` would round a buffer, and an 8-bit
+        frequency turns position 500's angle into noise."""
+        i = torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=positions.device)
+        angles = positions.to(torch.float64)[:, None] * self.theta ** (-i / self.head_dim)  # (L, d/2)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: (..., L, d); positions: (L,) absolute 0-based positions. Returns R_p x with x's dtype."""
-        angles = positions.to(torch.float64)[:, None] * self.inv_freq.to(positions.device)  # (L, d/2)
-        cos, sin = angles.cos().to(torch.float32), angles.sin().to(torch.float32)
-        xf = x.float()
+        """x: (..., L, d); positions: (L,) absolute 0-based positions. Returns R_p x with x's dtype, rotated in
+        float32 for half-precision x and in x's dtype otherwise."""
+        xf = x.to(at_least_fp32(x.dtype))
+        cos, sin = self.rotation(positions, xf.dtype)
         x_even, x_odd = xf[..., 0::2], xf[..., 1::2]  # (..., L, d/2): the interleaved pairs
         out_even = x_even * cos - x_odd * sin
         out_odd = x_even * sin + x_odd * cos

@@ -6,7 +6,9 @@ output projection; and the two cores every kind is built from.
   S = sum_j phi(k_j) v_j^T and z = sum_j phi(k_j) -- global sums (bidirectional) or prefix sums (causal).
 
 Masking (ATTENTION.md 1.3): the exact core fills disallowed scores with finfo.min (softmax) or 0 (kernel);
-the linear core zeroes phi(k_j) and v_j of padded keys before the sums. Cores run in fp32 with autocast off.
+the linear core zeroes phi(k_j) and v_j of padded keys before the sums. Cores run with autocast off in the
+model's compute dtype (lm.model.precision): float32 for half-precision q, k, v (as under autocast), float64
+for a float64 model; kinds cast their buffers to the dtype of q and k at use (`model.half()` rounds them).
 Incremental decoding carries an `ExactState` (past k, v, key mask) or a `LinearState` (S, z).
 """
 
@@ -22,6 +24,7 @@ from lm.errors import LmError
 from lm.model.attention.registry import Option, boolean, integer, number, resolve_attention_options
 from lm.model.dropout import Dropout
 from lm.model.positions import RotaryEmbedding
+from lm.model.precision import at_least_fp32
 
 
 @dataclass
@@ -119,9 +122,10 @@ class Attention(nn.Module):
             q, k = self.rope(q, positions), self.rope(k, positions)
         if key_mask is not None:
             key_mask = key_mask.to(device=x.device, dtype=torch.bool)
+        dtype = at_least_fp32(q.dtype)  # bf16 q under autocast or in a bf16 model -> float32
         with torch.autocast(device_type=x.device.type, enabled=False):
             out, weights, new_state = self.core(
-                q.float(), k.float(), v.float(),
+                q.to(dtype), k.to(dtype), v.to(dtype),
                 key_mask=key_mask, causal=causal, positions=positions, state=state,
                 use_cache=use_cache, return_attention=return_attention,
             )  # out: (B, H, L, d)
@@ -157,8 +161,8 @@ class ExactAttention(Attention):
     normalization: str = "softmax"  # or "kernel": S / (sum_j S + eps)
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
-        """q: (B, H, Lq, d), k: (B, H, Lk, d) -> (B, H, Lq, Lk) fp32 scores, a fresh tensor that no autograd
-        node saved: the core masks it in place (one pass over the L x L matrix fewer)."""
+        """q: (B, H, Lq, d), k: (B, H, Lk, d) -> (B, H, Lq, Lk) scores in q's dtype, a fresh tensor that no
+        autograd node saved: the core masks it in place (one pass over the L x L matrix fewer)."""
         raise NotImplementedError
 
     def kernel_eps(self) -> float:
@@ -253,7 +257,8 @@ class LinearAttention(Attention):
     }
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
-        """u: (B, H, L, d) fp32 queries or keys at `positions` -> (B, H, L, m) features."""
+        """u: (B, H, L, d) queries or keys (float32 or float64) at `positions` -> (B, H, L, m) features in u's
+        dtype."""
         raise NotImplementedError
 
     def stabilize(self, den: Tensor) -> Tensor:

@@ -5,7 +5,8 @@
 * kernel "softmax": FAVOR+ positive features phi(u) = m^{-1/2} exp(w^T u~ - |u~|^2/2), u~ = d^{-1/4} u,
   w ~ N(0, I) (optionally block-orthogonal with chi-distributed norms); approximates softmax(q k^T / sqrt d).
   The exponent is clamped at 30 (only reached by pathological inputs) to keep fp32 finite.
-W is drawn once from the model's generator, stored as a buffer, never redrawn.
+W is drawn once from the model's generator, stored as a buffer, never redrawn; it is cast to the dtype of
+q and k at use (the core's compute dtype: float32, or float64 in a float64 model).
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ class PerformerAttention(LinearAttention):
         self.register_buffer("omega", w)  # (H, d, m)
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
+        omega = self.omega.to(u.dtype)[None]  # (1, H, d, m)
         if self.opts["kernel"] == "relu":
-            return torch.relu(u @ self.omega[None])  # (B, H, L, m) >= 0
-        d, m = u.shape[-1], self.omega.shape[-1]
+            return torch.relu(u @ omega)  # (B, H, L, m) >= 0
+        d, m = u.shape[-1], omega.shape[-1]
         ut = u * d**-0.25
-        expo = ut @ self.omega[None] - 0.5 * ut.pow(2).sum(-1, keepdim=True)  # (B, H, L, m)
+        expo = ut @ omega - 0.5 * ut.pow(2).sum(-1, keepdim=True)  # (B, H, L, m)
         return torch.exp(expo.clamp_max(30.0)) / math.sqrt(m)

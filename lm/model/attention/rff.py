@@ -31,6 +31,7 @@ class RffAttention(LinearAttention):
         self.register_buffer("phase", 2 * math.pi * torch.rand(H, m, generator=generator))  # (H, m)
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
-        m = self.omega.shape[-1]
-        proj = (u * self.opts["input_scale"]) @ self.omega[None] + self.phase[None, :, None, :]  # (B, H, L, m)
+        omega, phase = self.omega.to(u.dtype), self.phase.to(u.dtype)  # buffers in the core's dtype
+        m = omega.shape[-1]
+        proj = (u * self.opts["input_scale"]) @ omega[None] + phase[None, :, None, :]  # (B, H, L, m)
         return math.sqrt(2.0 / m) * torch.cos(proj)

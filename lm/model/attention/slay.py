@@ -16,7 +16,8 @@ Kinds (fusion / polynomial map):
     slay-nystrom  Nystrom (Williams & Seeger 2001) with random unit anchors (x) PRF        M=8 R=1 P=16
     slay-anchor   anchor features (a_p.u)^2 (x) PRF                                        M=8 R=1 P=16
 Random state is drawn once from the model's generator into buffers; anchors, hashes and RM vectors are
-shared across heads, omega is per node and per head.
+shared across heads, omega is per node and per head. Buffers are cast to the dtype of q and k at use (the
+core's compute dtype); the quadrature nodes and weights are kept in float64, so a float64 model is exact.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class SlayBase(LinearAttention):
         R, M, H, d = self.opts["num_quadrature_nodes"], self.opts["num_features"], self.n_heads, self.head_dim
         C = 2.0 + self.opts["epsilon"]
         t, alpha = laguerre_nodes(R)
-        self.register_buffer("nodes", (t / C).float(), persistent=False)  # (R,) s_r
-        self.register_buffer("node_weights", self.quadrature_weights(alpha, C).float(), persistent=False)  # (R,)
+        self.register_buffer("nodes", t / C, persistent=False)  # (R,) s_r, float64
+        self.register_buffer("node_weights", self.quadrature_weights(alpha, C), persistent=False)  # (R,) float64
         self.register_buffer("omega", torch.randn(R, H, d, M, generator=generator))  # (R, H, d, M)
 
     @staticmethod
@@ -69,11 +70,11 @@ class SlayBase(LinearAttention):
 
     def projection(self, u_hat: Tensor, r: int) -> Tensor:
         """(B, H, L, d) -> (B, H, L, M): omega_{r,h,i} . u."""
-        return u_hat @ self.omega[r][None]
+        return u_hat @ self.omega[r].to(u_hat.dtype)[None]
 
     def prf(self, proj: Tensor, r: int) -> Tensor:
         """Positive random features of e^{2 s_r x} from a projection of unit vectors."""
-        s = self.nodes[r]
+        s = self.nodes[r].to(proj.dtype)
         c = self.opts["clip"]
         return torch.exp((torch.sqrt(2 * s) * proj - s).clamp(-c, c)) / math.sqrt(proj.shape[-1])
 
@@ -81,13 +82,17 @@ class SlayBase(LinearAttention):
         """(B, H, L, d) -> (B, H, L, P) polynomial features of x^2 (tensor-fusion kinds)."""
         raise NotImplementedError
 
+    def node_scale(self, r: int, like: Tensor) -> Tensor:
+        """sqrt(w_r) in the dtype of `like`."""
+        return torch.sqrt(self.node_weights[r]).to(like.dtype)
+
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         u_hat = unit(u)
         poly = self.poly(u_hat)  # (B, H, L, P)
         parts = []
         for r in range(self.nodes.numel()):
             prf = self.prf(self.projection(u_hat, r), r)  # (B, H, L, M)
-            parts.append(torch.sqrt(self.node_weights[r]) * (poly[..., :, None] * prf[..., None, :]).flatten(-2))
+            parts.append(self.node_scale(r, prf) * (poly[..., :, None] * prf[..., None, :]).flatten(-2))
         return torch.cat(parts, dim=-1)  # (B, H, L, R*P*M)
 
 
@@ -107,7 +112,7 @@ class SlayHadamardAttention(SlayBase):
         for r in range(self.nodes.numel()):
             proj = self.projection(u_hat, r)  # (B, H, L, M), shared by both factors
             poly = proj.pow(2) / math.sqrt(proj.shape[-1])
-            parts.append(torch.sqrt(self.node_weights[r]) * poly * self.prf(proj, r))
+            parts.append(self.node_scale(r, proj) * poly * self.prf(proj, r))
         return torch.cat(parts, dim=-1)  # (B, H, L, R*M)
 
 
@@ -127,7 +132,7 @@ class SlayLaplaceAttention(SlayBase):
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         u_hat = unit(u)
-        parts = [torch.sqrt(self.node_weights[r]) * self.prf(self.projection(u_hat, r), r) for r in range(self.nodes.numel())]
+        parts = [self.node_scale(r, u_hat) * self.prf(self.projection(u_hat, r), r) for r in range(self.nodes.numel())]
         return torch.cat(parts, dim=-1)  # (B, H, L, R*M)
 
 
@@ -153,8 +158,9 @@ class SlayTensorAttention(_PolySlay):
         self.register_buffer("sketch", torch.stack(sketches))  # (2, d, P) CountSketch matrices
 
     def poly(self, u_hat: Tensor) -> Tensor:
-        P = self.sketch.shape[-1]
-        c1, c2 = u_hat @ self.sketch[0], u_hat @ self.sketch[1]  # (B, H, L, P) CountSketches
+        sketch = self.sketch.to(u_hat.dtype)
+        P = sketch.shape[-1]
+        c1, c2 = u_hat @ sketch[0], u_hat @ sketch[1]  # (B, H, L, P) CountSketches
         return torch.fft.irfft(torch.fft.rfft(c1, n=P) * torch.fft.rfft(c2, n=P), n=P) / math.sqrt(P)
 
 
@@ -169,7 +175,8 @@ class SlayRandomMaclaurinAttention(_PolySlay):
         self.register_buffer("rm", torch.randn(2, P, d, generator=generator) / math.sqrt(d))  # (2, P, d)
 
     def poly(self, u_hat: Tensor) -> Tensor:
-        return (u_hat @ self.rm[0].T) * (u_hat @ self.rm[1].T) / math.sqrt(self.rm.shape[1])
+        rm = self.rm.to(u_hat.dtype)
+        return (u_hat @ rm[0].T) * (u_hat @ rm[1].T) / math.sqrt(rm.shape[1])
 
 
 @register("slay-nystrom")
@@ -193,7 +200,8 @@ class SlayNystromAttention(_PolySlay):
         self.register_buffer("nystrom_w", w.float())  # (P, P)
 
     def poly(self, u_hat: Tensor) -> Tensor:
-        return (u_hat @ self.anchors.T).pow(2) @ self.nystrom_w / math.sqrt(self.anchors.shape[0])
+        anchors, w = self.anchors.to(u_hat.dtype), self.nystrom_w.to(u_hat.dtype)
+        return (u_hat @ anchors.T).pow(2) @ w / math.sqrt(anchors.shape[0])
 
 
 @register("slay-anchor")
@@ -206,4 +214,5 @@ class SlayAnchorAttention(_PolySlay):
         self.register_buffer("anchors", unit_anchors(self.opts["poly_dim"], self.head_dim, generator))  # (P, d)
 
     def poly(self, u_hat: Tensor) -> Tensor:
-        return (u_hat @ self.anchors.T).pow(2) / math.sqrt(self.anchors.shape[0])
+        anchors = self.anchors.to(u_hat.dtype)
+        return (u_hat @ anchors.T).pow(2) / math.sqrt(anchors.shape[0])
