@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Task = Literal["classify", "mlm", "clm"]
 
@@ -76,11 +76,15 @@ class DataConfig(Section):
     n_rows: int = Field(6000, ge=10, description="rows the embedded generator writes")
     max_rows: int | None = Field(None, ge=1, description="cap on rows read from a real source (streams hf sources)")
     hf_split: str = Field("train", description="split of a Hugging Face dataset")
+    hf_revision: str | None = Field(None, description="hub dataset revision (commit, tag or branch); null: the "
+                                    "current one, recorded in data/raw/manifest.json")
     text_column: str = "text"
     target_column: str | None = Field("target", description="toxicity score in [0,1]; needed for task=classify")
     identity_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITIES))
     id_column: str | None = None
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="target >= threshold is toxic")
+    encoding: str = Field("auto", description="text encoding of a .csv/.jsonl/.txt source; auto: UTF-8, else cp1252, "
+                          "else latin-1 (the download stage says which it used)")
 
 
 class TokenizerConfig(Section):
@@ -189,6 +193,15 @@ class TrainConfig(Section):
     pos_weight: Literal["auto", "off"] | float = Field(
         "auto", description="classify: BCE pos_weight; auto = #neg/#pos of the train split when positives are the minority"
     )
+
+    @field_validator("pos_weight", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 (PyYAML) reads an unquoted `off` as false, and `dvc exp run -S train.pos_weight=off` writes
+        it unquoted: false means off."""
+        if value is True:
+            raise ValueError("use auto, off or a positive number (YAML read `on`/`true` as a boolean)")
+        return "off" if value is False else value
     sampler: Literal["shuffle", "weighted"] = Field(
         "shuffle", description="classify: 'weighted' draws classes equally, with replacement (pos_weight auto then means off)"
     )
@@ -211,6 +224,10 @@ class TrainConfig(Section):
         "Face GPT-2 / Llama checkpoint directory: the trunk loads, the task head is new"
     )
     threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores / nproc)")
+    ensemble: int = Field(
+        1, ge=1, le=16, description="classify: train this many models (seeds seed, seed+1, ...) and export the "
+        "average of their probabilities"
+    )
 
 
 class EvalConfig(Section):
@@ -279,6 +296,8 @@ class Params(Section):
             raise ValueError("train.select_by=val_roc_auc applies to task=classify only (use val_loss or auto)")
         if isinstance(t.min_steps, int) and t.min_steps < 1:
             raise ValueError("train.min_steps must be 'auto', null or a positive number")
+        if t.ensemble > 1 and self.task != "classify":
+            raise ValueError("train.ensemble > 1 applies to task=classify only (set train.ensemble: 1)")
         if isinstance(t.pos_weight, float) and t.pos_weight <= 0:
             raise ValueError("train.pos_weight must be 'auto', 'off' or a positive number")
         return self
@@ -308,13 +327,30 @@ def parse_params(raw: dict[str, Any], path: Path = Path("params.yaml")) -> Param
         raise ConfigError(_format_error(err, path)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently, so a
+    pasted `lr:` line would override the one the user is editing)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise ConfigError with a one-line message on any problem."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (pass --params PATH)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if raw is not None and not isinstance(raw, dict):

@@ -11,5 +11,6 @@ PRETRAINED = Path("pretrained")
 REPORTS = Path("reports")
 TRAIN_REPORTS = REPORTS / "train"
 PRETRAIN_REPORTS = REPORTS / "pretrain"
-PLOTS = REPORTS / "plots"
+PLOTS = REPORTS / "plots"  # plot data (JSON) for `dvc plots`
+FIGURES = REPORTS / "figures"  # the same plots drawn as PNG
 ATTENTION = REPORTS / "attention"

@@ -20,6 +20,7 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
     from rich.console import Console
 
     from lm.data.encode_corpus import encode_rows, encode_stream
+    from lm.progress import counted, progress
     from lm.tokenizer import Tokenizer
 
     corpus = require(raw_dir / "corpus.parquet", "lm download")
@@ -28,8 +29,8 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
     table = pq.ParquetFile(corpus)
     n_docs = table.metadata.num_rows
     max_len = params.encode.max_len
-    with atomic_dir(out_dir) as tmp:
-        texts = stream_texts(table, params.encode.batch_size)
+    with atomic_dir(out_dir) as tmp, progress("encode", n_docs, "documents") as meter:
+        texts = counted(stream_texts(table, params.encode.batch_size), meter)
         if params.task in ("clm", "mlm"):  # packed into full windows at training time
             info = encode_stream(texts, n_docs, tok, tmp)
         else:

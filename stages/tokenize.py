@@ -8,7 +8,6 @@ from lm.paths import RAW, TOKENIZER
 
 
 def run(params: Params, raw_dir=RAW, out_dir=TOKENIZER) -> None:
-    import sys
     import time
 
     import pandas as pd
@@ -19,7 +18,7 @@ def run(params: Params, raw_dir=RAW, out_dir=TOKENIZER) -> None:
     corpus = require(raw_dir / "corpus.parquet", "lm download")
     texts = pd.read_parquet(corpus, columns=["text"])["text"]
     started = time.perf_counter()
-    tok = train_tokenizer(texts, params.tokenizer, progress=sys.stderr.isatty())
+    tok = train_tokenizer(texts, params.tokenizer, progress=True)  # a bar, or a line every 10 s under DVC
     with atomic_dir(out_dir) as tmp:
         tok.save(tmp)
     Console(stderr=True).print(

@@ -57,9 +57,16 @@ def resume_mode(requested: bool):
 
 
 def train_here(params: Params, out_dir=MODELS, reports_dir=TRAIN_REPORTS, resume=False) -> None:
+    out_dir, reports_dir = Path(out_dir), Path(reports_dir)
+    if params.train.ensemble == 1:
+        _train_one(params, out_dir, reports_dir, resume)
+    else:
+        train_ensemble(params, out_dir, reports_dir, resume)
+
+
+def _train_one(params: Params, out_dir: Path, reports_dir: Path, resume) -> None:
     from lm.train.loop import train
 
-    out_dir, reports_dir = Path(out_dir), Path(reports_dir)
     result = train(
         params, encoded_dir=ENCODED, split_dir=SPLIT, tokenizer_dir=TOKENIZER, out_dir=out_dir,
         reports_dir=reports_dir, resume=resume,
@@ -68,6 +75,38 @@ def train_here(params: Params, out_dir=MODELS, reports_dir=TRAIN_REPORTS, resume
         from lm.viz.plots import plot_training_curves
 
         plot_training_curves(result.history, reports_dir / "curves.png")
+
+
+MEMBER_DONE = "complete.json"
+
+
+def train_ensemble(params: Params, out_dir: Path, reports_dir: Path, resume) -> None:
+    """train.ensemble members one after another (seeds seed, seed+1, ...) into out_dir/members/<k>, then
+    export their average to out_dir. Member 0's reports are reports_dir's; member k's reports_dir/members/<k>.
+    --resume skips finished members (marked by complete.json) and resumes the one that was cut off."""
+    import shutil
+
+    from lm.io import atomic_write_json
+    from lm.train.checkpoint import export_ensemble
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    members_dir = out_dir / "members"
+    if not resume and is_main:
+        shutil.rmtree(members_dir, ignore_errors=True)
+        shutil.rmtree(reports_dir / "members", ignore_errors=True)
+    dirs = []
+    for k in range(params.train.ensemble):
+        member_dir = members_dir / str(k)
+        dirs.append(member_dir)
+        if resume and (member_dir / MEMBER_DONE).exists():
+            continue
+        member_params = params.model_copy(update={"seed": params.seed + k})
+        member_reports = reports_dir if k == 0 else reports_dir / "members" / str(k)
+        _train_one(member_params, member_dir, member_reports, "auto" if resume else False)  # a later member may not have started
+        if is_main:
+            atomic_write_json(member_dir / MEMBER_DONE, {"seed": member_params.seed})
+    if is_main:
+        export_ensemble(dirs, out_dir)
 
 
 def _main() -> None:

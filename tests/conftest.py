@@ -23,7 +23,7 @@ def tiny_params(**overrides) -> dict:
     raw["tokenizer"]["vocab_size"] = 300
     raw["encode"]["max_len"] = 32
     raw["model"].update(d_model=32, n_layers=1, n_heads=2, d_ff=64)
-    raw["train"].update(batch_size=16, epochs=1, eval_every=5, warmup_steps=2, min_steps=None)
+    raw["train"].update(batch_size=16, epochs=1, eval_every=5, warmup_steps=2, min_steps=None, ensemble=1)
     raw["viz"].update(n_examples=1, max_new_tokens=8, prompts=["The"])
     for key, value in overrides.items():
         node = raw

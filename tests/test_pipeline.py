@@ -58,30 +58,37 @@ def test_repro_writes_reports_and_reruns_only_what_changed(repo):
     assert _stages_run(first.stdout) == {"download", "tokenizer", "encode", "split", "pretrain", "train", "evaluate",
                                          "visualize"}
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    details = json.loads((root / "reports" / "evaluation.json").read_text())
     for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "accuracy"):
-        assert key in metrics
-        assert key in metrics["baseline"]  # TF-IDF + LR on the same rows
+        assert metrics[key] == details[key]
+        assert key in details["baseline"]  # TF-IDF + LR on the same rows
     assert metrics["lift"]["roc_auc"] == pytest.approx(metrics["roc_auc"] - metrics["baseline"]["roc_auc"])
     assert json.loads((root / "reports" / "plots" / "roc_baseline.json").read_text())
-    assert "final_score" in metrics["bias"] and metrics["bias"]["per_identity"]
-    for name in ("roc.json", "pr.json", "confusion.json", "roc.png", "pr.png", "confusion.png"):
+    assert "final_score" in metrics["bias"] and details["bias"]["per_identity"]
+    assert "per_identity" not in metrics["bias"]  # per-identity tables: evaluation.json and the bias plot
+    assert {r["identity"] for r in json.loads((root / "reports/plots/bias.json").read_text())} == set(details["bias"]["per_identity"])
+    for name in ("roc.json", "pr.json", "confusion.json"):
         assert (root / "reports" / "plots" / name).stat().st_size > 0
+    for name in ("roc.png", "pr.png", "confusion.png", "calibration.png"):
+        assert (root / "reports" / "figures" / name).stat().st_size > 0
     assert list((root / "reports" / "attention").glob("*.png"))
     assert (root / "reports" / "train" / "curves.png").exists()
     assert (root / "models" / "model.safetensors").exists()
 
     out = root.parent / "plots-html"
-    _sh(["dvc", "plots", "show", "-o", str(out)], root, env)
+    shown_plots = _sh(["dvc", "plots", "show", "-o", str(out)], root, env)
+    assert "failed to load" not in shown_plots.stdout + shown_plots.stderr
     page = (out / "index.html").read_text()
     assert "inlined so `dvc plots diff` renders without network" in page and "Precision-Recall" in page
 
     again = _sh(["dvc", "repro"], root, env)
-    assert _stages_run(again.stdout) == set()
+    assert _stages_run(again.stdout) == {"download"}  # always runs: it checks the source's fingerprint
+    assert "is up to date" in again.stdout + again.stderr
 
     params = tiny_params(**{"model.n_layers": 2})
     write_params(root / "params.yaml", params)
     changed = _sh(["dvc", "repro"], root, env)
-    assert _stages_run(changed.stdout) == {"pretrain", "train", "evaluate", "visualize"}  # pretrain: off, a no-op
+    assert _stages_run(changed.stdout) == {"download", "pretrain", "train", "evaluate", "visualize"}  # pretrain: off
     shown = _sh(["dvc", "metrics", "show", "--json"], root, env)
     assert "roc_auc" in shown.stdout
     _sh(["git", "add", "-A"], root, env)
@@ -100,7 +107,7 @@ def test_exp_run_switches_task(repo, task, keys):
     if not (root / "dvc.lock").exists():
         pytest.skip("needs the repro test first")  # module order guarantees it in a full run
     _sh(["dvc", "exp", "run", "-S", f"task={task}", "-S", "train.epochs=1"], root, env)
-    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    metrics = json.loads((root / "reports" / "evaluation.json").read_text())
     assert metrics["task"] == task
     for key in keys:
         assert key in metrics and metrics[key] is not None

@@ -26,6 +26,7 @@ import pandas as pd
 
 from lm.config import DataConfig
 from lm.data.embedded import BIASED_IDENTITIES, SUPPORTED_IDENTITIES, generate_corpus
+from lm.data.text_encoding import text_encoding
 from lm.errors import LmError
 
 TASKS = ("classify", "mlm", "clm")
@@ -154,23 +155,26 @@ def _read_local(source: str, cfg: DataConfig, task: str) -> _Raw:
                       f"repository root)")
     kind = EXTENSIONS[suffix]
     label = str(path)
-    details = {"bytes": path.stat().st_size}
+    details: dict[str, Any] = {"bytes": path.stat().st_size}
+    if kind in ("txt", "csv", "jsonl"):
+        details["encoding"] = encoding = text_encoding(path, cfg.encoding)
     if kind == "txt":
         if task == "classify":
             raise LmError(f"{label}: a .txt source has no target column, and task=classify needs one; use a "
                           f".csv/.parquet/.jsonl with data.target_column, or task mlm/clm")
-        frame = pd.DataFrame({"text": _read_txt(path, cfg.max_rows)})
+        docs, details["documents"] = _read_txt(path, cfg.max_rows, encoding)
+        frame = pd.DataFrame({"text": docs})
         return _Raw(frame, label, kind, "text", None, None, [], list(cfg.identity_columns), details=details)
     if kind == "csv":
-        columns = _csv_columns(path)
+        columns = _csv_columns(path, encoding)
         target, present, missing = _needed(columns, cfg, task, label)
-        frame = _read_csv(path, _select(cfg, target, present), cfg.max_rows)
+        frame = _read_csv(path, _select(cfg, target, present), cfg.max_rows, encoding)
     elif kind == "parquet":
         columns = _parquet_columns(path)
         target, present, missing = _needed(columns, cfg, task, label)
         frame = _read_parquet(path, _select(cfg, target, present), cfg.max_rows)
     else:
-        records = _read_jsonl(path, cfg.max_rows)
+        records = _read_jsonl(path, cfg.max_rows, encoding)
         columns = list(dict.fromkeys(k for rec in records for k in rec))
         target, present, missing = _needed(columns, cfg, task, label)
         wanted = _select(cfg, target, present)
@@ -178,46 +182,52 @@ def _read_local(source: str, cfg: DataConfig, task: str) -> _Raw:
     return _Raw(frame, label, kind, cfg.text_column, target, cfg.id_column, present, missing, details=details)
 
 
-def _read_txt(path: Path, max_rows: int | None) -> list[str]:
-    """One document per blank-line-separated paragraph; reads only as far as max_rows needs."""
+def _read_txt(path: Path, max_rows: int | None, encoding: str) -> tuple[list[str], str]:
+    """Documents are blank-line-separated paragraphs; a file without any blank line is one document per line
+    (a list of sentences or posts, never one giant document). Returns the documents and which rule applied.
+    Streams: reads only as far as max_rows needs."""
+    with _open_text(path, encoding) as fh:
+        by_line = not any(not line.strip() for line in fh)
     docs: list[str] = []
     para: list[str] = []
-    with _open_text(path) as fh:
+    with _open_text(path, encoding) as fh:
         for line in fh:
-            if line.strip():
+            if line.strip() and not by_line:
                 para.append(line)
                 continue
-            if para:
+            if by_line:
+                docs.append(line.strip("\n"))
+            elif para:
                 docs.append("".join(para).strip("\n"))
                 para = []
-                if max_rows is not None and len(docs) >= max_rows:
-                    return docs
-    if para:
+            if max_rows is not None and len(docs) >= max_rows:
+                break
+    if para and (max_rows is None or len(docs) < max_rows):
         docs.append("".join(para).strip("\n"))
-    return docs[:max_rows] if max_rows is not None else docs
+    return docs, ("lines" if by_line else "paragraphs")
 
 
-def _open_text(path: Path):
-    return open(path, encoding="utf-8", newline=None)
+def _open_text(path: Path, encoding: str):
+    return open(path, encoding=encoding, newline=None)
 
 
-def _csv_columns(path: Path) -> list[str]:
+def _csv_columns(path: Path, encoding: str) -> list[str]:
     try:
-        return [str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8").columns]
+        return [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding).columns]
     except UnicodeDecodeError:
-        raise LmError(f"{path}: not UTF-8 text; re-save the CSV as UTF-8") from None
+        raise LmError(f"{path}: not {encoding} text; set data.encoding to the file's encoding (or auto)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise LmError(f"{path}: not a readable CSV ({_first_line(err)})") from None
 
 
-def _read_csv(path: Path, usecols: list[str], max_rows: int | None) -> pd.DataFrame:
+def _read_csv(path: Path, usecols: list[str], max_rows: int | None, encoding: str) -> pd.DataFrame:
     # Everything as strings, and only empty cells are missing: a comment reading "NA" or "null" is text, and
     # numeric columns are parsed afterwards so that a bad cell can be reported by row.
     try:
         return pd.read_csv(path, usecols=usecols, dtype=str, keep_default_na=False, na_values=[""],
-                           nrows=max_rows, encoding="utf-8")[usecols]
+                           nrows=max_rows, encoding=encoding)[usecols]
     except UnicodeDecodeError:
-        raise LmError(f"{path}: not UTF-8 text; re-save the CSV as UTF-8") from None
+        raise LmError(f"{path}: not {encoding} text; set data.encoding to the file's encoding (or auto)") from None
     except (pd.errors.ParserError, ValueError) as err:
         raise LmError(f"{path}: not a readable CSV ({_first_line(err)})") from None
 
@@ -250,9 +260,9 @@ def _read_parquet(path: Path, columns: list[str], max_rows: int | None) -> pd.Da
     return table.to_pandas()[columns]
 
 
-def _read_jsonl(path: Path, max_rows: int | None) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, max_rows: int | None, encoding: str = "utf-8") -> list[dict[str, Any]]:
     """JSON lines (one object per line, blank lines skipped), or a .json file holding an array of objects."""
-    with _open_text(path) as fh:
+    with _open_text(path, encoding) as fh:
         head = fh.read(1)
         while head and head.isspace():
             head = fh.read(1)
@@ -330,13 +340,15 @@ def _read_hf(spec: str, cfg: DataConfig, task: str) -> _Raw:
             if streaming:
                 ds = ds.to_iterable_dataset()
         else:
-            ds = datasets.load_dataset(ref, config, split=cfg.hf_split, streaming=streaming)
+            pinned = {"revision": cfg.hf_revision} if cfg.hf_revision else {}
+            ds = datasets.load_dataset(ref, config, split=cfg.hf_split, streaming=streaming, **pinned)
     except LmError:
         raise
     except Exception as err:  # datasets raises many types (hub, config, split, file errors): one line for all
         raise LmError(f"{label}: could not load the dataset ({type(err).__name__}: {_first_line(err)}); check "
                       f"the id, data.hf_split and the ':config' suffix, or point at a local path") from None
-    details = {"dataset": ref, "config": config, "split": cfg.hf_split, "streaming": streaming}
+    details = {"dataset": ref, "config": config, "split": cfg.hf_split, "streaming": streaming,
+               "revision": cfg.hf_revision}
 
     if isinstance(ds, datasets.IterableDataset):
         columns: dict[str, list[Any]] = {}

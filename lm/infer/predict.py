@@ -20,20 +20,40 @@ MASK = "<|mask|>"
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:
-    """Texts from a .txt (one per line) or a .csv/.parquet/.jsonl table's text column."""
+    """Texts from a .txt (one per non-empty line) or a .csv/.parquet/.jsonl table's text column, one per row:
+    an empty or missing cell is the empty text (its row is kept, so output rows line up with input rows), and a
+    cell reading "NA" or "null" is that text. The encoding is detected as in `lm download` (data.encoding auto)."""
+    from lm.data.text_encoding import text_encoding
+
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise LmError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True)}
-    if suffix not in readers:
+    if suffix not in (".txt", ".csv", ".parquet", ".jsonl"):
         raise LmError(f"{path}: unsupported extension {suffix!r}; use .txt, .csv, .parquet or .jsonl")
-    frame = readers[suffix](path)
+    try:
+        if suffix == ".txt":
+            text = path.read_text(encoding=text_encoding(path, "auto"))
+            return [line for line in text.splitlines() if line.strip()]
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=text_encoding(path, "auto"))
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_json(path, lines=True, dtype=False, encoding=text_encoding(path, "auto"))
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise LmError(f"{path}: not a readable {suffix[1:]} file ({first})") from None
     if text_column not in frame.columns:
         raise LmError(f"{path}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); pass --text-column")
-    return frame[text_column].astype(str).tolist()
+    return ["" if _missing(v) else str(v) for v in frame[text_column].tolist()]
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):  # arrays and other containers are values, not missing
+        return False
 
 
 @dataclass
@@ -86,9 +106,9 @@ class Trained:
 
     def _fill_masks(self, texts: list[str], top_k: int) -> pd.DataFrame:
         records = []
-        for text in texts:
+        for row, text in enumerate(texts):
             if MASK not in text:
-                raise LmError(f"mlm predict: put {MASK} where a token should be filled in: {text[:60]!r}")
+                raise LmError(f"mlm predict: text {row + 1} has no {MASK}; put one where a token should be filled in: {text[:60]!r}")
             ids, mask = self._rows([text], {MASK})
             logits = self.model(ids, mask).logits[0]  # (L, V)
             for pos in (ids[0] == self.tokenizer.mask_id).nonzero().flatten().tolist():

@@ -81,6 +81,8 @@ def _source_state(path: Path, *, vocab_size: int, tokenizer_hash: str | None) ->
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises several types for a damaged file
         raise LmError(f"train.init_from: {weights} is not a readable safetensors file ({type(err).__name__})") from None
+    if raw.get("ensemble"):  # an ensemble's members share one architecture: start from the first
+        state = {k.removeprefix("members.0."): v for k, v in state.items() if k.startswith("members.0.")}
     return state, {**raw["model"], "max_len": raw["max_len"]}, raw["task"], "lm"
 
 

@@ -200,26 +200,18 @@ def _train(
     if not progress:
         return learn_merges(count_pretokens(work, workers=workers), n_merges)
 
-    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from lm.progress import progress as meter
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), transient=False
-    ) as bar:
-        task = bar.add_task("pre-tokenizing", total=total_bytes)
-        counts = count_pretokens(work, workers=workers, on_bytes=lambda n: bar.advance(task, n))
-        bar.update(task, total=bar.tasks[task].completed)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
-    ) as bar:
-        task = bar.add_task("merging", total=n_merges)
+    with meter("tokenizer: pre-tokenizing", total_bytes, "bytes") as bar:
+        counts = count_pretokens(work, workers=workers, on_bytes=bar.advance)
+    with meter("tokenizer: merging", n_merges, "merges") as bar:
         step = max(1, n_merges // 200)
 
         def on_merge(done: int) -> None:
             if done % step == 0 or done == n_merges:
-                bar.update(task, completed=done)
+                bar.update(done)
 
         merges = learn_merges(counts, n_merges, on_merge=on_merge)
-        bar.update(task, completed=len(merges), total=len(merges))
     return merges
 
 

@@ -57,6 +57,7 @@ class TrainLogger:
     def __init__(self, enabled: bool, out_dir: Path, total_steps: int, console, replay: StepLog | None = None):
         self.live = None
         self.progress = None
+        self.heartbeat = None
         self.console = console
         if not enabled:
             return
@@ -69,6 +70,12 @@ class TrainLogger:
         for row in (replay.rows if replay else []):
             self._live_row(row)
         done = replay.rows[-1]["step"] if replay and replay.rows else 0
+        if not console.is_terminal:  # under DVC / CI rich draws nothing: a line every 10 s with rate and ETA
+            from lm.progress import Heartbeat
+
+            self.heartbeat = Heartbeat("train", total_steps, "steps")
+            self.heartbeat.done = done
+            return
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
@@ -87,7 +94,10 @@ class TrainLogger:
         if self.live is None:
             return
         self._live_row(row)
-        self.progress.update(self.task, completed=row["step"], loss=f"loss {row['train_loss']:.4f}")
+        if self.heartbeat is not None:
+            self.heartbeat.update(row["step"], extra=f"loss {row['train_loss']:.4f}")
+        else:
+            self.progress.update(self.task, completed=row["step"], loss=f"loss {row['train_loss']:.4f}")
 
     def print(self, text: str) -> None:
         self.console.print(text)

@@ -91,6 +91,18 @@ def plot_calibration(rows: list[dict[str, float]], path: str | Path) -> Path:
     return save_png(fig, path)
 
 
+def plot_loss_by_position(rows: list[dict[str, float]], path: str | Path) -> Path:
+    """Mean test loss at each position of the window (`lm_statistics(...)["by_position"]`): a decoder's loss
+    falls as it sees more context; a flat line means it does not use it."""
+    fig = new_figure(6.0, 4.0)
+    ax = fig.subplots()
+    if rows:
+        ax.plot(_column(rows, "position"), _column(rows, "loss"), marker=".", linewidth=1)
+    ax.set(xlabel="position in the window", ylabel="mean loss (nats)", title="Test loss by position")
+    ax.grid(alpha=0.3)
+    return save_png(fig, path)
+
+
 def confusion_cells(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Counts [2, 2] (rows = truth, columns = prediction; negative first) and row-normalised percentages
     [2, 2] (NaN for a class with no rows)."""
