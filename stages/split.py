@@ -26,6 +26,13 @@ def run(params: Params, encoded_dir=ENCODED, out_dir=SPLIT, report=REPORTS / "sp
         enc.n_docs, val_fraction=params.split.val_fraction, test_fraction=params.split.test_fraction,
         seed=params.seed, labels=labels,
     )
+    empty = [name for name in ("train", "val", "test") if len(parts[name]) == 0]
+    if empty:
+        raise LmError(
+            f"split: {enc.n_docs} documents leave {' and '.join(empty)} empty (train {len(parts['train'])}, val "
+            f"{len(parts['val'])}, test {len(parts['test'])}); use a bigger corpus (a .txt source needs blank lines "
+            f"or one document per line), or raise split.val_fraction / split.test_fraction"
+        )
     with atomic_dir(out_dir) as tmp:
         for name, idx in parts.items():
             np.save(tmp / f"{name}.npy", idx)

@@ -152,3 +152,15 @@ def test_predict_reads_empty_and_na_cells_as_text_rows(tmp_path):
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text\ncaf\xe9\n".encode("latin-1"))
     assert read_texts(latin) == ["café"]
+
+
+def test_split_that_leaves_val_or_test_empty_stops_with_one_line(tmp_path, monkeypatch):
+    source = tmp_path / "one.txt"
+    source.write_text("only one document here\n", encoding="utf-8")
+    write_params(tmp_path / "params.yaml", tiny_params(**{"task": "clm", "data.source": str(source)}))
+    for stage in ("download", "tokenize", "encode"):
+        assert _run([stage], tmp_path, monkeypatch).exit_code == 0
+    result = _run(["split"], tmp_path, monkeypatch)
+    assert result.exit_code != 0
+    assert "leave val and test empty" in result.output and "split.val_fraction" in result.output
+    assert not (tmp_path / "data/split").exists()
