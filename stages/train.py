@@ -88,25 +88,29 @@ def train_ensemble(params: Params, out_dir: Path, reports_dir: Path, resume) -> 
 
     from lm.io import atomic_write_json
     from lm.train.checkpoint import export_ensemble
+    from lm.train.distributed import distributed
 
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    members_dir = out_dir / "members"
-    if not resume and is_main:
-        shutil.rmtree(members_dir, ignore_errors=True)
-        shutil.rmtree(reports_dir / "members", ignore_errors=True)
-    dirs = []
-    for k in range(params.train.ensemble):
-        member_dir = members_dir / str(k)
-        dirs.append(member_dir)
-        if resume and (member_dir / MEMBER_DONE).exists():
-            continue
-        member_params = params.model_copy(update={"seed": params.seed + k})
-        member_reports = reports_dir if k == 0 else reports_dir / "members" / str(k)
-        _train_one(member_params, member_dir, member_reports, "auto" if resume else False)  # a later member may not have started
-        if is_main:
-            atomic_write_json(member_dir / MEMBER_DONE, {"seed": member_params.seed})
-    if is_main:
-        export_ensemble(dirs, out_dir)
+    # one process group for all members (torchrun's store does not take a second rendezvous of the same ranks)
+    with distributed(params.train.device, params.train.backend) as d:
+        members_dir = out_dir / "members"
+        if not resume and d.is_main:
+            shutil.rmtree(members_dir, ignore_errors=True)
+            shutil.rmtree(reports_dir / "members", ignore_errors=True)
+        d.barrier()
+        dirs = []
+        for k in range(params.train.ensemble):
+            member_dir = members_dir / str(k)
+            dirs.append(member_dir)
+            if resume and (member_dir / MEMBER_DONE).exists():
+                continue
+            member_params = params.model_copy(update={"seed": params.seed + k})
+            member_reports = reports_dir if k == 0 else reports_dir / "members" / str(k)
+            _train_one(member_params, member_dir, member_reports, "auto" if resume else False)  # a later member may not have started
+            if d.is_main:
+                atomic_write_json(member_dir / MEMBER_DONE, {"seed": member_params.seed})
+            d.barrier()
+        if d.is_main:
+            export_ensemble(dirs, out_dir)
 
 
 def _main() -> None:

@@ -118,3 +118,36 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_exactly(tmp_path):
         assert torch.equal(a["model"][name], b["model"][name]), f"step:{n}: {name}"
     assert a["progress"]["log"]["table"][:, 1].tolist() == b["progress"]["log"]["table"][:, 1].tolist()
     assert not list((runs["killed"] / "models").glob(".*.tmp"))
+
+
+def test_an_ensemble_trains_under_torchrun_like_in_one_process(tmp_path):
+    """train.ensemble=2 with 2 processes: the members share one process group (no second rendezvous) and the
+    exported ensemble scores like the one-process ensemble with the same global batch."""
+    from lm.train.checkpoint import load_exported
+
+    env = subprocess_env()
+    single, double = tmp_path / "single", tmp_path / "ddp"
+    for root in (single, double):
+        root.mkdir()
+        write_fake_encoded(root, "classify", n_docs=72)
+    write_params(single / "params.yaml", _params("classify", batch=8, **{"train.ensemble": 2}))
+    write_params(double / "params.yaml", _params("classify", batch=4, **{"train.ensemble": 2}))
+    rank_dir = tmp_path / "rank1"
+    rank_dir.mkdir()
+    (rank_dir / "data").symlink_to(double / "data")
+    (double / "driver.py").write_text(DRIVER)
+    subprocess.run([sys.executable, "-m", "stages.train", "--params", "params.yaml"], cwd=single, env=env,
+                   check=True, capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "driver.py", "params.yaml"],
+        cwd=double, env={**env, "LM_TEST_RANK_DIR": str(rank_dir)}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, _ = load_exported(single / "models")
+    two, config = load_exported(double / "models")
+    assert config["ensemble"]["seeds"] == [0, 1]
+    ids = torch.randint(0, 60, (6, 12))
+    ids[:, 0] = SPECIALS["<|cls|>"]
+    with torch.no_grad():
+        assert torch.allclose(one(ids).logits, two(ids).logits, atol=1e-4)
+    assert sorted(p.name for p in rank_dir.iterdir()) == ["data"]
