@@ -20,13 +20,13 @@ allocates and faults in fresh memory anyway, as the first one did).
 
 Growth: time(8192) / time(1024) and memory(8192) / memory(1024). An 8x longer sequence costs ~8x for the
 linear (feature-map) kinds and ~64x for the quadratic ones once the L x L score matrices dominate (at 1024
-the projections still weigh, so measured quadratic ratios land below 64). The last line is one JSON object.
+the projections still weigh, so measured quadratic ratios land below 64). The last line is one JSON object,
+also written to benchmarks/results/attention.json (attention-causal.json with --causal).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import time
@@ -125,6 +125,8 @@ def main() -> None:
                     help="torch threads per case (default 1: on a shared 2-core machine a 2-thread team waits on a "
                          "descheduled thread at every op and small cases become noise)")
     ap.add_argument("--case-timeout", type=float, default=300.0)
+    ap.add_argument("--no-save", action="store_true",
+                    help="print the JSON line only; do not write benchmarks/results/attention[-causal].json")
     args = ap.parse_args()
     if args.budget is None:
         args.budget = 1.0 if args.quick else 2.0
@@ -158,9 +160,12 @@ def main() -> None:
         results.append({"kind": kind, "time_growth": t_x, "memory_growth": m_x,
                         "cases": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[L].items()
                                    if k != "kind"} for L in lengths]})
-    print(json.dumps({"benchmark": "attention", "mode": mode, "device": args.device, "threads": args.threads, "d_model": D_MODEL,
-                      "heads": HEADS, "batch": 1, "lengths": lengths, "growth_from_to": [lo, hi],
-                      "wall_s": round(time.perf_counter() - started, 1), "results": results}))
+    import record  # benchmarks/ (this script's folder) is on sys.path
+
+    record.finish({"benchmark": "attention" if mode == "bidirectional" else "attention-causal", "mode": mode,
+                   "device": args.device, "threads": args.threads, "d_model": D_MODEL, "heads": HEADS, "batch": 1,
+                   "lengths": lengths, "growth_from_to": [lo, hi], "wall_s": round(time.perf_counter() - started, 1),
+                   "results": results}, quick=args.quick, save=not args.no_save)
 
 
 def _cuda() -> bool:

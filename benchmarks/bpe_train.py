@@ -11,7 +11,7 @@ Each trainer runs in its own child process so that its peak memory (ru_maxrss, i
 processes) is measured in isolation; the corpus is loaded before the clock starts. HF: BPE model,
 ByteLevel pre-tokenizer (the same GPT-2 pattern), BpeTrainer with the 256-byte initial alphabet; it uses
 all cores (rayon) unless RAYON_NUM_THREADS is set. lm: `train_bpe(texts, vocab, specials, workers=--workers)`.
-The last line is one JSON object with the figures.
+The last line is one JSON object with the figures, also written to benchmarks/results/bpe_train.json.
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="runs per trainer (alternating; best kept)")
     ap.add_argument("--child", choices=["lm", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--no-save", action="store_true",
+                    help="print the JSON line only; do not write benchmarks/results/bpe_train.json")
     args = ap.parse_args()
     vocab = args.vocab or (2_000 if args.quick else 10_000)
     if args.child:
@@ -186,7 +188,9 @@ def main() -> None:
         "corpus_loaded_mb": round(lm["base_mb"], 1),
         "token_overlap": round(overlap, 4),
     }
-    print(json.dumps(figures))
+    import record  # benchmarks/ (this script's folder) is on sys.path
+
+    record.finish(figures, quick=args.quick, save=not args.no_save)
 
 
 if __name__ == "__main__":

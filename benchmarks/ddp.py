@@ -9,7 +9,7 @@ all-reduced target counts, clipping, AdamW). Weak scaling: every process keeps t
 processes do twice the work per step; efficiency = tokens/s(2 processes) / (2 x tokens/s(1 process)).
 For reference, 1 process with 2 threads (the same two cores used by intra-op parallelism instead) is
 timed too. The machines here are noisy: compare figures from one run, not across runs.
-The last line is one JSON object with the figures.
+The last line is one JSON object with the figures, also written to benchmarks/results/ddp.json.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def launch(nproc: int, threads: int, args: argparse.Namespace) -> dict:
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k not in ("quick", "worker", "threads") and v is not None]
+                   if k not in ("quick", "worker", "threads", "no_save") and v is not None]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(Path(__file__).resolve()), "--worker", f"--threads={threads}", *passthrough]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=2, help="micro-steps per optimizer step")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-save", action="store_true",
+                        help="print the JSON line only; do not write benchmarks/results/ddp.json")
     args = parser.parse_args()
     defaults = (dict(d_model=64, layers=2, vocab=2048, seq=64, steps=8) if args.quick
                 else dict(d_model=256, layers=4, vocab=8192, seq=128, steps=20))
@@ -122,12 +124,14 @@ def main() -> None:
     print(f"{'1 process x 2 threads':<28}{threads2:>12,.0f}")
     print(f"speedup {two / one:.2f}x, scaling efficiency {two / (2 * one):.0%} "
           f"(DDP vs 2 threads: {two / threads2:.2f}x)")
-    print(json.dumps({
+    import record  # benchmarks/ (this script's folder) is on sys.path
+
+    record.finish({
         "benchmark": "ddp", "d_model": args.d_model, "layers": args.layers, "batch": args.batch, "seq": args.seq,
         "accum": args.accum, "steps": args.steps, "tokens_per_s_1proc": one, "tokens_per_s_2proc": two,
         "tokens_per_s_1proc_2threads": threads2, "speedup": round(two / one, 3),
         "scaling_efficiency": round(two / (2 * one), 3), "ddp_vs_threads": round(two / threads2, 3),
-    }))
+    }, quick=args.quick, save=not args.no_save)
 
 
 if __name__ == "__main__":

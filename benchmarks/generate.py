@@ -8,17 +8,26 @@ cache each step feeds one token and the per-layer state (past k/v for exact kind
 linear kinds); without it each step recomputes the whole context, so its cost per token grows with the
 length. Cached and uncached runs are interleaved (`--repeats`, median) and their tokens compared
 (`same_tokens`; near-ties of random logits may rarely flip an argmax). One torch thread by default (small
-per-token ops; see benchmarks/attention.py). The last line is one JSON object.
+per-token ops; see benchmarks/attention.py).
+
+Like with like: both sides are lm's own CausalLM with the same weights, the same prompt and the same number of
+new tokens, decoded greedily by the same function; only `use_cache` differs. No Hugging Face model is timed
+here (the train-step comparison with GPT-2, benchmarks/train_step.py, runs it with `use_cache=False`, as
+training does). The last line is one JSON object, also written to benchmarks/results/generate.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record  # noqa: E402
 
 KINDS = ["standard", "rotary", "linear", "performer", "cosformer", "yat-spherical", "slay-anchor"]
 QUICK_KINDS = ["standard", "linear"]
@@ -43,6 +52,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=None, help="new tokens per run (default 256, quick 64)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3, quick 1)")
     ap.add_argument("--threads", type=int, default=1)
+    record.add_save_arg(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kinds = args.kinds.split(",") if args.kinds else (QUICK_KINDS if args.quick else KINDS)
@@ -71,8 +81,8 @@ def main() -> None:
         rows.append(row)
         print(f"{kind:14} {row['cache_tokens_per_s']:>12.0f} {row['no_cache_tokens_per_s']:>15.0f} "
               f"{row['speedup']:>8.1f}x {str(row['same_tokens']):>5}", flush=True)
-    print(json.dumps({"benchmark": "generate", "threads": args.threads, "prompt_len": args.prompt_len,
-                      "new_tokens": new, "repeats": repeats, "results": rows}))
+    record.finish({"benchmark": "generate", "threads": args.threads, "prompt_len": args.prompt_len,
+                   "new_tokens": new, "repeats": repeats, "results": rows}, quick=args.quick, save=not args.no_save)
 
 
 if __name__ == "__main__":

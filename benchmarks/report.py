@@ -1,0 +1,182 @@
+"""The README's speed table, generated from the saved benchmark figures (benchmarks/results/*.json).
+
+    python benchmarks/report.py            # print the table
+    python benchmarks/report.py --write    # replace the README's table between the speed-table markers
+    python benchmarks/report.py --check    # exit 1 when the README's table is not what the results give
+
+Each benchmark writes its last JSON line to benchmarks/results/<name>.json (benchmarks/record.py); this script
+turns every file present into rows of one Markdown table: what is compared (A, usually lm, vs B, the
+reference), the figure, A's value, B's, A's speed over B's (above 1: A is faster), the checks the run computed (ids
+identical, same tokens, ...) and whether it was a full or a `--quick` run. Below the table, one line per file
+says how and where it was run. Nothing in the table is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+README = REPO / "README.md"
+START, END = "<!-- speed-table:start -->", "<!-- speed-table:end -->"
+HEADER = ("comparison: A vs B", "figure", "A", "B", "speed A / B", "checks", "run")
+
+Row = tuple[str, str, str, str, str, str]  # every column but "run"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**NO**"
+
+
+def _n(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def train_step(f: dict) -> Iterator[Row]:
+    shape = f"batch {f['batch']} x {f['seq']}"
+    for r in f["results"]:
+        if r["task"] == "clm":
+            cache_off = not r.get("hf_use_cache", True) and not r.get("hf_returned_cache", True)
+            yield (f"training step, causal LM ({shape}): lm `CausalLM` vs `GPT2LMHeadModel` (`use_cache=False`)",
+                   "tokens/s", _n(r["lm_tokens_per_s"]), _n(r["hf_tokens_per_s"]), _x(r["ratio_lm_over_hf"]),
+                   f"GPT-2 cache off: {_yes(cache_off)}")
+        elif r["task"] == "classify":
+            rows = r.get("last_block_rows", {})
+            same = f"; same logits as the CLS-only form: {_yes(r['lm_full_same_logits'])}" if "lm_full_same_logits" in r else ""
+            yield (f"training step, classifier ({shape}): lm `SequenceClassifier` as it trains (last block computes "
+                   "the CLS row only) vs `BertForSequenceClassification`", "tokens/s", _n(r["lm_tokens_per_s"]),
+                   _n(r["hf_tokens_per_s"]), _x(r["ratio_lm_over_hf"]),
+                   f"last-block rows: lm {rows.get('lm', '?')}, BERT {rows.get('hf', '?')}")
+            if "lm_full_tokens_per_s" in r:
+                yield (f"training step, classifier ({shape}): lm with every row through the last block (BERT's "
+                       "work) vs `BertForSequenceClassification`", "tokens/s", _n(r["lm_full_tokens_per_s"]),
+                       _n(r["hf_tokens_per_s"]), _x(r["ratio_lm_full_over_hf"]),
+                       f"last-block rows: lm {rows.get('lm_full', '?')}, BERT {rows.get('hf', '?')}{same}")
+
+
+def encode(f: dict) -> Iterator[Row]:
+    yield (f"encoding {f['corpus_mb']} MB, vocab {f['vocab_size']:,}: lm `encode_batch` (tiktoken, {f['threads']} "
+           f"threads) vs Hugging Face `{f['hf_call']}` (its fastest call here)", "MB/s", _n(f["lm_batch_mb_s"]),
+           _n(f["hf_mb_s"]), _x(f["lm_batch_over_hf_speed"]), f"ids identical: {_yes(f['ids_identical'])}")
+
+
+def bpe_train(f: dict) -> Iterator[Row]:
+    yield (f"BPE training, vocab {f['vocab_size']:,} on {f['corpus_mb']} MB: lm `train_bpe` ({f['lm_workers']} "
+           f"workers) vs Hugging Face `BpeTrainer` ({f['hf_threads']} threads)", "seconds (best run)",
+           f"{f['lm_seconds']:.2f}", f"{f['hf_seconds']:.2f}", _x(f["hf_seconds"] / f["lm_seconds"]),
+           f"learned tokens in common: {f['token_overlap']:.1%}")
+
+
+def generate(f: dict) -> Iterator[Row]:
+    for r in f["results"]:
+        yield (f"greedy decoding, {r['kind']} attention, {f['prompt_len']} + {r['new_tokens']} tokens: lm with its "
+               "KV cache vs the same lm recomputing the context (`use_cache=False`)", "tokens/s",
+               _n(r["cache_tokens_per_s"]), _n(r["no_cache_tokens_per_s"]), _x(r["speedup"]),
+               f"same tokens: {_yes(r['same_tokens'])}")
+
+
+def ddp(f: dict) -> Iterator[Row]:
+    yield (f"DDP training on CPU (d_model {f['d_model']}, {f['layers']} layers): 2 processes vs 1 process, one thread "
+           "each", "tokens/s", _n(f["tokens_per_s_2proc"]), _n(f["tokens_per_s_1proc"]), _x(f["speedup"]),
+           f"scaling efficiency {f['scaling_efficiency']:.0%}; vs 1 process x 2 threads: {_x(f['ddp_vs_threads'])}")
+
+
+def attention(f: dict) -> Iterator[Row]:
+    def ms(kind_row: dict, L: int) -> float | None:
+        case = next((c for c in kind_row["cases"] if c.get("L") == L), None)
+        return None if case is None or "error" in case else case["seconds"] * 1e3
+
+    by_kind = {r["kind"]: r for r in f["results"]}
+    L = f["lengths"][-1]
+    base = ms(by_kind["standard"], L) if "standard" in by_kind else None
+    lo, hi = f["growth_from_to"]
+    for kind, r in by_kind.items():
+        if kind == "standard" or base is None:
+            continue
+        t = ms(r, L)
+        yield (f"{f['mode']} attention layer, forward + backward, L = {L:,}: `{kind}` vs `standard`", "ms",
+               "error" if t is None else _n(t), _n(base), "-" if t is None else _x(base / t),
+               f"time x{r['time_growth']}, memory x{r['memory_growth']} from L = {lo:,} to {hi:,}")
+
+
+RENDERERS: dict[str, Callable[[dict], Iterator[Row]]] = {
+    "train_step": train_step, "encode": encode, "bpe_train": bpe_train, "generate": generate, "ddp": ddp,
+    "attention": attention, "attention-causal": attention,
+}
+
+
+def load(results_dir: Path = RESULTS) -> dict[str, dict]:
+    """benchmark name -> its saved figures, for every results file present."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))}
+
+
+def render(results: dict[str, dict]) -> str:
+    """The Markdown table (and the lines saying how each run was made) for the given figures."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    runs = []
+    for name, render_rows in RENDERERS.items():
+        if name not in results:
+            continue
+        f, run = results[name], results[name].get("run", {})
+        mode = run.get("mode", "?")
+        for row in render_rows(f):
+            lines.append("| " + " | ".join([*row, f"{mode}, {run.get('date', '?')[:10]}"]) + " |")
+        cpu = f"{run.get('cpu_count', '?')} CPUs" + (f" ({run['cpu_model']})" if run.get("cpu_model") else "")
+        runs.append(f"- `{name}`: `{run.get('command', '?')}` ({mode}) on {run.get('date', '?')}, {cpu}, "
+                    f"torch {run.get('torch', '?')}, Python {run.get('python', '?')}, commit {run.get('commit', '?')}")
+    return "\n".join([*lines, "", "Runs (benchmarks/results/&lt;name&gt;.json):", "", *runs])
+
+
+def block(results: dict[str, dict]) -> str:
+    """What stands between the README's markers, markers included."""
+    note = ("<!-- generated by `python benchmarks/report.py --write` from benchmarks/results/*.json: "
+            "do not edit by hand -->")
+    return f"{START}\n{note}\n\n{render(results)}\n\n{END}"
+
+
+def replace_block(text: str, new_block: str) -> str:
+    """text with its START ... END section replaced by new_block; an error when the markers are missing."""
+    i, j = text.find(START), text.find(END)
+    if i < 0 or j < i:
+        raise SystemExit(f"README.md: no '{START}' ... '{END}' section to replace")
+    return text[:i] + new_block + text[j + len(END):]
+
+
+def readme_block(text: str) -> str:
+    """The README's current section, markers included."""
+    i, j = text.find(START), text.find(END)
+    if i < 0 or j < i:
+        raise SystemExit(f"README.md: no '{START}' ... '{END}' section")
+    return text[i:j + len(END)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the README's speed table")
+    mode.add_argument("--check", action="store_true", help="exit 1 if the README's speed table is out of date")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--readme", type=Path, default=README)
+    args = ap.parse_args()
+    new = block(load(args.results))
+    if args.write:
+        args.readme.write_text(replace_block(args.readme.read_text(), new))
+        print(f"wrote the speed table of {args.readme}")
+    elif args.check:
+        if readme_block(args.readme.read_text()) != new:
+            sys.exit(f"{args.readme}: the speed table differs from {args.results}; run python benchmarks/report.py --write")
+        print("README speed table is up to date")
+    else:
+        print(new)
+
+
+if __name__ == "__main__":
+    main()

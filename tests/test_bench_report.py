@@ -1,0 +1,107 @@
+"""The README's speed table is generated from the saved benchmark figures (benchmarks/report.py), and the
+benchmarks report flags they computed, never literals."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+
+def _module(name: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+report = _module("report")
+record = _module("record")
+
+RUN = {"command": "python benchmarks/x.py --quick", "date": "2026-01-02T03:04:05Z", "mode": "quick", "cpu_count": 2,
+       "cpu_model": "Test CPU", "torch": "2.0", "python": "3.11.0", "commit": "abc1234"}
+SAMPLE = {
+    "train_step": {"benchmark": "train_step", "batch": 8, "seq": 128, "run": {**RUN, "mode": "full"}, "results": [
+        {"task": "clm", "hf_use_cache": False, "hf_returned_cache": False, "lm_tokens_per_s": 12000.0,
+         "hf_tokens_per_s": 10000.0, "ratio_lm_over_hf": 1.2},
+        {"task": "classify", "last_block_rows": {"lm": 1, "hf": 128, "lm_full": 128}, "lm_full_same_logits": True,
+         "lm_tokens_per_s": 13000.0, "hf_tokens_per_s": 10000.0, "lm_full_tokens_per_s": 10700.0,
+         "ratio_lm_over_hf": 1.3, "ratio_lm_full_over_hf": 1.07},
+    ]},
+    "encode": {"benchmark": "encode", "corpus_mb": 2.0, "vocab_size": 2000, "threads": 2, "hf_call": "encode_batch_fast",
+               "ids_identical": False, "lm_batch_mb_s": 15.0, "hf_mb_s": 6.0, "lm_batch_over_hf_speed": 2.5, "run": RUN},
+    "generate": {"benchmark": "generate", "prompt_len": 16, "run": RUN, "results": [
+        {"kind": "standard", "new_tokens": 64, "cache_tokens_per_s": 400.0, "no_cache_tokens_per_s": 100.0,
+         "speedup": 4.0, "same_tokens": True}]},
+}
+
+
+def test_render_makes_one_row_per_comparison_from_the_figures():
+    table = report.render(SAMPLE)
+    lines = table.splitlines()
+    assert lines[0] == "| " + " | ".join(report.HEADER) + " |"
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert len(rows) == 5  # clm, classify CLS-only, classify full last block, encode, generate
+    clm, cls_only, full, enc, gen = rows
+    assert "`GPT2LMHeadModel` (`use_cache=False`)" in clm and "| 12,000 | 10,000 | 1.20x |" in clm
+    assert "GPT-2 cache off: yes" in clm and clm.endswith("| full, 2026-01-02 |")
+    assert "CLS row only" in cls_only and "| 1.30x |" in cls_only and "last-block rows: lm 1, BERT 128" in cls_only
+    assert "every row through the last block" in full and "| 10,700 | 10,000 | 1.07x |" in full
+    assert "same logits as the CLS-only form: yes" in full
+    assert "`encode_batch_fast`" in enc and "| 15.0 | 6.00 | 2.50x |" in enc
+    assert "ids identical: **NO**" in enc and enc.endswith("| quick, 2026-01-02 |")  # the flag as computed
+    assert "same tokens: yes" in gen and "| 400 | 100 | 4.00x |" in gen
+    assert "- `encode`: `python benchmarks/x.py --quick` (quick) on 2026-01-02T03:04:05Z, 2 CPUs (Test CPU)" in table
+
+
+def test_write_replaces_only_the_marked_section(tmp_path):
+    results = tmp_path / "results"
+    for name, figures in SAMPLE.items():
+        record.write_json(results / f"{name}.json", figures)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n\n{report.START}\nold table\n{report.END}\n\nafter\n")
+    new = report.replace_block(readme.read_text(), report.block(report.load(results)))
+    assert new.startswith("# x\n\nbefore\n\n") and new.endswith("\n\nafter\n")
+    assert "old table" not in new and report.render(SAMPLE) in new
+    assert report.readme_block(new) == report.block(SAMPLE)
+    with pytest.raises(SystemExit, match="speed-table"):
+        report.replace_block("# no markers\n", "x")
+
+
+def test_finish_prints_and_saves_the_same_figures_with_the_run(tmp_path, capsys):
+    out = record.finish({"benchmark": "demo", "value": 1.5}, quick=True, results_dir=tmp_path)
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    assert printed == saved == out
+    assert saved["value"] == 1.5 and saved["run"]["mode"] == "quick" and saved["run"]["cpu_count"] >= 1
+    assert {"command", "date", "torch", "python", "platform"} <= set(saved["run"])
+
+
+def test_readme_speed_table_is_the_one_generated_from_the_committed_results():
+    results = report.load()
+    assert {"train_step", "encode", "generate"} <= set(results), "run the benchmarks to write benchmarks/results/"
+    assert report.readme_block((REPO / "README.md").read_text()) == report.block(results), (
+        "README.md's speed table is out of date: run python benchmarks/report.py --write")
+
+
+def test_every_committed_result_says_how_it_was_run():
+    for name, figures in report.load().items():
+        assert figures["benchmark"] == name
+        assert figures["run"]["mode"] in ("full", "quick") and figures["run"]["command"].startswith("python benchmarks/")
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+def test_no_benchmark_reports_a_literal_flag(script):
+    """A reported flag (ids_identical, same_tokens, ...) is computed: no dict literal holds a bare True/False."""
+    tree = ast.parse((BENCH / script).read_text())
+    literal = [(node.lineno, ast.unparse(k)) for node in ast.walk(tree) if isinstance(node, ast.Dict)
+               for k, v in zip(node.keys, node.values) if isinstance(v, ast.Constant) and isinstance(v.value, bool)]
+    assert not literal, f"{script}: literal flags at {literal}"
