@@ -2,18 +2,18 @@
 
 ``merges.txt`` (rank order) and ``special_tokens.json`` (order = id order) define the tokenizer;
 ``vocab.json`` is redundant and is checked against them on load, so a hand-edited or mismatched set of
-files fails loudly instead of silently shifting token ids. Every file is written atomically.
+files fails loudly instead of silently shifting token ids. Every file is written atomically, with the
+normal permissions of the umask, by lm.io.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lm.errors import LmError
+from lm.io import atomic_write_text
 from lm.tokenizer.encoding import Tokenizer
 from lm.tokenizer.hf_export import from_unicode, gpt2_vocab, hf_tokenizer_config, hf_tokenizer_json, to_unicode
 
@@ -25,19 +25,6 @@ VOCAB, MERGES, SPECIAL, HF_JSON, HF_CONFIG = (
     "tokenizer_config.json",
 )
 MERGES_HEADER = "#version: 0.2"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path via a temporary file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json(obj: Any) -> str:
