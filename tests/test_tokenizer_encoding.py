@@ -177,7 +177,7 @@ def test_batch_and_stream_equal_single(tok: Tokenizer) -> None:
     single = [tok.encode(t) for t in texts]
     assert tok.encode_batch(texts) == single
     assert tok.encode_batch(texts, num_threads=1) == single
-    assert list(tok.encode_stream(iter(texts), batch_size=4)) == single
+    assert list(tok.encode_documents(iter(texts), batch_size=4)) == single
     special = [tok.encode(t, allowed_special="all") for t in TRICKY]
     assert tok.encode_batch(TRICKY, allowed_special="all") == special
 
@@ -195,7 +195,7 @@ def test_threaded_batch_equals_single(tok: Tokenizer, monkeypatch: pytest.Monkey
 
 def test_stream_is_lazy(tok: Tokenizer) -> None:
     endless = (f"text number {i}" for i in itertools.count())
-    first = list(itertools.islice(tok.encode_stream(endless, batch_size=8), 3))
+    first = list(itertools.islice(tok.encode_documents(endless, batch_size=8), 3))
     assert first == [tok.encode(f"text number {i}") for i in range(3)]
 
 

@@ -21,7 +21,7 @@ class _Encoder(Protocol):
     cls_id: int
     pad_id: int
 
-    def encode_stream(self, texts: Iterable[str], *, disallowed: str) -> Iterator[list[int]]: ...
+    def encode_documents(self, texts: Iterable[str], *, disallowed: str) -> Iterator[list[int]]: ...
 
 
 def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, out_dir: Path) -> dict:
@@ -33,7 +33,7 @@ def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, 
     n_truncated = 0
     n_tokens = 0
     i = -1
-    for i, ids in enumerate(tok.encode_stream(texts, disallowed="as_text")):
+    for i, ids in enumerate(tok.encode_documents(texts, disallowed="as_text")):
         row = [tok.cls_id, *ids]
         n_tokens += len(ids)
         if len(row) > max_len:
@@ -63,7 +63,7 @@ def encode_stream(texts: Iterable[str], n_docs: int, tok: _Encoder, out_dir: Pat
     buffer: list[int] = []
     total = 0
     with open(out_dir / "tokens.bin", "wb") as fh:
-        for i, ids in enumerate(tok.encode_stream(texts, disallowed="as_text")):
+        for i, ids in enumerate(tok.encode_documents(texts, disallowed="as_text")):
             buffer.extend(ids)
             buffer.append(tok.eot_id)
             total += len(ids) + 1

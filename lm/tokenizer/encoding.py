@@ -19,6 +19,13 @@ ordinary bytes they are, e.g. to tokenize user text that merely mentions ``<|end
     tok.encode("a<|endoftext|>b")                          # LmError: text contains special token ...
     tok.encode("a<|endoftext|>b", allowed_special="all")   # [97, eot_id, 98]
     tok.encode("a<|endoftext|>b", disallowed="as_text")    # [97, 27, 91, ...]: plain bytes
+
+Many texts and one long text. ``encode_batch`` / ``encode_documents`` encode each text on its own (one id
+list per document); ``encode_stream`` / ``encode_file`` take ONE text in pieces (lines, blocks) and give
+exactly the ids of ``encode`` on the whole text, whatever the pieces::
+
+    sum(tok.encode_stream(["x\\n", "\\n", "\\n", "y"]), []) == tok.encode("x\\n\\n\\ny")   # True
+    [tok.encode(line) for line in ["x\\n", "\\n", "\\n", "y"]]             # other ids: 3 x "\\n"
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import Any, Literal
 import tiktoken
 
 from lm.errors import LmError
-from lm.tokenizer.pretokenize import GPT2_PATTERN, special_splitter
+from lm.tokenizer.pretokenize import GPT2_PATTERN, special_splitter, stream_cuts
 
 Merge = tuple[bytes, bytes]
 AllowedSpecial = Literal["all"] | Set[str] | None
@@ -229,7 +236,7 @@ class Tokenizer:
             parts = pool.map(lambda part: [self._encode_checked(t, allowed) for t in part], slices)
             return [ids for part in parts for ids in part]
 
-    def encode_stream(
+    def encode_documents(
         self,
         texts: Iterable[str],
         *,
@@ -238,12 +245,89 @@ class Tokenizer:
         disallowed: Disallowed = "raise",
         num_threads: int | None = None,
     ) -> Iterator[list[int]]:
-        """Yield the ids of each text in order, encoding `batch_size` texts at a time (bounded memory)."""
+        """Yield `encode` of each document in order, `batch_size` documents at a time (bounded memory).
+
+        Each text is a whole document, encoded on its own; for one text that arrives in pieces (a file's
+        lines or blocks) use `encode_stream`, which does not cut the text where the pieces end.
+        """
         it = iter(texts)
         while batch := list(islice(it, batch_size)):
             yield from self.encode_batch(
                 batch, allowed_special=allowed_special, disallowed=disallowed, num_threads=num_threads
             )
+
+    def encode_stream(
+        self,
+        pieces: Iterable[str],
+        *,
+        chunk_chars: int = THREAD_CHARS,
+        allowed_special: AllowedSpecial = None,
+        disallowed: Disallowed = "raise",
+        num_threads: int | None = None,
+    ) -> Iterator[list[int]]:
+        """Ids of ONE text given as consecutive pieces: joined, they are exactly ``encode("".join(pieces))``.
+
+        Where the pieces end means nothing: the lines ``"x\\n"``, ``"\\n"``, ``"\\n"``, ``"y"`` give the ids of
+        ``"x\\n\\n\\ny"`` (``\\n\\n`` then ``\\n``), not three ``\\n`` tokens. The text is re-cut into parts of
+        about `chunk_chars` characters at points where no later text can change the ids (`stream_cuts`) and
+        each batch of parts is encoded by `encode_batch` on threads, so memory holds about chunk_chars *
+        threads characters plus the longest pre-token. A disallowed special token raises when its batch is
+        reached, after the ids before it were yielded. Pass lines with their line ends (open files with
+        ``newline=""``, or use `encode_file`), or the text is not the file's.
+        """
+        if chunk_chars < 1:
+            raise LmError(f"encode_stream: chunk_chars must be at least 1, got {chunk_chars}")
+        threads = num_threads or min(8, os.cpu_count() or 1)
+        batch_chars = chunk_chars * threads
+        kwargs: dict[str, Any] = {"allowed_special": allowed_special, "disallowed": disallowed}
+        held: list[str] = []
+        filled, due = 0, batch_chars
+        for piece in pieces:
+            if not isinstance(piece, str):
+                raise LmError(f"encode_stream expects str pieces of one text, got {type(piece).__name__}")
+            held.append(piece)
+            filled += len(piece)
+            if filled >= due:
+                text = "".join(held)
+                parts, rest = self._cut(text, chunk_chars)
+                yield from self.encode_batch(parts, num_threads=num_threads, **kwargs)
+                held, filled = [rest], len(rest)
+                due = max(batch_chars, 2 * filled)  # a long uncuttable run: wait for twice as much text
+        text = "".join(held)
+        parts, rest = self._cut(text, chunk_chars)
+        yield from self.encode_batch([*parts, rest], num_threads=num_threads, **kwargs)
+
+    def _cut(self, text: str, chunk_chars: int) -> tuple[list[str], str]:
+        """Text cut into parts that encode as the whole does, and the rest that must wait for more text."""
+        bounds = [0, *stream_cuts(text, chunk_chars, self.special_tokens)]
+        parts = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+        return parts, text[bounds[-1] :]
+
+    def encode_file(
+        self,
+        path: str | Path,
+        *,
+        chunk_chars: int = THREAD_CHARS,
+        allowed_special: AllowedSpecial = None,
+        disallowed: Disallowed = "raise",
+        num_threads: int | None = None,
+    ) -> Iterator[list[int]]:
+        """Ids of a UTF-8 text file, streamed: exactly `encode` of its text, line ends (CRLF too) as in the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise LmError(f"{path}: file not found")
+        try:
+            with path.open(encoding="utf-8", newline="") as f:  # newline="": keep "\r\n" as it is
+                blocks = iter(lambda: f.read(chunk_chars), "")
+                yield from self.encode_stream(
+                    blocks,
+                    chunk_chars=chunk_chars,
+                    allowed_special=allowed_special,
+                    disallowed=disallowed,
+                    num_threads=num_threads,
+                )
+        except UnicodeDecodeError as err:
+            raise LmError(f"{path}: not valid UTF-8 ({err.reason}); convert the file to UTF-8") from None
 
     # ------------------------------------------------------------------ decoding
 

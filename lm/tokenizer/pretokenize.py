@@ -46,6 +46,13 @@ _PIECE_RE = regex.compile(GPT2_PATTERN)
 _UNIT_RE = re.compile(f"[{_WS_CLASS}]*[^{_WS_CLASS}]+|[{_WS_CLASS}]+")
 # A safe cut point: non-whitespace before, whitespace at the position.
 _SAFE_CUT_RE = re.compile(f"(?<=[^{_WS_CLASS}])[{_WS_CLASS}]")
+# Cut points for streaming (see `stream_cuts`): the safe cut points above, and ASCII letter -> ASCII digit or
+# punctuation, ASCII digit -> ASCII letter or punctuation (ASCII only: its classes are the same in every
+# Unicode version, so tiktoken's regex engine agrees with ours on them).
+_PUNCT = r"!-/:-@\[-`{-~"
+_STREAM_CUT_RE = re.compile(
+    f"(?<=[^{_WS_CLASS}])(?=[{_WS_CLASS}])|(?<=[A-Za-z])(?=[0-9{_PUNCT}])|(?<=[0-9])(?=[A-Za-z{_PUNCT}])"
+)
 
 CHUNK_CHARS = 1 << 20  # characters per unit of work: large enough to amortise IPC, small enough for memory
 
@@ -72,6 +79,35 @@ def safe_cut(text: str, start: int) -> int:
     """The first safe cut point at or after `start` (see module docstring), or len(text) if none."""
     m = _SAFE_CUT_RE.search(text, max(start, 1))
     return m.start() if m else len(text)
+
+
+def stream_cuts(text: str, size: int, special_tokens: Sequence[str] = ()) -> list[int]:
+    """Positions about `size` apart where text can be cut without changing its token ids, whatever follows it.
+
+    Streaming encodes a text in parts, so a cut must fall where the GPT-2 pattern has a match boundary that
+    no later text can move: a safe cut point (module docstring), or a letter followed by a digit or
+    punctuation, or a digit followed by a letter or punctuation (every alternative that matches a letter
+    or digit stops before the other classes; a contraction like ``'ll`` ends at a letter). No cut falls
+    inside an occurrence of a special token, nor so close to the end that a special token completed by
+    the next text could span it. Whitespace runs are never cut (``\\s+(?!\\S)`` looks past them), so memory
+    grows with the longest stretch without a cut point (a whitespace run, a word and its punctuation), not
+    with the text.
+    """
+    longest = max((len(s) for s in special_tokens), default=0)
+    end = len(text) - longest  # stop short of the end: text still to come may complete a special token
+    cuts: list[int] = []
+    pos = size
+    while pos < end:
+        m = _STREAM_CUT_RE.search(text, pos, end)
+        if m is None:
+            break
+        p = m.start()
+        if any(text.find(s, max(0, p - len(s) + 1), p + len(s) - 1) >= 0 for s in special_tokens):
+            pos = p + 1  # inside a special token
+            continue
+        cuts.append(p)
+        pos = p + size
+    return cuts
 
 
 def cut_pieces(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
