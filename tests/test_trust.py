@@ -164,3 +164,17 @@ def test_split_that_leaves_val_or_test_empty_stops_with_one_line(tmp_path, monke
     assert result.exit_code != 0
     assert "leave val and test empty" in result.output and "split.val_fraction" in result.output
     assert not (tmp_path / "data/split").exists()
+
+
+def test_stage_output_directories_get_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    from lm.io import atomic_dir
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "x").write_text("1")
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    assert os.access(tmp_path / "out" / "x", os.R_OK)
