@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lm.config import Params
-from lm.io import atomic_dir, atomic_write_json, require
+from lm.io import atomic_dir, require
 from lm.paths import ENCODED, RAW, TOKENIZER
 
 
@@ -20,6 +20,7 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
     from rich.console import Console
 
     from lm.data.encode_corpus import encode_rows, encode_stream
+    from lm.data.encoded import Encoded
     from lm.progress import counted, progress
     from lm.tokenizer import Tokenizer
 
@@ -35,19 +36,10 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
             info = encode_stream(texts, n_docs, tok, tmp)
         else:
             info = encode_rows(texts, n_docs, tok, max_len, tmp)
-        targets = pd.read_parquet(corpus, columns=["target"])["target"]
-        np.save(tmp / "targets.npy", targets.to_numpy(dtype=np.float32, na_value=np.nan))
-        meta = {
-            "task": params.task,
-            "layout": "rows" if params.task == "classify" else "stream",
-            **info,
-            "n_docs": n_docs,
-            "max_len": max_len,
-            "vocab_size": tok.vocab_size,
-            "special_ids": tok.special_ids,
-            "tokenizer_hash": tok.hash,
-        }
-        atomic_write_json(tmp / "meta.json", meta)
+        targets = pd.read_parquet(corpus, columns=["target"])["target"].to_numpy(dtype=np.float32, na_value=np.nan)
+        Encoded.write_meta(tmp, task=params.task, layout=info, n_docs=n_docs, max_len=max_len,
+                           vocab_size=tok.vocab_size, special_ids=tok.special_ids, tokenizer_hash=tok.hash,
+                           targets=targets)
     Console(stderr=True).print(
         f"encode: {n_docs} documents, {info['n_tokens']} tokens ({info['dtype']}, "
         f"{info.get('n_truncated', 0)} truncated at {max_len}) -> {out_dir}"

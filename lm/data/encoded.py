@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lm.errors import LmError
-from lm.io import read_json, require
+from lm.io import atomic_write_json, read_json, require
 
 PRODUCER = "lm encode"
 
@@ -61,6 +61,18 @@ class Encoded:
     @property
     def pad_id(self) -> int:
         return int(self.meta["special_ids"]["<|pad|>"])
+
+    @staticmethod
+    def write_meta(root: str | Path, *, task: str, layout: dict, n_docs: int, max_len: int, vocab_size: int,
+                   special_ids: dict[str, int], tokenizer_hash: str, targets: np.ndarray) -> None:
+        """Write meta.json and targets.npy beside the token files that `layout` describes (dtype, shape,
+        counts from encode_rows / encode_stream): the one place that writes what `open` reads."""
+        root = Path(root)
+        np.save(root / "targets.npy", np.asarray(targets, dtype=np.float32))
+        atomic_write_json(root / "meta.json", {
+            "task": task, "layout": "rows" if task == "classify" else "stream", **layout, "n_docs": n_docs,
+            "max_len": max_len, "vocab_size": vocab_size, "special_ids": special_ids, "tokenizer_hash": tokenizer_hash,
+        })
 
     @classmethod
     def open(cls, root: str | Path) -> Encoded:
