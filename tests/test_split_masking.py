@@ -72,6 +72,43 @@ def test_bert_masking_rates_and_special_tokens():
     assert chosen.any(dim=1).all()  # every row has a target
 
 
+def test_random_replacements_are_uniform_over_ordinary_ids_and_independent():
+    """The 10% random replacements: every ordinary id (0..59) equally likely, no special id, and the id drawn
+    independently of the select/action draws, of the original token and of the position. Seen from outside:
+    a replaced position is one that is neither <|mask|> nor its original token, and over all of them (originals
+    uniform) each ordinary id is hit equally often. Deterministic (hash draws), so fixed thresholds are safe."""
+    from scipy.stats import chi2, chi2_contingency
+
+    B, L = 6000, 64
+    ids = torch.randint(0, 60, (B, L), generator=torch.Generator().manual_seed(5))
+    ids[:, 0] = 62  # cls
+    mask = torch.ones(B, L, dtype=torch.bool)
+    corrupted, labels = _masks(ids, mask, np.arange(B), epoch=0)
+    chosen = labels != IGNORE_INDEX
+    replaced = chosen & (corrupted != 63) & (corrupted != ids)
+    n = int(replaced.sum())
+    assert n == pytest.approx(chosen.sum().item() * 0.1 * 59 / 60, rel=0.05)
+    new = corrupted[replaced]
+    counts = torch.bincount(new, minlength=64).numpy()
+    assert counts[60:].sum() == 0  # never a special id
+    counts = counts[:60]
+    # a replacement is uniform over the 59 ids other than the original: with uniform originals, 1/60 each
+    expected = n / 60
+    assert ((counts - expected) ** 2 / expected).sum() < chi2.ppf(0.999, 59)
+    assert counts.min() > 0.6 * expected
+    # independent of the position: the id's decile does not depend on where the token sits
+    decile = (new // 6).numpy()
+    table = np.zeros((10, 8))
+    np.add.at(table, (decile, (replaced.nonzero()[:, 1] * 8 // L).numpy()), 1)
+    assert chi2_contingency(table).pvalue > 0.001
+    # and of the original token: given original o, each of the 59 other ids has probability 1/59
+    orig = (ids[replaced] // 6).numpy()
+    table = np.zeros((10, 10))
+    np.add.at(table, (decile, orig), 1)
+    expected = table.sum(axis=0)[None, :] * (6 - np.eye(10)) / 59  # (replacement decile, original decile)
+    assert ((table - expected) ** 2 / expected).sum() < chi2.ppf(0.999, 90)
+
+
 def test_masks_are_a_function_of_seed_epoch_row_not_of_batching():
     """What makes 2 DDP processes and accumulated micro-batches mask exactly like one big batch."""
     ids, mask, lengths = _rows_batch(B=24)
