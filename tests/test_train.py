@@ -6,6 +6,7 @@ and DDP versions are in test_train_resume.py and test_ddp.py)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,55 @@ def test_clipping_sees_the_whole_accumulated_gradient(tmp_path, task):
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         expected = before[name] - (q.grad * (clip / g_norm) if q.grad is not None else 0)
         assert torch.allclose(p.detach(), expected, atol=1e-6), name
+
+
+@dataclass(frozen=True)
+class SimulatedRank(Dist):
+    """One rank of a simulated DDP group in this process: all_reduce_sum adds what the other ranks hold."""
+
+    others: tuple[float, ...] = ()
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        return [v + o for v, o in zip(values, self.others, strict=True)]
+
+
+@pytest.mark.parametrize("task", ["classify", "mlm"])
+@pytest.mark.parametrize("world, accum", [(1, 4), (2, 2), (4, 1), (2, 1)])
+def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradient(tmp_path, task, world, accum):
+    """Plain SGD(lr=1) shows the gradient's scale (Adam would hide it): the update of each simulated rank is its
+    gradient, and DDP averages the ranks' gradients. That average must be the gradient of the mean loss over
+    the whole global batch of 8, whatever its split into ranks x micro-batches (mlm: ranks hold different
+    numbers of masked tokens, so each normalises by the global count, times world for DDP's averaging)."""
+    root = _data(tmp_path, task)
+    params = _params(task)
+    objective, (full,) = _micro_batches(root, params, batch=8, accum=1)
+    ref = _model(params)
+    (objective.loss_sum(ref, full) / full["count"]).backward()
+
+    enc = Encoded.open(root / "data/encoded")
+    items = loop.make_items(enc, np.load(root / "data/split/train.npy"), task, enc.max_len)
+    per_rank = [[objective.prepare(b, train=True, epoch=0) for b in TrainStream(
+        items, seed=params.seed, batch_size=8 // (world * accum), grad_accum_steps=accum, rank=r, world_size=world,
+    ).micro_batches(0, 0)] for r in range(world)]
+    counts = [float(sum(b["count"] for b in micro)) for micro in per_rank]
+    assert sum(counts) == full["count"]
+    if task == "mlm" and world > 1:
+        assert len(set(counts)) > 1  # the ranks' shares differ: a per-rank mean would be wrong
+    updates = []
+    for r, micro in enumerate(per_rank):
+        model = _model(params)
+        before = [p.detach().clone() for p in model.parameters()]
+        d = SimulatedRank(rank=r, world_size=world, local_rank=r, device=torch.device("cpu"),
+                          others=(sum(counts) - counts[r],))
+        loop.optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, d=d,
+                            optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+                            scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=None, amp="none")
+        updates.append([b - p.detach() for b, p in zip(before, model.parameters())])
+    for i, q in enumerate(ref.parameters()):
+        ddp_average = sum(u[i] for u in updates) / world
+        expected = q.grad if q.grad is not None else torch.zeros_like(q)
+        assert torch.allclose(ddp_average, expected, atol=1e-6, rtol=1e-5), f"parameter {i}: max diff {(ddp_average - expected).abs().max()}"
+    assert max(float(q.grad.abs().max()) for q in ref.parameters() if q.grad is not None) > 1e-3  # not vacuous
 
 
 def test_no_sync_on_all_micro_steps_but_the_last(tmp_path):
