@@ -1,14 +1,25 @@
-"""Shared fixtures: tiny params, synthetic encoded data, and where ../shared/data lives."""
+"""Shared fixtures: tiny params, synthetic encoded data, and where ../shared/data lives.
+
+Seeded randomness everywhere: every test starts from the same global RNG states (`random`, numpy, torch),
+and Hypothesis runs derandomized (the "ci" profile, the default: the same examples on every run, so a
+failure reproduces); `HYPOTHESIS_PROFILE=explore` searches with fresh random examples instead.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, deadline=None, database=None, print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -74,6 +85,16 @@ def write_fake_encoded(root: Path, task: str, n_docs: int = 64, max_len: int = 1
     tok = root / "data" / "tokenizer"
     tok.mkdir(parents=True)
     (tok / "special_tokens.json").write_text(json.dumps(SPECIALS))
+
+
+@pytest.fixture(autouse=True)
+def _seeded_rngs():
+    """The same global RNG states at the start of every test, whatever ran before it."""
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="module")
