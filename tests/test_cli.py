@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -19,14 +18,13 @@ COMMANDS = ["download", "tokenize", "encode", "split", "train", "eval", "viz", "
 STAGES = ["download", "tokenize", "encode", "split", "train", "eval", "viz"]
 
 
-def test_help_lists_every_command_and_is_fast():
-    started = time.perf_counter()
+def test_help_lists_every_command_and_imports_nothing_heavy():
+    """`lm --help` stays fast because importing lm.cli imports none of the heavy libraries (checked as a
+    behaviour, not with a wall-clock limit that a loaded machine would break)."""
     proc = subprocess.run([sys.executable, "-m", "lm.cli", "--help"], capture_output=True, text=True, env=subprocess_env())
-    elapsed = time.perf_counter() - started
     assert proc.returncode == 0
     for command in COMMANDS:
         assert command in proc.stdout
-    assert elapsed < 5  # generous for a loaded CI machine; the import check below is the real guarantee
     probe = "import sys, lm.cli; heavy = [m for m in ('torch', 'pandas', 'numpy', 'pydantic', 'dvc') if m in sys.modules]; print(heavy)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env())
     assert out.stdout.strip() == "[]"
@@ -145,4 +143,8 @@ def test_bench_prints_one_json_line_of_throughput(tmp_path, task):
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert figures["task"] == task and figures["steps"] == 2 and figures["tokens_per_s"] > 0
-    assert figures["tokens_per_s"] == pytest.approx(2 * figures["batch"] * figures["seq_len"] / figures["seconds"], rel=0.1)  # seconds is rounded to ms
+    # tokens_per_s is tokens / the unrounded seconds, which lie within 0.5 ms of the printed ones (no timing
+    # tolerance: a short run's seconds may round to a few ms, so only the rounding interval is exact)
+    tokens, seconds, rate = 2 * figures["batch"] * figures["seq_len"], figures["seconds"], figures["tokens_per_s"]
+    assert rate >= tokens / (seconds + 0.0005) - 0.05
+    assert seconds <= 0.0005 or rate <= tokens / (seconds - 0.0005) + 0.05

@@ -99,6 +99,7 @@ def test_bad_arguments_raise_lm_error():
         generate_corpus(0, seed=0, identities=[])
 
 
+@pytest.mark.slow  # a wall-clock budget: kept out of the fast suite, where a loaded machine would break it
 def test_generation_speed():
     t0 = time.perf_counter()
     generate_corpus(6000, seed=0, identities=list(DEFAULT_IDENTITIES))
