@@ -560,7 +560,7 @@ def test_slay_tensorsketch_is_unbiased_over_hash_draws():
 
 
 def hadamard_closed_form(s, x):
-    """E[f(a) f(b)], f(p) = p^2 e^{sqrt(2s) p - s}, (a, b) standard normal with correlation x (ATTENTION.md 3.10)."""
+    """E[f(a) f(b)], f(p) = p^2 e^{sqrt(2s) p - s}, (a, b) standard normal with correlation x (docs/attention.md §3.10)."""
     return torch.exp(2 * s * x) * ((1 + 2 * s * (1 + x) ** 2) ** 2 + 2 * x**2 + 8 * s * x * (1 + x) ** 2)
 
 
