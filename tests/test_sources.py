@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from lm.config import DEFAULT_IDENTITIES, DataConfig
-from lm.data.embedded import generate_corpus
+from lm.data.synthetic import generate_corpus
 from lm.data.sources import CorpusStats, load_corpus
 from lm.errors import LmError
 

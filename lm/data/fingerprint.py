@@ -15,7 +15,7 @@ from typing import Any
 
 from lm.config import DataConfig
 
-CODE = ("stages/download.py", "lm/data/sources.py", "lm/data/embedded.py", "lm/data/text_encoding.py", "lm/data/fingerprint.py")
+CODE = ("stages/download.py", "lm/data/sources.py", "lm/data/synthetic.py", "lm/data/text_encoding.py", "lm/data/fingerprint.py")
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lm.config import DataConfig
-from lm.data.embedded import BIASED_IDENTITIES, SUPPORTED_IDENTITIES, generate_corpus
+from lm.data.synthetic import BIASED_IDENTITIES, SUPPORTED_IDENTITIES, generate_corpus
 from lm.data.text_encoding import text_encoding
 from lm.errors import LmError
 
@@ -108,7 +108,7 @@ def _read_embedded(cfg: DataConfig, seed: int) -> _Raw:
     known = [c for c in cfg.identity_columns if c in SUPPORTED_IDENTITIES]
     missing = [c for c in cfg.identity_columns if c not in SUPPORTED_IDENTITIES]
     frame = generate_corpus(n, seed, known)
-    details = {"generator": "lm.data.embedded", "seed": seed, "n_rows": n,
+    details = {"generator": "lm.data.synthetic", "seed": seed, "n_rows": n,
                "biased_identities": list(BIASED_IDENTITIES)}
     return _Raw(frame, "embedded corpus", "embedded", "text", "target", "id", known, missing,
                 synthetic=True, details=details)

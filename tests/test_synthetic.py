@@ -20,8 +20,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict, train_test_split
 
 from lm.config import DEFAULT_IDENTITIES
-from lm.data import embedded as emb
-from lm.data.embedded import BIASED_IDENTITIES, IDENTITIES, SUPPORTED_IDENTITIES, generate_corpus
+from lm.data import synthetic as emb
+from lm.data.synthetic import BIASED_IDENTITIES, IDENTITIES, SUPPORTED_IDENTITIES, generate_corpus
 from lm.errors import LmError
 
 UNBIASED = [c for c in SUPPORTED_IDENTITIES if c not in BIASED_IDENTITIES]
