@@ -1,52 +1,27 @@
 """Typed configuration for every section of params.yaml.
 
 params.yaml is validated once, at the edge (the CLI), into these pydantic models; the library receives the
-models and never indexes raw dicts. Unknown keys, wrong types and impossible combinations are rejected here
-with the offending key named, so a bad experiment fails in a second instead of an hour into training.
+models, not raw dicts (`model.attention_options` reaches the model as its kind's typed options, declared in
+lm.attention_kinds). Unknown keys, wrong types and impossible combinations are rejected here with the
+offending key named, so a bad experiment fails in a second instead of an hour into training. Validating
+imports no torch and no model code.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Task = Literal["classify", "mlm", "clm"]
+from lm.attention_kinds import KINDS, AttentionKind, resolve_attention_options
+from lm.errors import LmError
+from lm.special_tokens import SPECIAL_TOKENS
 
-ATTENTION_KINDS: tuple[str, ...] = (
-    "standard",
-    "rotary",
-    "linear",
-    "performer",
-    "cosformer",
-    "rff",
-    "yat",
-    "yat-spherical",
-    "slay",
-    "slay-tensor",
-    "slay-laplace",
-    "slay-rm",
-    "slay-nystrom",
-    "slay-anchor",
-)
-AttentionKind = Literal[
-    "standard",
-    "rotary",
-    "linear",
-    "performer",
-    "cosformer",
-    "rff",
-    "yat",
-    "yat-spherical",
-    "slay",
-    "slay-tensor",
-    "slay-laplace",
-    "slay-rm",
-    "slay-nystrom",
-    "slay-anchor",
-]
+Task = Literal["classify", "mlm", "clm"]
+TASKS: tuple[str, ...] = get_args(Task)
+ATTENTION_KINDS: tuple[str, ...] = tuple(KINDS)  # declared in lm.attention_kinds with their options
 
 DEFAULT_IDENTITIES = [
     "male",
@@ -91,14 +66,13 @@ class TokenizerConfig(Section):
     """Byte-level BPE trained by lm's own trainer."""
 
     vocab_size: int = Field(2048, ge=260, le=200_000)
-    special_tokens: list[str] = Field(default_factory=lambda: ["<|endoftext|>", "<|pad|>", "<|cls|>", "<|mask|>"])
+    special_tokens: list[str] = Field(default_factory=lambda: list(SPECIAL_TOKENS))
     max_train_bytes: int | None = Field(None, ge=1, description="train on at most this many bytes of the corpus")
     workers: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _specials(self) -> TokenizerConfig:
-        required = {"<|endoftext|>", "<|pad|>", "<|cls|>", "<|mask|>"}
-        missing = required - set(self.special_tokens)
+        missing = set(SPECIAL_TOKENS) - set(self.special_tokens)
         if missing:
             raise ValueError(f"tokenizer.special_tokens must include {sorted(missing)}")
         if len(set(self.special_tokens)) != len(self.special_tokens):
@@ -151,16 +125,12 @@ class ModelConfig(Section):
         if self.d_model % self.n_heads:
             raise ValueError(f"model.n_heads ({self.n_heads}) must divide model.d_model ({self.d_model})")
         head_dim = self.d_model // self.n_heads
-        uses_rope = self.attention == "rotary" or bool(self.attention_options.get("use_rope", False))
-        if uses_rope and head_dim % 2:
-            raise ValueError(f"model.attention={self.attention} with RoPE needs an even head dim, got {head_dim}")
-        from lm.errors import LmError
-        from lm.model.attention.registry import validate_attention_options
-
         try:
-            validate_attention_options(self.attention, self.attention_options)
+            attention = resolve_attention_options(self.attention, self.attention_options)
         except LmError as err:
             raise ValueError(str(err)) from None
+        if attention.use_rope and head_dim % 2:
+            raise ValueError(f"model.attention={self.attention} with RoPE needs an even head dim, got {head_dim}")
         return self
 
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm.config import ATTENTION_KINDS
+from lm.attention_kinds import KINDS as KIND_SPECS
+from lm.attention_kinds import resolve_attention_options
+from lm.config import ATTENTION_KINDS, ModelConfig
 from lm.errors import LmError
 from lm.model.attention import attention_class, attention_kinds, validate_attention_options
 from lm.model.attention.base import (
@@ -21,6 +23,7 @@ from lm.model.attention.base import (
     linear_causal_cumsum,
     linear_quadratic,
 )
+from lm.model import build_model
 from lm.model.attention.slay import SlayLaplaceAttention, laguerre_nodes
 from lm.model.positions import RotaryEmbedding
 
@@ -78,6 +81,50 @@ def test_options_are_validated_per_kind():
         validate_attention_options("rotary", {"use_rope": False})
     with pytest.raises(LmError, match=r"model\.attention_options\.use_rope: must be true or false"):
         validate_attention_options("linear", {"use_rope": "yes"})
+
+
+def test_options_keep_their_messages_and_defaults():
+    with pytest.raises(LmError, match=r"^model\.attention_options\.eps: must be > 0\.0 for attention 'linear' \(got 0\)$"):
+        validate_attention_options("linear", {"eps": 0})
+    with pytest.raises(LmError, match=r"^model\.attention_options\.kernel: must be one of relu, softmax for attention"):
+        validate_attention_options("performer", {"kernel": "tanh"})
+    with pytest.raises(LmError, match=r"num_features: must be an integer .*\(got 3\.0\)"):
+        validate_attention_options("slay", {"num_features": 3.0})
+    with pytest.raises(LmError, match=r"nystrom_reg: must be >= 0\.0"):
+        validate_attention_options("slay-nystrom", {"nystrom_reg": -1})
+    with pytest.raises(LmError, match=r"^model\.attention_options\.bad: unknown option .*\(allowed: chunk_size, eps,"):
+        validate_attention_options("linear", {"bad": 1, "chunk_size": 0})  # the first bad key as written
+    with pytest.raises(LmError, match=r"^model\.attention_options\.chunk_size: must be >= 1"):
+        validate_attention_options("linear", {"chunk_size": 0, "bad": 1})
+    with pytest.raises(LmError, match=r"^model\.attention: unknown kind 'nope'"):
+        attention_class("nope")
+    assert resolve_attention_options("slay", {}).num_features == 32  # slay's own default over SlayOptions' 8
+    assert resolve_attention_options("slay-anchor", {}).num_features == 8
+    assert resolve_attention_options("rotary", {}).use_rope and not resolve_attention_options("standard", {}).use_rope
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_names_its_class_and_the_class_its_kind(kind):
+    layer = make(kind)
+    assert type(layer) is attention_class(kind) and layer.kind == kind
+    assert isinstance(layer.opts, KIND_SPECS[kind].options)
+
+
+@pytest.mark.parametrize("kind", ["standard", "performer", "slay-nystrom"])
+def test_options_are_validated_once_per_model_build(kind, monkeypatch):
+    cfg = ModelConfig(d_model=E, n_heads=H, d_ff=32, n_layers=3, attention=kind)
+    options_model = KIND_SPECS[kind].options
+    validate = options_model.model_validate
+    calls = []
+
+    def counted(obj, *args, **kwargs):
+        calls.append(obj)
+        return validate(obj, *args, **kwargs)
+
+    monkeypatch.setattr(options_model, "model_validate", counted)
+    model = build_model(cfg, task="clm", vocab_size=40, max_len=MAXLEN, pad_id=1)
+    assert len(calls) == 1  # not once per layer (it was 2 + 2 * n_layers)
+    assert len({id(block.attn.opts) for block in model.trunk.blocks}) == 1
 
 
 def test_bias_switch_covers_qkv_and_output_projection():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lm.attention_kinds import AttentionOptions
 from lm.config import ModelConfig
 from lm.model.attention import build_attention
 from lm.model.attention.base import ExactState, LinearState
@@ -15,11 +16,20 @@ from lm.model.norms import make_norm
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, *, max_len: int, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        max_len: int,
+        generator: torch.Generator,
+        attention_options: AttentionOptions | None = None,
+    ) -> None:
+        """attention_options: `cfg.attention_options` already resolved (the trunk resolves them once for all
+        its blocks); None resolves them here."""
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.norm1 = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
-        self.attn = build_attention(cfg, max_len=max_len, generator=generator)
+        self.attn = build_attention(cfg, max_len=max_len, generator=generator, options=attention_options)
         self.norm2 = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.drop = Dropout(cfg.dropout)

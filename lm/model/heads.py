@@ -15,21 +15,15 @@ embeddings never has one (GPT-2's convention), so the bias follows `bias and not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 
-from lm.config import ModelConfig
+from lm.config import TASKS, ModelConfig, Task
 from lm.data.masking import IGNORE_INDEX
 from lm.errors import LmError
-from lm.model.attention.registry import validate_attention_options
 from lm.model.dropout import Dropout
 from lm.model.lm_loss import linear_cross_entropy_sum
 from lm.model.transformer import KVCache, Transformer
-
-Task = Literal["classify", "mlm", "clm"]
-
 
 @dataclass
 class ModelOutput:
@@ -156,12 +150,11 @@ def build_model(
     """The model for `task`. Parameters and random attention buffers are fully determined by `seed`
     (the global RNG is left untouched)."""
     if task not in _MODELS:
-        raise LmError(f"task: unknown task {task!r} (choose classify, mlm or clm)")
+        raise LmError(f"task: unknown task {task!r} (choose {', '.join(TASKS[:-1])} or {TASKS[-1]})")
     if vocab_size < 1 or max_len < 1:
         raise LmError(f"vocab_size ({vocab_size}) and max_len ({max_len}) must be positive")
     if not 0 <= pad_id < vocab_size:
         raise LmError(f"pad_id {pad_id} is outside the vocabulary of {vocab_size} tokens")
-    validate_attention_options(cfg.attention, cfg.attention_options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _MODELS[task](cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, seed=seed)

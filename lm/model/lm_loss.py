@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from lm.data.masking import IGNORE_INDEX
 from lm.model.precision import at_least_fp32
 
 
@@ -86,7 +87,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy_sum(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, ignore_index: int = -100
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
     """sum_i CE(hidden_i @ weight^T + bias, targets_i) over rows whose target is not `ignore_index`.
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lm.attention_kinds import resolve_attention_options
 from lm.config import ModelConfig
 from lm.errors import LmError
 from lm.model.attention.base import ExactState, LinearState
@@ -49,7 +50,10 @@ class Transformer(nn.Module):
         self.drop = Dropout(cfg.dropout)
         # random feature buffers of every layer come from this generator, drawn once, in layer order
         generator = torch.Generator().manual_seed(int(seed) + 0x5EED)
-        self.blocks = nn.ModuleList(Block(cfg, max_len=max_len, generator=generator) for _ in range(cfg.n_layers))
+        attention = resolve_attention_options(cfg.attention, cfg.attention_options)  # once, for every block
+        self.blocks = nn.ModuleList(
+            Block(cfg, max_len=max_len, generator=generator, attention_options=attention) for _ in range(cfg.n_layers)
+        )
         self.final_norm = (
             make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.norm_position == "pre" else nn.Identity()
         )

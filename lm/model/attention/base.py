@@ -5,7 +5,7 @@ output projection; and the two cores every kind is built from.
 * Linear (feature-map) core (Katharopoulos et al. 2020): out_i = phi(q_i)^T S / stab(phi(q_i)^T z) with
   S = sum_j phi(k_j) v_j^T and z = sum_j phi(k_j) -- global sums (bidirectional) or prefix sums (causal).
 
-Masking (ATTENTION.md 1.3): the exact core fills disallowed scores with finfo.min (softmax) or 0 (kernel);
+Masking (docs/attention.md §1.3): the exact core fills disallowed scores with finfo.min (softmax) or 0 (kernel);
 the linear core zeroes phi(k_j) and v_j of padded keys before the sums. Cores run with autocast off in the
 model's compute dtype (lm.model.precision): float32 for half-precision q, k, v (as under autocast), float64
 for a float64 model; kinds cast their buffers to the dtype of q and k at use (`model.half()` rounds them).
@@ -14,14 +14,15 @@ Incremental decoding carries an `ExactState` (past k, v, key mask) or a `LinearS
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lm.attention_kinds import AttentionOptions, kind_of, resolve_attention_options
 from lm.errors import LmError
-from lm.model.attention.registry import Option, boolean, integer, number, resolve_attention_options
 from lm.model.dropout import Dropout
 from lm.model.positions import RotaryEmbedding
 from lm.model.precision import at_least_fp32
@@ -52,25 +53,13 @@ class AttentionResult:
 
 
 class Attention(nn.Module):
-    """Base of every kind. Subclasses implement `core` (usually through ExactAttention/LinearAttention)."""
+    """Base of every kind. Subclasses implement `core` (usually through ExactAttention/LinearAttention).
+    `self.opts` holds the kind's typed options (lm.attention_kinds: declared there with the list of kinds)."""
 
-    kind: ClassVar[str] = "base"
-    options: ClassVar[dict[str, Option]] = {
-        "use_rope": Option(False, boolean(), "apply RoPE to q and k before the score / feature map"),
-        "rope_theta": Option(10000.0, number(1.0), "RoPE base"),
-    }
-
-    @classmethod
-    def option_spec(cls) -> dict[str, Option]:
-        """Options of this kind: the union of the `options` dicts along the class hierarchy."""
-        spec: dict[str, Option] = {}
-        for klass in reversed(cls.__mro__):
-            spec.update(vars(klass).get("options", {}))
-        return spec
-
-    @classmethod
-    def check_combination(cls, options: dict[str, Any]) -> None:
-        """Reject option combinations that are individually valid but impossible together."""
+    @property
+    def kind(self) -> str:
+        """This class's `model.attention` name (lm.attention_kinds.KINDS)."""
+        return kind_of(f"{type(self).__module__.removeprefix('lm.model.attention.')}.{type(self).__qualname__}")
 
     def __init__(
         self,
@@ -80,19 +69,20 @@ class Attention(nn.Module):
         bias: bool = True,
         attention_dropout: float = 0.0,
         max_len: int = 512,
-        options: dict[str, Any] | None = None,
+        options: AttentionOptions | Mapping[str, Any] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise LmError(f"model.n_heads ({n_heads}) must divide model.d_model ({d_model})")
-        self.opts = resolve_attention_options(self.kind, options) if self.kind != "base" else dict(options or {})
+        # options come resolved from the model build; a dict (a layer built on its own) is validated here
+        self.opts = options if isinstance(options, AttentionOptions) else resolve_attention_options(self.kind, options)
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.max_len = max_len
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # fused q, k, v (in that order)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
         self.attn_drop = Dropout(attention_dropout)
-        self.rope = RotaryEmbedding(self.head_dim, self.opts["rope_theta"]) if self.opts["use_rope"] else None
+        self.rope = RotaryEmbedding(self.head_dim, self.opts.rope_theta) if self.opts.use_rope else None
         self.init_buffers(generator if generator is not None else torch.Generator().manual_seed(0))
 
     def init_buffers(self, generator: torch.Generator) -> None:
@@ -251,10 +241,6 @@ class LinearAttention(Attention):
     """Feature-map core; subclasses define `features`. `stabilizer` is 'add' (den + eps) or 'clamp'."""
 
     stabilizer: str = "add"
-    options: ClassVar[dict[str, Option]] = {
-        "eps": Option(1e-4, number(0.0), "denominator stabiliser (added, or a lower clamp for slay kinds)"),
-        "chunk_size": Option(64, integer(1), "causal prefix sums are computed in chunks of this many tokens"),
-    }
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         """u: (B, H, L, d) queries or keys (float32 or float64) at `positions` -> (B, H, L, m) features in u's
@@ -262,7 +248,7 @@ class LinearAttention(Attention):
         raise NotImplementedError
 
     def stabilize(self, den: Tensor) -> Tensor:
-        eps = self.opts["eps"]
+        eps = self.opts.eps
         return den + eps if self.stabilizer == "add" else den.clamp_min(eps)
 
     def core(self, q, k, v, *, key_mask, causal, positions, state, use_cache, return_attention):
@@ -283,7 +269,7 @@ class LinearAttention(Attention):
                 z0 = phi_k.new_zeros(B, H, m)
             else:
                 S0, z0 = state.S, state.z
-            num, den, S, z = linear_causal_chunked(phi_q, phi_k, v, S0, z0, self.opts["chunk_size"])
+            num, den, S, z = linear_causal_chunked(phi_q, phi_k, v, S0, z0, self.opts.chunk_size)
             if use_cache:
                 new_state = LinearState(S=S, z=z)
         out = self.attn_drop(num / self.stabilize(den)[..., None])  # (B, H, L, d)

@@ -9,24 +9,16 @@ max_len (fixed), which makes outputs prefix-consistent and lets the KV cache rep
 from __future__ import annotations
 
 import math
-from typing import ClassVar
-
 import torch
 from torch import Tensor
 
 from lm.model.attention.base import LinearAttention
-from lm.model.attention.registry import Option, integer, optional, register
 
 
-@register("cosformer")
 class CosformerAttention(LinearAttention):
-    options: ClassVar[dict[str, Option]] = {
-        "max_len": Option(None, optional(integer(1)), "M of the re-weighting; default L (bidirectional) / max_len (causal)"),
-    }
-
     def reweight_length(self, positions: Tensor, causal: bool) -> int:
-        if self.opts["max_len"] is not None:
-            return self.opts["max_len"]
+        if self.opts.max_len is not None:
+            return self.opts.max_len
         return self.max_len if causal else positions.numel()
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:

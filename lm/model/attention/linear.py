@@ -9,10 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lm.model.attention.base import LinearAttention
-from lm.model.attention.registry import register
 
 
-@register("linear")
 class EluLinearAttention(LinearAttention):
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         return F.elu(u) + 1.0  # (B, H, L, d), strictly positive

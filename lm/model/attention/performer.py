@@ -12,13 +12,10 @@ q and k at use (the core's compute dtype: float32, or float64 in a float64 model
 from __future__ import annotations
 
 import math
-from typing import ClassVar
-
 import torch
 from torch import Tensor
 
 from lm.model.attention.base import LinearAttention
-from lm.model.attention.registry import Option, boolean, choice, integer, register
 
 
 def gaussian_projection(
@@ -37,25 +34,18 @@ def gaussian_projection(
     return (cols * norms[:, None, :]).float()  # (H, d, m)
 
 
-@register("performer")
 class PerformerAttention(LinearAttention):
-    options: ClassVar[dict[str, Option]] = {
-        "num_features": Option(64, integer(1), "random features m per head"),
-        "kernel": Option("relu", choice("relu", "softmax"), "relu (source) or softmax (FAVOR+)"),
-        "orthogonal": Option(False, boolean(), "block-orthogonal random matrix"),
-    }
-
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
-        H, d, m = self.n_heads, self.head_dim, self.opts["num_features"]
-        w = gaussian_projection(H, d, m, orthogonal=self.opts["orthogonal"], generator=generator)
-        if self.opts["kernel"] == "relu":
+        H, d, m = self.n_heads, self.head_dim, self.opts.num_features
+        w = gaussian_projection(H, d, m, orthogonal=self.opts.orthogonal, generator=generator)
+        if self.opts.kernel == "relu":
             w = w / math.sqrt(d)  # entries N(0, 1/d)
         self.register_buffer("omega", w)  # (H, d, m)
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         omega = self.omega.to(u.dtype)[None]  # (1, H, d, m)
-        if self.opts["kernel"] == "relu":
+        if self.opts.kernel == "relu":
             return torch.relu(u @ omega)  # (B, H, L, m) >= 0
         d, m = u.shape[-1], omega.shape[-1]
         ut = u * d**-0.25

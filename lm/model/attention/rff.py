@@ -8,30 +8,21 @@ E <phi(q), phi(k)> = exp(-|q - k|^2 / 2). Features are signed: the denominator c
 from __future__ import annotations
 
 import math
-from typing import ClassVar
-
 import torch
 from torch import Tensor
 
 from lm.model.attention.base import LinearAttention
-from lm.model.attention.registry import Option, integer, number, register
 
 
-@register("rff")
 class RffAttention(LinearAttention):
-    options: ClassVar[dict[str, Option]] = {
-        "num_features": Option(64, integer(1), "random features m per head"),
-        "input_scale": Option(1.0, number(0.0), "q and k are multiplied by this before the feature map"),
-    }
-
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
-        H, d, m = self.n_heads, self.head_dim, self.opts["num_features"]
+        H, d, m = self.n_heads, self.head_dim, self.opts.num_features
         self.register_buffer("omega", torch.randn(H, d, m, generator=generator))  # (H, d, m)
         self.register_buffer("phase", 2 * math.pi * torch.rand(H, m, generator=generator))  # (H, m)
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         omega, phase = self.omega.to(u.dtype), self.phase.to(u.dtype)  # buffers in the core's dtype
         m = omega.shape[-1]
-        proj = (u * self.opts["input_scale"]) @ omega[None] + phase[None, :, None, :]  # (B, H, L, m)
+        proj = (u * self.opts.input_scale) @ omega[None] + phase[None, :, None, :]  # (B, H, L, m)
         return math.sqrt(2.0 / m) * torch.cos(proj)

@@ -1,4 +1,4 @@
-"""SLAY: spherical Yat attention linearised (mlnomadpy/slay, `slay.tex`; ATTENTION.md 3.9-3.15).
+"""SLAY: spherical Yat attention linearised (mlnomadpy/slay, `slay.tex`; docs/attention.md §3.9-3.15).
 
 Target kernel on unit vectors q^, k^ with x = q^.k^ and C = 2 + epsilon:
     k_sph(x) = x^2 / (C - 2x) = int_0^inf e^{-sC} x^2 e^{2sx} ds                       (Bernstein / Laplace)
@@ -23,14 +23,11 @@ core's compute dtype); the quadrature nodes and weights are kept in float64, so 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from lm.model.attention.base import LinearAttention
-from lm.model.attention.registry import Option, integer, number, register
 from lm.model.attention.yat import unit
 
 
@@ -48,17 +45,11 @@ def unit_anchors(P: int, d: int, generator: torch.Generator) -> Tensor:
 
 class SlayBase(LinearAttention):
     stabilizer = "clamp"
-    options: ClassVar[dict[str, Option]] = {
-        "num_features": Option(8, integer(1), "PRF features M per quadrature node"),
-        "num_quadrature_nodes": Option(1, integer(1), "Gauss-Laguerre nodes R"),
-        "epsilon": Option(1e-6, number(0.0), "C = 2 + epsilon in the target kernel"),
-        "clip": Option(10.0, number(0.0), "PRF exponents are clipped to [-clip, clip]"),
-    }
 
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
-        R, M, H, d = self.opts["num_quadrature_nodes"], self.opts["num_features"], self.n_heads, self.head_dim
-        C = 2.0 + self.opts["epsilon"]
+        R, M, H, d = self.opts.num_quadrature_nodes, self.opts.num_features, self.n_heads, self.head_dim
+        C = 2.0 + self.opts.epsilon
         t, alpha = laguerre_nodes(R)
         self.register_buffer("nodes", t / C, persistent=False)  # (R,) s_r, float64
         self.register_buffer("node_weights", self.quadrature_weights(alpha, C), persistent=False)  # (R,) float64
@@ -75,7 +66,7 @@ class SlayBase(LinearAttention):
     def prf(self, proj: Tensor, r: int) -> Tensor:
         """Positive random features of e^{2 s_r x} from a projection of unit vectors."""
         s = self.nodes[r].to(proj.dtype)
-        c = self.opts["clip"]
+        c = self.opts.clip
         return torch.exp((torch.sqrt(2 * s) * proj - s).clamp(-c, c)) / math.sqrt(proj.shape[-1])
 
     def poly(self, u_hat: Tensor) -> Tensor:
@@ -96,15 +87,9 @@ class SlayBase(LinearAttention):
         return torch.cat(parts, dim=-1)  # (B, H, L, R*P*M)
 
 
-@register("slay")
 class SlayHadamardAttention(SlayBase):
     """Hadamard fusion with a shared projection: Psi_r = sqrt(w_r) (proj^2 / sqrt M) * PRF(proj). All > 0.
-    It estimates a different kernel than x^2 e^{2sx} (ATTENTION.md 3.10); kept as the fast baseline."""
-
-    options: ClassVar[dict[str, Option]] = {
-        "num_features": Option(32, integer(1), "features M per quadrature node"),
-        "num_quadrature_nodes": Option(2, integer(1), "Gauss-Laguerre nodes R"),
-    }
+    It estimates a different kernel than x^2 e^{2sx} (docs/attention.md §3.10); kept as the fast baseline."""
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         u_hat = unit(u)
@@ -116,15 +101,9 @@ class SlayHadamardAttention(SlayBase):
         return torch.cat(parts, dim=-1)  # (B, H, L, R*M)
 
 
-@register("slay-laplace")
 class SlayLaplaceAttention(SlayBase):
     """No polynomial factor: Psi = concat_r sqrt(alpha_r C / 4) PRF_r; sum_r w'_r e^{2 s_r x} approximates
     (C^2/4) / (C - 2x) = x^2/(C - 2x) + C/4 + x/2 (paper App. "On pure Laplace forms"). All > 0."""
-
-    options: ClassVar[dict[str, Option]] = {
-        "num_features": Option(32, integer(1), "features M per quadrature node"),
-        "num_quadrature_nodes": Option(2, integer(1), "Gauss-Laguerre nodes R"),
-    }
 
     @staticmethod
     def quadrature_weights(alpha: Tensor, C: float) -> Tensor:
@@ -136,20 +115,13 @@ class SlayLaplaceAttention(SlayBase):
         return torch.cat(parts, dim=-1)  # (B, H, L, R*M)
 
 
-class _PolySlay(SlayBase):
-    options: ClassVar[dict[str, Option]] = {
-        "poly_dim": Option(16, integer(1), "polynomial features P"),
-    }
-
-
-@register("slay-tensor")
-class SlayTensorAttention(_PolySlay):
+class SlayTensorAttention(SlayBase):
     """TensorSketch of u (x) u: TS(u) = irfft(rfft(CS1 u) * rfft(CS2 u), n=P) / sqrt(P), two independent
     CountSketches (hash h_j: d -> P, sign s_j in {+-1}); E<TS(x), TS(y)> = (x.y)^2 / P. Signed."""
 
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
-        d, P = self.head_dim, self.opts["poly_dim"]
+        d, P = self.head_dim, self.opts.poly_dim
         sketches = []
         for _ in range(2):
             h = torch.randint(0, P, (d,), generator=generator)
@@ -164,14 +136,13 @@ class SlayTensorAttention(_PolySlay):
         return torch.fft.irfft(torch.fft.rfft(c1, n=P) * torch.fft.rfft(c2, n=P), n=P) / math.sqrt(P)
 
 
-@register("slay-rm")
-class SlayRandomMaclaurinAttention(_PolySlay):
+class SlayRandomMaclaurinAttention(SlayBase):
     """Random Maclaurin degree 2: phi(u) = (r1 u) * (r2 u) / sqrt(P), r entries N(0, 1/d);
     E<phi(x), phi(y)> = (x.y)^2 / d^2. Signed, unbiased, high variance."""
 
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
-        d, P = self.head_dim, self.opts["poly_dim"]
+        d, P = self.head_dim, self.opts.poly_dim
         self.register_buffer("rm", torch.randn(2, P, d, generator=generator) / math.sqrt(d))  # (2, P, d)
 
     def poly(self, u_hat: Tensor) -> Tensor:
@@ -179,21 +150,16 @@ class SlayRandomMaclaurinAttention(_PolySlay):
         return (u_hat @ rm[0].T) * (u_hat @ rm[1].T) / math.sqrt(rm.shape[1])
 
 
-@register("slay-nystrom")
-class SlayNystromAttention(_PolySlay):
+class SlayNystromAttention(SlayBase):
     """Nystrom map of (x.y)^2 with random unit anchors A: phi(u) = [(a_p.u)^2]_p W / sqrt(P),
     W = (K_AA)^{-1/2}, K_AA = (A A^T)^{o2} + lambda I (eigenvalues clamped >= 1e-6). Signed."""
 
-    options: ClassVar[dict[str, Option]] = {
-        "nystrom_reg": Option(1e-3, number(0.0, strict=False), "lambda added to the anchor Gram matrix"),
-    }
-
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
-        d, P = self.head_dim, self.opts["poly_dim"]
+        d, P = self.head_dim, self.opts.poly_dim
         anchors = unit_anchors(P, d, generator)
         a = anchors.double()
-        gram = (a @ a.T).pow(2) + self.opts["nystrom_reg"] * torch.eye(P, dtype=torch.float64)
+        gram = (a @ a.T).pow(2) + self.opts.nystrom_reg * torch.eye(P, dtype=torch.float64)
         evals, evecs = torch.linalg.eigh(gram)
         w = evecs @ torch.diag(evals.clamp_min(1e-6).rsqrt()) @ evecs.T  # symmetric inverse square root
         self.register_buffer("anchors", anchors)  # (P, d)
@@ -204,14 +170,13 @@ class SlayNystromAttention(_PolySlay):
         return (u_hat @ anchors.T).pow(2) @ w / math.sqrt(anchors.shape[0])
 
 
-@register("slay-anchor")
-class SlayAnchorAttention(_PolySlay):
+class SlayAnchorAttention(SlayBase):
     """Anchor features phi(u) = [(a_p.u)^2]_p / sqrt(P) >= 0 (the paper's recommended SLAY). Biased:
-    targets ~ (x^2 + 1/2) / (C - 2x) as P grows (ATTENTION.md 3.15). All features > 0 up to ties at 0."""
+    targets ~ (x^2 + 1/2) / (C - 2x) as P grows (docs/attention.md §3.15). All features > 0 up to ties at 0."""
 
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
-        self.register_buffer("anchors", unit_anchors(self.opts["poly_dim"], self.head_dim, generator))  # (P, d)
+        self.register_buffer("anchors", unit_anchors(self.opts.poly_dim, self.head_dim, generator))  # (P, d)
 
     def poly(self, u_hat: Tensor) -> Tensor:
         anchors = self.anchors.to(u_hat.dtype)

@@ -12,28 +12,15 @@ a second path would add code without a measured gain.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from torch import Tensor
 
-from lm.errors import LmError
 from lm.model.attention.base import ExactAttention
-from lm.model.attention.registry import Option, boolean, register
 
 
-@register("standard")
 class StandardAttention(ExactAttention):
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         return (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, H, Lq, Lk); scaling q costs L*d, not L*L
 
 
-@register("rotary")
 class RotaryAttention(StandardAttention):
-    options: ClassVar[dict[str, Option]] = {
-        "use_rope": Option(True, boolean(), "always true for rotary"),
-    }
-
-    @classmethod
-    def check_combination(cls, options: dict[str, Any]) -> None:
-        if not options["use_rope"]:
-            raise LmError("model.attention_options.use_rope: rotary attention always uses RoPE; use 'standard' instead")
+    """`standard` with RoPE always on (its options reject use_rope: false)."""

@@ -8,14 +8,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from lm.model.attention.base import ExactAttention
-from lm.model.attention.registry import Option, choice, number, register
 
 
 class _RationalScores(torch.autograd.Function):
@@ -70,36 +67,22 @@ def unit(u: Tensor) -> Tensor:
     return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
-@register("yat")
 class YatAttention(ExactAttention):
-    options: ClassVar[dict[str, Option]] = {
-        "epsilon": Option(1e-4, number(0.0), "added to the squared distance (MiniBERT --yat_epsilon)"),
-        "score_scale": Option(1.0, number(0.0), "multiplies the scores"),
-    }
-
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         dot = q @ k.transpose(-1, -2)  # (B, H, Lq, Lk); distance^2 = |q|^2 + |k|^2 - 2 q.k, clamped at 0
-        return _RationalScores.apply(dot, q.pow(2).sum(-1), k.pow(2).sum(-1), 0.0, self.opts["epsilon"],
-                                     self.opts["score_scale"])
+        return _RationalScores.apply(dot, q.pow(2).sum(-1), k.pow(2).sum(-1), 0.0, self.opts.epsilon,
+                                     self.opts.score_scale)
 
 
-@register("yat-spherical")
 class YatSphericalAttention(ExactAttention):
-    options: ClassVar[dict[str, Option]] = {
-        "epsilon": Option(1e-2, number(0.0), "C = 2 + epsilon; scores are bounded by 1/epsilon"),
-        "score_scale": Option(1.0, number(0.0), "multiplies the scores"),
-        "normalization": Option("softmax", choice("softmax", "kernel"), "softmax (MiniBERT) or kernel (paper)"),
-        "eps": Option(1e-6, number(0.0), "kernel normalisation: added to the row sum"),
-    }
-
     @property
     def normalization(self) -> str:  # type: ignore[override]
-        return self.opts["normalization"]
+        return self.opts.normalization
 
     def kernel_eps(self) -> float:
-        return self.opts["eps"]
+        return self.opts.eps
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         x = unit(q) @ unit(k).transpose(-1, -2)  # (B, H, Lq, Lk) cosines; D = max(C - 2x, 1e-4)
-        C = 2.0 + self.opts["epsilon"]
-        return _RationalScores.apply(x, x.new_full(x.shape[-2:-1], C), None, 1e-4, 0.0, self.opts["score_scale"])
+        C = 2.0 + self.opts.epsilon
+        return _RationalScores.apply(x, x.new_full(x.shape[-2:-1], C), None, 1e-4, 0.0, self.opts.score_scale)

@@ -1,0 +1,189 @@
+"""The attention kinds, declared once: for each `model.attention` name, its typed options and the class that
+implements it.
+
+This module imports pydantic only, so validating params.yaml (lm.config) needs no torch and no model code.
+Each kind's options are a pydantic model (strict: `"yes"` is not a boolean, `3.0` not an integer); a subclass
+inherits its parent's options and may change their defaults. `KINDS` is the one list of kinds: the config's
+`model.attention` choices, the registry in lm.model.attention and the tests all read it.
+
+Adding a kind: write its class in lm/model/attention/<family>.py, add its options model here if it has
+options of its own, and one line to `KINDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lm.errors import LmError
+
+
+class AttentionOptions(BaseModel):
+    """Options every kind has (the exact softmax kinds have no others)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    use_rope: bool = Field(False, description="apply RoPE to q and k before the score / feature map")
+    rope_theta: float = Field(10000.0, gt=1.0, description="RoPE base")
+
+
+class RotaryOptions(AttentionOptions):
+    use_rope: bool = Field(True, description="always true for rotary")
+
+    @field_validator("use_rope")
+    @classmethod
+    def _always_rope(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("rotary attention always uses RoPE; use 'standard' instead")
+        return value
+
+
+class LinearOptions(AttentionOptions):
+    """Options of every feature-map (linear) kind."""
+
+    eps: float = Field(1e-4, gt=0.0, description="denominator stabiliser (added, or a lower clamp for slay kinds)")
+    chunk_size: int = Field(64, ge=1, description="causal prefix sums are computed in chunks of this many tokens")
+
+
+class PerformerOptions(LinearOptions):
+    num_features: int = Field(64, ge=1, description="random features m per head")
+    kernel: Literal["relu", "softmax"] = Field("relu", description="relu (source) or softmax (FAVOR+)")
+    orthogonal: bool = Field(False, description="block-orthogonal random matrix")
+
+
+class CosformerOptions(LinearOptions):
+    max_len: int | None = Field(
+        None, ge=1, description="M of the re-weighting; default L (bidirectional) / max_len (causal)"
+    )
+
+
+class RffOptions(LinearOptions):
+    num_features: int = Field(64, ge=1, description="random features m per head")
+    input_scale: float = Field(1.0, gt=0.0, description="q and k are multiplied by this before the feature map")
+
+
+class YatOptions(AttentionOptions):
+    epsilon: float = Field(1e-4, gt=0.0, description="added to the squared distance (MiniBERT --yat_epsilon)")
+    score_scale: float = Field(1.0, gt=0.0, description="multiplies the scores")
+
+
+class YatSphericalOptions(AttentionOptions):
+    epsilon: float = Field(1e-2, gt=0.0, description="C = 2 + epsilon; scores are bounded by 1/epsilon")
+    score_scale: float = Field(1.0, gt=0.0, description="multiplies the scores")
+    normalization: Literal["softmax", "kernel"] = Field("softmax", description="softmax (MiniBERT) or kernel (paper)")
+    eps: float = Field(1e-6, gt=0.0, description="kernel normalisation: added to the row sum")
+
+
+class SlayOptions(LinearOptions):
+    """Options of the tensor-fusion SLAY kinds' base (M=8, R=1)."""
+
+    num_features: int = Field(8, ge=1, description="PRF features M per quadrature node")
+    num_quadrature_nodes: int = Field(1, ge=1, description="Gauss-Laguerre nodes R")
+    epsilon: float = Field(1e-6, gt=0.0, description="C = 2 + epsilon in the target kernel")
+    clip: float = Field(10.0, gt=0.0, description="PRF exponents are clipped to [-clip, clip]")
+
+
+class SlayWideOptions(SlayOptions):
+    """slay and slay-laplace: no polynomial map, so more features per node (M=32, R=2)."""
+
+    num_features: int = Field(32, ge=1, description="features M per quadrature node")
+    num_quadrature_nodes: int = Field(2, ge=1, description="Gauss-Laguerre nodes R")
+
+
+class SlayPolyOptions(SlayOptions):
+    poly_dim: int = Field(16, ge=1, description="polynomial features P")
+
+
+class SlayNystromOptions(SlayPolyOptions):
+    nystrom_reg: float = Field(1e-3, ge=0.0, description="lambda added to the anchor Gram matrix")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One attention kind: its options model and its class, as `module.Class` under lm.model.attention."""
+
+    options: type[AttentionOptions]
+    implementation: str
+
+
+KINDS: dict[str, Kind] = {
+    "standard": Kind(AttentionOptions, "standard.StandardAttention"),
+    "rotary": Kind(RotaryOptions, "standard.RotaryAttention"),
+    "linear": Kind(LinearOptions, "linear.EluLinearAttention"),
+    "performer": Kind(PerformerOptions, "performer.PerformerAttention"),
+    "cosformer": Kind(CosformerOptions, "cosformer.CosformerAttention"),
+    "rff": Kind(RffOptions, "rff.RffAttention"),
+    "yat": Kind(YatOptions, "yat.YatAttention"),
+    "yat-spherical": Kind(YatSphericalOptions, "yat.YatSphericalAttention"),
+    "slay": Kind(SlayWideOptions, "slay.SlayHadamardAttention"),
+    "slay-tensor": Kind(SlayPolyOptions, "slay.SlayTensorAttention"),
+    "slay-laplace": Kind(SlayWideOptions, "slay.SlayLaplaceAttention"),
+    "slay-rm": Kind(SlayPolyOptions, "slay.SlayRandomMaclaurinAttention"),
+    "slay-nystrom": Kind(SlayNystromOptions, "slay.SlayNystromAttention"),
+    "slay-anchor": Kind(SlayPolyOptions, "slay.SlayAnchorAttention"),
+}
+
+AttentionKind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # the names above, as pydantic's choice list
+
+
+def kind_spec(kind: str) -> Kind:
+    """`KINDS[kind]`, or LmError naming model.attention for an unknown kind."""
+    if kind not in KINDS:
+        raise LmError(f"model.attention: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
+    return KINDS[kind]
+
+
+def kind_of(implementation: str) -> str:
+    """The kind a class implements, from its `module.Class` path under lm.model.attention."""
+    for name, kind in KINDS.items():
+        if kind.implementation == implementation:
+            return name
+    raise LmError(f"attention class {implementation} is not a registered kind (add it to lm.attention_kinds.KINDS)")
+
+
+_PROBLEMS = {
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+}
+
+
+def _problem(error: dict[str, Any], options_model: type[AttentionOptions]) -> str:
+    """One pydantic error as the short phrase lm has always used ('must be >= 1')."""
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind in _PROBLEMS:
+        return _PROBLEMS[kind]
+    if kind in ("greater_than", "greater_than_equal"):
+        op, bound = (">", ctx["gt"]) if kind == "greater_than" else (">=", ctx["ge"])
+        return f"must be {op} {bound}"
+    if kind == "literal_error":
+        return f"must be one of {', '.join(get_args(options_model.model_fields[error['loc'][0]].annotation))}"
+    return error["msg"]
+
+
+def resolve_attention_options(kind: str, options: Mapping[str, Any] | None) -> AttentionOptions:
+    """`options` (params.yaml's `model.attention_options`) validated for `kind`, every default filled in.
+    Raises LmError naming `model.attention_options.<key>`."""
+    options_model = kind_spec(kind).options
+    options = dict(options or {})
+    try:
+        return options_model.model_validate(options)
+    except ValidationError as err:
+        order = list(options)  # report the first bad key in the order the user wrote them
+        error = min(err.errors(), key=lambda e: order.index(e["loc"][0]) if e["loc"][:1] and e["loc"][0] in order
+                    else len(order))
+        key = error["loc"][0]
+        if error["type"] == "extra_forbidden":
+            raise LmError(
+                f"model.attention_options.{key}: unknown option for attention {kind!r} "
+                f"(allowed: {', '.join(sorted(options_model.model_fields))})"
+            ) from None
+        if error["type"] == "value_error":  # a rule of the kind, already phrased
+            raise LmError(f"model.attention_options.{key}: {error['msg'].removeprefix('Value error, ')}") from None
+        raise LmError(
+            f"model.attention_options.{key}: {_problem(error, options_model)} for attention {kind!r} "
+            f"(got {options[key]!r})"
+        ) from None
