@@ -45,13 +45,14 @@ from typing import Any, Literal
 import tiktoken
 
 from lm.errors import LmError
+from lm.special_tokens import CLS, EOT, MASK, PAD
+from lm.tokenizer.files import read_tokenizer, save_tokenizer
 from lm.tokenizer.pretokenize import GPT2_PATTERN, special_splitter, stream_cuts
 
 Merge = tuple[bytes, bytes]
 AllowedSpecial = Literal["all"] | Set[str] | None
 Disallowed = Literal["raise", "as_text"]
 
-PAD, EOT, CLS, MASK = "<|pad|>", "<|endoftext|>", "<|cls|>", "<|mask|>"
 THREAD_CHARS = 1 << 18  # text per thread task in encode_batch; below this, batches run on one thread
 
 
@@ -138,7 +139,8 @@ class Tokenizer:
     def __hash__(self) -> int:
         return hash(self.hash)
 
-    # Pickle as (merges, specials): DataLoader workers rebuild the tiktoken Encoding themselves.
+    # Pickle as (merges, specials): a process that unpickles one (e.g. a worker of a process pool) rebuilds
+    # the tiktoken Encoding itself.
     def __getstate__(self) -> dict[str, Any]:
         return {"merges": self.merges, "special_tokens": self.special_tokens}
 
@@ -374,13 +376,15 @@ class Tokenizer:
 
     def save(self, directory: str | Path) -> Path:
         """Write vocab.json, merges.txt, special_tokens.json, tokenizer.json, tokenizer_config.json."""
-        from lm.tokenizer.files import save_tokenizer
-
-        return save_tokenizer(self, Path(directory))
+        return save_tokenizer(
+            Path(directory), merges=self.merges, special_tokens=self.special_tokens,
+            mergeable_ranks=self.mergeable_ranks, special_ids=self.special_ids, hash=self.hash,
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
         """Read a tokenizer written by `save` (vocab.json + merges.txt + special_tokens.json)."""
-        from lm.tokenizer.files import load_tokenizer
-
-        return load_tokenizer(Path(directory))
+        saved = read_tokenizer(Path(directory))
+        tok = cls(saved.merges, saved.special_tokens)
+        saved.check(mergeable_ranks=tok.mergeable_ranks, special_ids=tok.special_ids, hash=tok.hash)
+        return tok

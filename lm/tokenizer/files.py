@@ -3,18 +3,21 @@
 ``merges.txt`` (rank order) and ``special_tokens.json`` (order = id order) define the tokenizer;
 ``vocab.json`` is redundant and is checked against them on load, so a hand-edited or mismatched set of
 files fails loudly instead of silently shifting token ids. Every file is written atomically, with the
-normal permissions of the umask, by lm.io.
+normal permissions of the umask, by lm.io. The functions take and return plain data (merges, special
+tokens, ids), so this module never imports lm.tokenizer.encoding: `Tokenizer.save` and `Tokenizer.load` call
+it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lm.errors import LmError
 from lm.io import atomic_write_text
-from lm.tokenizer.encoding import Tokenizer
 from lm.tokenizer.hf_export import from_unicode, gpt2_vocab, hf_tokenizer_config, hf_tokenizer_json, to_unicode
 
 VOCAB, MERGES, SPECIAL, HF_JSON, HF_CONFIG = (
@@ -31,16 +34,24 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=None) + "\n"
 
 
-def save_tokenizer(tok: Tokenizer, directory: Path) -> Path:
+def save_tokenizer(
+    directory: Path,
+    *,
+    merges: Sequence[tuple[bytes, bytes]],
+    special_tokens: Sequence[str],
+    mergeable_ranks: Mapping[bytes, int],
+    special_ids: Mapping[str, int],
+    hash: str,
+) -> Path:
     """Write the tokenizer files into directory (created if needed); return the directory."""
-    merges = "\n".join([MERGES_HEADER, *(f"{to_unicode(a)} {to_unicode(b)}" for a, b in tok.merges)]) + "\n"
-    special = {"special_tokens": tok.special_tokens, "ids": tok.special_ids, "hash": tok.hash}
+    merges_text = "\n".join([MERGES_HEADER, *(f"{to_unicode(a)} {to_unicode(b)}" for a, b in merges)]) + "\n"
+    special = {"special_tokens": list(special_tokens), "ids": dict(special_ids), "hash": hash}
     contents = {  # everything is rendered (and checked) before the first file is written
-        VOCAB: _json(gpt2_vocab(tok)),
-        MERGES: merges,
+        VOCAB: _json(gpt2_vocab(mergeable_ranks, special_ids)),
+        MERGES: merges_text,
         SPECIAL: json.dumps(special, ensure_ascii=False, indent=2) + "\n",
-        HF_JSON: _json(hf_tokenizer_json(tok)),
-        HF_CONFIG: json.dumps(hf_tokenizer_config(tok), indent=2) + "\n",
+        HF_JSON: _json(hf_tokenizer_json(merges, mergeable_ranks, special_ids)),
+        HF_CONFIG: json.dumps(hf_tokenizer_config(special_ids), indent=2) + "\n",
     }
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in contents.items():
@@ -54,7 +65,32 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def load_tokenizer(directory: Path) -> Tokenizer:
+@dataclass
+class SavedTokenizer:
+    """A tokenizer directory read by `read_tokenizer`: the merges and special tokens that define the tokenizer,
+    and what `check` compares with the tokenizer they build (vocab.json, the recorded hash)."""
+
+    directory: Path
+    merges: list[tuple[bytes, bytes]]
+    special_tokens: list[str]
+    vocab_text: str
+    recorded_hash: str | None
+
+    def check(self, *, mergeable_ranks: Mapping[bytes, int], special_ids: Mapping[str, int], hash: str) -> None:
+        """LmError naming the file unless vocab.json and the recorded hash match the tokenizer built from the
+        merges and special tokens."""
+        vocab_path, special_path = self.directory / VOCAB, self.directory / SPECIAL
+        try:
+            vocab = json.loads(self.vocab_text)
+        except json.JSONDecodeError as err:
+            raise LmError(f"{vocab_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if vocab != gpt2_vocab(mergeable_ranks, special_ids):
+            raise LmError(f"{vocab_path}: does not match {MERGES} and {SPECIAL} (files from different tokenizers?)")
+        if self.recorded_hash is not None and self.recorded_hash != hash:
+            raise LmError(f"{special_path}: hash {self.recorded_hash[:12]} does not match the merges ({hash[:12]})")
+
+
+def read_tokenizer(directory: Path) -> SavedTokenizer:
     """Read a directory written by `save_tokenizer`; LmError naming the file on any problem."""
     if not directory.is_dir():
         raise LmError(f"{directory}: tokenizer directory not found (run `lm tokenize` first)")
@@ -80,15 +116,4 @@ def load_tokenizer(directory: Path) -> Tokenizer:
             raise TypeError
     except (json.JSONDecodeError, KeyError, TypeError):
         raise LmError(f"{special_path}: expected JSON with a 'special_tokens' list of strings") from None
-
-    tok = Tokenizer(merges, specials)
-    try:
-        vocab = json.loads(vocab_text)
-    except json.JSONDecodeError as err:
-        raise LmError(f"{vocab_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    if vocab != gpt2_vocab(tok):
-        raise LmError(f"{vocab_path}: does not match {MERGES} and {SPECIAL} (files from different tokenizers?)")
-    recorded = special.get("hash")
-    if recorded is not None and recorded != tok.hash:
-        raise LmError(f"{special_path}: hash {recorded[:12]} does not match the merges ({tok.hash[:12]})")
-    return tok
+    return SavedTokenizer(directory, merges, specials, vocab_text, special.get("hash"))

@@ -7,19 +7,19 @@ U+0100 and up, e.g. space -> ``Ġ``, newline -> ``Ċ``. ``" the"`` is written ``
 The ``tokenizer.json`` uses the same GPT-2 pattern (a ``Split`` pre-tokenizer), then the ``ByteLevel``
 byte mapping, a ``BPE`` model with our merges in rank order, and the special tokens as added tokens that
 are matched before pre-tokenization, so Hugging Face ``tokenizers`` and ``transformers`` give the same ids
-as tiktoken. Written by hand (no dependency on ``tokenizers`` at run time).
+as tiktoken. Written by hand (no dependency on ``tokenizers`` at run time). The functions take the
+tokenizer's tables as plain data, so this module never imports lm.tokenizer.encoding (which imports it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lm.errors import LmError
+from lm.special_tokens import CLS, EOT, MASK, PAD
 from lm.tokenizer.pretokenize import GPT2_PATTERN
-
-if TYPE_CHECKING:
-    from lm.tokenizer.encoding import Tokenizer
 
 
 @lru_cache(maxsize=1)
@@ -52,10 +52,10 @@ def from_unicode(text: str) -> bytes:
     return bytes(table[c] for c in text)
 
 
-def gpt2_vocab(tok: Tokenizer) -> dict[str, int]:
+def gpt2_vocab(mergeable_ranks: Mapping[bytes, int], special_ids: Mapping[str, int]) -> dict[str, int]:
     """vocab.json content: printable token -> id, special tokens included under their own strings."""
-    vocab = {to_unicode(token): i for token, i in tok.mergeable_ranks.items()}
-    for special, i in tok.special_ids.items():
+    vocab = {to_unicode(token): i for token, i in mergeable_ranks.items()}
+    for special, i in special_ids.items():
         if special in vocab:
             raise LmError(
                 f"special token {special!r} is spelled like the byte-level form of token {vocab[special]} in "
@@ -65,8 +65,10 @@ def gpt2_vocab(tok: Tokenizer) -> dict[str, int]:
     return vocab
 
 
-def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
-    """The Hugging Face ``tokenizers`` serialization of tok (format version 1.0)."""
+def hf_tokenizer_json(
+    merges: Sequence[tuple[bytes, bytes]], mergeable_ranks: Mapping[bytes, int], special_ids: Mapping[str, int]
+) -> dict[str, Any]:
+    """The Hugging Face ``tokenizers`` serialization of a tokenizer (format version 1.0)."""
     return {
         "version": "1.0",
         "truncation": None,
@@ -81,7 +83,7 @@ def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
                 "normalized": False,
                 "special": True,
             }
-            for s, i in tok.special_ids.items()
+            for s, i in special_ids.items()
         ],
         "normalizer": None,
         "pre_tokenizer": {
@@ -102,16 +104,15 @@ def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": False,
-            "vocab": {to_unicode(token): i for token, i in tok.mergeable_ranks.items()},
-            "merges": [[to_unicode(a), to_unicode(b)] for a, b in tok.merges],
+            "vocab": {to_unicode(token): i for token, i in mergeable_ranks.items()},
+            "merges": [[to_unicode(a), to_unicode(b)] for a, b in merges],
         },
     }
 
 
-def hf_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
+def hf_tokenizer_config(special_ids: Mapping[str, int]) -> dict[str, Any]:
     """tokenizer_config.json so that ``AutoTokenizer.from_pretrained(directory)`` knows the roles."""
-    roles = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|pad|>",
-             "cls_token": "<|cls|>", "mask_token": "<|mask|>"}  # fmt: skip
+    roles = {"eos_token": EOT, "bos_token": EOT, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
     config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000}
-    config.update({role: s for role, s in roles.items() if s in tok.special_ids})
+    config.update({role: s for role, s in roles.items() if s in special_ids})
     return config

@@ -76,15 +76,45 @@ def learn_merges(
     """
     vocab: list[bytes] = [bytes([i]) for i in range(256)]
     desc: list[str] = [_desc_key(t) for t in vocab]
+    words, freqs = _words_as_strings(word_counts)
+    pair_counts, where = _count_pairs(words, freqs)
+    heap = [(-n, desc[ord(p[0])], desc[ord(p[1])], p) for p, n in pair_counts.items()]
+    heapq.heapify(heap)
 
+    merges: list[Merge] = []
+    while len(merges) < n_merges:
+        pair = _pop_most_frequent(heap, pair_counts)
+        if pair is None:
+            break
+        new = len(vocab)
+        a, b = ord(pair[0]), ord(pair[1])
+        vocab.append(vocab[a] + vocab[b])
+        desc.append(_desc_key(vocab[new]))
+        merges.append((vocab[a], vocab[b]))
+        touched = _replace_pair(pair, chr(new), words, freqs, pair_counts, where)
+        del pair_counts[pair]
+        for p in touched:  # only pairs with the new token gained counts
+            heapq.heappush(heap, (-pair_counts[p], desc[ord(p[0])], desc[ord(p[1])], p))
+        if on_merge is not None:
+            on_merge(len(merges))
+    return merges
+
+
+def _words_as_strings(word_counts: dict[bytes, int] | dict[str, int]) -> tuple[list[str], list[int]]:
+    """Words of two or more bytes with a positive count, each as a str of one character per byte
+    (byte b -> chr(b) == token id b), and their counts."""
     words: list[str] = []
     freqs: list[int] = []
     for word, freq in word_counts.items():
         data = word.encode("utf-8", "surrogatepass") if isinstance(word, str) else word
         if len(data) >= 2 and freq > 0:
-            words.append(data.decode("latin-1"))  # byte b -> chr(b) == token id b
+            words.append(data.decode("latin-1"))
             freqs.append(freq)
+    return words, freqs
 
+
+def _count_pairs(words: list[str], freqs: list[int]) -> tuple[defaultdict[str, int], defaultdict[str, set[int]]]:
+    """Weighted count of every adjacent pair, and the indices of the words that contain it."""
     pair_counts: defaultdict[str, int] = defaultdict(int)
     where: defaultdict[str, set[int]] = defaultdict(set)
     for idx, (word, freq) in enumerate(zip(words, freqs)):
@@ -92,67 +122,69 @@ def learn_merges(
             pair = word[i : i + 2]
             pair_counts[pair] += freq
             where[pair].add(idx)
+    return pair_counts, where
 
-    heap = [(-n, desc[ord(p[0])], desc[ord(p[1])], p) for p, n in pair_counts.items()]
-    heapq.heapify(heap)
-    push, pop = heapq.heappush, heapq.heappop
 
-    merges: list[Merge] = []
-    while len(merges) < n_merges and heap:
-        neg, da, db, pair = pop(heap)
+def _pop_most_frequent(heap: list[tuple[int, str, str, str]], pair_counts: dict[str, int]) -> str | None:
+    """Pop the pair to merge next (highest count, ties broken by the heap's descending-bytes keys); None when
+    no pair is left. Entries are invalidated lazily: one whose count went down is pushed back with the
+    current count, one for a pair no longer present (or pushed again since) is dropped."""
+    while heap:
+        neg, da, db, pair = heapq.heappop(heap)
         current = pair_counts.get(pair, 0)
-        if current != -neg:
-            if 0 < current < -neg:  # stale high entry: requeue with the true count
-                push(heap, (-current, da, db, pair))
-            continue  # stale low entries are dropped: a fresher one exists
+        if current == -neg:
+            return pair
+        if 0 < current < -neg:  # stale high entry: requeue with the true count
+            heapq.heappush(heap, (-current, da, db, pair))
+        # stale low entries are dropped: a fresher one exists
+    return None
 
-        new = len(vocab)
-        a, b = ord(pair[0]), ord(pair[1])
-        vocab.append(vocab[a] + vocab[b])
-        desc.append(_desc_key(vocab[new]))
-        merges.append((vocab[a], vocab[b]))
-        token = chr(new)
 
-        touched: set[str] = set()
-        for idx in where.pop(pair):
-            old = words[idx]
-            if pair not in old:
-                continue  # index entry left over from an earlier merge of this word
-            out = old.replace(pair, token)
-            words[idx] = out
-            freq = freqs[idx]
-            n_old, n_out = len(old), len(out)
-            # Only pairs overlapping a merged occurrence change: occurrence k sits at j in `out` and
-            # at i = j + k in `old`. Neighbouring occurrences share the pair between them; count it once.
-            prev_end = -1  # index in `old` just after the previous occurrence
-            prev_j = -2
-            k = 0
-            j = out.find(token)
-            while j >= 0:
-                i = j + k
-                if i > 0 and i != prev_end:
-                    pair_counts[old[i - 1 : i + 1]] -= freq
-                if i + 2 < n_old:
-                    pair_counts[old[i + 1 : i + 3]] -= freq
-                if j > 0 and j != prev_j + 1:
-                    p = out[j - 1 : j + 1]
-                    pair_counts[p] += freq
-                    where[p].add(idx)
-                    touched.add(p)
-                if j + 1 < n_out:
-                    p = out[j : j + 2]
-                    pair_counts[p] += freq
-                    where[p].add(idx)
-                    touched.add(p)
-                prev_end, prev_j = i + 2, j
-                k += 1
-                j = out.find(token, j + 1)
-        del pair_counts[pair]
-        for p in touched:
-            push(heap, (-pair_counts[p], desc[ord(p[0])], desc[ord(p[1])], p))
-        if on_merge is not None:
-            on_merge(len(merges))
-    return merges
+def _replace_pair(
+    pair: str,
+    token: str,
+    words: list[str],
+    freqs: list[int],
+    pair_counts: defaultdict[str, int],
+    where: defaultdict[str, set[int]],
+) -> set[str]:
+    """Replace `pair` by `token` in every word containing it, updating the counts and the index of the pairs
+    around each merged occurrence; return the pairs that gained counts (all contain `token`)."""
+    touched: set[str] = set()
+    for idx in where.pop(pair):
+        old = words[idx]
+        if pair not in old:
+            continue  # index entry left over from an earlier merge of this word
+        out = old.replace(pair, token)
+        words[idx] = out
+        freq = freqs[idx]
+        n_old, n_out = len(old), len(out)
+        # Only pairs overlapping a merged occurrence change: occurrence k sits at j in `out` and
+        # at i = j + k in `old`. Neighbouring occurrences share the pair between them; count it once.
+        prev_end = -1  # index in `old` just after the previous occurrence
+        prev_j = -2
+        k = 0
+        j = out.find(token)
+        while j >= 0:
+            i = j + k
+            if i > 0 and i != prev_end:
+                pair_counts[old[i - 1 : i + 1]] -= freq
+            if i + 2 < n_old:
+                pair_counts[old[i + 1 : i + 3]] -= freq
+            if j > 0 and j != prev_j + 1:
+                p = out[j - 1 : j + 1]
+                pair_counts[p] += freq
+                where[p].add(idx)
+                touched.add(p)
+            if j + 1 < n_out:
+                p = out[j : j + 2]
+                pair_counts[p] += freq
+                where[p].add(idx)
+                touched.add(p)
+            prev_end, prev_j = i + 2, j
+            k += 1
+            j = out.find(token, j + 1)
+    return touched
 
 
 def train_bpe(
