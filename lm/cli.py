@@ -7,6 +7,7 @@ on stderr with a non-zero exit code: 2 for a bad params file, 1 for bad input da
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,64 +53,44 @@ def _params(path: Path):
     return load_params(path)
 
 
+def _stage(name: str, params: Path, **options: object) -> None:
+    """The body of every stage command: import stages/<name>.py, validate the params file, run the stage."""
+
+    def body() -> None:
+        stage = importlib.import_module(f"stages.{name}")
+        stage.run(_params(params), **options)
+
+    _run(body)
+
+
 @app.command()
 def download(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Read the corpus (embedded generator, Hugging Face dataset or local file) into data/raw/."""
-
-    def body() -> None:
-        from stages import download as stage
-
-        stage.run(_params(params))
-
-    _run(body)
+    _stage("download", params)
 
 
 @app.command()
 def tokenize(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Train the byte-level BPE tokenizer on data/raw/ and write data/tokenizer/."""
-
-    def body() -> None:
-        from stages import tokenize as stage
-
-        stage.run(_params(params))
-
-    _run(body)
+    _stage("tokenize", params)
 
 
 @app.command()
 def encode(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Encode data/raw/ with the trained tokenizer into memmap arrays under data/encoded/."""
-
-    def body() -> None:
-        from stages import encode as stage
-
-        stage.run(_params(params))
-
-    _run(body)
+    _stage("encode", params)
 
 
 @app.command()
 def split(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Split the encoded rows into train/val/test (stratified for classify) under data/split/."""
-
-    def body() -> None:
-        from stages import split as stage
-
-        stage.run(_params(params))
-
-    _run(body)
+    _stage("split", params)
 
 
 @app.command()
 def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Pretrain the trunk on unlabelled text (pretrain.source) into pretrained/; a no-op when it is unset."""
-
-    def body() -> None:
-        from stages import pretrain as stage
-
-        stage.run(_params(params))
-
-    _run(body)
+    _stage("pretrain", params)
 
 
 @app.command()
@@ -119,37 +100,19 @@ def train(
                                          "(same params) instead of starting again")] = False,
 ) -> None:
     """Train the model (DDP through torchrun when train.nproc > 1) and write models/."""
-
-    def body() -> None:
-        from stages import train as stage
-
-        stage.run(_params(params), params_path=params, resume=resume)
-
-    _run(body)
+    _stage("train", params, params_path=params, resume=resume)
 
 
 @app.command(name="eval")
 def evaluate(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Evaluate the trained model on the test split and write reports/metrics.json and reports/plots/."""
-
-    def body() -> None:
-        from stages import evaluate as stage
-
-        stage.run(_params(params))
-
-    _run(body)
+    _stage("evaluate", params)
 
 
 @app.command()
 def viz(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Draw attention maps and prediction tables (or generated samples) under reports/."""
-
-    def body() -> None:
-        from stages import visualize as stage
-
-        stage.run(_params(params))
-
-    _run(body)
+    _stage("visualize", params)
 
 
 @app.command()
