@@ -1,4 +1,5 @@
-"""Attention kinds: a common base (base.py), one module per family, and the registry (registry.py)."""
+"""Attention kinds: a common base (base.py), one module per family, and the registry (registry.py) mapping each
+`model.attention` name to its class. The names and their typed options are declared in lm.attention_kinds."""
 
 from lm.model.attention.base import Attention, AttentionResult, ExactState, LinearState
 from lm.model.attention.registry import (
