@@ -62,7 +62,7 @@ def import_closure(file: Path) -> set[str]:
         if f in seen:
             continue
         seen.add(f)
-        if f.relative_to(REPO).as_posix() not in PLUMBING:  # config.py imports the model registry to check names
+        if f.relative_to(REPO).as_posix() not in PLUMBING:  # what plumbing imports only checks params
             todo.extend(_imports(f) - seen)
     return {f.relative_to(REPO).as_posix() for f in seen}
 
