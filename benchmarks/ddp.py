@@ -32,10 +32,10 @@ def worker(args: argparse.Namespace) -> None:
     from torch import nn
 
     from lm.config import ModelConfig, TrainConfig
+    from lm.data.objectives import CausalLMObjective
     from lm.model import build_model
     from lm.train.distributed import distributed
     from lm.train.loop import optimizer_step
-    from lm.train.objectives import CausalLMObjective
     from lm.train.optim import build_optimizer
 
     torch.set_num_threads(args.threads)

@@ -29,8 +29,9 @@ def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, 
     from rich.console import Console
 
     from lm.data.encoded import Encoded
-    from lm.train.checkpoint import load_exported
-    from lm.train.loop import load_split, make_items
+    from lm.data.batches import make_items
+    from lm.data.split import load_split
+    from lm.model.export import load_exported
 
     require(Path(model_dir) / "config.json", "lm train")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -149,7 +150,7 @@ def _language(params: Params, model, enc, items, task: str, model_dir: Path, tra
 
     from lm.infer.scoring import lm_statistics
     from lm.tokenizer import Tokenizer
-    from lm.train.loop import make_objective
+    from lm.data.objectives import make_objective
 
     objective = make_objective(params.model_copy(update={"task": task}), enc, np.zeros(0, dtype=np.int64))
     token_bytes = None

@@ -87,7 +87,7 @@ def train_ensemble(params: Params, out_dir: Path, reports_dir: Path, resume) -> 
     import shutil
 
     from lm.io import atomic_write_json
-    from lm.train.checkpoint import export_ensemble
+    from lm.model.export import export_ensemble
     from lm.train.distributed import distributed
 
     # one process group for all members (torchrun's store does not take a second rendezvous of the same ranks)

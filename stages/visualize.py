@@ -18,7 +18,7 @@ def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, 
 
     from lm.data.encoded import Encoded
     from lm.infer.predict import load_trained
-    from lm.train.loop import load_split
+    from lm.data.split import load_split
 
     require(Path(model_dir) / "config.json", "lm train")
     trained = load_trained(Path(model_dir))
@@ -95,7 +95,8 @@ def _mlm(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
     import torch
 
     from lm.data.masking import IGNORE_INDEX
-    from lm.train.loop import make_items, make_objective
+    from lm.data.batches import make_items
+    from lm.data.objectives import make_objective
     from lm.viz.predictions import masked_predictions_markdown
 
     objective = make_objective(params.model_copy(update={"task": "mlm"}), enc, np.zeros(0, dtype=np.int64))

@@ -103,7 +103,9 @@ def test_baseline_ngram_scores_the_positions_lm_scores(tmp_path, task):
     from lm.data.encoded import Encoded
     from lm.infer.scoring import lm_statistics
     from lm.model import build_model
-    from lm.train.loop import load_split, make_items, make_objective
+    from lm.data.batches import make_items
+    from lm.data.objectives import make_objective
+    from lm.data.split import load_split
 
     write_fake_encoded(tmp_path, task, n_docs=60)
     enc = Encoded.open(tmp_path / "data/encoded")

@@ -123,7 +123,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_exactly(tmp_path):
 def test_an_ensemble_trains_under_torchrun_like_in_one_process(tmp_path):
     """train.ensemble=2 with 2 processes: the members share one process group (no second rendezvous) and the
     exported ensemble scores like the one-process ensemble with the same global batch."""
-    from lm.train.checkpoint import load_exported
+    from lm.model.export import load_exported
 
     env = subprocess_env()
     single, double = tmp_path / "single", tmp_path / "ddp"

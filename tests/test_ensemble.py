@@ -12,7 +12,7 @@ from conftest import tiny_params, write_fake_encoded
 from lm.config import parse_params
 from lm.errors import LmError
 from lm.model.ensemble import ClassifierEnsemble, mean_probability_logit
-from lm.train.checkpoint import load_exported
+from lm.model.export import load_exported
 
 
 def test_ensemble_logit_is_the_logit_of_the_mean_probability():

@@ -46,7 +46,7 @@ def pretrained(tmp_path_factory) -> Path:
 
 def _source(model_dir: Path) -> dict[str, torch.Tensor]:
     """The pretrained weights as lm's own loader rebuilds them (the reference)."""
-    from lm.train.checkpoint import load_exported
+    from lm.model.export import load_exported
 
     return load_exported(model_dir)[0].state_dict()
 

@@ -13,9 +13,10 @@ import pytest
 
 from conftest import SPECIALS, tiny_params, write_fake_encoded
 from lm.config import parse_params
+from lm.data.batches import make_items
 from lm.data.encoded import Encoded
+from lm.data.split import load_split
 from lm.tokenizer import Tokenizer, train_bpe
-from lm.train.loop import load_split, make_items
 from stages import encode
 
 MAX_LEN = 16

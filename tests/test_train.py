@@ -15,7 +15,10 @@ import torch
 
 from conftest import SPECIALS, tiny_params, write_fake_encoded
 from lm.config import Params, TrainConfig, parse_params
+from lm.data.batches import make_items
 from lm.data.encoded import Encoded
+from lm.data.objectives import ClassifyObjective, make_objective
+from lm.data.split import load_split
 from lm.errors import LmError
 from lm.train import loop
 from lm.train.checkpoint import CHECKPOINT, load_checkpoint
@@ -82,8 +85,8 @@ def test_grad_accum_4_of_batch_2_equals_one_batch_of_8(tmp_path, task):
 def _micro_batches(root: Path, params: Params, batch: int, accum: int):
     enc = Encoded.open(root / "data/encoded")
     rows = np.load(root / "data/split/train.npy")
-    items = loop.make_items(enc, rows, params.task, enc.max_len)
-    objective = loop.make_objective(params, enc, rows)
+    items = make_items(enc, rows, params.task, enc.max_len)
+    objective = make_objective(params, enc, rows)
     stream = TrainStream(items, seed=params.seed, batch_size=batch, grad_accum_steps=accum)
     return objective, [objective.prepare(b, train=True, epoch=0) for b in stream.micro_batches(0, 0)]
 
@@ -146,7 +149,7 @@ def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradien
     (objective.loss_sum(ref, full) / full["count"]).backward()
 
     enc = Encoded.open(root / "data/encoded")
-    items = loop.make_items(enc, np.load(root / "data/split/train.npy"), task, enc.max_len)
+    items = make_items(enc, np.load(root / "data/split/train.npy"), task, enc.max_len)
     per_rank = [[objective.prepare(b, train=True, epoch=0) for b in TrainStream(
         items, seed=params.seed, batch_size=8 // (world * accum), grad_accum_steps=accum, rank=r, world_size=world,
     ).micro_batches(0, 0)] for r in range(world)]
@@ -299,15 +302,15 @@ def test_pos_weight_auto_number_off_and_loss_matches_formula(tmp_path):
     rows = np.load(root / "data/split/train.npy")
     y = enc.targets[rows] >= 0.5
     minority = np.concatenate([rows[y][:5], rows[~y]])  # few positives: up-weighted by #neg/#pos
-    auto = loop.make_objective(_params("classify", **{"train.soft_labels": False}), enc, minority)
+    auto = make_objective(_params("classify", **{"train.soft_labels": False}), enc, minority)
     assert auto.pos_weight == pytest.approx((~y).sum() / 5)
     majority = np.concatenate([rows[y], rows[~y][:5]])  # a majority-positive set is not weighted further
-    assert loop.make_objective(_params("classify", **{"train.soft_labels": False}), enc, majority).pos_weight is None
-    assert loop.make_objective(_params("classify"), enc, minority).pos_weight is None  # soft labels: no weighting
-    assert loop.make_objective(_params("classify", **{"train.pos_weight": 2.5}), enc, rows).pos_weight == 2.5
-    assert loop.make_objective(_params("classify", **{"train.pos_weight": "off"}), enc, rows).pos_weight is None
+    assert make_objective(_params("classify", **{"train.soft_labels": False}), enc, majority).pos_weight is None
+    assert make_objective(_params("classify"), enc, minority).pos_weight is None  # soft labels: no weighting
+    assert make_objective(_params("classify", **{"train.pos_weight": 2.5}), enc, rows).pos_weight == 2.5
+    assert make_objective(_params("classify", **{"train.pos_weight": "off"}), enc, rows).pos_weight is None
     weighted = _params("classify", **{"train.sampler": "weighted"})
-    assert loop.make_objective(weighted, enc, rows).pos_weight is None  # the sampler already balances
+    assert make_objective(weighted, enc, rows).pos_weight is None  # the sampler already balances
 
     logits = torch.tensor([0.3, -1.2, 2.0])
 
@@ -327,7 +330,7 @@ def test_pos_weight_auto_number_off_and_loss_matches_formula(tmp_path):
 def test_min_steps_adds_epochs_to_a_small_corpus_only(tmp_path):
     root = _data(tmp_path, "clm")
     enc = Encoded.open(root / "data/encoded")
-    items = loop.make_items(enc, np.load(root / "data/split/train.npy"), "clm", enc.max_len)
+    items = make_items(enc, np.load(root / "data/split/train.npy"), "clm", enc.max_len)
     stream = TrainStream(items, seed=0, batch_size=4, grad_accum_steps=1)
     per = stream.steps_in_epoch(0)
     epochs = loop.epochs_for(stream, 2, 10 * per, None)
@@ -339,7 +342,7 @@ def test_min_steps_adds_epochs_to_a_small_corpus_only(tmp_path):
 
 def test_soft_labels_are_bce_against_the_target_score():
     """soft_labels: the loss is BCE against the annotators' share; the validation AUC still uses 0/1 labels."""
-    objective = loop.ClassifyObjective(threshold=0.5, pos_weight=2.0, soft_labels=True)
+    objective = ClassifyObjective(threshold=0.5, pos_weight=2.0, soft_labels=True)
     targets = torch.tensor([0.9, 0.1, 0.5, 0.33])
     logits = torch.tensor([0.3, -1.2, 2.0, 0.1])
 
@@ -354,7 +357,7 @@ def test_soft_labels_are_bce_against_the_target_score():
     p = torch.sigmoid(logits)
     expected = -(2.0 * targets * torch.log(p) + (1 - targets) * torch.log(1 - p)).sum()
     assert float(objective.loss_sum(Fixed(), batch)) == pytest.approx(float(expected), rel=1e-6)
-    hard = loop.ClassifyObjective(threshold=0.5, pos_weight=None, soft_labels=False)
+    hard = ClassifyObjective(threshold=0.5, pos_weight=None, soft_labels=False)
     assert torch.equal(hard.prepare({"targets": targets}, train=True)["labels"], batch["positive"])
 
 
@@ -402,7 +405,7 @@ def test_clm_windows_predict_every_target_once_for_any_grid_offset(tmp_path):
     root = _data(tmp_path, "clm", n_docs=40)
     enc = Encoded.open(root / "data/encoded")
     docs = np.load(root / "data/split/train.npy")
-    base = loop.make_items(enc, docs, "clm", 16)
+    base = make_items(enc, docs, "clm", 16)
     targets = set()
     for d in docs:  # brute force: every token of a train document except the first of each run of documents
         targets.update(range(int(enc.offsets[d]), int(enc.offsets[d + 1])))
@@ -486,9 +489,9 @@ def test_validation_roc_auc_equals_sklearn_on_the_val_split(tmp_path):
     root = _data(tmp_path, "classify")
     params = _params("classify")
     enc = Encoded.open(root / "data/encoded")
-    parts = loop.load_split(root / "data/split")
-    items = loop.make_items(enc, parts["val"], "classify", enc.max_len)
-    objective = loop.make_objective(params, enc, parts["train"])
+    parts = load_split(root / "data/split")
+    items = make_items(enc, parts["val"], "classify", enc.max_len)
+    objective = make_objective(params, enc, parts["train"])
     model = build_model(params.model, task="classify", vocab_size=enc.vocab_size, max_len=enc.max_len, pad_id=enc.pad_id)
     with distributed("cpu", "auto") as d:
         val = loop.validate(model, objective, items, 3, d, "none")
@@ -571,8 +574,8 @@ def test_token_dropout_applies_to_training_batches_only(tmp_path):
     root = _data(tmp_path, "classify")
     enc = Encoded.open(root / "data/encoded")
     rows = np.load(root / "data/split/train.npy")
-    objective = loop.make_objective(_params("classify", **{"train.token_dropout": 0.3}), enc, rows)
-    batch = loop.make_items(enc, rows, "classify", enc.max_len).batch(np.arange(16))
+    objective = make_objective(_params("classify", **{"train.token_dropout": 0.3}), enc, rows)
+    batch = make_items(enc, rows, "classify", enc.max_len).batch(np.arange(16))
     trained = objective.prepare(batch, train=True, epoch=0)["input_ids"]
     assert (trained != batch["input_ids"]).any() and (trained[trained != batch["input_ids"]] == SPECIALS["<|mask|>"]).all()
     assert torch.equal(objective.prepare(batch, train=False)["input_ids"], batch["input_ids"])

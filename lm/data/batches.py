@@ -142,3 +142,10 @@ class WindowItems:
             "attention_mask": valid_t[:, :-1],
             "labels": torch.where(valid_t[:, 1:], ids[:, 1:], torch.full_like(ids[:, 1:], -100)),
         }
+
+
+def make_items(enc: Encoded, rows: np.ndarray, task: str, max_len: int) -> RowItems | WindowItems:
+    """The items of one split for `task`: document rows to classify, or packed windows for a language model."""
+    if task in ("clm", "mlm"):
+        return WindowItems.from_docs(enc, rows, max_len, task=task)
+    return RowItems(enc, rows)

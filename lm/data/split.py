@@ -2,13 +2,15 @@
 
 For `classify` the split is stratified on the binary label (target >= threshold) so that every part keeps
 the corpus' class ratio, which matters when toxic rows are ~10%; for `mlm` / `clm` it is a seeded random
-split by document, so no document leaks across parts.
+split by document, so no document leaks across parts. The stage writes each part as data/split/<part>.npy
+(int64 document indices, sorted); `load_split` reads them back for training, evaluation and visualisation.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from lm.errors import LmError
 
@@ -24,6 +26,8 @@ def split_indices(
     labels: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Return sorted int64 index arrays for train/val/test; `labels` (bool) makes the split stratified."""
+    from sklearn.model_selection import train_test_split  # here: readers of a split need no sklearn
+
     idx = np.arange(n_docs, dtype=np.int64)
     n_test = int(round(n_docs * test_fraction))
     n_val = int(round(n_docs * val_fraction))
@@ -63,3 +67,14 @@ def split_summary(parts: dict[str, np.ndarray], labels: np.ndarray | None) -> di
             entry.update(n_pos=pos, n_neg=int(len(parts[name]) - pos), pos_rate=round(pos / len(parts[name]), 4))
         summary[name] = entry
     return summary
+
+
+def load_split(split_dir: Path) -> dict[str, np.ndarray]:
+    """The train/val/test index arrays that the split stage wrote, by part name."""
+    parts = {}
+    for name in PARTS:
+        path = Path(split_dir) / f"{name}.npy"
+        if not path.exists():
+            raise LmError(f"{path} not found: run `lm split` first (or `dvc repro`)")
+        parts[name] = np.load(path)
+    return parts

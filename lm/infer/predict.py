@@ -141,7 +141,7 @@ class Trained:
 
 def load_trained(model_dir: Path) -> Trained:
     from lm.tokenizer import Tokenizer
-    from lm.train.checkpoint import load_exported
+    from lm.model.export import load_exported
 
     model, config = load_exported(Path(model_dir))
     tok = Tokenizer.load(Path(model_dir) / "tokenizer")

@@ -63,7 +63,7 @@ def _source_state(path: Path, *, vocab_size: int, tokenizer_hash: str | None) ->
         return state, {**spec.model.model_dump(), "max_len": spec.max_len}, task, spec.arch
     from safetensors.torch import load_file
 
-    from lm.train.checkpoint import EXPORT_WEIGHTS
+    from lm.model.export import EXPORT_WEIGHTS
 
     for key in ("task", "model", "vocab_size", "max_len"):
         if key not in raw:

@@ -32,7 +32,7 @@ def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) ->
     else:
         labels = torch.cat([ids[:, 1:], torch.randint(4, vocab, (B, 1), generator=g)], dim=1)
 
-    def step() -> None:  # the loss the training objectives compute (lm/train/objectives.py)
+    def step() -> None:  # the loss the training objectives compute (lm/data/objectives.py)
         if params.task == "classify":
             loss = F.binary_cross_entropy_with_logits(model(ids, mask).logits.float(), y)
         else:

@@ -28,18 +28,20 @@ import torch
 from torch import nn
 
 from lm.config import Params
-from lm.data.batches import RowItems, WindowItems
+from lm.data.batches import make_items
 from lm.data.encoded import Encoded
+from lm.data.objectives import ClassifyObjective, make_objective, to_device, train_labels
+from lm.data.split import load_split
 from lm.errors import LmError
+from lm.model.export import export_config, export_model, unwrap
 from lm.train.checkpoint import (
-    CHECKPOINT, check_resumable, export_model, load_checkpoint, remove_stale_temporaries, rng_state,
-    save_checkpoint, set_rng_state, unwrap,
+    CHECKPOINT, check_resumable, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint,
+    set_rng_state,
 )
 from lm.train.data import TrainStream, class_weights, step_seed
 from lm.train.distributed import Dist, distributed
 from lm.train.ema import WeightAverage
 from lm.train.logging import StepLog, TrainLogger
-from lm.train.objectives import CausalLMObjective, ClassifyObjective, MaskedLMObjective, Special, to_device
 from lm.train.optim import build_optimizer, build_scheduler
 
 Resume = bool | Literal["auto"]
@@ -60,56 +62,6 @@ class TrainResult:
     resumed_from: int | None = None  # the checkpoint's step, when resumed
     best_val_roc_auc: float | None = None  # classify: the validation ROC-AUC of the exported weights
     select_by: str = "val_loss"  # the validation metric that picked them
-
-
-def load_split(split_dir: Path) -> dict[str, np.ndarray]:
-    parts = {}
-    for name in ("train", "val", "test"):
-        path = split_dir / f"{name}.npy"
-        if not path.exists():
-            raise LmError(f"{path} not found: run `lm split` first (or `dvc repro`)")
-        parts[name] = np.load(path)
-    return parts
-
-
-def make_items(enc: Encoded, rows: np.ndarray, task: str, max_len: int) -> RowItems | WindowItems:
-    if task in ("clm", "mlm"):
-        return WindowItems.from_docs(enc, rows, max_len, task=task)
-    return RowItems(enc, rows)
-
-
-def train_labels(params: Params, enc: Encoded, train_rows: np.ndarray) -> np.ndarray:
-    return enc.targets[train_rows] >= params.data.threshold
-
-
-def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
-    """The task's objective. classify: pos_weight 'auto' is #neg/#pos of the train split when positives are
-    the minority (it up-weights the rare class) and no weighting when they are not (weighting the majority
-    further would push every score toward it); none with the weighted sampler (which already balances the
-    classes) or with soft labels (a share of 1/3 weighted 16-fold becomes a 0.9 score: every borderline text
-    would cross the threshold); a number is used as given."""
-    special_ids = enc.meta["special_ids"]
-    special = Special(
-        pad_id=special_ids["<|pad|>"],
-        mask_id=special_ids["<|mask|>"],
-        special_ids=sorted(special_ids.values()),
-        n_ordinary=min(special_ids.values()),
-    )
-    if params.task == "classify":
-        pw = params.train.pos_weight
-        pos_weight = float(pw) if not isinstance(pw, str) else None
-        if pw == "auto" and params.train.sampler != "weighted" and not params.train.soft_labels and len(train_rows):
-            labels = train_labels(params, enc, train_rows)
-            n_pos = int(labels.sum())
-            if n_pos == 0:
-                raise LmError("the train split has no positive rows: check data.target_column and data.threshold")
-            n_neg = len(labels) - n_pos
-            pos_weight = float(n_neg / n_pos) if n_neg > n_pos else None
-        return ClassifyObjective(params.data.threshold, pos_weight, soft_labels=params.train.soft_labels,
-                                 token_dropout=params.train.token_dropout, special=special, seed=params.seed)
-    if params.task == "mlm":
-        return MaskedLMObjective(special, params.train.mask_prob, eval_seed=params.seed)
-    return CausalLMObjective()
 
 
 # train.min_steps: auto. A language model keeps improving for thousands of steps on a small corpus
@@ -201,21 +153,6 @@ def selection_metric(params: Params) -> str:
     if choice == "auto":
         return "val_roc_auc" if params.task == "classify" else "val_loss"
     return choice
-
-
-def export_config(params: Params, enc: Encoded) -> dict[str, Any]:
-    return {
-        "task": params.task,
-        "model": params.model.model_dump(),
-        "vocab_size": enc.vocab_size,
-        "max_len": enc.max_len,
-        "pad_id": enc.pad_id,
-        "special_ids": enc.meta["special_ids"],
-        "tokenizer_hash": enc.meta["tokenizer_hash"],
-        "seed": params.seed,
-        "threshold": params.data.threshold,
-        "params": params.model_dump(),
-    }
 
 
 def data_fingerprint(enc: Encoded, train_rows: np.ndarray) -> dict[str, Any]:

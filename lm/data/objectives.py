@@ -4,17 +4,27 @@ An objective turns an item batch into model inputs, and returns the SUM of the l
 (examples, masked tokens, next tokens) together with that count, so the loop can normalise by the real
 number of targets in the whole accumulated, all-process batch. `prepare` is deterministic given the batch
 and the epoch (no generator state), which is what makes DDP, accumulation and resume exact.
+
+Here, beside the items and masks, rather than in lm/train: evaluation prepares its batches the same way
+(mlm masks with the fixed evaluation seed, clm labels shifted) and must not depend on the training package.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lm.data.masking import EVAL_EPOCH, IGNORE_INDEX, drop_tokens, mask_tokens
+from lm.errors import LmError
+
+if TYPE_CHECKING:
+    from lm.config import Params
+    from lm.data.encoded import Encoded
 
 
 @dataclass
@@ -111,3 +121,38 @@ class CausalLMObjective:
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def train_labels(params: Params, enc: Encoded, train_rows: np.ndarray) -> np.ndarray:
+    """The 0/1 class of each training row (target >= data.threshold)."""
+    return enc.targets[train_rows] >= params.data.threshold
+
+
+def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
+    """The task's objective. classify: pos_weight 'auto' is #neg/#pos of the train split when positives are
+    the minority (it up-weights the rare class) and no weighting when they are not (weighting the majority
+    further would push every score toward it); none with the weighted sampler (which already balances the
+    classes) or with soft labels (a share of 1/3 weighted 16-fold becomes a 0.9 score: every borderline text
+    would cross the threshold); a number is used as given."""
+    special_ids = enc.meta["special_ids"]
+    special = Special(
+        pad_id=special_ids["<|pad|>"],
+        mask_id=special_ids["<|mask|>"],
+        special_ids=sorted(special_ids.values()),
+        n_ordinary=min(special_ids.values()),
+    )
+    if params.task == "classify":
+        pw = params.train.pos_weight
+        pos_weight = float(pw) if not isinstance(pw, str) else None
+        if pw == "auto" and params.train.sampler != "weighted" and not params.train.soft_labels and len(train_rows):
+            labels = train_labels(params, enc, train_rows)
+            n_pos = int(labels.sum())
+            if n_pos == 0:
+                raise LmError("the train split has no positive rows: check data.target_column and data.threshold")
+            n_neg = len(labels) - n_pos
+            pos_weight = float(n_neg / n_pos) if n_neg > n_pos else None
+        return ClassifyObjective(params.data.threshold, pos_weight, soft_labels=params.train.soft_labels,
+                                 token_dropout=params.train.token_dropout, special=special, seed=params.seed)
+    if params.task == "mlm":
+        return MaskedLMObjective(special, params.train.mask_prob, eval_seed=params.seed)
+    return CausalLMObjective()
