@@ -4,7 +4,7 @@
     python benchmarks/ddp.py --quick    # d 64, 2 layers, batch 16 x 64, 8 timed steps (well under a minute)
 
 Each configuration runs under torchrun with one torch thread per process, timing lm's own optimizer step
-(lm.train.loop.optimizer_step: causal-LM loss over random tokens, gradient accumulation with DDP no_sync,
+(lm.train.step.optimizer_step: causal-LM loss over random tokens, gradient accumulation with DDP no_sync,
 all-reduced target counts, clipping, AdamW). Weak scaling: every process keeps the per-process batch, so 2
 processes do twice the work per step; efficiency = tokens/s(2 processes) / (2 x tokens/s(1 process)).
 For reference, 1 process with 2 threads (the same two cores used by intra-op parallelism instead) is
@@ -35,8 +35,8 @@ def worker(args: argparse.Namespace) -> None:
     from lm.data.objectives import CausalLMObjective
     from lm.model import build_model
     from lm.train.distributed import distributed
-    from lm.train.loop import optimizer_step
     from lm.train.optim import build_optimizer
+    from lm.train.step import optimizer_step
 
     torch.set_num_threads(args.threads)
     cfg = ModelConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_ff=4 * args.d_model, dropout=0.0)

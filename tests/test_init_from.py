@@ -16,6 +16,7 @@ from lm.errors import LmError
 from lm.model import build_model
 from lm.model.init_from import init_from
 from lm.train import loop
+from lm.train.step import optimizer_step
 
 
 @pytest.fixture(autouse=True)
@@ -116,14 +117,14 @@ def test_init_from_in_training_starts_from_the_pretrained_trunk(pretrained, tmp_
     """loop.train with train.init_from: the weights the first step starts from are the pretrained trunk."""
     write_fake_encoded(tmp_path, "classify", n_docs=80)
     seen = {}
-    real = loop.optimizer_step
+    real = optimizer_step
 
     def spy(**kw):
         if not seen:
             seen.update({k: v.detach().clone() for k, v in kw["model"].state_dict().items()})
         return real(**kw)
 
-    monkeypatch.setattr(loop, "optimizer_step", spy)
+    monkeypatch.setattr("lm.train.step.optimizer_step", spy)
     result = _train(tmp_path, _params("classify", **{"train.init_from": str(pretrained)}))
     assert result.steps > 0
     source = _source(pretrained)

@@ -25,6 +25,9 @@ from lm.train.checkpoint import CHECKPOINT, load_checkpoint
 from lm.train.data import TrainStream, class_weights
 from lm.train.distributed import Dist
 from lm.train.optim import build_optimizer, build_scheduler, param_groups
+from lm.train.plan import epochs_for, min_steps_for
+from lm.train.step import autocast_ctx, optimizer_step
+from lm.train.validation import validate
 
 CPU = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -116,7 +119,7 @@ def test_clipping_sees_the_whole_accumulated_gradient(tmp_path, task):
     model = _model(params)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-    stats = loop.optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, d=CPU,
+    stats = optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, d=CPU,
                                 optimizer=sgd, scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=clip, amp="none")
     assert stats.grad_norm == pytest.approx(g_norm, rel=1e-5)
     assert stats.count == full["count"]
@@ -163,7 +166,7 @@ def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradien
         before = [p.detach().clone() for p in model.parameters()]
         d = SimulatedRank(rank=r, world_size=world, local_rank=r, device=torch.device("cpu"),
                           others=(sum(counts) - counts[r],))
-        loop.optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, d=d,
+        optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, d=d,
                             optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
                             scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=None, amp="none")
         updates.append([b - p.detach() for b, p in zip(before, model.parameters())])
@@ -191,7 +194,7 @@ def test_no_sync_on_all_micro_steps_but_the_last(tmp_path):
                 yield
             return ctx()
 
-    loop.optimizer_step(model=model, wrapped=model, ddp=FakeDDP(), objective=objective, micro=micro, d=CPU,
+    optimizer_step(model=model, wrapped=model, ddp=FakeDDP(), objective=objective, micro=micro, d=CPU,
                         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                         scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=None, amp="none")
     assert len(entered) == 3
@@ -264,9 +267,9 @@ def test_warmup_is_a_fraction_of_the_run_unless_steps_are_given():
 def test_autocast_switch():
     lin = torch.nn.Linear(4, 4)
     x = torch.randn(2, 4)
-    with loop.autocast_ctx(torch.device("cpu"), "bf16"):
+    with autocast_ctx(torch.device("cpu"), "bf16"):
         assert lin(x).dtype == torch.bfloat16
-    with loop.autocast_ctx(torch.device("cpu"), "none"):
+    with autocast_ctx(torch.device("cpu"), "none"):
         assert lin(x).dtype == torch.float32
 
 
@@ -333,11 +336,11 @@ def test_min_steps_adds_epochs_to_a_small_corpus_only(tmp_path):
     items = make_items(enc, np.load(root / "data/split/train.npy"), "clm", enc.max_len)
     stream = TrainStream(items, seed=0, batch_size=4, grad_accum_steps=1)
     per = stream.steps_in_epoch(0)
-    epochs = loop.epochs_for(stream, 2, 10 * per, None)
+    epochs = epochs_for(stream, 2, 10 * per, None)
     assert sum(stream.schedule(epochs, None)) >= 10 * per > sum(stream.schedule(epochs - 1, None))
-    assert loop.epochs_for(stream, 2, per, None) == 2  # already enough: unchanged
-    assert loop.epochs_for(stream, 2, None, None) == 2
-    assert sum(stream.schedule(loop.epochs_for(stream, 1, 10 * per, 3 * per), 3 * per)) == 3 * per  # max_steps caps
+    assert epochs_for(stream, 2, per, None) == 2  # already enough: unchanged
+    assert epochs_for(stream, 2, None, None) == 2
+    assert sum(stream.schedule(epochs_for(stream, 1, 10 * per, 3 * per), 3 * per)) == 3 * per  # max_steps caps
 
 
 def test_soft_labels_are_bce_against_the_target_score():
@@ -441,7 +444,7 @@ def test_early_stopping_keeps_and_exports_the_best_weights(tmp_path, monkeypatch
         snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return {"val_loss": next(script), "val_roc_auc": 0.5}
 
-    monkeypatch.setattr(loop, "validate", fake_eval)
+    monkeypatch.setattr("lm.train.validation.validate", fake_eval)
     result = _train(root, _params("classify", **{"train.eval_every": 1, "train.patience": 2, "train.epochs": 3,
                                                  "train.select_by": "val_loss"}))
     assert result.stopped_early and result.steps == 4 and result.best_step == 2 and result.best_val_loss == 2.0
@@ -469,7 +472,7 @@ def test_classifier_selects_by_validation_roc_auc_not_loss(tmp_path, monkeypatch
         loss, auc = next(script)
         return {"val_loss": loss, "val_roc_auc": auc}
 
-    monkeypatch.setattr(loop, "validate", fake_eval)
+    monkeypatch.setattr("lm.train.validation.validate", fake_eval)
     result = _train(root, _params("classify", **{"train.eval_every": 1, "train.patience": 3, "train.epochs": 3}))
     assert result.select_by == "val_roc_auc"
     assert result.best_step == 2 and result.best_val_roc_auc == 0.80 and result.best_val_loss == 1.5
@@ -494,7 +497,7 @@ def test_validation_roc_auc_equals_sklearn_on_the_val_split(tmp_path):
     objective = make_objective(params, enc, parts["train"])
     model = build_model(params.model, task="classify", vocab_size=enc.vocab_size, max_len=enc.max_len, pad_id=enc.pad_id)
     with distributed("cpu", "auto") as d:
-        val = loop.validate(model, objective, items, 3, d, "none")
+        val = validate(model, objective, items, 3, d, "none")
     model.eval()
     batch = items.batch(np.arange(len(items)))
     with torch.no_grad():
@@ -541,7 +544,7 @@ def test_crash_and_resume_is_bit_identical_and_does_not_replay_data(tmp_path, mo
     params = _params(task, **{"model.dropout": 0.1, "train.epochs": 3, "train.checkpoint_every": 2, **extra})
     whole = _train(root, params, out="whole")
 
-    real = loop.optimizer_step
+    real = optimizer_step
     calls = {"n": 0}
     crash_at = 7  # mid-epoch, one step after the checkpoint of step 6
 
@@ -551,10 +554,10 @@ def test_crash_and_resume_is_bit_identical_and_does_not_replay_data(tmp_path, mo
             raise _Crash
         return real(**kwargs)
 
-    monkeypatch.setattr(loop, "optimizer_step", crashing)
+    monkeypatch.setattr("lm.train.step.optimizer_step", crashing)
     with pytest.raises(_Crash):
         _train(root, params, out="broken")
-    monkeypatch.setattr(loop, "optimizer_step", real)
+    monkeypatch.setattr("lm.train.step.optimizer_step", real)
     assert load_checkpoint(root / "broken" / CHECKPOINT)["step"] == 6
     resumed = _train(root, params, resume=True, out="broken")
 
@@ -616,8 +619,8 @@ def test_ema_run_validates_and_exports_the_average(tmp_path):
 
 def test_min_steps_auto_depends_on_the_task():
     for task, steps in (("classify", 600), ("mlm", 4000), ("clm", 2000)):
-        assert loop.min_steps_for(_params(task, **{"train.min_steps": "auto"})) == steps
-    assert loop.min_steps_for(_params("clm", **{"train.min_steps": 7})) == 7
-    assert loop.min_steps_for(_params("clm", **{"train.min_steps": None})) is None
+        assert min_steps_for(_params(task, **{"train.min_steps": "auto"})) == steps
+    assert min_steps_for(_params("clm", **{"train.min_steps": 7})) == 7
+    assert min_steps_for(_params("clm", **{"train.min_steps": None})) is None
     with pytest.raises(Exception, match="min_steps"):
         _params("clm", **{"train.min_steps": 0})

@@ -1,4 +1,5 @@
-"""Checkpoints: the whole training state in one file, so a killed run resumes exactly.
+"""Checkpoints: the whole training state (lm.train.state.TrainingState) in one file, so a killed run resumes
+exactly.
 
 A checkpoint is written atomically by rank 0 only and loaded with torch.load(weights_only=True), so it holds
 tensors and plain Python values, never numpy objects (which is why the RNG states are converted here). A
@@ -11,13 +12,19 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from lm.errors import LmError
 from lm.io import atomic_write_bytes
+from lm.train.state import Progress, TrainingState
+
+if TYPE_CHECKING:
+    from lm.config import Params
+    from lm.train.distributed import Dist
+    from lm.train.trainee import Trainee
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -110,3 +117,43 @@ def check_resumable(ckpt: dict[str, Any], params_dump: dict[str, Any], data_fing
                 "train from scratch (without --resume)"
             )
 
+
+class Checkpointer:
+    """The checkpoint phase of the loop: rank 0 saves the trainee and the progress to `path` (every
+    train.checkpoint_every steps and at the end); at the start every rank restores them (resume) or the
+    previous run's checkpoint is deleted (a fresh start)."""
+
+    def __init__(self, path: Path, trainee: Trainee, params: Params, data_fingerprint: dict[str, Any],
+                 global_batch: int, d: Dist):
+        self.path, self.trainee, self.d = path, trainee, d
+        self.params_dump, self.seed = params.model_dump(), params.seed
+        self.data_fingerprint, self.global_batch = data_fingerprint, global_batch
+
+    def begin(self, resuming: bool) -> tuple[Progress, dict[str, torch.Tensor] | None]:
+        """The progress to start from and the best weights so far (rank 0's; None elsewhere)."""
+        progress, best = Progress(), None
+        if resuming:
+            ck = load_checkpoint(self.path)
+            check_resumable(ck, self.params_dump, self.data_fingerprint, self.path)
+            state = TrainingState.from_dict(ck)
+            del ck
+            self.trainee.load(state)
+            set_rng_state(state.rng)
+            progress, best = state.progress, state.best_model if self.d.is_main else None
+        elif self.d.is_main:
+            self.path.unlink(missing_ok=True)  # a restarted worker must never find a previous run's state
+        if self.d.is_main:
+            remove_stale_temporaries(self.path.parent)
+        self.d.barrier()  # every rank has read the checkpoint before rank 0 may overwrite it
+        return progress, best
+
+    def save(self, progress: Progress, best: dict[str, torch.Tensor] | None, *, finished: bool) -> None:
+        if not self.d.is_main:
+            return
+        t = self.trainee
+        save_checkpoint(self.path, TrainingState(
+            model=t.model.state_dict(), optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
+            scaler=t.scaler.state_dict(), rng=rng_state(), progress=progress, best_model=best,
+            ema=t.average.state() if t.average is not None else None, seed=self.seed,
+            global_batch=self.global_batch, finished=finished, params=self.params_dump, data=self.data_fingerprint,
+        ).to_dict())
