@@ -25,7 +25,6 @@ def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, 
         metrics_path=REPORTS / "metrics.json", plots_dir=PLOTS, figures_dir=FIGURES) -> None:
     import shutil
 
-    import torch
     from rich.console import Console
 
     from lm.data.encoded import Encoded
@@ -34,7 +33,6 @@ def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, 
     from lm.model.export import load_exported
 
     require(Path(model_dir) / "config.json", "lm train")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, config = load_exported(Path(model_dir))
     enc = Encoded.open(encoded_dir)
     enc.check_task(config["task"])

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from lm.data.encoded import Encoded
+from lm.data.masking import IGNORE_INDEX
+from lm.special_tokens import CLS
 
 
 def doc_runs(enc: Encoded, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +96,7 @@ class WindowItems:
         if task == "clm":
             window, shift, prefix = max_len + 1, 1, None
         else:
-            window, shift, prefix = max_len - 1, 0, int(enc.meta["special_ids"]["<|cls|>"])
+            window, shift, prefix = max_len - 1, 0, int(enc.meta["special_ids"][CLS])
         lo, hi = doc_runs(enc, docs)
         keep = hi - lo >= 1 + shift  # a clm run needs one input and one target
         lo, hi = lo[keep], hi[keep]
@@ -140,7 +142,7 @@ class WindowItems:
         return {
             "input_ids": ids[:, :-1],
             "attention_mask": valid_t[:, :-1],
-            "labels": torch.where(valid_t[:, 1:], ids[:, 1:], torch.full_like(ids[:, 1:], -100)),
+            "labels": torch.where(valid_t[:, 1:], ids[:, 1:], torch.full_like(ids[:, 1:], IGNORE_INDEX)),
         }
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from lm.errors import LmError
 from lm.io import atomic_write_json, read_json, require
+from lm.special_tokens import PAD
 
 PRODUCER = "lm encode"
 
@@ -60,7 +61,7 @@ class Encoded:
 
     @property
     def pad_id(self) -> int:
-        return int(self.meta["special_ids"]["<|pad|>"])
+        return int(self.meta["special_ids"][PAD])
 
     @staticmethod
     def write_meta(root: str | Path, *, task: str, layout: dict, n_docs: int, max_len: int, vocab_size: int,

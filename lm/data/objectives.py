@@ -21,6 +21,7 @@ from torch import nn
 
 from lm.data.masking import EVAL_EPOCH, IGNORE_INDEX, drop_tokens, mask_tokens
 from lm.errors import LmError
+from lm.special_tokens import MASK, PAD
 
 if TYPE_CHECKING:
     from lm.config import Params
@@ -136,8 +137,8 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
     would cross the threshold); a number is used as given."""
     special_ids = enc.meta["special_ids"]
     special = Special(
-        pad_id=special_ids["<|pad|>"],
-        mask_id=special_ids["<|mask|>"],
+        pad_id=special_ids[PAD],
+        mask_id=special_ids[MASK],
         special_ids=sorted(special_ids.values()),
         n_ordinary=min(special_ids.values()),
     )

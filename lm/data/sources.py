@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lm.config import DataConfig
+from lm.config import TASKS, DataConfig
 from lm.data.synthetic import BIASED_IDENTITIES, SUPPORTED_IDENTITIES, generate_corpus
 from lm.data.text_encoding import text_encoding
 from lm.errors import LmError
 
-TASKS = ("classify", "mlm", "clm")
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt",
               ".tokens": "txt"}  # .tokens: the WikiText files, paragraphs separated by blank lines
 _MAX_LISTED = 60  # columns listed in a 'column missing' message before eliding

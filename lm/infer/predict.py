@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from lm.errors import LmError
+from lm.special_tokens import MASK
 
-MASK = "<|mask|>"
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:
