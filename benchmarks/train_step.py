@@ -16,7 +16,7 @@ in the work done is listed, since it is where lm's speed comes from:
             BertForSequenceClassification(num_labels=1); loss = BCE-with-logits; rows are right-padded to
             random lengths in [L/2, L] and both models get the same attention mask. lm is timed twice:
             - `lm`: as it trains by default: the classifier reads the CLS row only, so its last block computes
-              that row alone (keys and values still from every row; lm/model/heads.py passes `final_rows` to
+              that row alone (keys and values still from every row; lm/model/tasks.py passes `final_rows` to
               the trunk). BERT computes every row of its last block;
             - `lm_full`: the same model with the last block computing every row, as BERT does (the benchmark
               drops the `final_rows` argument on the way into the trunk; lm's code and defaults unchanged).

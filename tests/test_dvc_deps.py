@@ -105,7 +105,7 @@ def test_dvc_deps_name_only_code_the_stage_imports(name):
 def test_dvc_deps_closure_follows_function_level_and_package_imports(tmp_path):
     closure = import_closure(REPO / "stages" / "evaluate.py")
     assert "lm/viz/plots.py" in closure  # imported inside a function
-    assert "lm/model/heads.py" in closure  # through lm/model/__init__.py
+    assert "lm/model/tasks.py" in closure  # through lm/model/__init__.py
 
 
 def test_dvc_deps_params_yaml_lists_every_config_key():

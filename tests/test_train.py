@@ -22,7 +22,7 @@ from lm.data.split import load_split
 from lm.errors import LmError
 from lm.train import loop
 from lm.train.checkpoint import CHECKPOINT, load_checkpoint
-from lm.train.data import TrainStream, class_weights
+from lm.train.stream import TrainStream, class_weights
 from lm.train.distributed import Dist
 from lm.train.optim import build_optimizer, build_scheduler, param_groups
 from lm.train.plan import epochs_for, min_steps_for

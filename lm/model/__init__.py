@@ -6,7 +6,7 @@
     model, model_cfg = load_hf_checkpoint("hf_dir")  # a Hugging Face GPT-2 / Llama checkpoint as an lm CausalLM
 """
 
-from lm.model.heads import CausalLM, MaskedLM, ModelOutput, SequenceClassifier, build_model
+from lm.model.tasks import CausalLM, MaskedLM, ModelOutput, SequenceClassifier, build_model
 from lm.model.hf import load_hf_checkpoint
 from lm.model.transformer import KVCache
 

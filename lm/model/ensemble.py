@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lm.model.heads import ModelOutput, SequenceClassifier
+from lm.model.tasks import ModelOutput, SequenceClassifier
 
 
 def mean_probability_logit(logits: Tensor) -> Tensor:

@@ -361,7 +361,7 @@ def load_hf_checkpoint(path: str | Path, *, allow_approximate_gelu: bool = False
     """Build lm's CausalLM from a Hugging Face GPT-2 / Llama `save_pretrained` directory; returns the model
     (float32, eval mode) and its ModelConfig. Vocabulary size, max_len and pad id are on the model
     (`model.vocab_size`, `model.max_len`, `model.pad_id`)."""
-    from lm.model.heads import build_model
+    from lm.model.tasks import build_model
 
     path = Path(path)
     config_file = path / "config.json"

@@ -1,7 +1,7 @@
 """The shared trunk: token embeddings (+ absolute positions) -> N blocks -> final norm (pre-norm only).
 
 The encoder (bidirectional, key-padding mask) and the decoder (causal, KV cache) are the same module with
-`causal` switched; the task heads in heads.py sit on top. With `gradient_checkpointing` each block's
+`causal` switched; the task models in tasks.py sit on top. With `gradient_checkpointing` each block's
 activations are recomputed in backward (torch.utils.checkpoint, non-reentrant, RNG state preserved so
 dropout masks are the same), trading ~1/3 more compute for memory that no longer grows with n_layers.
 """

@@ -6,7 +6,7 @@ validation.Validator, logging.TrainLogger) and then loops over named phases: ste
 explains the loss normalisation), validate when due, checkpoint when due, and at the end export.
 
 Exact resume: what a step computes depends only on the weights, the optimizer/scheduler/scaler state and
-(seed, epoch, step, rank): the data order comes from lm.train.data, mlm masks from a hash, and the torch RNG
+(seed, epoch, step, rank): the data order comes from lm.train.stream, mlm masks from a hash, and the torch RNG
 (dropout) is re-seeded every step. A checkpoint (lm.train.state.TrainingState) saved at a step boundary
 therefore continues bit-identically.
 """

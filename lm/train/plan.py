@@ -16,7 +16,7 @@ from lm.data.encoded import Encoded
 from lm.data.objectives import make_objective, train_labels
 from lm.data.split import load_split
 from lm.errors import LmError
-from lm.train.data import TrainStream, class_weights
+from lm.train.stream import TrainStream, class_weights
 from lm.train.distributed import Dist
 
 # train.min_steps: auto. A language model keeps improving for thousands of steps on a small corpus

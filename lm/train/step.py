@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lm.data.objectives import to_device
-from lm.train.data import TrainStream, step_seed
+from lm.train.stream import TrainStream, step_seed
 from lm.train.distributed import Dist
 
 if TYPE_CHECKING:
