@@ -65,22 +65,21 @@ def _pick_examples(enc, rows, threshold: float, n: int):
 
 def _classify(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
     import numpy as np
-    import torch
 
     from lm.data.batches import RowItems
+    from lm.infer.scoring import classifier_probs
     from lm.viz.predictions import classifier_predictions_markdown
 
-    items = RowItems(enc, test_rows)
     for k, row in enumerate(_pick_examples(enc, test_rows, params.threshold, params.viz.n_examples)):
-        batch = items.batch(np.flatnonzero(test_rows == row))
-        with torch.no_grad():
-            prob = float(torch.sigmoid(trained.model(batch["input_ids"], batch["attention_mask"]).logits)[0])
+        one = RowItems(enc, np.array([row]))
+        prob = float(classifier_probs(trained.model, one, 1)[1][0])
+        batch = one.batch(np.arange(1))
         title = f"test row {row}: target {enc.targets[row]:.2f}, predicted toxicity {prob:.2f}"
         _attention_png(trained, batch["input_ids"], batch["attention_mask"], out_dir / f"example_{k}.png", title)
     shown = test_rows[: max(20, params.viz.n_examples)]
+    items = RowItems(enc, shown)
     batch = items.batch(np.arange(len(shown)))
-    with torch.no_grad():
-        probs = torch.sigmoid(trained.model(batch["input_ids"], batch["attention_mask"]).logits.float()).numpy()
+    probs = classifier_probs(trained.model, items, len(shown))[1]
     rows = []
     for j, row in enumerate(shown):
         n = int(batch["attention_mask"][j].sum())
@@ -97,6 +96,7 @@ def _mlm(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
     from lm.data.masking import IGNORE_INDEX
     from lm.data.batches import make_items
     from lm.data.objectives import make_objective
+    from lm.infer.scoring import top_k_tokens
     from lm.viz.predictions import masked_predictions_markdown
 
     objective = make_objective(params.model_copy(update={"task": "mlm"}), enc, np.zeros(0, dtype=np.int64))
@@ -111,12 +111,11 @@ def _mlm(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
         n = int(batch["attention_mask"][j].sum())
         ids = batch["input_ids"][j, :n]
         for pos in (batch["labels"][j, :n] != IGNORE_INDEX).nonzero().flatten().tolist():
-            probs = torch.softmax(logits[j, pos].float(), dim=-1)
-            p, idx = probs.topk(5)
+            top5 = top_k_tokens(logits[j, pos], 5)
             context = "".join(f"[{tok.token_str(int(t))}]" if i == pos else tok.token_str(int(t)) for i, t in enumerate(ids[1:], 1))
             records.append({"text": context, "true": tok.token_str(int(batch["labels"][j, pos])),
-                            "pred": tok.token_str(int(idx[0])),
-                            "top5": [(tok.token_str(int(i)), float(q)) for q, i in zip(p, idx)]})
+                            "pred": tok.token_str(top5[0][0]),
+                            "top5": [(tok.token_str(i), q) for i, q in top5]})
         if j < params.viz.n_examples:
             _attention_png(trained, batch["input_ids"][j : j + 1, :n], batch["attention_mask"][j : j + 1, :n],
                            out_dir / f"example_{j}.png", f"test window at token {int(batch['rows'][j])} (masked input)")

@@ -100,9 +100,9 @@ class Trained:
         return self._next_tokens(texts, top_k)
 
     def _candidates(self, logits: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
-        probs = torch.softmax(logits.float(), dim=-1)
-        p, idx = probs.topk(min(top_k, probs.numel()))
-        return [(self.tokenizer.token_str(int(i)), round(float(q), 4)) for q, i in zip(p, idx)]
+        from lm.infer.scoring import top_k_tokens
+
+        return [(self.tokenizer.token_str(i), round(q, 4)) for i, q in top_k_tokens(logits, top_k)]
 
     def _fill_masks(self, texts: list[str], top_k: int) -> pd.DataFrame:
         records = []

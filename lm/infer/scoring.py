@@ -12,6 +12,13 @@ from torch import nn
 from lm.data.masking import IGNORE_INDEX
 
 
+def top_k_tokens(logits: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    """The k most likely token ids at one position and their probabilities (softmax in fp32)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    p, idx = probs.topk(min(k, probs.numel()))
+    return [(int(i), float(q)) for q, i in zip(p, idx)]
+
+
 @torch.no_grad()
 def classifier_probs(model: nn.Module, items, batch_size: int, meter=None) -> tuple[np.ndarray, np.ndarray]:
     """Return (rows, probabilities) for every item, in item order; `meter` (lm.progress) counts the rows."""

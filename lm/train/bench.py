@@ -6,7 +6,6 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
 from lm.config import Params
 from lm.data.masking import IGNORE_INDEX
@@ -32,11 +31,15 @@ def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) ->
     else:
         labels = torch.cat([ids[:, 1:], torch.randint(4, vocab, (B, 1), generator=g)], dim=1)
 
-    def step() -> None:  # the loss the training objectives compute (lm/data/objectives.py)
-        if params.task == "classify":
-            loss = F.binary_cross_entropy_with_logits(model(ids, mask).logits.float(), y)
-        else:
-            loss = model(ids, mask, labels=labels).loss / (labels != IGNORE_INDEX).sum().clamp_min(1)
+    from lm.data.objectives import CausalLMObjective, ClassifyObjective
+
+    # the training objectives' own losses (mlm and clm share one: cross-entropy over the labelled positions)
+    objective = ClassifyObjective(threshold=0.5, pos_weight=None) if params.task == "classify" else CausalLMObjective()
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": y if params.task == "classify" else labels}
+    count = B if params.task == "classify" else int((labels != IGNORE_INDEX).sum().clamp_min(1))
+
+    def step() -> None:
+        loss = objective.loss_sum(model, batch) / count
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
