@@ -14,3 +14,7 @@ PRETRAIN_REPORTS = REPORTS / "pretrain"
 PLOTS = REPORTS / "plots"  # plot data (JSON) for `dvc plots`
 FIGURES = REPORTS / "figures"  # the same plots drawn as PNG
 ATTENTION = REPORTS / "attention"
+SPLIT_REPORT = REPORTS / "split.json"
+METRICS = REPORTS / "metrics.json"  # headline figures (`dvc metrics`, `dvc exp show`)
+EVALUATION = REPORTS / "evaluation.json"  # the full evaluation reports
+PREDICTIONS = REPORTS / "predictions.md"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lm.config import Params
 from lm.io import atomic_write_json, require
-from lm.paths import ENCODED, FIGURES, MODELS, PLOTS, RAW, REPORTS, SPLIT
+from lm.paths import ENCODED, EVALUATION, FIGURES, METRICS, MODELS, PLOTS, RAW, SPLIT
 
 PLOT_DATA = ("roc", "roc_baseline", "pr", "pr_baseline", "calibration", "confusion", "bias", "loss_by_position")
 # headline metrics: what a row of `dvc exp show` needs; the rest goes to reports/evaluation.json
@@ -22,7 +22,8 @@ BIAS_HEADLINE = ("subgroup_auc", "bpsn_auc", "bnsp_auc")
 
 
 def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, raw_dir=RAW,
-        metrics_path=REPORTS / "metrics.json", plots_dir=PLOTS, figures_dir=FIGURES) -> None:
+        metrics_path=METRICS, evaluation_path=EVALUATION, plots_dir=PLOTS,
+        figures_dir=FIGURES) -> None:
     import shutil
 
     from rich.console import Console
@@ -56,7 +57,7 @@ def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, 
     for name, rows in plot_data.items():
         atomic_write_json(plots_dir / f"{name}.json", rows)
     metrics = {"task": config["task"], "attention": config["model"]["attention"], "n_test": int(len(test_rows)), **metrics}
-    atomic_write_json(Path(metrics_path).with_name("evaluation.json"), metrics)
+    atomic_write_json(evaluation_path, metrics)
     atomic_write_json(metrics_path, headline_metrics(metrics))
     headline = {k: metrics[k] for k in ("roc_auc", "pr_auc", "f1", "perplexity", "accuracy", "bits_per_byte") if k in metrics}
     line = "evaluate: " + ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from lm.config import Params
 from lm.io import atomic_dir, atomic_write_json
-from lm.paths import ENCODED, REPORTS, SPLIT
+from lm.paths import ENCODED, SPLIT, SPLIT_REPORT
 
 
-def run(params: Params, encoded_dir=ENCODED, out_dir=SPLIT, report=REPORTS / "split.json") -> None:
+def run(params: Params, encoded_dir=ENCODED, out_dir=SPLIT, report=SPLIT_REPORT) -> None:
     import numpy as np
     from rich.console import Console
 

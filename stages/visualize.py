@@ -7,11 +7,11 @@ from pathlib import Path
 
 from lm.config import Params
 from lm.io import atomic_write_text, require
-from lm.paths import ATTENTION, ENCODED, MODELS, REPORTS, SPLIT
+from lm.paths import ATTENTION, ENCODED, MODELS, PREDICTIONS, SPLIT
 
 
 def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, out_dir=ATTENTION,
-        predictions_path=REPORTS / "predictions.md") -> None:
+        predictions_path=PREDICTIONS) -> None:
     import shutil
 
     from rich.console import Console

@@ -130,3 +130,17 @@ def test_dvc_deps_params_yaml_lists_every_config_key():
 
     absent = [k for k in keys(Params) if not present(k)]
     assert not absent, f"params.yaml lacks {absent}"
+
+
+def test_dvc_deps_outputs_are_the_paths_lm_paths_names():
+    """dvc.yaml and lm/paths.py name the same outputs (the stages' defaults come from lm/paths.py)."""
+    import lm.paths
+
+    named = {str(v) for v in vars(lm.paths).values() if isinstance(v, Path)}
+
+    def paths(entries):
+        return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+    declared = {p for stage in DVC.values() for p in paths(stage.get("outs")) + paths(stage.get("metrics"))}
+    unnamed = sorted(p for p in declared if p not in named)
+    assert unnamed == [], f"dvc.yaml outputs not named in lm/paths.py: {unnamed}"

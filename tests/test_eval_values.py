@@ -109,6 +109,7 @@ def test_evaluate_reports_sklearn_metrics_of_the_models_scores(scored):
     reports = root / "reports"
     stages.evaluate.run(params, model_dir=root / "models", encoded_dir=root / "data/encoded",
                         split_dir=root / "data/split", raw_dir=root / "data/raw", metrics_path=reports / "metrics.json",
+                        evaluation_path=reports / "evaluation.json",
                         plots_dir=reports / "plots", figures_dir=reports / "figures")
     full = json.loads((reports / "evaluation.json").read_text())
     headline = json.loads((reports / "metrics.json").read_text())
