@@ -59,7 +59,7 @@ def worker(args: argparse.Namespace) -> None:
             return out
 
         def step() -> None:
-            optimizer_step(model=model, wrapped=wrapped, ddp=ddp, objective=objective, micro=micro(), d=d,
+            optimizer_step(model=model, wrapped=wrapped, ddp=ddp, objective=objective, micro=micro(), world=d,
                            optimizer=opt, scaler=scaler, grad_clip=1.0, amp="none")
 
         for _ in range(args.warmup):

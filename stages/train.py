@@ -91,12 +91,12 @@ def train_ensemble(params: Params, out_dir: Path, reports_dir: Path, resume) -> 
     from lm.train.distributed import distributed
 
     # one process group for all members (torchrun's store does not take a second rendezvous of the same ranks)
-    with distributed(params.train.device, params.train.backend) as d:
+    with distributed(params.train.device, params.train.backend) as world:
         members_dir = out_dir / "members"
-        if not resume and d.is_main:
+        if not resume and world.is_main:
             shutil.rmtree(members_dir, ignore_errors=True)
             shutil.rmtree(reports_dir / "members", ignore_errors=True)
-        d.barrier()
+        world.barrier()
         dirs = []
         for k in range(params.train.ensemble):
             member_dir = members_dir / str(k)
@@ -106,10 +106,10 @@ def train_ensemble(params: Params, out_dir: Path, reports_dir: Path, resume) -> 
             member_params = params.model_copy(update={"seed": params.seed + k})
             member_reports = reports_dir if k == 0 else reports_dir / "members" / str(k)
             _train_one(member_params, member_dir, member_reports, "auto" if resume else False)  # a later member may not have started
-            if d.is_main:
+            if world.is_main:
                 atomic_write_json(member_dir / MEMBER_DONE, {"seed": member_params.seed})
-            d.barrier()
-        if d.is_main:
+            world.barrier()
+        if world.is_main:
             export_ensemble(dirs, out_dir)
 
 

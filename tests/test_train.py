@@ -119,7 +119,7 @@ def test_clipping_sees_the_whole_accumulated_gradient(tmp_path, task):
     model = _model(params)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-    stats = optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, d=CPU,
+    stats = optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, world=CPU,
                                 optimizer=sgd, scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=clip, amp="none")
     assert stats.grad_norm == pytest.approx(g_norm, rel=1e-5)
     assert stats.count == full["count"]
@@ -166,7 +166,7 @@ def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradien
         before = [p.detach().clone() for p in model.parameters()]
         d = SimulatedRank(rank=r, world_size=world, local_rank=r, device=torch.device("cpu"),
                           others=(sum(counts) - counts[r],))
-        optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, d=d,
+        optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, world=d,
                             optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
                             scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=None, amp="none")
         updates.append([b - p.detach() for b, p in zip(before, model.parameters())])
@@ -194,7 +194,7 @@ def test_no_sync_on_all_micro_steps_but_the_last(tmp_path):
                 yield
             return ctx()
 
-    optimizer_step(model=model, wrapped=model, ddp=FakeDDP(), objective=objective, micro=micro, d=CPU,
+    optimizer_step(model=model, wrapped=model, ddp=FakeDDP(), objective=objective, micro=micro, world=CPU,
                         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                         scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=None, amp="none")
     assert len(entered) == 3

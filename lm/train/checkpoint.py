@@ -124,8 +124,8 @@ class Checkpointer:
     previous run's checkpoint is deleted (a fresh start)."""
 
     def __init__(self, path: Path, trainee: Trainee, params: Params, data_fingerprint: dict[str, Any],
-                 global_batch: int, d: Dist):
-        self.path, self.trainee, self.d = path, trainee, d
+                 global_batch: int, world: Dist):
+        self.path, self.trainee, self.world = path, trainee, world
         self.params_dump, self.seed = params.model_dump(), params.seed
         self.data_fingerprint, self.global_batch = data_fingerprint, global_batch
 
@@ -139,16 +139,16 @@ class Checkpointer:
             del ck
             self.trainee.load(state)
             set_rng_state(state.rng)
-            progress, best = state.progress, state.best_model if self.d.is_main else None
-        elif self.d.is_main:
+            progress, best = state.progress, state.best_model if self.world.is_main else None
+        elif self.world.is_main:
             self.path.unlink(missing_ok=True)  # a restarted worker must never find a previous run's state
-        if self.d.is_main:
+        if self.world.is_main:
             remove_stale_temporaries(self.path.parent)
-        self.d.barrier()  # every rank has read the checkpoint before rank 0 may overwrite it
+        self.world.barrier()  # every rank has read the checkpoint before rank 0 may overwrite it
         return progress, best
 
     def save(self, progress: Progress, best: dict[str, torch.Tensor] | None, *, finished: bool) -> None:
-        if not self.d.is_main:
+        if not self.world.is_main:
             return
         t = self.trainee
         save_checkpoint(self.path, TrainingState(

@@ -77,9 +77,9 @@ class TrainResult:
         }
 
 
-def seed_process(params: Params, d: Dist) -> None:
+def seed_process(params: Params, world: Dist) -> None:
     """CPU threads shared among the processes, and the global generators seeded before anything is built."""
-    torch.set_num_threads(params.train.threads or max(1, (os.cpu_count() or 1) // d.world_size))
+    torch.set_num_threads(params.train.threads or max(1, (os.cpu_count() or 1) // world.world_size))
     torch.manual_seed(params.seed)
     np.random.seed(params.seed & 0xFFFFFFFF)
     random.seed(params.seed)
@@ -90,7 +90,7 @@ class _Run:
     """The components of one run, built once by train() and used by every phase."""
 
     params: Params
-    d: Dist
+    world: Dist
     data: TrainData
     trainee: Trainee
     checkpointer: Checkpointer
@@ -101,17 +101,17 @@ class _Run:
 def _run_steps(run: _Run, progress: Progress, best: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
     """Step until the plan is done or early stopping: validate when due, log, checkpoint when due. Returns the
     weights to export: the best validated so far on rank 0 (None on the other ranks, which export nothing)."""
-    cfg, d, data = run.params.train, run.d, run.data
+    cfg, world, data = run.params.train, run.world, run.data
     checkpoint_every = cfg.checkpoint_every or cfg.eval_every
     started, seconds_before = time.perf_counter(), progress.seconds
     while progress.step < data.total_steps and not progress.stopped_early:
         if progress.step_in_epoch >= data.plan[progress.epoch]:  # the epoch is done
             progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
             continue
-        row = train_step(run.trainee, data.objective, data.stream, progress, seed=run.params.seed, d=d,
+        row = train_step(run.trainee, data.objective, data.stream, progress, seed=run.params.seed, world=world,
                          grad_clip=cfg.grad_clip, amp=cfg.amp)
         if run.validator.due(progress.step):
-            if run.validator.validate(run.trainee, progress, row) and d.is_main:
+            if run.validator.validate(run.trainee, progress, row) and world.is_main:
                 best = exported_state(run.trainee.model, run.trainee.average)
         progress.log.append(row)
         run.logger.log(row)
@@ -130,11 +130,11 @@ def export_best(trainee: Trainee, best: dict[str, torch.Tensor] | None, out_dir:
     export_model(trainee.model, out_dir, config, tokenizer_dir)
 
 
-def _header(params: Params, data: TrainData, trainee: Trainee, d: Dist) -> str:
+def _header(params: Params, data: TrainData, trainee: Trainee, world: Dist) -> str:
     cfg = params.train
     return (f"[bold]train[/] task={params.task} attention={params.model.attention} "
             f"params={sum(p.numel() for p in trainee.model.parameters()):,} items={len(data.train_items)} "
-            f"steps={data.total_steps} processes={d.world_size} device={d.device} amp={cfg.amp}")
+            f"steps={data.total_steps} processes={world.world_size} device={world.device} amp={cfg.amp}")
 
 
 def train(
@@ -157,31 +157,31 @@ def train(
 
     cfg = params.train
     out_dir, reports_dir = Path(out_dir), Path(reports_dir)
-    with distributed(cfg.device, cfg.backend) as d:
-        seed_process(params, d)
-        data = open_data(params, encoded_dir, split_dir, d)
+    with distributed(cfg.device, cfg.backend) as world:
+        seed_process(params, world)
+        data = open_data(params, encoded_dir, split_dir, world)
         checkpoint = out_dir / CHECKPOINT
         resuming = resume is True or (resume == "auto" and checkpoint.exists())
-        trainee, init_note = build_trainee(params, data.enc, data.total_steps, d, fresh=not resuming)
-        checkpointer = Checkpointer(checkpoint, trainee, params, data.fingerprint(), data.stream.global_batch, d)
+        trainee, init_note = build_trainee(params, data.enc, data.total_steps, world, fresh=not resuming)
+        checkpointer = Checkpointer(checkpoint, trainee, params, data.fingerprint(), data.stream.global_batch, world)
         progress, best = checkpointer.begin(resuming)
         resumed_from = progress.step if resuming else None
-        trainee.distribute(d, cfg.compile)  # after every rank has loaded the same weights
+        trainee.distribute(world, cfg.compile)  # after every rank has loaded the same weights
 
-        console = Console(stderr=True, quiet=not d.is_main)
-        logger = TrainLogger(d.is_main, reports_dir, data.total_steps, console, replay=progress.log if resuming else None)
-        logger.print(_header(params, data, trainee, d)
+        console = Console(stderr=True, quiet=not world.is_main)
+        logger = TrainLogger(world.is_main, reports_dir, data.total_steps, console, replay=progress.log if resuming else None)
+        logger.print(_header(params, data, trainee, world)
                      + (f" resumed at step {resumed_from}" if resuming else "") + init_note)
-        validator = Validator(params, data.objective, data.val_items, d, logger, data.total_steps)
-        run = _Run(params, d, data, trainee, checkpointer, validator, logger)
+        validator = Validator(params, data.objective, data.val_items, world, logger, data.total_steps)
+        run = _Run(params, world, data, trainee, checkpointer, validator, logger)
         try:
             best = _run_steps(run, progress, best)
             checkpointer.save(progress, best, finished=True)
             result = TrainResult.of(progress, validator.metric, resumed_from)
-            if d.is_main:
+            if world.is_main:
                 export_best(trainee, best, out_dir, export_config(params, data.enc), tokenizer_dir)
                 logger.close(result.summary())
         finally:
             logger.close()
-        d.barrier()
-        return result if d.is_main else None
+        world.barrier()
+        return result if world.is_main else None

@@ -68,7 +68,7 @@ class TrainData:
         }
 
 
-def open_data(params: Params, encoded_dir: Path, split_dir: Path, d: Dist) -> TrainData:
+def open_data(params: Params, encoded_dir: Path, split_dir: Path, world: Dist) -> TrainData:
     """The run's data for this rank; refuses a train split smaller than one optimizer step."""
     cfg = params.train
     enc = Encoded.open(encoded_dir)
@@ -79,7 +79,7 @@ def open_data(params: Params, encoded_dir: Path, split_dir: Path, d: Dist) -> Tr
     objective = make_objective(params, enc, parts["train"])
     stream = TrainStream(
         train_items, seed=params.seed, batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps,
-        rank=d.rank, world_size=d.world_size, sampler=cfg.sampler,
+        rank=world.rank, world_size=world.world_size, sampler=cfg.sampler,
         weights=class_weights(train_labels(params, enc, parts["train"])) if cfg.sampler == "weighted" else None,
     )
     plan = stream.schedule(epochs_for(stream, cfg.epochs, min_steps_for(params), cfg.max_steps), cfg.max_steps)

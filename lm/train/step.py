@@ -50,23 +50,23 @@ def optimizer_step(
     ddp: nn.parallel.DistributedDataParallel | None,
     objective,
     micro: list[dict],
-    d: Dist,
+    world: Dist,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     grad_clip: float | None,
     amp: str,
 ) -> StepStats:
     """Accumulate the micro-batches' gradients, clip the total, step the optimizer."""
-    (global_count,) = d.all_reduce_sum([float(sum(b["count"] for b in micro))])
+    (global_count,) = world.all_reduce_sum([float(sum(b["count"] for b in micro))])
     loss_sum, tokens = 0.0, 0
     for m, batch in enumerate(micro):
-        batch = to_device(batch, d.device)
+        batch = to_device(batch, world.device)
         tokens += int(batch["attention_mask"].sum())
         last = m == len(micro) - 1
         with (ddp.no_sync() if ddp is not None and not last else nullcontext()):  # sync once, on the last
-            with autocast_ctx(d.device, amp):
+            with autocast_ctx(world.device, amp):
                 part = objective.loss_sum(wrapped, batch)
-            scaler.scale(part * d.world_size / max(global_count, 1.0)).backward()
+            scaler.scale(part * world.world_size / max(global_count, 1.0)).backward()
         loss_sum += float(part.detach())
     scaler.unscale_(optimizer)  # no-op without fp16; clipping must see true gradients
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
@@ -76,17 +76,17 @@ def optimizer_step(
     return StepStats(loss_sum, global_count, tokens, float(norm))
 
 
-def train_step(trainee: Trainee, objective, stream: TrainStream, progress: Progress, *, seed: int, d: Dist,
+def train_step(trainee: Trainee, objective, stream: TrainStream, progress: Progress, *, seed: int, world: Dist,
                grad_clip: float | None, amp: str) -> dict[str, Any]:
     """The step at `progress`'s position: its batches, the update, the schedule and the weight average;
     advances `progress` and returns the step's log row (train_loss over all ranks)."""
     t0 = time.perf_counter()
-    torch.manual_seed(step_seed(seed, progress.step, d.rank))  # dropout: a function of the step
+    torch.manual_seed(step_seed(seed, progress.step, world.rank))  # dropout: a function of the step
     micro = [objective.prepare(b, train=True, epoch=progress.epoch)
              for b in stream.micro_batches(progress.epoch, progress.step_in_epoch)]
     lr = trainee.optimizer.param_groups[0]["lr"]
     stats = optimizer_step(
-        model=trainee.model, wrapped=trainee.wrapped, ddp=trainee.ddp, objective=objective, micro=micro, d=d,
+        model=trainee.model, wrapped=trainee.wrapped, ddp=trainee.ddp, objective=objective, micro=micro, world=world,
         optimizer=trainee.optimizer, scaler=trainee.scaler, grad_clip=grad_clip, amp=amp,
     )
     trainee.scheduler.step()
@@ -94,7 +94,7 @@ def train_step(trainee: Trainee, objective, stream: TrainStream, progress: Progr
     if trainee.average is not None:
         trainee.average.update(progress.step)
     progress.step_in_epoch += 1
-    loss_all, tokens_all = d.all_reduce_sum([stats.loss_sum, float(stats.tokens)])
+    loss_all, tokens_all = world.all_reduce_sum([stats.loss_sum, float(stats.tokens)])
     progress.tokens_seen += int(tokens_all)
     train_loss = loss_all / max(stats.count, 1.0)
     progress.running.append(train_loss)

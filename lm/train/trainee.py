@@ -42,17 +42,17 @@ class Trainee:
         if self.average is not None:
             self.average.load_state(state.ema)
 
-    def distribute(self, d: Dist, compile: bool) -> None:
+    def distribute(self, world: Dist, compile: bool) -> None:
         """Wrap the model for the steps: DDP when there are several processes, then torch.compile."""
-        if d.enabled:
+        if world.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+                self.model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
             self.wrapped = self.ddp
         if compile:
             self.wrapped = torch.compile(self.wrapped)
 
 
-def build_trainee(params: Params, enc: Encoded, total_steps: int, d: Dist, *, fresh: bool) -> tuple[Trainee, str]:
+def build_trainee(params: Params, enc: Encoded, total_steps: int, world: Dist, *, fresh: bool) -> tuple[Trainee, str]:
     """The trainee for `params` on `enc`'s vocabulary, and a note on the weights it starts from.
     train.init_from loads pretrained weights into a fresh run only: a resumed run takes every weight from its
     checkpoint."""
@@ -62,7 +62,7 @@ def build_trainee(params: Params, enc: Encoded, total_steps: int, d: Dist, *, fr
     model = build_model(
         params.model, task=params.task, vocab_size=enc.vocab_size, max_len=enc.max_len,
         pad_id=enc.pad_id, seed=params.seed,
-    ).to(d.device)
+    ).to(world.device)
     model.train()
     note = ""
     if cfg.init_from and fresh:
@@ -73,6 +73,6 @@ def build_trainee(params: Params, enc: Encoded, total_steps: int, d: Dist, *, fr
         note = f" init_from={report.source} ({report.kind}, {report.loaded} tensors; new: {len(report.fresh)})"
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
-    scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler(world.device.type, enabled=cfg.amp == "fp16")
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     return Trainee(model, optimizer, scheduler, scaler, average, wrapped=model), note

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: str) -> dict[str, float]:
+def validate(model: nn.Module, objective, items, batch_size: int, world: Dist, amp: str) -> dict[str, float]:
     """Mean loss over `items`, and for a classifier the ROC-AUC of its scores, sharded over ranks (every rank
     runs the unwrapped model, never the DDP wrapper, so no rank waits on a collective inside forward) and
     all-reduced. The AUC is None when the items hold one class only."""
@@ -42,14 +42,14 @@ def validate(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: 
     classify = isinstance(objective, ClassifyObjective)
     scores = np.zeros(len(items) if classify else 0)
     labels = np.zeros(len(items) if classify else 0)
-    mine = np.arange(d.rank, len(items), d.world_size)
+    mine = np.arange(world.rank, len(items), world.world_size)
     for lo in range(0, len(mine), batch_size):
         idx = mine[lo : lo + batch_size]
         batch = objective.prepare(items.batch(idx), train=False)
         if batch["count"] == 0:
             continue
-        batch = to_device(batch, d.device)
-        with autocast_ctx(d.device, amp):
+        batch = to_device(batch, world.device)
+        with autocast_ctx(world.device, amp):
             if classify:
                 logits, loss = objective.logits_and_loss_sum(plain, batch)
                 scores[idx] = logits.float().cpu().numpy()
@@ -58,12 +58,12 @@ def validate(model: nn.Module, objective, items, batch_size: int, d: Dist, amp: 
                 loss = objective.loss_sum(plain, batch)
             total += float(loss)
         count += batch["count"]
-    total, count = d.all_reduce_sum([total, count])
+    total, count = world.all_reduce_sum([total, count])
     out: dict[str, float] = {"val_loss": total / count if count else float("nan")}
     if classify:
-        if d.enabled:  # every rank filled its own items; the sum assembles the whole split everywhere
-            scores = np.asarray(d.all_reduce_sum(scores.tolist()))
-            labels = np.asarray(d.all_reduce_sum(labels.tolist()))
+        if world.enabled:  # every rank filled its own items; the sum assembles the whole split everywhere
+            scores = np.asarray(world.all_reduce_sum(scores.tolist()))
+            labels = np.asarray(world.all_reduce_sum(labels.tolist()))
         both = 0 < labels.sum() < len(labels)
         out["val_roc_auc"] = float(roc_auc_score(labels > 0.5, scores)) if both else None
     plain.train(was_training)
@@ -91,9 +91,9 @@ class Validator:
     earlier pass (these weights are the ones to export), or one more pass without improvement (train.patience
     of them stop the run)."""
 
-    def __init__(self, params: Params, objective, items, d: Dist, logger: TrainLogger, total_steps: int):
+    def __init__(self, params: Params, objective, items, world: Dist, logger: TrainLogger, total_steps: int):
         self.metric = selection_metric(params)
-        self.objective, self.items, self.d, self.logger, self.total_steps = objective, items, d, logger, total_steps
+        self.objective, self.items, self.world, self.logger, self.total_steps = objective, items, world, logger, total_steps
         self.batch_size, self.amp, self.patience = params.eval.batch_size, params.train.amp, params.train.patience
         self.every = params.train.eval_every
 
@@ -104,7 +104,7 @@ class Validator:
     def validate(self, trainee: Trainee, progress: Progress, row: dict[str, Any]) -> bool:
         """One validation pass after the step of `row`; True when it is the best so far."""
         with trainee.average.swapped_in() if trainee.average is not None else nullcontext():
-            val = (validate(trainee.wrapped, self.objective, self.items, self.batch_size, self.d, self.amp)
+            val = (validate(trainee.wrapped, self.objective, self.items, self.batch_size, self.world, self.amp)
                    if len(self.items) else {"val_loss": float("nan")})
         lr = row["lr"]
         avg = float(np.mean(progress.running))
