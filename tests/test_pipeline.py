@@ -124,6 +124,33 @@ def _assert_scores_are_the_models(root: Path, texts: list[str]) -> None:
     assert table["label"].tolist() == ["toxic" if p >= threshold else "non-toxic" for p in expected]
 
 
+def _digest(root: Path, *dirs: str) -> dict[str, str]:
+    import hashlib
+
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for d in dirs for f in sorted((root / d).rglob("*")) if f.is_file()}
+
+
+def test_a_params_typo_keeps_models_and_reports_and_pos_weight_off_runs(repo):
+    """A typo under `dvc repro` stops with one line naming the key and deletes nothing (outputs are persist);
+    `dvc exp run -S train.pos_weight=off` (written unquoted, read by YAML as false) runs."""
+    root, env = repo
+    if not (root / "dvc.lock").exists():
+        pytest.skip("needs the repro test first")
+    before = _digest(root, "models", "reports/train")
+    good = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(good.replace("  n_heads: 2\n", "  n_heads: 2\n  n_head: 4\n"))
+    failed = _sh(["dvc", "repro"], root, env, check=False)
+    assert failed.returncode != 0
+    errors = [line for line in (failed.stdout + failed.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.n_head: unknown key" in errors[0]
+    assert _digest(root, "models", "reports/train") == before
+    (root / "params.yaml").write_text(good)
+    _sh(["dvc", "exp", "run", "-S", "train.pos_weight=off"], root, env)
+    assert "pos_weight: off" in (root / "params.yaml").read_text() or "pos_weight: false" in (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(good)
+
+
 @pytest.mark.parametrize("task, keys", [
     ("mlm", ["masked_accuracy", "top5_accuracy", "perplexity"]),
     ("clm", ["perplexity", "bits_per_byte"]),
