@@ -231,6 +231,25 @@ class PretrainConfig(Section):
     lr: float | None = Field(None, gt=0, description="default train.lr")
 
 
+class ServeConfig(Section):
+    """`lm serve`: the HTTP scoring service (dynamic micro-batching in front of one loaded model)."""
+
+    host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=1, le=65535)
+    backend: Literal["eager", "torchscript", "int8"] = Field(
+        "eager", description="eager PyTorch, or an `lm export` artifact under serve.export_dir"
+    )
+    max_batch: int = Field(64, ge=1, description="most texts scored in one forward pass")
+    max_wait_ms: float = Field(5.0, ge=0.0, description="how long the first queued text waits for others to join its batch")
+    max_queue: int = Field(1024, ge=1, description="texts waiting to be scored; beyond it requests get 503 + Retry-After")
+    max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413")
+    max_texts: int = Field(256, ge=1, description="texts per request (more: 422)")
+    max_chars: int = Field(10_000, ge=1, description="characters per text (more: 422)")
+    tokenizer_threads: int = Field(2, ge=1, description="threads that tokenize off the event loop")
+    model_dir: str = Field("models", description="exported model directory (config.json, weights, tokenizer/)")
+    export_dir: str = Field("serving", description="where `lm export` wrote the torchscript/int8 artifacts")
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -245,6 +264,7 @@ class Params(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     viz: VizConfig = Field(default_factory=VizConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _task_needs(self) -> Params:
