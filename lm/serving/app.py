@@ -1,0 +1,231 @@
+"""The scoring service: FastAPI on uvicorn, one model per process, dynamic micro-batching in front of it.
+
+    POST /v1/score  {"texts": ["...", ...]}  ->  {"scores": [...], "labels": [...], "threshold": t}
+    GET  /healthz   the process answers
+    GET  /readyz    the model is loaded and the batcher runs (200), else 503
+    GET  /metrics   Prometheus text (lm.serving.metrics)
+
+Why these libraries: FastAPI/Starlette is the most used ASGI framework in Python and uvicorn its reference
+server (uvloop, httptools, graceful shutdown on SIGTERM); prometheus_client is the official Prometheus client.
+
+A request is checked before any work (body size: 413; JSON shape, text count and length: 422 with
+`{"error": ...}` naming the field), tokenized in a thread pool (tiktoken, like `lm predict`: `<|cls|>` + tokens,
+cut to the model's max_len) so the event loop never waits on it, then queued for the batcher (full queue: 503 +
+Retry-After). The process is stateless apart from the loaded model, so it scales out as several uvicorn
+workers (`uvicorn --factory lm.serving.app:from_params --workers N`) or containers behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from lm.config import ServeConfig
+from lm.serving.batcher import Batcher, QueueFull, Unbatched
+from lm.serving.metrics import Metrics
+
+ENDPOINTS = ("/v1/score", "/healthz", "/readyz", "/metrics")
+RETRY_AFTER_S = 1
+
+
+class RequestError(Exception):
+    """A bad request, answered with `status` and {"error": message}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Served:
+    """Everything one app instance holds: the model, its tokenizer, the batcher and the pools."""
+
+    cfg: ServeConfig
+    naive: bool
+    metrics: Metrics
+    scorer: Any = None
+    tokenizer: Any = None
+    max_len: int | None = None
+    threshold: float | None = None
+    batcher: Batcher | Unbatched | None = None
+    tokenize_pool: ThreadPoolExecutor | None = None
+    loaded: bool = False
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """As `lm predict` (lm.infer.predict.Trained._rows) encodes for a classifier."""
+        tok = self.tokenizer
+        return [([tok.cls_id] + tok.encode(t, allowed_special=set(), disallowed="as_text"))[: self.max_len]
+                for t in texts]
+
+
+def load_model(served: Served) -> None:
+    """Fill in what the app was not given: the scorer (serve.backend), the tokenizer, max_len and threshold from
+    serve.model_dir/config.json. Runs once per process, in the lifespan."""
+    from lm.model.export import read_export_config
+
+    model_dir = Path(served.cfg.model_dir)
+    config = read_export_config(model_dir)
+    if served.scorer is None:
+        from lm.serving.backends import load_scorer
+
+        served.scorer = load_scorer(model_dir, served.cfg.backend, Path(served.cfg.export_dir))
+    if served.tokenizer is None:
+        from lm.tokenizer import Tokenizer
+
+        served.tokenizer = Tokenizer.load(model_dir / "tokenizer")
+    served.max_len = served.max_len or int(config["max_len"])
+    if served.threshold is None:
+        served.threshold = float(config.get("threshold", 0.5))
+
+
+def _make_batcher(served: Served) -> Batcher | Unbatched:
+    cfg = served.cfg
+    kind = Unbatched if served.naive else Batcher
+    return kind(served.scorer, pad_id=served.tokenizer.pad_id, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
+                max_queue=cfg.max_queue, metrics=served.metrics)
+
+
+def _lifespan(served: Served):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(load_model, served)
+        served.tokenize_pool = ThreadPoolExecutor(served.cfg.tokenizer_threads, thread_name_prefix="lm-tokenize")
+        served.batcher = _make_batcher(served)
+        await served.batcher.start()
+        served.loaded = True
+        try:
+            yield
+        finally:
+            served.loaded = False
+            await served.batcher.stop()  # finishes every queued text before the process ends
+            served.tokenize_pool.shutdown(wait=True)
+
+    return lifespan
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it (or its declared Content-Length) passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body: {declared} bytes, more than serve.max_body_bytes ({limit})")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body: more than serve.max_body_bytes ({limit}) bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_texts(body: bytes, cfg: ServeConfig) -> list[str]:
+    """{"texts": [...]} -> the texts, or RequestError(422) naming the field that is wrong."""
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError(422, 'body: not valid JSON; send {"texts": ["...", ...]}') from None
+    if not isinstance(payload, dict) or "texts" not in payload:
+        raise RequestError(422, 'texts: required; send {"texts": ["...", ...]}')
+    unknown = sorted(set(payload) - {"texts"})
+    if unknown:
+        raise RequestError(422, f"{unknown[0]}: unknown field; only texts is accepted")
+    texts = payload["texts"]
+    if not isinstance(texts, list):
+        raise RequestError(422, f"texts: expected a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise RequestError(422, f"texts: empty list; send 1 to {cfg.max_texts} texts")
+    if len(texts) > cfg.max_texts:
+        raise RequestError(422, f"texts: {len(texts)} texts, more than serve.max_texts ({cfg.max_texts})")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(422, f"texts[{i}]: expected a string, got {type(text).__name__}")
+        if not text.strip():
+            raise RequestError(422, f"texts[{i}]: empty string")
+        if len(text) > cfg.max_chars:
+            raise RequestError(422, f"texts[{i}]: {len(text)} characters, more than serve.max_chars ({cfg.max_chars})")
+    return texts
+
+
+async def score_texts(served: Served, texts: list[str]) -> dict[str, Any]:
+    rows = await asyncio.get_running_loop().run_in_executor(served.tokenize_pool, served.encode, texts)
+    try:
+        scores = await served.batcher.score(rows)
+    except QueueFull as err:
+        raise RequestError(503, f"overloaded: {err}; retry in {RETRY_AFTER_S} s") from None
+    t = served.threshold
+    return {"scores": scores, "labels": ["toxic" if s >= t else "non-toxic" for s in scores], "threshold": t}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _routes(app: FastAPI, served: Served) -> None:
+    @app.post("/v1/score")
+    async def score(request: Request) -> Response:
+        if not served.loaded:
+            return _error(503, "not ready: the model is loading or the server is stopping")
+        try:
+            texts = parse_texts(await read_body(request, served.cfg.max_body_bytes), served.cfg)
+            return JSONResponse(await score_texts(served, texts))
+        except RequestError as err:
+            return _error(err.status, str(err))
+        except Exception as err:  # a scorer failure fails this request, never the process
+            return _error(500, f"scoring failed: {type(err).__name__}: {err}")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if served.loaded and served.batcher is not None and served.batcher.running:
+            return JSONResponse({"status": "ready", "backend": getattr(served.scorer, "name", "?"),
+                                 "batching": not served.naive})
+        return _error(503, "not ready: the model is loading or the server is stopping")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(served.metrics.render(), media_type=served.metrics.content_type)
+
+
+def create_app(cfg: ServeConfig, scorer: Any = None, tokenizer: Any = None, *, max_len: int | None = None,
+               threshold: float | None = None, naive: bool = False) -> FastAPI:
+    """The service. What is not passed in (scorer, tokenizer, max_len, threshold) is loaded from cfg.model_dir
+    (and cfg.backend / cfg.export_dir) when the app starts. naive: one request scored at a time, no batching."""
+    served = Served(cfg=cfg, naive=naive, metrics=Metrics(), scorer=scorer, tokenizer=tokenizer, max_len=max_len,
+                    threshold=threshold)
+    app = FastAPI(title="lm scoring service", lifespan=_lifespan(served))
+    app.state.served = served
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path
+        served.metrics.observe(path if path in ENDPOINTS else "other", response.status_code,
+                               time.perf_counter() - start)
+        return response
+
+    _routes(app, served)
+    return app
+
+
+def from_params() -> FastAPI:
+    """App factory for `uvicorn --factory lm.serving.app:from_params` (several workers): params from $LM_PARAMS
+    (default params.yaml), naive mode from $LM_SERVE_NAIVE=1."""
+    from lm.config import load_params
+
+    params = load_params(os.environ.get("LM_PARAMS", "params.yaml"))
+    return create_app(params.serve, naive=os.environ.get("LM_SERVE_NAIVE") == "1")

@@ -1,0 +1,264 @@
+"""lm serve: the HTTP contract, in process (httpx over ASGI, lifespan started by hand), on a tiny model trained
+through the real stages (download, tokenize, encode, split, train), so tokenization is the real one.
+
+Checked: scores over HTTP equal `lm predict`'s; concurrent shuffled requests of different sizes each get their
+own scores (batching never mixes texts up); a full queue answers 503 + Retry-After and the server goes on;
+bad bodies get 4xx with a message naming the field; /metrics has the histograms; shutdown answers what was queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_params
+from lm.config import ServeConfig, parse_params
+from lm.serving.app import create_app
+
+TEXTS = [
+    "you are a wonderful person and I like your comment",
+    "this is the stupidest idea I have ever read, idiot",
+    "The council meets on Tuesday to discuss the budget.",
+    "shut up",
+    "I disagree, but thanks for explaining your view so clearly.",
+    "what a pathetic loser",
+    "ok",
+    "Nobody cares about your opinion, go away and never come back here again you fool",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny classifier trained by the pipeline's own stages in a scratch directory."""
+    import os
+
+    import stages.download
+    import stages.encode
+    import stages.split
+    import stages.tokenize
+    import stages.train
+
+    root = tmp_path_factory.mktemp("serve")
+    params = parse_params(tiny_params(**{"train.max_steps": 8, "train.threads": 1, "eval.baseline": False}))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for stage in (stages.download, stages.tokenize, stages.encode, stages.split):
+            stage.run(params)
+        stages.train.run(params)
+    finally:
+        os.chdir(cwd)
+    return root / "models"
+
+
+class EagerScorer:
+    """The exported model scored in eager PyTorch (the interface of lm.serving.backends)."""
+
+    name = "eager"
+
+    def __init__(self, model_dir: Path, delay: float = 0.0):
+        from lm.model.export import load_exported
+
+        self.model, _ = load_exported(model_dir)
+        self.delay = delay
+        self.batches: list[int] = []
+
+    def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        self.batches.append(len(input_ids))
+        if self.delay:
+            time.sleep(self.delay)
+        with torch.inference_mode():
+            logits = self.model(torch.as_tensor(input_ids), torch.as_tensor(attention_mask)).logits
+            return torch.sigmoid(logits.float()).numpy()
+
+
+@asynccontextmanager
+async def serving(model_dir: Path, scorer=None, **cfg):
+    app = create_app(ServeConfig(model_dir=str(model_dir), **cfg), scorer or EagerScorer(model_dir))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://lm") as client:
+            yield client, app
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_serve_scores_equal_lm_predict(model_dir, one_thread):
+    from lm.infer.predict import load_trained
+
+    expected = load_trained(model_dir).predict(TEXTS)
+
+    async def go():
+        async with serving(model_dir) as (client, _):
+            return await client.post("/v1/score", json={"texts": TEXTS})
+
+    r = run(go())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"scores", "labels", "threshold"}
+    np.testing.assert_allclose(body["scores"], expected["toxicity"], atol=5e-5 + 1e-7)
+    assert body["labels"] == expected["label"].tolist()
+    assert body["threshold"] == 0.5
+
+
+def test_serve_health_ready_and_metrics(model_dir, one_thread):
+    async def go():
+        async with serving(model_dir) as (client, _):
+            health, ready = await client.get("/healthz"), await client.get("/readyz")
+            await client.post("/v1/score", json={"texts": TEXTS[:3]})
+            await client.post("/v1/score", json={"texts": []})
+            return health, ready, await client.get("/metrics")
+
+    health, ready, metrics = run(go())
+    assert health.status_code == 200 and ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    text = metrics.text
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ("lm_serve_request_seconds_bucket", "lm_serve_batch_size_bucket", "lm_serve_queue_depth"):
+        assert name in text
+    assert 'lm_serve_requests_total{endpoint="/v1/score",status="200"} 1.0' in text
+    assert 'lm_serve_requests_total{endpoint="/v1/score",status="422"} 1.0' in text
+    assert "lm_serve_batch_size_sum 3.0" in text
+
+
+def test_serve_not_ready_before_startup(model_dir):
+    app = create_app(ServeConfig(model_dir=str(model_dir)), EagerScorer(model_dir))
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://lm") as client:
+            return await client.get("/readyz"), await client.post("/v1/score", json={"texts": ["hi"]})
+
+    ready, score = run(go())
+    assert ready.status_code == 503 and score.status_code == 503
+
+
+def test_serve_batching_never_mixes_up_texts(model_dir, one_thread):
+    """Many concurrent requests of 1..7 texts, shuffled: each gets the scores of its own texts, in order."""
+    scorer = EagerScorer(model_dir)
+    rng = random.Random(0)
+    pool = TEXTS + [t.upper() for t in TEXTS] + [t + " " + u for t, u in zip(TEXTS, reversed(TEXTS))]
+    with torch.inference_mode():
+        alone = {t: scorer.score(*_one(model_dir, t))[0] for t in pool}
+    requests = [rng.sample(pool, rng.randint(1, 7)) for _ in range(60)]
+
+    async def go():
+        async with serving(model_dir, scorer, max_batch=16, max_wait_ms=2) as (client, _):
+            return await asyncio.gather(*(client.post("/v1/score", json={"texts": r}) for r in requests))
+
+    scorer.batches.clear()
+    answers = run(go())
+    for texts, r in zip(requests, answers):
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["scores"], [alone[t] for t in texts], atol=1e-5)
+    assert max(scorer.batches) > 7  # texts of different requests were scored together
+    assert max(scorer.batches) <= 16
+
+
+def _one(model_dir: Path, text: str):
+    from lm.infer.predict import load_trained
+
+    ids, mask = load_trained(model_dir)._rows([text], set())
+    return ids.numpy(), mask.numpy()
+
+
+def test_serve_overload_gives_503_and_stays_up(model_dir, one_thread):
+    scorer = EagerScorer(model_dir, delay=0.05)
+
+    async def go():
+        async with serving(model_dir, scorer, max_queue=4, max_batch=2, max_wait_ms=0) as (client, _):
+            burst = await asyncio.gather(*(client.post("/v1/score", json={"texts": TEXTS[:2]}) for _ in range(12)))
+            after = await client.post("/v1/score", json={"texts": TEXTS[:2]})
+            return burst, after, await client.get("/healthz")
+
+    burst, after, health = run(go())
+    codes = [r.status_code for r in burst]
+    assert 503 in codes and 200 in codes
+    refused = next(r for r in burst if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1" and "max_queue" in refused.json()["error"]
+    assert after.status_code == 200 and health.status_code == 200
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    (b"not json", 422, "not valid JSON"),
+    (b'["a"]', 422, "texts: required"),
+    (b'{"text": ["a"]}', 422, "texts: required"),
+    (b'{"texts": "a"}', 422, "texts: expected a list"),
+    (b'{"texts": []}', 422, "texts: empty list"),
+    (b'{"texts": ["ok", 3]}', 422, "texts[1]: expected a string"),
+    (b'{"texts": ["ok", ""]}', 422, "texts[1]: empty string"),
+    (b'{"texts": ["ok"], "x": 1}', 422, "x: unknown field"),
+    (b'{"texts": ["a", "b", "c", "d"]}', 422, "max_texts"),
+    (b'{"texts": ["' + b"a" * 101 + b'"]}', 422, "texts[0]: 101 characters"),
+    (b'{"texts": ["' + b"a" * 300 + b'"]}', 413, "max_body_bytes"),
+])
+def test_serve_bad_bodies_get_4xx_with_a_message(model_dir, one_thread, body, status, words):
+    async def go():
+        async with serving(model_dir, max_texts=3, max_chars=100, max_body_bytes=200) as (client, _):
+            bad = await client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+            return bad, await client.post("/v1/score", json={"texts": ["still up"]})
+
+    bad, good = run(go())
+    assert bad.status_code == status
+    assert words in bad.json()["error"]
+    assert good.status_code == 200
+
+
+def test_serve_scorer_failure_is_a_500_not_a_dead_worker(model_dir, one_thread):
+    class Flaky(EagerScorer):
+        def score(self, input_ids, attention_mask):
+            if len(self.batches) == 0:
+                self.batches.append(0)
+                raise RuntimeError("boom")
+            return super().score(input_ids, attention_mask)
+
+    async def go():
+        async with serving(model_dir, Flaky(model_dir)) as (client, _):
+            return await client.post("/v1/score", json={"texts": ["a"]}), await client.post("/v1/score", json={"texts": ["a"]})
+
+    first, second = run(go())
+    assert first.status_code == 500 and "boom" in first.json()["error"]
+    assert second.status_code == 200
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_serve_graceful_shutdown_answers_queued_requests(model_dir, one_thread, naive):
+    """Requests queued when shutdown starts are all scored; requests after it get 503."""
+    scorer = EagerScorer(model_dir, delay=0.03)
+    app = create_app(ServeConfig(model_dir=str(model_dir), max_batch=2, max_wait_ms=0), scorer, naive=naive)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://lm") as client:
+            async with app.router.lifespan_context(app):
+                pending = [asyncio.create_task(client.post("/v1/score", json={"texts": [t]})) for t in TEXTS]
+                await asyncio.sleep(0.02)  # all queued, the first batch in the scorer
+            late = await client.post("/v1/score", json={"texts": ["late"]})
+            return await asyncio.gather(*pending), late
+
+    answers, late = run(go())
+    assert [r.status_code for r in answers] == [200] * len(TEXTS)
+    assert late.status_code == 503
+    assert sum(scorer.batches) == len(TEXTS)
+
+
+def test_serve_naive_scores_one_request_at_a_time(model_dir, one_thread):
+    scorer = EagerScorer(model_dir)
+    app = create_app(ServeConfig(model_dir=str(model_dir)), scorer, naive=True)
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://lm") as client:
+                return await asyncio.gather(*(client.post("/v1/score", json={"texts": TEXTS[:3]}) for _ in range(6)))
+
+    answers = run(go())
+    assert all(r.status_code == 200 for r in answers)
+    assert scorer.batches == [3] * 6
+    assert len({tuple(r.json()["scores"]) for r in answers}) == 1
