@@ -187,6 +187,43 @@ def bench(
     _run(body)
 
 
+@app.command()
+def serve(
+    params: ParamsOption = DEFAULT_PARAMS,
+    host: Annotated[Optional[str], typer.Option(help="interface (default serve.host)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default serve.port)")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="eager | torchscript | int8 (default serve.backend)")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="texts per forward pass (default serve.max_batch)")] = None,
+    max_wait_ms: Annotated[Optional[float], typer.Option(help="batching wait (default serve.max_wait_ms)")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option("--model", help="model directory (default serve.model_dir)")] = None,
+    naive: Annotated[bool, typer.Option("--naive", help="no batching: one request scored at a time (a baseline)")] = False,
+) -> None:
+    """Serve the trained classifier over HTTP (uvicorn): POST /v1/score, GET /healthz, /readyz, /metrics."""
+
+    def body() -> None:
+        import uvicorn
+        from pydantic import ValidationError
+
+        from lm.config import ConfigError, ServeConfig
+        from lm.errors import LmError
+        from lm.serving.app import create_app
+
+        given = {"host": host, "port": port, "backend": backend, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                 "model_dir": str(model_dir) if model_dir else None}
+        try:
+            cfg = ServeConfig.model_validate({**_params(params).serve.model_dump(),
+                                              **{k: v for k, v in given.items() if v is not None}})
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ConfigError(f"serve.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        if not (Path(cfg.model_dir) / "config.json").exists():
+            raise LmError(f"{cfg.model_dir}/config.json not found: train a model first (`dvc repro`) or pass --model DIR")
+        uvicorn.run(create_app(cfg, naive=naive), host=cfg.host, port=cfg.port, access_log=False,
+                    timeout_graceful_shutdown=30)
+
+    _run(body)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
