@@ -115,6 +115,13 @@ def viz(params: ParamsOption = DEFAULT_PARAMS) -> None:
     _stage("visualize", params)
 
 
+@app.command(name="export")
+def export_serving(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Export the trained classifier for serving (TorchScript + INT8 under serving/), checked against the eager
+    model on the test split in reports/serving.json."""
+    _stage("export", params)
+
+
 @app.command()
 def generate(
     prompt: Annotated[list[str], typer.Argument(help="one or more prompts")],

@@ -18,3 +18,5 @@ SPLIT_REPORT = REPORTS / "split.json"
 METRICS = REPORTS / "metrics.json"  # headline figures (`dvc metrics`, `dvc exp show`)
 EVALUATION = REPORTS / "evaluation.json"  # the full evaluation reports
 PREDICTIONS = REPORTS / "predictions.md"
+SERVING = Path("serving")  # inference artifacts written by `lm export` (TorchScript, INT8, tokenizer copy)
+SERVING_REPORT = REPORTS / "serving.json"  # each exported variant checked against the eager model

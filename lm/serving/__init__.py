@@ -1,0 +1,1 @@
+"""Serving: exported inference artifacts (TorchScript, INT8) and the scorers the HTTP service uses."""

@@ -1,0 +1,102 @@
+"""Scorers: one interface over the eager model and the artifacts `lm export` writes to serving/.
+
+A scorer turns a padded batch of token ids into classifier probabilities; the server (and the export check)
+use any backend the same way:
+
+    scorer = load_scorer(Path("models"), "int8")
+    probs = scorer.score(input_ids, attention_mask)  # int64 (B, L), bool (B, L) -> float32 (B,)
+
+- eager: the exported lm model (lm/model/export.py) in eval mode, needs lm's model code;
+- torchscript: serving/model.torchscript.pt, a traced `(input_ids, attention_mask) -> probabilities` graph;
+- int8: serving/model.int8.pt, the same with nn.Linear layers dynamically quantized to int8.
+The two artifacts load with torch alone (`torch.jit.load`), no lm code.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from lm.errors import LmError
+from lm.paths import SERVING
+
+BACKENDS = ("eager", "torchscript", "int8")
+ARTIFACTS = {"torchscript": "model.torchscript.pt", "int8": "model.int8.pt"}
+SERVING_CONFIG = "config.json"
+
+
+class Scorer(Protocol):
+    name: str  # "eager" | "torchscript" | "int8"
+
+    def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """input_ids int64 (B, L), attention_mask bool (B, L) -> float32 (B,) classifier probabilities."""
+        ...
+
+
+def _tensors(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
+    mask = torch.as_tensor(np.asarray(attention_mask, dtype=bool))
+    if ids.dim() != 2 or ids.shape != mask.shape:
+        raise LmError(f"input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} must both be (B, L)")
+    return ids, mask
+
+
+class EagerScorer:
+    """The exported lm model (a ClassifierEnsemble for the default params) scored in eager PyTorch."""
+
+    name = "eager"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+
+    def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids, mask = _tensors(input_ids, attention_mask)
+        with torch.inference_mode():
+            logits = self.model(ids, mask).logits  # (B,)
+            return torch.sigmoid(logits.float()).numpy()
+
+
+class TorchScriptScorer:
+    """A TorchScript artifact written by `lm export`: (input_ids, attention_mask) -> probabilities (B,)."""
+
+    def __init__(self, path: Path, name: str):
+        self.name = name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates jit; loading still works
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids, mask = _tensors(input_ids, attention_mask)
+        with torch.inference_mode():
+            return self.module(ids, mask).float().numpy()
+
+
+def read_serving_config(export_dir: Path) -> dict:
+    """serving/config.json: task, max_len, threshold, pad_id, cls_id (what a server needs to tokenize and label)."""
+    path = Path(export_dir) / SERVING_CONFIG
+    if not path.exists():
+        raise LmError(f"{path} not found: run `lm export` (or `dvc repro`) first")
+    return json.loads(path.read_text())
+
+
+def load_scorer(model_dir: Path, backend: str = "eager", export_dir: Path | None = None) -> Scorer:
+    """The scorer for `backend`: eager reads model_dir (models/), the others export_dir (default serving/)."""
+    if backend not in BACKENDS:
+        raise LmError(f"unknown scoring backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "eager":
+        from lm.model.export import load_exported
+
+        model, config = load_exported(Path(model_dir))
+        if config["task"] != "classify":
+            raise LmError(f"{model_dir} holds a {config['task']} model: scoring serves classifiers only")
+        return EagerScorer(model)
+    export_dir = Path(export_dir) if export_dir is not None else SERVING
+    path = export_dir / ARTIFACTS[backend]
+    if not path.exists():
+        raise LmError(f"{path} not found: run `lm export` (or `dvc repro`) to write the {backend} artifact")
+    return TorchScriptScorer(path, backend)
