@@ -203,6 +203,7 @@ def serve(
     max_batch: Annotated[Optional[int], typer.Option(help="texts per forward pass (default serve.max_batch)")] = None,
     max_wait_ms: Annotated[Optional[float], typer.Option(help="batching wait (default serve.max_wait_ms)")] = None,
     model_dir: Annotated[Optional[Path], typer.Option("--model", help="model directory (default serve.model_dir)")] = None,
+    export_dir: Annotated[Optional[Path], typer.Option(help="`lm export` artifacts (default serve.export_dir)")] = None,
     naive: Annotated[bool, typer.Option("--naive", help="no batching: one request scored at a time (a baseline)")] = False,
 ) -> None:
     """Serve the trained classifier over HTTP (uvicorn): POST /v1/score, GET /healthz, /readyz, /metrics."""
@@ -216,7 +217,7 @@ def serve(
         from lm.serving.app import create_app
 
         given = {"host": host, "port": port, "backend": backend, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-                 "model_dir": str(model_dir) if model_dir else None}
+                 "model_dir": str(model_dir) if model_dir else None, "export_dir": str(export_dir) if export_dir else None}
         try:
             cfg = ServeConfig.model_validate({**_params(params).serve.model_dump(),
                                               **{k: v for k, v in given.items() if v is not None}})

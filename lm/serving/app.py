@@ -74,6 +74,9 @@ def load_model(served: Served) -> None:
     serve.model_dir/config.json. Runs once per process, in the lifespan."""
     from lm.model.export import read_export_config
 
+    import torch
+
+    torch.set_num_threads(served.cfg.torch_threads)
     model_dir = Path(served.cfg.model_dir)
     config = read_export_config(model_dir)
     if served.scorer is None:
