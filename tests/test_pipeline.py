@@ -56,7 +56,7 @@ def test_repro_writes_reports_and_reruns_only_what_changed(repo):
     root, env = repo
     first = _sh(["dvc", "repro"], root, env)
     assert _stages_run(first.stdout) == {"download", "tokenizer", "encode", "split", "pretrain", "train", "evaluate",
-                                         "visualize"}
+                                         "visualize", "export"}
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     details = json.loads((root / "reports" / "evaluation.json").read_text())
     for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "accuracy"):
@@ -88,7 +88,8 @@ def test_repro_writes_reports_and_reruns_only_what_changed(repo):
     params = tiny_params(**{"model.n_layers": 2})
     write_params(root / "params.yaml", params)
     changed = _sh(["dvc", "repro"], root, env)
-    assert _stages_run(changed.stdout) == {"download", "pretrain", "train", "evaluate", "visualize"}  # pretrain: off
+    assert _stages_run(changed.stdout) == {"download", "pretrain", "train", "evaluate", "visualize",
+                                           "export"}  # pretrain: off
     shown = _sh(["dvc", "metrics", "show", "--json"], root, env)
     assert "roc_auc" in shown.stdout
     _sh(["git", "add", "-A"], root, env)
