@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path("models"))
     ap.add_argument("--export-dir", type=Path, default=Path("serving"))
     ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--max-wait-ms", type=float, default=2.0)
     record.add_save_arg(ap)
     args = ap.parse_args()
     max_requests, max_seconds = (600, 4.0) if args.quick else (3000, 15.0)

@@ -240,7 +240,7 @@ class ServeConfig(Section):
         "eager", description="eager PyTorch, or an `lm export` artifact under serve.export_dir"
     )
     max_batch: int = Field(64, ge=1, description="most texts scored in one forward pass")
-    max_wait_ms: float = Field(5.0, ge=0.0, description="how long the first queued text waits for others to join its batch")
+    max_wait_ms: float = Field(2.0, ge=0.0, description="how long the first queued text waits for others to join its batch")
     max_queue: int = Field(1024, ge=1, description="texts waiting to be scored; beyond it requests get 503 + Retry-After")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413")
     max_texts: int = Field(256, ge=1, description="texts per request (more: 422)")
