@@ -14,7 +14,8 @@ from conftest import subprocess_env, tiny_params, write_params
 from lm.cli import app
 
 runner = CliRunner()
-COMMANDS = ["download", "tokenize", "encode", "split", "train", "eval", "viz", "generate", "predict", "bench"]
+COMMANDS = ["download", "tokenize", "encode", "split", "pretrain", "train", "eval", "export", "viz", "generate", "predict",
+            "bench", "serve"]
 STAGES = ["download", "tokenize", "encode", "split", "train", "eval", "viz"]
 
 
