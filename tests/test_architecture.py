@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from import_names import imported_names
+
 REPO = Path(__file__).resolve().parents[1]
 FILES = sorted(p for d in ("lm", "stages") for p in (REPO / d).rglob("*.py"))
 MAX_FUNCTION_LINES = 80
@@ -26,21 +28,7 @@ MODULES = {_module(p): p for p in FILES}
 
 def _imports(path: Path) -> set[str]:
     """Modules of lm/ and stages/ that `path` imports anywhere in its body (not parent packages)."""
-    package = _module(path) if path.name == "__init__.py" else _module(path).rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parts, base] if base else parts)
-            names = [base] + [f"{base}.{a.name}" for a in node.names]
-        else:
-            continue
-        found.update(n for n in names if n in MODULES and n != _module(path))
-    return found
+    return {n for n in imported_names(path, REPO) if n in MODULES and n != _module(path)}
 
 
 GRAPH = {name: _imports(path) for name, path in MODULES.items()}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from import_names import imported_names
 from lm.config import Params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,24 +34,13 @@ def _module_file(name: str) -> Path | None:
 def _imports(file: Path) -> set[Path]:
     """Files of the lm / stages modules that `file` imports anywhere (and the packages on the way)."""
     found: set[Path] = set()
-    package = ".".join(file.relative_to(REPO).with_suffix("").parts[:-1])
-    for node in ast.walk(ast.parse(file.read_text())):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parts, base] if base else parts)
-            names = [base] + [f"{base}.{a.name}" for a in node.names]  # `from pkg import module` imports a module
-        for name in names:
-            if name.split(".")[0] not in ("lm", "stages"):
-                continue
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):
-                if (f := _module_file(".".join(parts[:i]))) is not None:
-                    found.add(f)
+    for name in imported_names(file, REPO):
+        if name.split(".")[0] not in ("lm", "stages"):
+            continue
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            if (f := _module_file(".".join(parts[:i]))) is not None:
+                found.add(f)
     return found
 
 
