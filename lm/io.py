@@ -71,6 +71,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
+def hash_file(path: str | Path, digest=None):
+    """Feed a file to `digest` (default: a new sha256) in 1 MiB blocks and return the digest, so that files of
+    any size are hashed in bounded memory (export checksums, source fingerprints)."""
+    import hashlib
+
+    digest = digest if digest is not None else hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
 def require(path: str | Path, producer: str) -> Path:
     """Fail with a one-line hint when a stage's input is missing."""
     path = Path(path)

@@ -67,7 +67,7 @@ def _same_source(old: dict, new: dict) -> bool:
     if src_new.get("kind") == "hf" and src_new.get("revision") is None:
         # the hub cannot be reached: keep what was downloaded from the same dataset (its revision is recorded)
         return src_old.get("kind") == "hf" and src_old.get("dataset") == src_new.get("dataset")
-    return src_old == src_new and src_new.get("sha256", "") is not None
+    return src_old == src_new
 
 
 def _describe(source: dict) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lm.config import DataConfig
+from lm.io import hash_file
 
 CODE = ("stages/download.py", "lm/data/sources.py", "lm/data/synthetic.py", "lm/data/text_encoding.py", "lm/data/fingerprint.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -26,9 +27,7 @@ def sha256_path(path: Path) -> str:
     for f in files:
         if f != path:
             digest.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        hash_file(f, digest)
     return digest.hexdigest()
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lm.errors import LmError
-from lm.io import atomic_write_json
+from lm.io import atomic_write_json, hash_file
 
 if TYPE_CHECKING:
     from lm.config import Params
@@ -88,13 +88,7 @@ def export_ensemble(member_dirs: list[Path], out_dir: Path) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 def read_export_config(model_dir: Path) -> dict[str, Any]:
