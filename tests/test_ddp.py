@@ -44,28 +44,34 @@ def _checkpoint(root: Path) -> dict:
     return torch.load(root / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("task, batch, accum", [("classify", 4, 1), ("mlm", 2, 2), ("clm", 2, 2)])
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, task, batch, accum):
+def _train_one_and_two_processes(tmp_path: Path, task: str, single_params: dict, ddp_params: dict) -> tuple[Path, Path, Path]:
+    """Train on the same fake data in one process and under torchrun with 2; rank 1 runs in its own directory
+    (returned third) so that any file it writes can be seen. Returns (single root, ddp root, rank-1 dir)."""
     env = subprocess_env()
     single, double = tmp_path / "single", tmp_path / "ddp"
     for root in (single, double):
         root.mkdir()
         write_fake_encoded(root, task, n_docs=72)
-    write_params(single / "params.yaml", _params(task, batch=8))
-    write_params(double / "params.yaml", _params(task, batch=batch, accum=accum))
+    write_params(single / "params.yaml", single_params)
+    write_params(double / "params.yaml", ddp_params)
     rank_dir = tmp_path / "rank1"
     rank_dir.mkdir()
     (rank_dir / "data").symlink_to(double / "data")
     (double / "driver.py").write_text(DRIVER)
-
     subprocess.run([sys.executable, "-m", "stages.train", "--params", "params.yaml"], cwd=single, env=env,
                    check=True, capture_output=True, timeout=300)
-    env_ddp = {**env, "LM_TEST_RANK_DIR": str(rank_dir)}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "driver.py", "params.yaml"],
-        cwd=double, env=env_ddp, capture_output=True, text=True, timeout=300,
+        cwd=double, env={**env, "LM_TEST_RANK_DIR": str(rank_dir)}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return single, double, rank_dir
+
+
+@pytest.mark.parametrize("task, batch, accum", [("classify", 4, 1), ("mlm", 2, 2), ("clm", 2, 2)])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, task, batch, accum):
+    single, double, rank_dir = _train_one_and_two_processes(
+        tmp_path, task, _params(task, batch=8), _params(task, batch=batch, accum=accum))
 
     one, two = _checkpoint(single), _checkpoint(double)
     assert one["step"] == two["step"] >= 6  # several optimizer steps
@@ -125,24 +131,9 @@ def test_an_ensemble_trains_under_torchrun_like_in_one_process(tmp_path):
     exported ensemble scores like the one-process ensemble with the same global batch."""
     from lm.model.export import load_exported
 
-    env = subprocess_env()
-    single, double = tmp_path / "single", tmp_path / "ddp"
-    for root in (single, double):
-        root.mkdir()
-        write_fake_encoded(root, "classify", n_docs=72)
-    write_params(single / "params.yaml", _params("classify", batch=8, **{"train.ensemble": 2}))
-    write_params(double / "params.yaml", _params("classify", batch=4, **{"train.ensemble": 2}))
-    rank_dir = tmp_path / "rank1"
-    rank_dir.mkdir()
-    (rank_dir / "data").symlink_to(double / "data")
-    (double / "driver.py").write_text(DRIVER)
-    subprocess.run([sys.executable, "-m", "stages.train", "--params", "params.yaml"], cwd=single, env=env,
-                   check=True, capture_output=True, timeout=300)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "driver.py", "params.yaml"],
-        cwd=double, env={**env, "LM_TEST_RANK_DIR": str(rank_dir)}, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, double, rank_dir = _train_one_and_two_processes(
+        tmp_path, "classify", _params("classify", batch=8, **{"train.ensemble": 2}),
+        _params("classify", batch=4, **{"train.ensemble": 2}))
     one, _ = load_exported(single / "models")
     two, config = load_exported(double / "models")
     assert config["ensemble"]["seeds"] == [0, 1]
