@@ -245,7 +245,8 @@ class ServeConfig(Section):
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413")
     max_texts: int = Field(256, ge=1, description="texts per request (more: 422)")
     max_chars: int = Field(10_000, ge=1, description="characters per text (more: 422)")
-    tokenizer_threads: int = Field(2, ge=1, description="threads that tokenize off the event loop")
+    score_chunk: int = Field(16, ge=1, description="rows per forward pass inside a batch, shortest texts together "
+                             "(small chunks stay in the CPU cache)")
     torch_threads: int = Field(1, ge=1, description="torch threads per process for scoring (more cores: more "
                                "processes, each with its own model, scale better than more threads)")
     model_dir: str = Field("models", description="exported model directory (config.json, weights, tokenizer/)")

@@ -262,3 +262,15 @@ def test_serve_naive_scores_one_request_at_a_time(model_dir, one_thread):
     assert all(r.status_code == 200 for r in answers)
     assert scorer.batches == [3] * 6
     assert len({tuple(r.json()["scores"]) for r in answers}) == 1
+
+
+def test_serve_score_rows_sorts_and_chunks_but_answers_in_order(model_dir, one_thread):
+    """score_rows scores by length in chunks: the same scores as each row scored alone, in the given order."""
+    from lm.serving.batcher import score_rows
+
+    scorer = EagerScorer(model_dir)
+    rows = [list(_one(model_dir, t)[0][0]) for t in TEXTS]
+    alone = [scorer.score(*_one(model_dir, t))[0] for t in TEXTS]
+    scorer.batches.clear()
+    np.testing.assert_allclose(score_rows(scorer, rows, pad_id=0, chunk=3), alone, atol=1e-5)
+    assert scorer.batches == [3, 3, 2]

@@ -1,14 +1,18 @@
-"""Dynamic micro-batching: texts from concurrent requests are scored together in one forward pass.
+"""Dynamic micro-batching: texts from concurrent requests are scored together.
 
-Each text waits in an asyncio queue as (token ids, future). One worker task takes the first waiting text,
-then collects more until it holds `max_batch` texts or `max_wait_ms` have passed since the first one, pads
-them to the longest in the batch, runs `scorer.score` in a thread of its own (the event loop keeps accepting
-and tokenizing requests meanwhile) and resolves each text's future with its own score. While a batch is being
-scored the next one fills up, so under load batches grow by themselves and the wait rarely matters.
+A request waits in a queue as (texts, future). One worker task waits until `max_batch` texts are queued or the
+oldest request has waited `max_wait_ms`, takes whole requests up to `max_batch` texts (a larger request alone)
+and hands them to the scoring thread, which tokenizes them, sorts them by length, scores them in chunks of
+`chunk` rows padded to the longest in the chunk, and puts every score back in its request's order. The event
+loop only parses, queues and answers: tokenization and the model run off it, in one thread, so the next batch
+fills up while one is scored and under load batches grow by themselves.
 
-The queue is bounded in texts: a request that does not fit is refused whole (`QueueFull`: the endpoint
-answers 503 with Retry-After) instead of letting latency grow without limit. `stop()` refuses new requests
-and finishes every text already queued (graceful shutdown).
+Why chunks inside a batch: on a CPU a forward pass over 16 rows keeps its activations in cache; 64 rows at once
+were 1.8x slower per text (int8, 2 cores). Sorting by length first makes each chunk's padding small.
+
+The queue is bounded in texts: a request that does not fit is refused whole (`QueueFull`: the endpoint answers
+503 with Retry-After) instead of letting latency grow without limit. `stop()` refuses new requests and finishes
+every request already queued (graceful shutdown).
 
 `Unbatched` has the same interface and scores one request at a time: the naive baseline of the benchmark.
 """
@@ -16,12 +20,16 @@ and finishes every text already queued (graceful shutdown).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from lm.serving.metrics import Metrics
+
+Encode = Callable[[list[str]], list[list[int]]]
 
 
 class QueueFull(Exception):
@@ -43,26 +51,40 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
     return ids, mask
 
 
+def score_rows(scorer, rows: list[list[int]], pad_id: int, chunk: int) -> np.ndarray:
+    """Scores of `rows` in their order: scored shortest first, `chunk` rows per forward pass."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    scores = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        scores[part] = np.asarray(scorer.score(*pad_rows([rows[i] for i in part], pad_id)), dtype=np.float64)
+    return scores
+
+
 @dataclass
-class _Item:
-    ids: list[int]
+class _Request:
+    texts: list[str]
     future: asyncio.Future = field(repr=False)
+    arrival: float
 
 
 _STOP = object()
 
 
 class Batcher:
-    def __init__(self, scorer, *, pad_id: int, max_batch: int, max_wait_ms: float, max_queue: int,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, scorer, encode: Encode, *, pad_id: int, max_batch: int, max_wait_ms: float, max_queue: int,
+                 chunk: int = 16, metrics: Metrics | None = None) -> None:
         self.scorer = scorer
+        self.encode = encode
         self.pad_id = pad_id
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.chunk = chunk
         self.metrics = metrics or Metrics()
-        self._queue: asyncio.Queue | None = None
+        self._waiting: deque[_Request] = deque()
         self._pending = 0  # texts queued and not yet taken into a batch
+        self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="lm-score")
         self._closing = False
@@ -76,29 +98,29 @@ class Batcher:
         return self._pending
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._wake = asyncio.Event()
         self._closing = False
         self._worker = asyncio.create_task(self._run(), name="lm-batcher")
 
-    async def score(self, rows: list[list[int]]) -> list[float]:
-        """Queue every row (all or none), wait for their scores, in the order given."""
-        if self._closing or self._queue is None:
+    async def score(self, texts: list[str]) -> list[float]:
+        """Queue the request's texts (all or none) and wait for their scores, in the order given."""
+        if self._closing or self._wake is None:
             raise ShuttingDown("the server is shutting down")
-        if self._pending + len(rows) > self.max_queue:
+        if self._pending + len(texts) > self.max_queue:
             raise QueueFull(f"{self._pending} texts already queued (serve.max_queue {self.max_queue})")
         loop = asyncio.get_running_loop()
-        items = [_Item(r, loop.create_future()) for r in rows]
-        for item in items:
-            self._queue.put_nowait(item)
-        self._set_depth(len(items))
-        return list(await asyncio.gather(*(i.future for i in items)))
+        request = _Request(texts, loop.create_future(), loop.time())
+        self._waiting.append(request)
+        self._set_depth(len(texts))
+        self._wake.set()
+        return await request.future
 
     async def stop(self) -> None:
         """Refuse new requests, score everything already queued, then end the worker."""
         if self._worker is None:
             return
         self._closing = True
-        self._queue.put_nowait(_STOP)
+        self._wake.set()
         await self._worker
         self._pool.shutdown(wait=True)
 
@@ -107,61 +129,71 @@ class Batcher:
         self.metrics.queue_depth.set(self._pending)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            batch, stop = await self._collect()
-            if batch:
-                self._set_depth(-len(batch))
-                await self._score_batch(batch)
-            if stop:
+            if not self._waiting:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._fill(loop, self._waiting[0].arrival + self.max_wait)
+            batch = self._take()
+            await self._score(loop, batch)
+
+    async def _fill(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Wait until max_batch texts are queued, the oldest request's deadline passes, or shutdown begins."""
+        while self._pending < self.max_batch and not self._closing:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except asyncio.TimeoutError:
                 return
 
-    async def _collect(self) -> tuple[list[_Item], bool]:
-        """The next batch: the first waiting text plus whatever joins within max_wait, up to max_batch."""
-        first = await self._queue.get()
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        deadline = asyncio.get_running_loop().time() + self.max_wait
-        while len(batch) < self.max_batch:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), left)
-                except asyncio.TimeoutError:
-                    break
-            if item is _STOP:
-                self._queue.put_nowait(_STOP)  # after this batch, drain the rest, then stop
-                break
-            batch.append(item)
-        return batch, False
+    def _take(self) -> list[_Request]:
+        """Whole requests, oldest first, up to max_batch texts (at least one request, however large)."""
+        batch = [self._waiting.popleft()]
+        size = len(batch[0].texts)
+        while self._waiting and size + len(self._waiting[0].texts) <= self.max_batch:
+            batch.append(self._waiting.popleft())
+            size += len(batch[-1].texts)
+        self._set_depth(-size)
+        return batch
 
-    async def _score_batch(self, batch: list[_Item]) -> None:
-        live = [i for i in batch if not i.future.done()]  # a client that went away cancelled its future
+    def _score_texts(self, texts: list[str]) -> np.ndarray:
+        """In the scoring thread: tokenize, then score by length in chunks."""
+        return score_rows(self.scorer, self.encode(texts), self.pad_id, self.chunk)
+
+    async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
+        live = [r for r in batch if not r.future.done()]  # a client that went away cancelled its future
         if not live:
             return
-        ids, mask = pad_rows([i.ids for i in live], self.pad_id)
-        self.metrics.batch_size.observe(len(live))
+        texts = [t for r in live for t in r.texts]
+        self.metrics.batch_size.observe(len(texts))
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(self._pool, self.scorer.score, ids, mask)
+            scores = (await loop.run_in_executor(self._pool, self._score_texts, texts)).tolist()
         except Exception as err:  # a failed batch fails its requests, never the worker
-            for i in live:
-                if not i.future.done():
-                    i.future.set_exception(err)
+            for r in live:
+                if not r.future.done():
+                    r.future.set_exception(err)
             return
-        for i, p in zip(live, np.asarray(probs, dtype=np.float64).tolist()):
-            if not i.future.done():
-                i.future.set_result(p)
+        start = 0
+        for r in live:
+            if not r.future.done():
+                r.future.set_result(scores[start : start + len(r.texts)])
+            start += len(r.texts)
 
 
 class Unbatched:
     """The naive baseline: each request scored on its own, one request at a time (no batching across requests)."""
 
-    def __init__(self, scorer, *, pad_id: int, max_queue: int, metrics: Metrics | None = None, **_: object) -> None:
+    def __init__(self, scorer, encode: Encode, *, pad_id: int, max_queue: int, metrics: Metrics | None = None,
+                 **_: object) -> None:
         self.scorer = scorer
+        self.encode = encode
         self.pad_id = pad_id
         self.max_queue = max_queue
         self.metrics = metrics or Metrics()
@@ -183,22 +215,24 @@ class Unbatched:
         self._lock = asyncio.Lock()
         self._started, self._closing = True, False
 
-    async def score(self, rows: list[list[int]]) -> list[float]:
+    def _score_texts(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.scorer.score(*pad_rows(self.encode(texts), self.pad_id)), dtype=np.float64)
+
+    async def score(self, texts: list[str]) -> list[float]:
         if self._closing or not self._started:
             raise ShuttingDown("the server is shutting down")
-        if self._pending + len(rows) > self.max_queue:
+        if self._pending + len(texts) > self.max_queue:
             raise QueueFull(f"{self._pending} texts already queued (serve.max_queue {self.max_queue})")
-        self._pending += len(rows)
+        self._pending += len(texts)
         self.metrics.queue_depth.set(self._pending)
         try:
             async with self._lock:
-                ids, mask = pad_rows(rows, self.pad_id)
-                self.metrics.batch_size.observe(len(rows))
-                probs = await asyncio.get_running_loop().run_in_executor(self._pool, self.scorer.score, ids, mask)
+                self.metrics.batch_size.observe(len(texts))
+                scores = await asyncio.get_running_loop().run_in_executor(self._pool, self._score_texts, texts)
         finally:
-            self._pending -= len(rows)
+            self._pending -= len(texts)
             self.metrics.queue_depth.set(self._pending)
-        return np.asarray(probs, dtype=np.float64).tolist()
+        return scores.tolist()
 
     async def stop(self) -> None:
         self._closing = True
