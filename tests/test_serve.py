@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -274,3 +275,5 @@ def test_serve_score_rows_sorts_and_chunks_but_answers_in_order(model_dir, one_t
     scorer.batches.clear()
     np.testing.assert_allclose(score_rows(scorer, rows, pad_id=0, chunk=3), alone, atol=1e-5)
     assert scorer.batches == [3, 3, 2]
+    with ThreadPoolExecutor(2) as pool:  # serve.score_threads: chunks side by side, scores still in order
+        np.testing.assert_allclose(score_rows(scorer, rows, pad_id=0, chunk=2, pool=pool), alone, atol=1e-5)

@@ -101,7 +101,8 @@ def _make_batcher(served: Served) -> Batcher | Unbatched:
     cfg = served.cfg
     kind = Unbatched if served.naive else Batcher
     return kind(served.scorer, served.encode, pad_id=served.tokenizer.pad_id, max_batch=cfg.max_batch,
-                max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, chunk=cfg.score_chunk, metrics=served.metrics)
+                max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, chunk=cfg.score_chunk, threads=cfg.score_threads,
+                metrics=served.metrics)
 
 
 def _lifespan(served: Served):

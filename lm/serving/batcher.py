@@ -3,7 +3,7 @@
 A request waits in a queue as (texts, future). One worker task waits until `max_batch` texts are queued or the
 oldest request has waited `max_wait_ms`, takes whole requests up to `max_batch` texts (a larger request alone)
 and hands them to the scoring thread, which tokenizes them, sorts them by length, scores them in chunks of
-`chunk` rows padded to the longest in the chunk, and puts every score back in its request's order. The event
+`chunk` rows (on `threads` threads) padded to the longest in the chunk, and puts every score back in its request's order. The event
 loop only parses, queues and answers: tokenization and the model run off it, in one thread, so the next batch
 fills up while one is scored and under load batches grow by themselves.
 
@@ -51,13 +51,19 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
     return ids, mask
 
 
-def score_rows(scorer, rows: list[list[int]], pad_id: int, chunk: int) -> np.ndarray:
-    """Scores of `rows` in their order: scored shortest first, `chunk` rows per forward pass."""
+def score_rows(scorer, rows: list[list[int]], pad_id: int, chunk: int, pool: ThreadPoolExecutor | None = None
+               ) -> np.ndarray:
+    """Scores of `rows` in their order: scored shortest first, `chunk` rows per forward pass; the chunks on
+    `pool`'s threads when given (torch releases the GIL inside its kernels, so chunks run on several cores)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    parts = [order[start : start + chunk] for start in range(0, len(order), chunk)]
+
+    def one(part: list[int]) -> np.ndarray:
+        return np.asarray(scorer.score(*pad_rows([rows[i] for i in part], pad_id)), dtype=np.float64)
+
     scores = np.empty(len(rows), dtype=np.float64)
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk]
-        scores[part] = np.asarray(scorer.score(*pad_rows([rows[i] for i in part], pad_id)), dtype=np.float64)
+    for part, part_scores in zip(parts, pool.map(one, parts) if pool and len(parts) > 1 else map(one, parts)):
+        scores[part] = part_scores
     return scores
 
 
@@ -73,7 +79,7 @@ _STOP = object()
 
 class Batcher:
     def __init__(self, scorer, encode: Encode, *, pad_id: int, max_batch: int, max_wait_ms: float, max_queue: int,
-                 chunk: int = 16, metrics: Metrics | None = None) -> None:
+                 chunk: int = 16, threads: int = 1, metrics: Metrics | None = None) -> None:
         self.scorer = scorer
         self.encode = encode
         self.pad_id = pad_id
@@ -87,6 +93,7 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="lm-score")
+        self._chunk_pool = ThreadPoolExecutor(threads, thread_name_prefix="lm-chunk") if threads > 1 else None
         self._closing = False
 
     @property
@@ -123,6 +130,8 @@ class Batcher:
         self._wake.set()
         await self._worker
         self._pool.shutdown(wait=True)
+        if self._chunk_pool is not None:
+            self._chunk_pool.shutdown(wait=True)
 
     def _set_depth(self, delta: int) -> None:
         self._pending += delta
@@ -165,7 +174,7 @@ class Batcher:
 
     def _score_texts(self, texts: list[str]) -> np.ndarray:
         """In the scoring thread: tokenize, then score by length in chunks."""
-        return score_rows(self.scorer, self.encode(texts), self.pad_id, self.chunk)
+        return score_rows(self.scorer, self.encode(texts), self.pad_id, self.chunk, self._chunk_pool)
 
     async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         live = [r for r in batch if not r.future.done()]  # a client that went away cancelled its future
