@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lm.data.objectives import to_device
+from lm.errors import LmError
 from lm.train.stream import TrainStream, step_seed
 from lm.train.distributed import Dist
 
@@ -33,6 +34,18 @@ def autocast_ctx(device: torch.device, amp: str):
         return nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_amp(device: torch.device, amp: str) -> None:
+    """Refuse, in one line naming train.amp, an autocast dtype the device cannot run: bf16 needs an Ampere or
+    newer GPU on CUDA and macOS 14 on MPS. (fp16 runs everywhere, with the GradScaler on CUDA, MPS and CPU.)"""
+    if amp != "bf16":
+        return
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise LmError(f"train.amp=bf16 needs a GPU with bfloat16 (Ampere or newer), not "
+                      f"{torch.cuda.get_device_name(device)}: set train.amp: fp16")
+    if device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
+        raise LmError("train.amp=bf16 on MPS needs macOS 14 or newer: set train.amp: fp16")
 
 
 @dataclass
