@@ -77,6 +77,34 @@ def test_float64_buffers_become_float32_for_mps_and_the_model_computes_the_same(
     assert torch.allclose(before, after, atol=1e-5, rtol=1e-5)
 
 
+def test_amp_the_device_runs_passes_and_the_rest_is_one_line_naming_train_amp(monkeypatch):
+    from lm.train import step
+    from lm.train.step import check_amp
+
+    for amp in ("none", "bf16", "fp16"):
+        check_amp(torch.device("cpu"), amp)  # autocast on CPU does both; fp16's GradScaler works there
+    assert step._grad_scaler_works(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    with pytest.raises(LmError, match="train.amp=bf16 needs a GPU with bfloat16 .*not Tesla V100-SXM2-16GB: set "
+                       "train.amp: fp16"):
+        check_amp(torch.device("cuda", 0), "bf16")
+    monkeypatch.setattr(step, "_grad_scaler_works", lambda device: False)  # torch < 2.8 on MPS
+    with pytest.raises(LmError, match="train.amp=fp16 on MPS needs a GradScaler there"):
+        check_amp(torch.device("mps"), "fp16")
+
+    def autocast_without(device_type, dtype):  # what autocast does with a dtype it lacks: warn, run in float32
+        import warnings
+        warnings.warn("In CPU autocast, but the target dtype is not supported. Disabling autocast.")
+
+    monkeypatch.setattr(torch, "autocast", autocast_without)
+    with pytest.raises(LmError, match="train.amp=fp16: this torch's autocast on cpu does not support torch.float16"):
+        check_amp(torch.device("cpu"), "fp16")
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
+    with pytest.raises(LmError, match="train.amp=bf16: this torch has no autocast on mps: set train.amp: none"):
+        check_amp(torch.device("mps"), "bf16")
+
+
 # ---------------------------------------------------------------------------------------------- launchers
 
 
