@@ -6,8 +6,8 @@ path with its own rank. When a worker dies, torchrun restarts the whole group (u
 and every restarted worker (TORCHELASTIC_RESTART_COUNT > 0) resumes from the last checkpoint.
 
 With train.nnodes > 1, `lm train` runs on every machine and each launches torchrun with its part
-(`--nnodes --node-rank --nproc-per-node`), the machines meeting through torchrun's own rendezvous at
-train.rdzv_endpoint (train.rdzv_backend: c10d, or static). A process that torchrun or a SLURM step already
+(`--nnodes --nproc-per-node`, and `--node-rank` for the static rendezvous), the machines meeting through
+torchrun's own rendezvous at train.rdzv_endpoint (train.rdzv_backend: c10d, or static). A process that torchrun or a SLURM step already
 started (lm.train.distributed.placement) trains as the rank it was given and launches nothing.
 """
 
