@@ -62,6 +62,19 @@ def train_step(f: dict) -> Iterator[Row]:
                        f"last-block rows: lm {rows.get('lm_full', '?')}, BERT {rows.get('hf', '?')}{same}")
 
 
+def train_step_cuda(f: dict) -> Iterator[Row]:
+    """The GPU run of benchmarks/train_step.py: GPT-2 small sized, with the model FLOPs utilisation."""
+    how = f"{f['amp']}" + (", compiled" if f.get("compile") else "")
+    for r in f["results"]:
+        if r["task"] != "clm":
+            continue
+        mfu = (f"MFU lm {r['mfu']:.1%}, GPT-2 {r['hf_mfu']:.1%} of {f['peak_tflops']:g} TFLOP/s bf16"
+               if "mfu" in r else "MFU: peak of this GPU unknown")
+        yield (f"training step on {f['gpu']}, GPT-2 small sized causal LM (batch {f['batch']} x {f['seq']}, {how}): "
+               "lm `CausalLM` vs `GPT2LMHeadModel` (`use_cache=False`)", "tokens/s", _n(r["lm_tokens_per_s"]),
+               _n(r["hf_tokens_per_s"]), _x(r["ratio_lm_over_hf"]), mfu)
+
+
 def encode(f: dict) -> Iterator[Row]:
     yield (f"encoding {f['corpus_mb']} MB, vocab {f['vocab_size']:,}: lm `encode_batch` (tiktoken, {f['threads']} "
            f"threads) vs Hugging Face `{f['hf_call']}` (its fastest call here)", "MB/s", _n(f["lm_batch_mb_s"]),
@@ -108,8 +121,8 @@ def attention(f: dict) -> Iterator[Row]:
 
 
 RENDERERS: dict[str, Callable[[dict], Iterator[Row]]] = {
-    "train_step": train_step, "encode": encode, "bpe_train": bpe_train, "generate": generate, "ddp": ddp,
-    "attention": attention, "attention-causal": attention,
+    "train_step": train_step, "train_step_cuda": train_step_cuda, "encode": encode, "bpe_train": bpe_train,
+    "generate": generate, "ddp": ddp, "attention": attention, "attention-causal": attention,
 }
 
 
@@ -130,6 +143,7 @@ def render(results: dict[str, dict]) -> str:
         for row in render_rows(f):
             lines.append("| " + " | ".join([*row, f"{mode}, {run.get('date', '?')[:10]}"]) + " |")
         cpu = f"{run.get('cpu_count', '?')} CPUs" + (f" ({run['cpu_model']})" if run.get("cpu_model") else "")
+        cpu += f", {f['gpu']}" if f.get("gpu") else ""
         runs.append(f"- `{name}`: `{run.get('command', '?')}` ({mode}) on {run.get('date', '?')}, {cpu}, "
                     f"torch {run.get('torch', '?')}, Python {run.get('python', '?')}, commit {run.get('commit', '?')}")
     return "\n".join([*lines, "", "Runs (benchmarks/results/&lt;name&gt;.json):", "", *runs])

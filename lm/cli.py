@@ -98,9 +98,12 @@ def train(
     params: ParamsOption = DEFAULT_PARAMS,
     resume: Annotated[bool, typer.Option("--resume", help="continue exactly from models/checkpoint.pt "
                                          "(same params) instead of starting again")] = False,
+    node_rank: Annotated[Optional[int], typer.Option("--node-rank", min=0, help="this machine's train.node_rank "
+                                                     "(when every machine reads the same params file)")] = None,
 ) -> None:
-    """Train the model (DDP through torchrun when train.nproc > 1) and write models/."""
-    _stage("train", params, params_path=params, resume=resume)
+    """Train the model (DDP through torchrun when train.nproc or train.nnodes > 1; under an external torchrun or
+    SLURM step, as the rank it was given) and write models/."""
+    _stage("train", params, params_path=params, resume=resume, node_rank=node_rank)
 
 
 @app.command(name="eval")

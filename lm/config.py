@@ -150,8 +150,15 @@ class TrainConfig(Section):
     warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="warmup as a share of all optimizer steps")
     grad_clip: float | None = Field(1.0, gt=0)
     nproc: int = Field(1, ge=1, description="DDP processes on this machine (torchrun)")
+    nnodes: int = Field(1, ge=1, description="machines in the run; > 1: torchrun joins them at train.rdzv_endpoint")
+    node_rank: int = Field(0, ge=0, description="this machine's number, 0 .. nnodes-1 (machine 0 hosts the rendezvous)")
+    rdzv_endpoint: str | None = Field(None, description="host:port of machine 0, where the machines meet (nnodes > 1)")
+    rdzv_backend: Literal["c10d", "static"] = Field(
+        "c10d", description="c10d: torchrun numbers the machines and restarts failed workers on all of them; "
+        "static: global ranks follow node_rank (machine 0 holds rank 0), no restarts"
+    )
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, else mps (one process), else cpu")
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="autocast dtype; fp16 adds a GradScaler")
     compile: bool = False
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
@@ -294,6 +301,30 @@ class Params(Section):
             raise ValueError("train.ensemble > 1 applies to task=classify only (set train.ensemble: 1)")
         if isinstance(t.pos_weight, float) and t.pos_weight <= 0:
             raise ValueError("train.pos_weight must be 'auto', 'off' or a positive number")
+        return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> Params:
+        """Devices and machines: combinations torchrun or the backends would reject late (or hang on)."""
+        t = self.train
+        if t.node_rank >= t.nnodes:
+            raise ValueError(f"train.node_rank ({t.node_rank}) must be below train.nnodes ({t.nnodes}): machines "
+                             "are numbered 0 .. nnodes-1")
+        if t.nnodes > 1 and not t.rdzv_endpoint:
+            raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint: host:port of machine 0 (e.g. 10.0.0.1:29500)")
+        if t.rdzv_endpoint is not None:
+            host, _, port = t.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"train.rdzv_endpoint must be host:port (e.g. 10.0.0.1:29500), got {t.rdzv_endpoint!r}")
+        if t.nnodes > 1 and t.rdzv_backend == "static" and t.max_restarts:
+            raise ValueError("train.rdzv_backend=static cannot restart workers across machines: set "
+                             "train.max_restarts: 0 or train.rdzv_backend: c10d")
+        if t.device == "mps" and t.nproc * t.nnodes > 1:
+            raise ValueError("train.device=mps trains in one process (no distributed backend runs on MPS): set "
+                             "train.nproc: 1 and train.nnodes: 1, or train.device: cpu")
+        if t.backend == "nccl" and t.device in ("cpu", "mps"):
+            raise ValueError(f"train.backend=nccl needs CUDA GPUs: set train.backend: gloo (or auto) for "
+                             f"train.device={t.device}")
         return self
 
     @property

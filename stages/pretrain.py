@@ -5,7 +5,7 @@ the labelled train split, never its val/test rows) is read like `data.source`, e
 own tokenizer (data/tokenizer, so token ids mean the same thing in both runs), split by document and trained
 with `pretrain.task` (mlm by default) on the architecture of `model`. The export lands in pretrained/, which
 `train.init_from: pretrained` loads. With no source the stage only writes pretrained/pretrain.json saying so,
-and `train` starts from scratch. Single process (train.nproc applies to the fine-tuning run).
+and `train` starts from scratch. Single process (train.nproc and train.nnodes apply to the fine-tuning run).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def pretrain_params(params: Params) -> Params:
     })
     train = params.train.model_copy(update={
         "epochs": p.epochs, "max_steps": p.max_steps, "init_from": None, "select_by": "auto",
-        "sampler": "shuffle", "pos_weight": "off", "patience": None, "nproc": 1,
+        "sampler": "shuffle", "pos_weight": "off", "patience": None, "nproc": 1, "nnodes": 1, "node_rank": 0,
         **({"lr": p.lr, "min_lr": min(params.train.min_lr, p.lr)} if p.lr is not None else {}),
     })
     return params.model_copy(update={"task": p.task, "data": data, "train": train})

@@ -4,6 +4,11 @@ With train.nproc > 1 this re-launches itself under torchrun (`python -m torch.di
 --standalone --max-restarts=train.max_restarts`), one process per rank; each rank then takes the same code
 path with its own rank. When a worker dies, torchrun restarts the whole group (up to max_restarts times)
 and every restarted worker (TORCHELASTIC_RESTART_COUNT > 0) resumes from the last checkpoint.
+
+With train.nnodes > 1, `lm train` runs on every machine and each launches torchrun with its part
+(`--nnodes --nproc-per-node`, and `--node-rank` for the static rendezvous), the machines meeting through
+torchrun's own rendezvous at train.rdzv_endpoint (train.rdzv_backend: c10d, or static). A process that torchrun or a SLURM step already
+started (lm.train.distributed.placement) trains as the rank it was given and launches nothing.
 """
 
 from __future__ import annotations
@@ -13,35 +18,56 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lm.config import Params
+from lm.config import Params, TrainConfig, parse_params
 from lm.io import require
 from lm.paths import ENCODED, MODELS, SPLIT, TOKENIZER, TRAIN_REPORTS
 
 
-def launch_torchrun(nproc: int, params_path: Path, *, max_restarts: int = 0, resume: bool = False) -> None:
-    from lm.errors import LmError
-
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        f"--max-restarts={max_restarts}", "--monitor-interval=0.5",
+def torchrun_command(train: TrainConfig, params_path: Path, *, resume: bool = False) -> list[str]:
+    """The torchrun command line of this machine's part of the run: `--standalone` on one machine; on several,
+    torchrun's rendezvous at train.rdzv_endpoint. c10d: machine 0 hosts the rendezvous store (is_host, not
+    guessed from the host name) and torchrun numbers the machines itself (it ignores --node-rank; global
+    rank 0, the one that writes models/ and reports/, may run on any machine); static: global ranks follow
+    node_rank."""
+    if train.nnodes == 1:
+        where = ["--standalone"]
+    elif train.rdzv_backend == "c10d":
+        where = ["--nnodes", str(train.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", str(train.rdzv_endpoint),
+                 "--rdzv-id", "lm", "--rdzv-conf", f"is_host={int(train.node_rank == 0)}"]
+    else:
+        host, _, port = str(train.rdzv_endpoint).rpartition(":")
+        where = ["--nnodes", str(train.nnodes), "--node-rank", str(train.node_rank), "--rdzv-backend", "static",
+                 "--master-addr", host, "--master-port", port]
+    return [
+        sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={train.nproc}",
+        f"--max-restarts={train.max_restarts}", "--monitor-interval=0.5",
         "-m", "stages.train", "--params", str(params_path), *(["--resume"] if resume else []),
     ]
+
+
+def launch_torchrun(train: TrainConfig, params_path: Path, *, resume: bool = False) -> None:
+    from lm.errors import LmError
+
     # workers must not share torchrun's rendezvous store: with it shared, a restarted group can read the
     # previous attempt's gloo/NCCL addresses and fail or hang (pytorch/pytorch#135712)
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")}
-    code = subprocess.call(cmd, env=env)
+    code = subprocess.call(torchrun_command(train, params_path, resume=resume), env=env)
     if code != 0:
-        raise LmError(f"train: torchrun with {nproc} processes exited with code {code} (see the log above)")
+        machine = f" on machine {train.node_rank} of {train.nnodes}" if train.nnodes > 1 else ""
+        raise LmError(f"train: torchrun with {train.nproc} processes{machine} exited with code {code} (see the log above)")
 
 
 def run(params: Params, params_path: Path = Path("params.yaml"), out_dir=MODELS, reports_dir=TRAIN_REPORTS,
-        resume: bool = False) -> None:
-    from lm.train.distributed import in_torchrun
+        resume: bool = False, node_rank: int | None = None) -> None:
+    from lm.train.distributed import launched_externally
 
+    if node_rank is not None:  # `lm train --node-rank R`: one params file shared by every machine
+        params = parse_params({**params.model_dump(), "train": {**params.train.model_dump(), "node_rank": node_rank}},
+                              params_path)
     require(ENCODED / "meta.json", "lm encode")
     require(SPLIT / "train.npy", "lm split")
-    if params.train.nproc > 1 and not in_torchrun():
-        launch_torchrun(params.train.nproc, params_path, max_restarts=params.train.max_restarts, resume=resume)
+    if params.train.nproc * params.train.nnodes > 1 and not launched_externally():
+        launch_torchrun(params.train, params_path, resume=resume)
         return
     train_here(params, out_dir=out_dir, reports_dir=reports_dir, resume=resume_mode(resume))
 
@@ -91,7 +117,7 @@ def train_ensemble(params: Params, out_dir: Path, reports_dir: Path, resume) -> 
     from lm.train.distributed import distributed
 
     # one process group for all members (torchrun's store does not take a second rendezvous of the same ranks)
-    with distributed(params.train.device, params.train.backend) as world:
+    with distributed(params.train.device, params.train.backend, params.train.rdzv_endpoint) as world:
         members_dir = out_dir / "members"
         if not resume and world.is_main:
             shutil.rmtree(members_dir, ignore_errors=True)

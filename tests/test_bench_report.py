@@ -1,15 +1,19 @@
-"""The README's speed table is generated from the saved benchmark figures (benchmarks/report.py), and the
-benchmarks report flags they computed, never literals."""
+"""The README's speed table is generated from the saved benchmark figures (benchmarks/report.py), the
+benchmarks report flags they computed, never literals, and train_step.py's MFU follows from its own figures."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -105,3 +109,50 @@ def test_no_benchmark_reports_a_literal_flag(script):
     literal = [(node.lineno, ast.unparse(k)) for node in ast.walk(tree) if isinstance(node, ast.Dict)
                for k, v in zip(node.keys, node.values) if isinstance(v, ast.Constant) and isinstance(v.value, bool)]
     assert not literal, f"{script}: literal flags at {literal}"
+
+
+# ---- the GPU run of train_step.py: MFU --------------------------------------------------------------------------
+
+train_step_bench = _module("train_step")
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0), ("NVIDIA H200", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA A100-PCIE-40GB", 312.0), ("NVIDIA L4", 121.0), ("Tesla V100-SXM2-16GB", None),
+])
+def test_gpu_peak_comes_from_the_table_by_name(name, peak):
+    assert train_step_bench.peak_bf16_tflops(name) == peak
+
+
+def test_flops_per_token_is_6n_plus_the_attention_term_without_the_position_table():
+    shape = train_step_bench.Shape(d=4, layers=3, heads=2, ff=8, vocab=10)
+    model = torch.nn.Sequential(torch.nn.Embedding(7, 4), torch.nn.Linear(4, 5))  # 28 "positions" + 25 weights
+    assert train_step_bench.flops_per_token(model, shape, seq=6, max_len=7) == 6 * 25 + 12 * 3 * 4 * 6
+    gpt2 = train_step_bench.lm_model("clm", 1025, "standard", train_step_bench.GPT2_SMALL)
+    n = sum(p.numel() for p in gpt2.parameters()) - 1025 * 768
+    assert 123e6 < n < 125e6  # GPT-2 small: 124M weights that multiply
+
+
+def test_gpu_row_reports_tokens_per_second_and_mfu():
+    f = {"benchmark": "train_step_cuda", "gpu": "NVIDIA H100 80GB HBM3", "amp": "bf16", "compile": True,
+         "peak_tflops": 989.0, "batch": 8, "seq": 1024, "run": RUN, "results": [
+             {"task": "clm", "lm_tokens_per_s": 400000.0, "hf_tokens_per_s": 380000.0, "ratio_lm_over_hf": 1.05,
+              "tokens_per_s": 400000.0, "mfu": 0.412, "hf_mfu": 0.391}]}
+    (row,) = [line for line in report.render({"train_step_cuda": f}).splitlines()[2:] if line.startswith("| ")]
+    assert "training step on NVIDIA H100 80GB HBM3, GPT-2 small sized causal LM (batch 8 x 1024, bf16, compiled)" in row
+    assert "| 400,000 | 380,000 | 1.05x | MFU lm 41.2%, GPT-2 39.1% of 989 TFLOP/s bf16 |" in row
+
+
+def test_train_step_with_a_peak_reports_mfu_from_its_own_figures():
+    """The MFU path on CPU (`--peak-tflops`; on a GPU the peak comes from the table): mfu = FLOPs per token x
+    tokens/s / peak, computed from the figures the run reports."""
+    out = subprocess.run([sys.executable, str(BENCH / "train_step.py"), "--tasks", "clm", "--batch", "2", "--seq", "16",
+                          "--steps", "1", "--repeats", "1", "--threads", "1", "--peak-tflops", "0.5", "--no-save"],
+                         capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    (row,) = figures["results"]
+    assert figures["benchmark"] == "train_step" and figures["peak_tflops"] == 0.5 and figures["device"] == "cpu"
+    assert row["tokens_per_s"] == row["lm_tokens_per_s"] > 0
+    assert row["mfu"] == pytest.approx(row["flops_per_token"]["lm"] * row["tokens_per_s"] / 0.5e12, abs=1e-4)
+    assert {"lm_s_per_step", "hf_tokens_per_s", "ratio_lm_over_hf", "hf_use_cache"} <= row.keys()  # the CPU keys stay

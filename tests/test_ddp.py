@@ -142,3 +142,67 @@ def test_an_ensemble_trains_under_torchrun_like_in_one_process(tmp_path):
     with torch.no_grad():
         assert torch.allclose(one(ids).logits, two(ids).logits, atol=1e-4)
     assert sorted(p.name for p in rank_dir.iterdir()) == ["data"]
+
+
+# ---------------------------------------------------------------------------------------------- several machines
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _outputs(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name not in ("data", "params.yaml"))
+
+
+@pytest.fixture(scope="module")
+def one_machine_of_two(tmp_path_factory) -> Path:
+    """`lm train` with train.nproc=2 on one machine (torchrun --standalone): the reference run."""
+    one = tmp_path_factory.mktemp("one")
+    write_fake_encoded(one, "clm", n_docs=72)
+    write_params(one / "params.yaml", _params("clm", batch=2, accum=2, **{"train.nproc": 2}))
+    single = subprocess.run([sys.executable, "-m", "lm.cli", "train"], cwd=one, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return one
+
+
+@pytest.mark.parametrize("rdzv_backend", ["c10d", "static"])
+def test_multinode_two_machines_of_one_process_match_one_machine_of_two(tmp_path, one_machine_of_two, rdzv_backend):
+    """Two `lm train` launchers on 127.0.0.1 (train.nnodes=2 x train.nproc=1, each in its own directory, as two
+    machines would be) meet through torchrun's rendezvous and train the same model, bit for bit, as one launcher
+    of 2 processes; only global rank 0 writes models/ and reports/ (static: on machine 0; c10d numbers the
+    machines itself), the other machine writes nothing."""
+    env, one = subprocess_env(), one_machine_of_two
+    endpoint = f"127.0.0.1:{_free_port()}"
+    machines = [tmp_path / f"machine{k}" for k in range(2)]
+    for k, root in enumerate(machines):
+        root.mkdir()
+        (root / "data").symlink_to(one / "data")
+        write_params(root / "params.yaml", _params("clm", batch=2, accum=2, **{
+            "train.nnodes": 2, "train.node_rank": k, "train.rdzv_endpoint": endpoint,
+            "train.rdzv_backend": rdzv_backend}))
+    procs = [subprocess.Popen([sys.executable, "-m", "lm.cli", "train"], cwd=root, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for root in reversed(machines)]
+    try:
+        logs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n----\n".join(log[-3000:] for log in logs)
+
+    wrote = [root for root in machines if (root / "models").exists()]
+    assert len(wrote) == 1, [_outputs(root) for root in machines]
+    if rdzv_backend == "static":
+        assert wrote == machines[:1]  # global ranks follow train.node_rank
+    assert _outputs(wrote[0]) == ["models", "reports"]
+    assert _outputs(next(root for root in machines if root not in wrote)) == []
+    a, b = _checkpoint(one), _checkpoint(wrote[0])
+    assert a["step"] == b["step"] >= 6
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), f"{name}: max diff {(a['model'][name] - b['model'][name]).abs().max()}"
+    assert a["progress"]["log"]["table"][:, 1].tolist() == b["progress"]["log"]["table"][:, 1].tolist()

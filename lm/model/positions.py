@@ -66,10 +66,11 @@ class RotaryEmbedding(nn.Module):
     def rotation(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos and sin of p * theta^(-2i/d), each (L, d/2), in `dtype`. The frequencies are recomputed here
         rather than kept in a buffer: `model.to(torch.bfloat16)` would round a buffer, and an 8-bit
-        frequency turns position 500's angle into noise."""
-        i = torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=positions.device)
-        angles = positions.to(torch.float64)[:, None] * self.theta ** (-i / self.head_dim)  # (L, d/2)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        frequency turns position 500's angle into noise. MPS has no float64: there they are computed on the CPU."""
+        where = torch.device("cpu") if positions.device.type == "mps" else positions.device
+        i = torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=where)
+        angles = positions.to(where, torch.float64)[:, None] * self.theta ** (-i / self.head_dim)  # (L, d/2)
+        return angles.cos().to(positions.device, dtype), angles.sin().to(positions.device, dtype)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (..., L, d); positions: (L,) absolute 0-based positions. Returns R_p x with x's dtype, rotated in

@@ -82,7 +82,8 @@ def remove_stale_temporaries(out_dir: Path) -> None:
 
 
 # params that may differ between a run and its resumption: they change how, not what, is computed
-RUNTIME_KEYS = ("train.threads", "train.max_restarts", "train.backend", "train.device", "train.compile")
+RUNTIME_KEYS = ("train.threads", "train.max_restarts", "train.backend", "train.device", "train.compile",
+                "train.node_rank", "train.rdzv_endpoint", "train.rdzv_backend")
 
 
 def resume_signature(params_dump: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from lm.train.distributed import Dist, distributed
 from lm.train.logging import TrainLogger
 from lm.train.plan import TrainData, open_data
 from lm.train.state import Progress
-from lm.train.step import train_step
+from lm.train.step import check_amp, train_step
 from lm.train.trainee import Trainee, build_trainee
 from lm.train.validation import Validator, exported_state
 
@@ -79,7 +79,7 @@ class TrainResult:
 
 def seed_process(params: Params, world: Dist) -> None:
     """CPU threads shared among the processes, and the global generators seeded before anything is built."""
-    torch.set_num_threads(params.train.threads or max(1, (os.cpu_count() or 1) // world.world_size))
+    torch.set_num_threads(params.train.threads or max(1, (os.cpu_count() or 1) // world.local_world_size))
     torch.manual_seed(params.seed)
     np.random.seed(params.seed & 0xFFFFFFFF)
     random.seed(params.seed)
@@ -134,7 +134,13 @@ def _header(params: Params, data: TrainData, trainee: Trainee, world: Dist) -> s
     cfg = params.train
     return (f"[bold]train[/] task={params.task} attention={params.model.attention} "
             f"params={sum(p.numel() for p in trainee.model.parameters()):,} items={len(data.train_items)} "
-            f"steps={data.total_steps} processes={world.world_size} device={world.device} amp={cfg.amp}")
+            f"steps={data.total_steps} processes={world.world_size}{_machines(world)} device={world.device} amp={cfg.amp}")
+
+
+def _machines(world: Dist) -> str:
+    """' machines=N' when the processes run on more than one machine."""
+    n = -(-world.world_size // max(1, world.local_world_size))
+    return f" machines={n}" if n > 1 else ""
 
 
 def train(
@@ -157,7 +163,8 @@ def train(
 
     cfg = params.train
     out_dir, reports_dir = Path(out_dir), Path(reports_dir)
-    with distributed(cfg.device, cfg.backend) as world:
+    with distributed(cfg.device, cfg.backend, cfg.rdzv_endpoint) as world:
+        check_amp(world.device, cfg.amp)
         seed_process(params, world)
         data = open_data(params, encoded_dir, split_dir, world)
         checkpoint = out_dir / CHECKPOINT

@@ -86,6 +86,6 @@ def open_data(params: Params, encoded_dir: Path, split_dir: Path, world: Dist) -
     if sum(plan) == 0:
         raise LmError(
             f"train: {len(train_items)} training items are fewer than one step of train.batch_size x "
-            f"train.grad_accum_steps x train.nproc = {stream.global_batch}; lower train.batch_size"
+            f"train.grad_accum_steps x {world.world_size} processes = {stream.global_batch}; lower train.batch_size"
         )
     return TrainData(enc, parts["train"], train_items, val_items, objective, stream, plan)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from lm.data.objectives import to_device
+from lm.errors import LmError
 from lm.train.stream import TrainStream, step_seed
 from lm.train.distributed import Dist
 
@@ -33,6 +35,44 @@ def autocast_ctx(device: torch.device, amp: str):
         return nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_amp(device: torch.device, amp: str) -> None:
+    """Refuse, in one line naming train.amp, mixed precision the device or this torch cannot run, instead of
+    failing mid-step or (what autocast does with a dtype it lacks) silently training in float32: bf16 needs an
+    Ampere or newer GPU on CUDA and macOS 14 on MPS; fp16 on MPS needs a GradScaler there (torch 2.8 or newer)."""
+    if amp == "none":
+        return
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    if not torch.amp.is_autocast_available(device.type):
+        raise LmError(f"train.amp={amp}: this torch has no autocast on {device.type}: set train.amp: none, or upgrade torch")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise LmError(f"train.amp=bf16 needs a GPU with bfloat16 (Ampere or newer), not "
+                      f"{torch.cuda.get_device_name(device)}: set train.amp: fp16")
+    if amp == "bf16" and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
+        raise LmError("train.amp=bf16 on MPS needs macOS 14 or newer: set train.amp: fp16 or none")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.autocast(device_type=device.type, dtype=dtype)
+    if any("Disabling autocast" in str(w.message) for w in caught):
+        raise LmError(f"train.amp={amp}: this torch's autocast on {device.type} does not support {dtype}: set "
+                      "train.amp: none or the other half-precision type")
+    if amp == "fp16" and device.type == "mps" and not _grad_scaler_works(device):
+        raise LmError("train.amp=fp16 on MPS needs a GradScaler there (torch 2.8 or newer): set train.amp: bf16 or "
+                      "none, or upgrade torch")
+
+
+def _grad_scaler_works(device: torch.device) -> bool:
+    """Whether torch.amp.GradScaler can unscale gradients on `device` (older torch cannot on MPS)."""
+    param = torch.zeros(1, device=device, requires_grad=True)
+    param.grad = torch.ones(1, device=device)
+    scaler = torch.amp.GradScaler(device.type)
+    try:
+        scaler.scale(param.sum())  # creates the scale on the device
+        scaler.unscale_(torch.optim.SGD([param], lr=0.0))
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return True
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from lm.train.distributed import to_device
 from lm.train.ema import WeightAverage
 from lm.train.optim import build_optimizer, build_scheduler
 
@@ -59,10 +60,10 @@ def build_trainee(params: Params, enc: Encoded, total_steps: int, world: Dist, *
     from lm.model import build_model
 
     cfg = params.train
-    model = build_model(
+    model = to_device(build_model(
         params.model, task=params.task, vocab_size=enc.vocab_size, max_len=enc.max_len,
         pad_id=enc.pad_id, seed=params.seed,
-    ).to(world.device)
+    ), world.device)
     model.train()
     note = ""
     if cfg.init_from and fresh:
