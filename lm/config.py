@@ -176,8 +176,9 @@ class TrainConfig(Section):
         "shuffle", description="classify: 'weighted' draws classes equally, with replacement (pos_weight auto then means off)"
     )
     bucket_by_length: bool = Field(
-        False, description="classify: each step's batches hold rows of similar length (sorted within chunks of "
-        "50 steps, step order shuffled), so less of every batch is padding"
+        True, description="classify: each step's batches hold rows of similar length (sorted within chunks of "
+        "50 steps, step order shuffled), so less of every batch is padding; clm/mlm windows have no padding and "
+        "ignore it"
     )
     soft_labels: bool = Field(
         True, description="classify: BCE against the target score in [0,1] (the annotators' share), not its 0/1 label"
@@ -288,8 +289,6 @@ class Params(Section):
             raise ValueError(f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
         if t.sampler == "weighted" and self.task != "classify":
             raise ValueError("train.sampler=weighted applies to task=classify only")
-        if t.bucket_by_length and self.task != "classify":
-            raise ValueError("train.bucket_by_length applies to task=classify only (clm/mlm windows have no padding)")
         if t.select_by == "val_roc_auc" and self.task != "classify":
             raise ValueError("train.select_by=val_roc_auc applies to task=classify only (use val_loss or auto)")
         if isinstance(t.min_steps, int) and t.min_steps < 1:

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from conftest import tiny_params, write_fake_encoded
-from lm.config import ConfigError, parse_params
+from lm.config import ConfigError, TrainConfig, parse_params
 from lm.data.batches import RowItems
 from lm.train.distributed import Dist
 from lm.train.plan import open_data
 from lm.train.stream import BUCKET_STEPS, TrainStream, bucket_order, class_weights
 
 N = 3001  # rows; not a multiple of any global batch below, so every epoch has a skipped tail
+CPU = Dist(rank=0, world_size=1, local_rank=0, device=None)  # open_data only reads rank and world size
 
 
 def items(n: int = N, seed: int = 0) -> RowItems:
@@ -146,30 +147,36 @@ def test_bucket_with_the_weighted_sampler_reorders_the_same_draws():
     assert np.array_equal(np.sort(b), np.sort(p)) and not np.array_equal(b, p)
 
 
-def test_bucket_config_key_defaults_off_and_is_classify_only(tmp_path):
-    assert parse_params(tiny_params()).train.bucket_by_length is False
-    assert parse_params(tiny_params(**{"train.bucket_by_length": True})).train.bucket_by_length is True
-    with pytest.raises(ConfigError, match=r"train\.bucket_by_length"):
-        parse_params(tiny_params(**{"task": "clm", "train.bucket_by_length": True}))
+def test_bucket_config_key_is_on_by_default_and_only_classify_streams_bucket(tmp_path):
+    """params.yaml turns it on (and so does the typed default); clm/mlm windows are never padded, so those
+    tasks accept the key and train on the plain stream, as does the pretraining run."""
+    assert parse_params(tiny_params()).train.bucket_by_length is True
+    assert TrainConfig().bucket_by_length is True
+    assert parse_params(tiny_params(**{"train.bucket_by_length": False})).train.bucket_by_length is False
     with pytest.raises(ConfigError, match=r"train\.bucket_by_length"):
         parse_params(tiny_params(**{"train.bucket_by_length": "yes please"}))
     from stages.pretrain import pretrain_params
 
-    pre = pretrain_params(parse_params(tiny_params(**{"train.bucket_by_length": True, "pretrain.source": "x.txt"})))
+    pre = pretrain_params(parse_params(tiny_params(**{"pretrain.source": "x.txt"})))
     assert pre.task == "mlm" and pre.train.bucket_by_length is False
     with pytest.raises(ValueError, match="bucket_by_length"):
         TrainStream(SimpleNamespace(), seed=0, batch_size=2, grad_accum_steps=1, bucket_by_length=True)
+    for task in ("clm", "mlm"):
+        write_fake_encoded(tmp_path / task, task, n_docs=64)
+        params = parse_params(tiny_params(**{"task": task, "train.batch_size": 4}))
+        assert params.train.bucket_by_length
+        data = open_data(params, tmp_path / task / "data/encoded", tmp_path / task / "data/split", CPU)
+        assert data.stream.bucket_by_length is False
 
 
 def test_bucket_training_batches_are_padded_to_their_longest_row(tmp_path):
     """Through the run's data (open_data on encoded rows): train.bucket_by_length reaches the stream, and every
     micro-batch is as wide as its longest row, narrower on average than the plain stream's."""
     write_fake_encoded(tmp_path, "classify", n_docs=400, max_len=16)
-    cpu = Dist(rank=0, world_size=1, local_rank=0, device=None)
 
     def widths(bucket: bool) -> list[int]:
         params = parse_params(tiny_params(**{"train.batch_size": 8, "train.bucket_by_length": bucket}))
-        data = open_data(params, tmp_path / "data/encoded", tmp_path / "data/split", cpu)
+        data = open_data(params, tmp_path / "data/encoded", tmp_path / "data/split", CPU)
         assert data.stream.bucket_by_length is bucket
         out = []
         for step in range(data.stream.steps_in_epoch(0)):
