@@ -1,27 +1,36 @@
-"""Attention kinds: forward+backward time and peak memory against sequence length, one run for all kinds.
+"""Attention kinds: forward+backward time and peak memory against sequence length, one run for all kinds, and
+the fused softmax core (F.scaled_dot_product_attention) against the explicit one it replaced.
 
     python benchmarks/attention.py             # 14 kinds x L = 256 .. 8192, batch 1, d_model 256, 4 heads
-    python benchmarks/attention.py --quick     # 4 kinds, L = 256 .. 2048 (under a minute)
+    python benchmarks/attention.py --quick     # 4 kinds, L = 256 .. 2048, + fused vs explicit (under a minute)
     python benchmarks/attention.py --causal    # the decoder form (prefix sums / causal mask)
 
 One attention layer (lm's full module: fused qkv projection, kernel, output projection) is run on a random
 (1, L, 256) input; a pass is forward + backward of sum(out^2) w.r.t. the input and the weights. The default
-is the bidirectional (encoder) form without padding.
+is the bidirectional (encoder) form without padding. Each kind runs as lm trains it: `standard` and `rotary`
+through the fused core (lm.model.attention.base, `fused_core`).
+
+Fused vs explicit: `standard` attention at L = 1024, 2048, 4096, 8192 (`--fused-lengths`), once as lm runs it
+(fused: F.scaled_dot_product_attention, no L x L matrix) and once with the layer's `fused` switched off (the
+explicit path: scores, in-place mask, softmax, weights @ v, every (H, L, L) tensor autograd needs kept for
+backward; what `return_attention` runs for `lm viz`). The JSON gains `fused_memory_ratio_8k` and
+`fused_time_ratio_8k` (fused / explicit at the longest length; target memory ratio <= 0.25).
 
 Peak memory, CPU method: every (kind, L) case runs in a fresh worker process (multiprocessing "forkserver",
 whose server has imported torch and lm once, so a case costs no interpreter start-up). After building the
 layer and its input the worker reads its resident-set high-water mark (getrusage ru_maxrss), runs one pass,
 and reads it again: the difference is the extra resident memory the pass needed at its peak (activations
 saved for backward, score matrices, gradients), independent of the interpreter's and torch's own footprint
-and of what other cases left in the allocator. With CUDA (`--device cuda`) torch.cuda.max_memory_allocated
-is used instead. Time is the median of the passes after the first (as many as fit in `--budget` seconds, at
+and of what other cases left in the allocator. This is real memory, as the operating system sees it (tracemalloc
+sees none of torch's allocations). With CUDA (`--device cuda`) torch.cuda.max_memory_allocated is used instead. Time is the median of the passes after the first (as many as fit in `--budget` seconds, at
 most 10); a case whose first pass alone exceeds the budget reports that first pass (at that size every pass
 allocates and faults in fresh memory anyway, as the first one did).
 
 Growth: time(8192) / time(1024) and memory(8192) / memory(1024). An 8x longer sequence costs ~8x for the
-linear (feature-map) kinds and ~64x for the quadratic ones once the L x L score matrices dominate (at 1024
-the projections still weigh, so measured quadratic ratios land below 64). The last line is one JSON object,
-also written to benchmarks/results/attention.json (attention-causal.json with --causal).
+linear (feature-map) kinds and ~64x in time for the quadratic ones once the L x L score matrices dominate (at
+1024 the projections still weigh, so measured quadratic ratios land below 64); memory grows ~64x for the
+explicit quadratic kinds (yat, yat-spherical, explicit standard) but ~8x for fused standard / rotary. The last
+line is one JSON object, also written to benchmarks/results/attention.json (attention-causal.json with --causal).
 """
 
 from __future__ import annotations
@@ -35,11 +44,15 @@ D_MODEL, HEADS = 256, 4
 LENGTHS = [256, 512, 1024, 2048, 4096, 8192]
 QUICK_KINDS = ["standard", "linear", "performer", "slay-anchor"]
 QUICK_LENGTHS = [256, 512, 1024, 2048]
+FUSED_KIND = "standard"
+FUSED_LENGTHS = [1024, 2048, 4096, 8192]  # the same in --quick: the point is the long end
 MAX_PASSES = 10
 
 
-def worker(kind: str, L: int, causal: bool, budget: float, device: str, threads: int | None) -> dict:
-    """One case, in its own process: build, measure the first pass's peak memory, then time passes."""
+def worker(kind: str, L: int, causal: bool, budget: float, device: str, threads: int | None,
+           explicit: bool = False) -> dict:
+    """One case, in its own process: build, measure the first pass's peak memory, then time passes.
+    explicit: run a fused kind's explicit softmax path instead (the layer's `fused` switched off)."""
     import torch
 
     from lm.model.attention import attention_class
@@ -50,6 +63,8 @@ def worker(kind: str, L: int, causal: bool, budget: float, device: str, threads:
     torch.manual_seed(0)
     layer = attention_class(kind)(d_model=D_MODEL, n_heads=HEADS, bias=True, attention_dropout=0.0, max_len=L,
                                   options={}, generator=torch.Generator().manual_seed(0)).to(device)
+    if explicit:
+        layer.fused = False
     x = torch.randn(1, L, D_MODEL, device=device, requires_grad=True)
 
     def one_pass(inp: torch.Tensor = x) -> float:
@@ -91,10 +106,11 @@ def _child(conn, *args) -> None:  # type: ignore[no-untyped-def]
         conn.close()
 
 
-def run_case(ctx, args: argparse.Namespace, kind: str, L: int) -> dict:  # type: ignore[no-untyped-def]
+def run_case(ctx, args: argparse.Namespace, kind: str, L: int, explicit: bool = False) -> dict:  # type: ignore[no-untyped-def]
     """Run one case in a fresh process from the fork server; its result comes back through a pipe."""
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, kind, L, args.causal, args.budget, args.device, args.threads))
+    proc = ctx.Process(target=_child,
+                       args=(send, kind, L, args.causal, args.budget, args.device, args.threads, explicit))
     proc.start()
     send.close()
     result = recv.recv() if recv.poll(args.case_timeout) else {"error": f"timeout after {args.case_timeout} s"}
@@ -119,6 +135,8 @@ def main() -> None:
     ap.add_argument("--kinds", default=None, help="comma-separated kinds (default: all 14)")
     ap.add_argument("--lengths", default=None, help="comma-separated sequence lengths")
     ap.add_argument("--causal", action="store_true", help="causal (decoder) attention instead of bidirectional")
+    ap.add_argument("--fused-lengths", default=",".join(map(str, FUSED_LENGTHS)),
+                    help="lengths of the fused vs explicit comparison ('' to skip it)")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed passes per case (default 2, quick 1)")
     ap.add_argument("--device", default="cuda" if _cuda() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1,
@@ -160,12 +178,41 @@ def main() -> None:
         results.append({"kind": kind, "time_growth": t_x, "memory_growth": m_x,
                         "cases": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[L].items()
                                    if k != "kind"} for L in lengths]})
+    fused = compare_fused(ctx, args, [int(v) for v in args.fused_lengths.split(",") if v.strip()])
     import record  # benchmarks/ (this script's folder) is on sys.path
 
     record.finish({"benchmark": "attention" if mode == "bidirectional" else "attention-causal", "mode": mode,
                    "device": args.device, "threads": args.threads, "d_model": D_MODEL, "heads": HEADS, "batch": 1,
                    "lengths": lengths, "growth_from_to": [lo, hi], "wall_s": round(time.perf_counter() - started, 1),
-                   "results": results}, quick=args.quick, save=not args.no_save)
+                   "results": results, **fused}, quick=args.quick, save=not args.no_save)
+
+
+def compare_fused(ctx, args: argparse.Namespace, lengths: list[int]) -> dict:  # type: ignore[no-untyped-def]
+    """`standard` attention, fused and explicit, at each length: the rows printed and the JSON keys."""
+    if not lengths:
+        return {}
+    print(f"\n{FUSED_KIND} attention, fused (F.scaled_dot_product_attention) vs explicit; forward+backward ms / "
+          "peak extra MiB")
+    print(f"{'L':>6}{'explicit':>16}{'fused':>16}{'time f/e':>10}{'mem f/e':>9}")
+    cases = []
+    for L in lengths:
+        ex, fu = run_case(ctx, args, FUSED_KIND, L, explicit=True), run_case(ctx, args, FUSED_KIND, L)
+        ok = "error" not in ex and "error" not in fu
+        t_r = round(fu["seconds"] / ex["seconds"], 3) if ok else None
+        m_r = round(fu["peak_mib"] / ex["peak_mib"], 4) if ok and ex["peak_mib"] > 0 else None
+        cell = {r: ("error" if "error" in c else f"{c['seconds'] * 1e3:.0f}/{c['peak_mib']:.0f}")
+                for r, c in (("ex", ex), ("fu", fu))}
+        print(f"{L:>6}{cell['ex']:>16}{cell['fu']:>16}{t_r if t_r else '-':>10}{m_r if m_r else '-':>9}", flush=True)
+        for name, c in (("explicit", ex), ("fused", fu)):
+            if "error" in c:
+                print(f"  {name} L={L}: {c['error']}", flush=True)
+        rounded = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.items() if k not in ("kind", "L")}
+                   for c in (ex, fu)]
+        cases.append({"L": L, "explicit": rounded[0], "fused": rounded[1], "time_ratio": t_r, "memory_ratio": m_r})
+    last = cases[-1]
+    suffix = f"{last['L'] // 1024}k" if last["L"] % 1024 == 0 else str(last["L"])
+    return {"fused": {"kind": FUSED_KIND, "lengths": lengths, "cases": cases},
+            f"fused_memory_ratio_{suffix}": last["memory_ratio"], f"fused_time_ratio_{suffix}": last["time_ratio"]}
 
 
 def _cuda() -> bool:

@@ -118,6 +118,20 @@ def attention(f: dict) -> Iterator[Row]:
         yield (f"{f['mode']} attention layer, forward + backward, L = {L:,}: `{kind}` vs `standard`", "ms",
                "error" if t is None else _n(t), _n(base), "-" if t is None else _x(base / t),
                f"time x{r['time_growth']}, memory x{r['memory_growth']} from L = {lo:,} to {hi:,}")
+    yield from fused_attention(f)
+
+
+def fused_attention(f: dict) -> Iterator[Row]:
+    """The fused softmax core vs the explicit one, at the longest length compared (benchmarks/attention.py)."""
+    fused = f.get("fused")
+    case = fused["cases"][-1] if fused and fused.get("cases") else None
+    if case is None or "error" in case["fused"] or "error" in case["explicit"]:
+        return
+    fu, ex = case["fused"], case["explicit"]
+    yield (f"{f['mode']} attention layer, forward + backward, L = {case['L']:,}: `{fused['kind']}` fused "
+           "(`F.scaled_dot_product_attention`) vs its explicit path", "ms", _n(fu["seconds"] * 1e3),
+           _n(ex["seconds"] * 1e3), _x(ex["seconds"] / fu["seconds"]),
+           f"peak memory {_n(fu['peak_mib'])} vs {_n(ex['peak_mib'])} MiB (fused / explicit {case['memory_ratio']})")
 
 
 RENDERERS: dict[str, Callable[[dict], Iterator[Row]]] = {

@@ -182,6 +182,11 @@ class TrainConfig(Section):
     sampler: Literal["shuffle", "weighted"] = Field(
         "shuffle", description="classify: 'weighted' draws classes equally, with replacement (pos_weight auto then means off)"
     )
+    bucket_by_length: bool = Field(
+        True, description="classify: each step's batches hold rows of similar length (sorted within chunks of "
+        "50 steps, step order shuffled), so less of every batch is padding; clm/mlm windows have no padding and "
+        "ignore it"
+    )
     soft_labels: bool = Field(
         True, description="classify: BCE against the target score in [0,1] (the annotators' share), not its 0/1 label"
     )

@@ -28,7 +28,8 @@ def pretrain_params(params: Params) -> Params:
     })
     train = params.train.model_copy(update={
         "epochs": p.epochs, "max_steps": p.max_steps, "init_from": None, "select_by": "auto",
-        "sampler": "shuffle", "pos_weight": "off", "patience": None, "nproc": 1, "nnodes": 1, "node_rank": 0,
+        "sampler": "shuffle", "bucket_by_length": False, "pos_weight": "off", "patience": None, "nproc": 1,
+        "nnodes": 1, "node_rank": 0,
         **({"lr": p.lr, "min_lr": min(params.train.min_lr, p.lr)} if p.lr is not None else {}),
     })
     return params.model_copy(update={"task": p.task, "data": data, "train": train})

@@ -66,6 +66,23 @@ def test_render_makes_one_row_per_comparison_from_the_figures():
     assert "- `encode`: `python benchmarks/x.py --quick` (quick) on 2026-01-02T03:04:05Z, 2 CPUs (Test CPU)" in table
 
 
+def test_render_attention_rows_include_fused_vs_explicit():
+    case = lambda s, m: {"seconds": s, "first_s": s, "passes": 1, "peak_mib": m}  # noqa: E731
+    figures = {"benchmark": "attention", "mode": "bidirectional", "lengths": [256, 2048], "growth_from_to": [256, 2048],
+               "run": RUN, "results": [
+                   {"kind": "standard", "time_growth": 20.0, "memory_growth": 5.0, "cases": [{"L": 2048, **case(0.4, 20)}]},
+                   {"kind": "linear", "time_growth": 8.0, "memory_growth": 7.0, "cases": [{"L": 2048, **case(0.1, 40)}]}],
+               "fused": {"kind": "standard", "lengths": [1024, 8192], "cases": [
+                   {"L": 1024, "explicit": case(0.2, 60), "fused": case(0.15, 14), "time_ratio": 0.75, "memory_ratio": 0.23},
+                   {"L": 8192, "explicit": case(16.0, 3200), "fused": case(4.0, 96), "time_ratio": 0.25,
+                    "memory_ratio": 0.03}]}}
+    rows = [line for line in report.render({"attention": figures}).splitlines()[2:] if line.startswith("| ")]
+    assert len(rows) == 2
+    assert "`linear` vs `standard`" in rows[0] and "| 100 | 400 | 4.00x |" in rows[0]
+    assert "L = 8,192: `standard` fused" in rows[1] and "| 4,000 | 16,000 | 4.00x |" in rows[1]
+    assert "peak memory 96.0 vs 3,200 MiB (fused / explicit 0.03)" in rows[1]
+
+
 def test_write_replaces_only_the_marked_section(tmp_path):
     results = tmp_path / "results"
     for name, figures in SAMPLE.items():

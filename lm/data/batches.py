@@ -1,7 +1,8 @@
 """Items and batches over the encoded memmaps: what one training example is for each task.
 
 - classify: an item is a document row; a batch is trimmed to its longest row (dynamic padding), which
-  on short comments saves most of the attention cost of padding to max_len.
+  on short comments saves most of the attention cost of padding to max_len (and with train.bucket_by_length
+  the training batches hold rows of similar length: lm.train.stream.bucket_order).
 - clm / mlm: an item is a packed window cut from a run of consecutive documents of the split (documents
   are contiguous in the stream, so a run is one slice of the memmap, copied only when batched); the window
   grid can be shifted per epoch (WindowItems.with_offset) without dropping or repeating targets.
@@ -41,6 +42,10 @@ class RowItems:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def lengths(self) -> np.ndarray:
+        """(n_items,) real tokens of each item (the width a batch of it alone would have)."""
+        return np.asarray(self.enc.lengths[self.rows], dtype=np.int64)
 
     def batch(self, items: np.ndarray) -> dict[str, torch.Tensor]:
         rows = self.rows[items]

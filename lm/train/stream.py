@@ -9,7 +9,11 @@ global step over processes and micro-batches never changes which items the step 
 - step s of the epoch takes the global block order[s*G : (s+1)*G], G = batch_size x grad_accum x world;
   rank r takes its contiguous share of the block and cuts it into grad_accum micro-batches;
 - clm / mlm windows are re-cut every epoch on a grid shifted by a random offset (WindowItems.with_offset), then
-  permuted: random windows, without replacement within an epoch.
+  permuted: random windows, without replacement within an epoch;
+- with ``bucket_by_length`` (classify) the epoch's order is regrouped so that every step's G items have
+  similar lengths (`bucket_order`): a batch is padded to its longest row, so similar rows waste little on
+  padding. Every rank's share and micro-batch of a step is a slice of those G items, so ranks stay disjoint
+  and get similar work.
 
 The tail of an epoch smaller than G is skipped (a different tail every epoch, since the order changes).
 """
@@ -24,7 +28,8 @@ import torch
 from lm.data.batches import RowItems, WindowItems
 
 _M64 = (1 << 64) - 1
-_ORDER, _OFFSET, _STEP = 0, 1, 2  # independent random streams
+_ORDER, _OFFSET, _STEP, _BUCKET = 0, 1, 2, 3  # independent random streams
+BUCKET_STEPS = 50  # bucket_by_length sorts the items of this many consecutive steps together
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -35,6 +40,27 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed for the torch RNG during optimizer step `step` on `rank` (dropout): re-seeding every step makes
     the random stream a function of the position, so it needs no saved state to resume exactly."""
     return int(np.random.SeedSequence([seed & _M64, _STEP, step, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def bucket_order(order: np.ndarray, lengths: np.ndarray, group: int, rng: np.random.Generator,
+                 chunk_groups: int = BUCKET_STEPS) -> np.ndarray:
+    """`order` (item indices) rearranged so that each run of `group` items has similar lengths, with the same
+    items: the first len // group * group items are cut into chunks of `chunk_groups` groups, each chunk is
+    sorted by length (stable: equal lengths keep their random order), cut into groups, and the groups of the
+    whole epoch are shuffled; the tail (fewer than `group` items) stays last. lengths: (n_items,).
+
+    Sorting within chunks rather than the whole epoch keeps some randomness in which rows meet in a batch, and
+    shuffling the groups keeps short and long batches spread over the epoch.
+
+    >>> bucket_order(np.arange(6), np.array([5, 1, 4, 2, 6, 3]), 2, np.random.default_rng(0), chunk_groups=3)
+    array([0, 4, 1, 3, 5, 2])"""
+    order = np.asarray(order, dtype=np.int64)
+    n = len(order) // group * group
+    head, tail = order[:n], order[n:]
+    size = chunk_groups * group
+    chunks = [c[np.argsort(lengths[c], kind="stable")] for c in np.split(head, np.arange(size, n, size))]
+    groups = np.concatenate(chunks).reshape(-1, group) if n else head.reshape(0, group)
+    return np.concatenate([groups[rng.permutation(len(groups))].ravel(), tail])
 
 
 def class_weights(labels: np.ndarray) -> np.ndarray:
@@ -61,6 +87,7 @@ class TrainStream:
         world_size: int = 1,
         sampler: Literal["shuffle", "weighted"] = "shuffle",
         weights: np.ndarray | None = None,
+        bucket_by_length: bool = False,
     ):
         if sampler == "weighted" and weights is None:
             raise ValueError("sampler='weighted' needs per-item weights")
@@ -68,6 +95,9 @@ class TrainStream:
         self.batch_size, self.grad_accum_steps = batch_size, grad_accum_steps
         self.rank, self.world_size = rank, world_size
         self.sampler = sampler
+        if bucket_by_length and not isinstance(items, RowItems):
+            raise ValueError("bucket_by_length needs document rows (classify); packed windows are all full")
+        self.bucket_by_length = bucket_by_length
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self._cached: tuple[int, RowItems | WindowItems, np.ndarray] | None = None
 
@@ -104,6 +134,8 @@ class TrainStream:
                 order = rng.choice(len(items), size=len(items), replace=True, p=self.weights)
             else:
                 order = rng.permutation(len(items))
+            if self.bucket_by_length:
+                order = bucket_order(order, items.lengths(), self.global_batch, _rng(self.seed, _BUCKET, epoch))
             self._cached = (epoch, items, order.astype(np.int64))
         return self._cached[1], self._cached[2]
 

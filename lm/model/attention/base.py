@@ -10,6 +10,13 @@ the linear core zeroes phi(k_j) and v_j of padded keys before the sums. Cores ru
 model's compute dtype (lm.model.precision): float32 for half-precision q, k, v (as under autocast), float64
 for a float64 model; kinds cast their buffers to the dtype of q and k at use (`model.half()` rounds them).
 Incremental decoding carries an `ExactState` (past k, v, key mask) or a `LinearState` (S, z).
+
+Fused softmax core: a kind whose scores are q.k / sqrt(d) (standard, rotary) sets `fused`, and unless the
+attention weights are asked for (return_attention, for the maps of `lm viz`) its core is one call of
+F.scaled_dot_product_attention: the same finfo.min additive mask (or is_causal when there is nothing else to
+mask), the same dropout probability, and no L x L matrix kept (flash / memory-efficient kernels, on CPU too).
+On CUDA it runs in the autocast dtype (bf16/fp16 tensor cores; the kernels keep the softmax statistics in
+float32); on CPU in the dtype above. The explicit path stays the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm.attention_kinds import AttentionOptions, kind_of, resolve_attention_options
@@ -112,7 +120,7 @@ class Attention(nn.Module):
             q, k = self.rope(q, positions), self.rope(k, positions)
         if key_mask is not None:
             key_mask = key_mask.to(device=x.device, dtype=torch.bool)
-        dtype = at_least_fp32(q.dtype)  # bf16 q under autocast or in a bf16 model -> float32
+        dtype = self.core_dtype(q.dtype, x.device, return_attention)  # usually bf16 -> float32 (see above)
         with torch.autocast(device_type=x.device.type, enabled=False):
             out, weights, new_state = self.core(
                 q.to(dtype), k.to(dtype), v.to(dtype),
@@ -123,6 +131,10 @@ class Attention(nn.Module):
             out = out[:, :, rows]
         out = out.to(x.dtype).transpose(1, 2).reshape(B, out.shape[2], E)
         return AttentionResult(self.proj(out), weights, new_state)
+
+    def core_dtype(self, dtype: torch.dtype, device: torch.device, return_attention: bool) -> torch.dtype:
+        """The dtype q, k and v enter the core in: at least float32 (bf16 under autocast -> float32)."""
+        return at_least_fp32(dtype)
 
     def core(
         self, q: Tensor, k: Tensor, v: Tensor, *, key_mask: Tensor | None, causal: bool, positions: Tensor,
@@ -145,10 +157,18 @@ def allowed_keys(
     return allowed
 
 
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """0 where `allowed`, finfo.min elsewhere, in `dtype` and allowed's (broadcast) shape: added to the scores,
+    exp() gives exactly 0 for a masked key, and a row with no allowed key stays finite (uniform weights)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
 class ExactAttention(Attention):
-    """Quadratic core over an explicit score matrix; subclasses define `scores` and `normalization`."""
+    """Quadratic core over an explicit score matrix; subclasses define `scores` and `normalization`.
+    A subclass whose scores are q.k / sqrt(d) with softmax sets `fused`: see `fused_core`."""
 
     normalization: str = "softmax"  # or "kernel": S / (sum_j S + eps)
+    fused: bool = False  # scores = q.k / sqrt(d): F.scaled_dot_product_attention computes the same core
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         """q: (B, H, Lq, d), k: (B, H, Lk, d) -> (B, H, Lq, Lk) scores in q's dtype, a fresh tensor that no
@@ -158,25 +178,48 @@ class ExactAttention(Attention):
     def kernel_eps(self) -> float:
         return 1e-6
 
+    def core_dtype(self, dtype: torch.dtype, device: torch.device, return_attention: bool) -> torch.dtype:
+        if self.fused and not return_attention and device.type == "cuda":
+            return dtype  # the autocast dtype: SDPA's CUDA kernels keep the softmax statistics in float32
+        return super().core_dtype(dtype, device, return_attention)
+
+    def fused_core(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, causal: bool) -> Tensor:
+        """softmax(q k^T / sqrt(d) + mask) v by F.scaled_dot_product_attention, masked as the explicit path
+        (finfo.min where a key is not allowed) and with the same dropout probability on the weights.
+        q: (B, H, Lq, d), k, v: (B, H, Lk, d) -> (B, H, Lq, d).
+
+        A query row with no allowed key (every key it may see is padding) gets the explicit path's output, the
+        mean of the values. Gradients equal the explicit path's for every loss lm computes; only a loss that
+        reads such a padding row differs (CPU's flash backward sends finite but different gradients through
+        it)."""
+        Lq, Lk = q.shape[2], k.shape[2]
+        p = self.attn_drop.p if self.training else 0.0
+        if causal and key_mask is None and Lq == Lk:  # the triangle alone: no mask tensor at all
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        allowed = allowed_keys(key_mask, causal, Lq, Lk, q.device)  # (B or 1, 1, Lq or 1, Lk) or None
+        mask = None if allowed is None else additive_mask(allowed, q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
     def core(self, q, k, v, *, key_mask, causal, positions, state, use_cache, return_attention):
         B, H, L, d = q.shape
         if state is not None:
-            k = torch.cat([state.k, k], dim=2)
-            v = torch.cat([state.v, v], dim=2)
+            k = torch.cat([state.k.to(k.dtype), k], dim=2)
+            v = torch.cat([state.v.to(v.dtype), v], dim=2)
             new_mask = key_mask if key_mask is not None else torch.ones(B, L, dtype=torch.bool, device=q.device)
             key_mask = torch.cat([state.mask, new_mask], dim=1)  # (B, T)
         new_state = None
         if use_cache:
             mask_all = key_mask if key_mask is not None else torch.ones(B, k.shape[2], dtype=torch.bool, device=q.device)
             new_state = ExactState(k=k, v=v, mask=mask_all)
+        if self.fused and not return_attention:
+            return self.fused_core(q, k, v, key_mask, causal), None, new_state
         s = self.scores(q, k)  # (B, H, L, T)
         allowed = allowed_keys(key_mask, causal, L, k.shape[2], q.device)  # (B or 1, 1, L, T) bool
         # masks are applied in place through a small broadcast float tensor: an add / mul over the L x L
         # scores is several times faster on CPU than a broadcast masked_fill
         if self.normalization == "softmax":
             if allowed is not None:  # + finfo.min: exp() gives exactly 0, a fully masked row stays uniform
-                s.add_(torch.zeros(allowed.shape, dtype=s.dtype, device=s.device).masked_fill_(
-                    ~allowed, torch.finfo(s.dtype).min))
+                s.add_(additive_mask(allowed, s.dtype))
             w = torch.softmax(s, dim=-1)
         else:
             if allowed is not None:
