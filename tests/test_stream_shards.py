@@ -276,3 +276,105 @@ def test_stream_shards_download_reads_a_streamed_hub_dataset_into_shards(tmp_pat
     assert got["id"].tolist() == pd.concat(frames)["uid"].tolist()
     assert RawCorpus.open(tmp_path / "raw").n_shards > 4
     assert (tmp_path / "cache" / "owner__corpus" / "abc123" / names[0]).exists()
+
+
+# --- encode.mode: on_the_fly ----------------------------------------------------------------------------------
+
+
+def _both_modes(tmp_path: Path, task: str, n: int = 400):
+    """The same raw corpus (many shards) and tokenizer, encoded as memmap and on the fly; the split."""
+    from lm.data.encoded import Encoded
+    from lm.data.split import load_split
+    from stages import split
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    source = _write(tmp_path / "in.csv", _table(n))
+    params = _params(source, 0.003, task, **{"encode.max_len": 16})
+    root = tmp_path / task
+    download.run(params, out_dir=root / "raw")
+    tokenize.run(params, raw_dir=root / "raw", out_dir=root / "tok")
+    encs = {}
+    for mode in ("memmap", "on_the_fly"):
+        p = params.model_copy(update={"encode": params.encode.model_copy(update={"mode": mode})})
+        encode.run(p, raw_dir=root / "raw", tokenizer_dir=root / "tok", out_dir=root / mode)
+        encs[mode] = Encoded.open(root / mode)
+    split.run(params, encoded_dir=root / "memmap", out_dir=root / "split", report=root / "split.json")
+    return params, encs["memmap"], encs["on_the_fly"], load_split(root / "split")
+
+
+@pytest.mark.parametrize("task", ["classify", "clm", "mlm"])
+def test_on_the_fly_gives_the_same_batches_as_memmap_for_the_same_seed(tmp_path, task):
+    import torch
+
+    from lm.data.batches import make_items
+    from lm.train.stream import TrainStream
+
+    params, memmap, fly, parts = _both_modes(tmp_path, task)
+    assert not (fly.root / "tokens.bin").exists() and fly.meta["mode"] == "on_the_fly"
+    streams = [TrainStream(make_items(enc, parts["train"], task, enc.max_len), seed=3, batch_size=8, grad_accum_steps=2)
+               for enc in (memmap, fly)]
+    steps = 0
+    for epoch in range(2):
+        for step in range(streams[0].steps_in_epoch(epoch)):
+            a, b = (s.micro_batches(epoch, step) for s in streams)
+            for x, y in zip(a, b):
+                assert x.keys() == y.keys()
+                for key in x:
+                    assert torch.equal(x[key], y[key]), (epoch, step, key)
+            steps += 1
+    assert steps >= 6
+
+
+def test_on_the_fly_tokens_index_like_the_memmap(tmp_path):
+    """Any slice of the stream and any rows of the row layout read the same values from both modes."""
+    rng = np.random.default_rng(0)
+    _, memmap, fly, _ = _both_modes(tmp_path / "s", "clm")
+    total = memmap.tokens.shape[0]
+    for _ in range(50):
+        lo = int(rng.integers(0, total))
+        hi = int(rng.integers(lo, min(total, lo + 300) + 1))
+        np.testing.assert_array_equal(fly.tokens[lo:hi], memmap.tokens[lo:hi])
+    np.testing.assert_array_equal(fly.tokens[0:total], memmap.tokens[:])
+    _, memmap, fly, _ = _both_modes(tmp_path / "r", "classify")
+    rows = rng.permutation(memmap.n_docs)[:40]
+    np.testing.assert_array_equal(fly.tokens[rows, :9], memmap.tokens[rows, :9])
+    np.testing.assert_array_equal(fly.tokens[5], memmap.tokens[5])
+
+
+def test_on_the_fly_refuses_a_changed_tokenizer(tmp_path):
+    from lm.data.encoded import Encoded
+    from lm.tokenizer import Tokenizer
+
+    _, _, fly, _ = _both_modes(tmp_path, "clm", n=100)
+    tok_dir = Path(fly.meta["source"]["tokenizer"])
+    tok = Tokenizer.load(tok_dir)
+    Tokenizer(tok.merges[:-1], list(tok.special_ids)).save(tok_dir)
+    with pytest.raises(LmError, match="not the tokenizer.*re-run `lm encode`"):
+        Encoded.open(fly.root)
+
+
+def test_tokens_per_epoch_draws_a_fresh_window_sample_of_that_size_each_epoch(tmp_path):
+    """train.tokens_per_epoch: each epoch is the head of that epoch's permutation, ceil(T / stride) windows,
+    no window twice; null is the whole corpus; the plan's steps follow; classify refuses the key."""
+    from lm.config import ConfigError
+    from lm.data.batches import make_items
+    from lm.train.stream import TrainStream
+
+    _, enc, _, parts = _both_modes(tmp_path, "clm")
+    items = make_items(enc, parts["train"], "clm", enc.max_len)
+    whole = TrainStream(items, seed=1, batch_size=4, grad_accum_steps=1)
+    T = 40 * items.stride + 3  # 41 windows' worth
+    capped = TrainStream(items, seed=1, batch_size=4, grad_accum_steps=1, tokens_per_epoch=T)
+    assert len(items) > 100 and capped.items_in_epoch(0) == 41 and capped.steps_in_epoch(0) == 10
+    assert whole.steps_in_epoch(0) == len(whole.epoch_items(0)) // 4
+    drawn = []
+    for epoch in range(3):
+        idx = np.concatenate([np.concatenate(capped.step_indices(epoch, s)) for s in range(capped.steps_in_epoch(epoch))])
+        full = np.concatenate([np.concatenate(whole.step_indices(epoch, s)) for s in range(10)])
+        np.testing.assert_array_equal(idx, full)  # the same seeded order, cut after T tokens
+        assert len(set(idx.tolist())) == len(idx) == 40
+        drawn.append(set(capped.epoch_items(epoch).starts[idx].tolist()))
+    assert drawn[0] != drawn[1] != drawn[2]
+    assert sum(capped.schedule(3, None)) == 30
+    with pytest.raises(ConfigError, match="tokens_per_epoch applies to task=clm/mlm"):
+        parse_params(tiny_params(**{"train.tokens_per_epoch": 1000}))

@@ -81,6 +81,7 @@ def open_data(params: Params, encoded_dir: Path, split_dir: Path, world: Dist) -
         train_items, seed=params.seed, batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps,
         rank=world.rank, world_size=world.world_size, sampler=cfg.sampler,
         weights=class_weights(train_labels(params, enc, parts["train"])) if cfg.sampler == "weighted" else None,
+        tokens_per_epoch=cfg.tokens_per_epoch if params.task in ("clm", "mlm") else None,
     )
     plan = stream.schedule(epochs_for(stream, cfg.epochs, min_steps_for(params), cfg.max_steps), cfg.max_steps)
     if sum(plan) == 0:

@@ -10,6 +10,9 @@ global step over processes and micro-batches never changes which items the step 
   rank r takes its contiguous share of the block and cuts it into grad_accum micro-batches;
 - clm / mlm windows are re-cut every epoch on a grid shifted by a random offset (WindowItems.with_offset), then
   permuted: random windows, without replacement within an epoch.
+- train.tokens_per_epoch (clm / mlm) caps an epoch at the first ceil(tokens_per_epoch / stride) windows of that
+  permutation: every epoch is a fresh seeded draw of that many tokens from the whole corpus, so a corpus too big to
+  go through between two validations still has epochs of a chosen size.
 
 The tail of an epoch smaller than G is skipped (a different tail every epoch, since the order changes).
 """
@@ -61,6 +64,7 @@ class TrainStream:
         world_size: int = 1,
         sampler: Literal["shuffle", "weighted"] = "shuffle",
         weights: np.ndarray | None = None,
+        tokens_per_epoch: int | None = None,
     ):
         if sampler == "weighted" and weights is None:
             raise ValueError("sampler='weighted' needs per-item weights")
@@ -70,6 +74,9 @@ class TrainStream:
         self.sampler = sampler
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self._cached: tuple[int, RowItems | WindowItems, np.ndarray] | None = None
+        if tokens_per_epoch is not None and not isinstance(items, WindowItems):
+            raise ValueError("tokens_per_epoch applies to clm / mlm windows only")
+        self.tokens_per_epoch = tokens_per_epoch
 
     @property
     def global_batch(self) -> int:
@@ -84,8 +91,14 @@ class TrainStream:
             return self.items.with_offset(self.window_offset(epoch))
         return self.items
 
+    def items_in_epoch(self, epoch: int) -> int:
+        n = len(self.epoch_items(epoch))
+        if self.tokens_per_epoch is None:
+            return n
+        return min(n, -(-self.tokens_per_epoch // self.items.stride))
+
     def steps_in_epoch(self, epoch: int) -> int:
-        return len(self.epoch_items(epoch)) // self.global_batch
+        return self.items_in_epoch(epoch) // self.global_batch
 
     def schedule(self, epochs: int, max_steps: int | None) -> list[int]:
         """Optimizer steps of each epoch, truncated at max_steps (the last entries may be 0)."""
@@ -103,7 +116,7 @@ class TrainStream:
             if self.sampler == "weighted":
                 order = rng.choice(len(items), size=len(items), replace=True, p=self.weights)
             else:
-                order = rng.permutation(len(items))
+                order = rng.permutation(len(items))[: self.items_in_epoch(epoch)]
             self._cached = (epoch, items, order.astype(np.int64))
         return self._cached[1], self._cached[2]
 
