@@ -378,3 +378,27 @@ def test_tokens_per_epoch_draws_a_fresh_window_sample_of_that_size_each_epoch(tm
     assert sum(capped.schedule(3, None)) == 30
     with pytest.raises(ConfigError, match="tokens_per_epoch applies to task=clm/mlm"):
         parse_params(tiny_params(**{"train.tokens_per_epoch": 1000}))
+
+
+def test_stream_shards_hf_streaming_reads_a_dataset_in_streaming_mode(tmp_path, monkeypatch):
+    """data.hf_streaming: true streams without data.max_rows (false never streams), with the same rows."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(sources, "READ_ROWS", 16)
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    frame = _table(100)
+    frame.to_json(folder / "train.jsonl", orient="records", lines=True, force_ascii=False)
+    calls = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(k["streaming"]) or real(*a, **k))
+    cfg = DataConfig(source=f"hf:{folder}", text_column="body", target_column="tox", id_column="uid",
+                     identity_columns=["muslim"])
+    streamed, stats = load_corpus(cfg.model_copy(update={"hf_streaming": True}), task="classify", seed=0)
+    stored, _ = load_corpus(cfg, task="classify", seed=0)
+    capped, _ = load_corpus(cfg.model_copy(update={"hf_streaming": False, "max_rows": 30}), task="classify", seed=0)
+    assert calls == [True, False, False] and stats.details["streaming"] is True
+    assert streamed["text"].tolist() == stored["text"].tolist() == frame["body"].tolist()
+    np.testing.assert_array_equal(streamed["target"].to_numpy(), frame["tox"].to_numpy())
+    assert capped["id"].tolist() == frame["uid"].tolist()[:30]

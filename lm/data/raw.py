@@ -48,8 +48,11 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._writer is not None:  # a failed read: close the file, nothing more is written
+            self._writer.close()
 
     def add(self, frame: pd.DataFrame) -> None:
         import pyarrow as pa
