@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from lm.data.encoded import token_dtype
+from lm.data.on_the_fly import row_tokens
 
 
 class _Encoder(Protocol):
@@ -25,11 +26,6 @@ class _Encoder(Protocol):
     pad_id: int
 
     def encode_documents(self, texts: Iterable[str], *, disallowed: str) -> Iterator[list[int]]: ...
-
-
-def row_tokens(ids: list[int], tok: _Encoder, max_len: int) -> list[int]:
-    """classify: a document's row before padding: <|cls|> then its first max_len - 1 tokens."""
-    return [tok.cls_id, *ids][:max_len]
 
 
 def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, out_dir: Path,

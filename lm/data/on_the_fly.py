@@ -15,11 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from lm.data.encode_corpus import row_tokens
 from lm.errors import LmError
 
 SHARDS_KEPT = 4  # decoded shards held at once
 DOCS_KEPT = 16_384  # encoded documents held at once
+
+
+def row_tokens(ids: list[int], tok, max_len: int) -> list[int]:
+    """classify: a document's row before padding, <|cls|> then its first max_len - 1 tokens (the rule `lm encode`
+    writes tokens.bin by, and the one on-the-fly rows are made by)."""
+    return [tok.cls_id, *ids][:max_len]
 
 
 class OnTheFlyTokens:

@@ -176,8 +176,7 @@ def _read_local(source: str, cfg: DataConfig, task: str) -> _Raw:
     details: dict[str, Any] = {"bytes": path.stat().st_size}
     if kind in ("txt", "csv", "jsonl"):
         details["encoding"] = text_encoding(path, cfg.encoding)
-    raw = read_file(path, kind, cfg, task, details)
-    return raw
+    return read_file(path, kind, cfg, task, details)
 
 
 def read_file(path: Path, kind: str, cfg: DataConfig, task: str, details: dict[str, Any]) -> _Raw:
