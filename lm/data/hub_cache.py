@@ -84,7 +84,8 @@ class ShardCache:
 
     def files(self) -> list[Path]:
         """Cached files, least recently used first."""
-        found = [p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        found = [p for p in self.root.rglob("*")  # not partial downloads (.name.part) or the hub client's .hub/
+                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.root).parts)]
         return sorted(found, key=lambda p: p.stat().st_mtime_ns)
 
     def size(self) -> int:
