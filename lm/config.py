@@ -60,6 +60,13 @@ class DataConfig(Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="target >= threshold is toxic")
     encoding: str = Field("auto", description="text encoding of a .csv/.jsonl/.txt source; auto: UTF-8, else cp1252, "
                           "else latin-1 (the download stage says which it used)")
+    shard_mb: float = Field(8.0, gt=0.0, description="MB of text per shard (Parquet row group) of data/raw/corpus.parquet: "
+                            "download writes a shard as soon as it is full, readers hold one shard at a time")
+    hf_streaming: bool | None = Field(None, description="read an hf: source in datasets' streaming mode (nothing "
+                                      "stored); null: stream when data.max_rows is set")
+    cache_dir: str | None = Field(None, description="cache a hub dataset's data files here (read file by file, "
+                                  "least recently used evicted); null: no cache")
+    cache_max_gb: float = Field(20.0, gt=0.0, description="most GB data.cache_dir may hold")
 
 
 class TokenizerConfig(Section):
@@ -85,6 +92,10 @@ class TokenizerConfig(Section):
 class EncodeConfig(Section):
     max_len: int = Field(64, ge=4, le=8192, description="tokens per row (classify) or per packed training window (mlm, clm)")
     batch_size: int = Field(1024, ge=1, description="texts per encode batch")
+    mode: Literal["memmap", "on_the_fly"] = Field(
+        "memmap", description="memmap: tokens written once to data/encoded; on_the_fly: encode writes only the index "
+        "(lengths / offsets) and batches tokenize their documents from data/raw when they are built"
+    )
 
 
 class SplitConfig(Section):
@@ -193,6 +204,10 @@ class TrainConfig(Section):
     checkpoint_every: int | None = Field(None, ge=1, description="optimizer steps between checkpoints (default eval_every)")
     max_restarts: int = Field(
         0, ge=0, description="torchrun --max-restarts for train.nproc > 1; restarted workers resume from the checkpoint"
+    )
+    tokens_per_epoch: int | None = Field(
+        None, ge=1, description="clm / mlm: an epoch is a seeded draw of this many tokens of training windows "
+        "(a different draw each epoch); null: the whole corpus"
     )
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: fraction of tokens to predict")
     ema_decay: float | None = Field(
@@ -304,6 +319,8 @@ class Params(Section):
             raise ValueError("train.min_steps must be 'auto', null or a positive number")
         if t.ensemble > 1 and self.task != "classify":
             raise ValueError("train.ensemble > 1 applies to task=classify only (set train.ensemble: 1)")
+        if t.tokens_per_epoch is not None and self.task == "classify":
+            raise ValueError("train.tokens_per_epoch applies to task=clm/mlm only (set it to null)")
         if isinstance(t.pos_weight, float) and t.pos_weight <= 0:
             raise ValueError("train.pos_weight must be 'auto', 'off' or a positive number")
         return self

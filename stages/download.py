@@ -1,5 +1,8 @@
 """Stage `download`: read the configured corpus and write data/raw/corpus.parquet + manifest.json.
 
+The corpus is read chunk by chunk and written as it comes, in shards (Parquet row groups) of data.shard_mb MB of
+text (lm.data.raw), so a corpus larger than memory downloads in the memory of one shard.
+
 DVC runs this stage on every `dvc repro` (a local source file is not a DVC dependency: its path is a param);
 it re-reads the source only when the source's fingerprint (content hash, hub revision, params, code) differs
 from the one data/raw was made from, so an unchanged source leaves data/raw and every later stage alone.
@@ -19,7 +22,8 @@ def run(params: Params, out_dir=RAW) -> None:
     from rich.console import Console
 
     from lm.data.fingerprint import source_fingerprint
-    from lm.data.sources import load_corpus
+    from lm.data.raw import CORPUS, ShardWriter
+    from lm.data.sources import open_corpus
 
     console = Console(stderr=True)
     out_dir = Path(out_dir)
@@ -31,10 +35,15 @@ def run(params: Params, out_dir=RAW) -> None:
     data = params.data
     if fingerprint["source"].get("revision"):  # read exactly the revision the fingerprint recorded
         data = data.model_copy(update={"hf_revision": fingerprint["source"]["revision"]})
-    df, stats = load_corpus(data, task=params.task, seed=params.seed)
-    manifest = {**stats.to_manifest(), "fingerprint": fingerprint}
-    with atomic_dir(out_dir) as tmp:
-        df.to_parquet(tmp / "corpus.parquet", index=False)
+    stream = open_corpus(data, task=params.task, seed=params.seed)
+    with atomic_dir(out_dir) as tmp:  # the shards are written as the source is read: memory ~ one shard
+        with ShardWriter(tmp / CORPUS, stream.identity_columns, int(data.shard_mb * 1e6)) as shards:
+            for frame in stream:
+                shards.add(frame)
+        stats = stream.stats()
+        manifest = {**stats.to_manifest(), "shards": {"n": len(shards.shards), "shard_mb": data.shard_mb,
+                                                      "rows": [n for n, _ in shards.shards]},
+                    "fingerprint": fingerprint}
         atomic_write_json(tmp / "manifest.json", manifest)
     notes = []
     if stats.n_dropped_empty:
@@ -44,7 +53,8 @@ def run(params: Params, out_dir=RAW) -> None:
         notes.append(f"read as {encoding}, not UTF-8")
     if stats.details.get("documents") == "lines":
         notes.append("no blank lines: one document per line")
-    console.print(f"download: {stats.n_kept} rows from {stats.source} -> {out_dir}/corpus.parquet"
+    console.print(f"download: {stats.n_kept} rows from {stats.source} -> {out_dir}/{CORPUS} "
+                  f"({len(shards.shards)} shard{'s' if len(shards.shards) != 1 else ''})"
                   + (f" ({'; '.join(notes)})" if notes else ""))
     if stats.identity_columns_missing:
         console.print(f"download: warning: data.identity_columns {stats.identity_columns_missing} are not in "

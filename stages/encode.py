@@ -1,4 +1,5 @@
-"""Stage `encode`: tokenize every document once into the memmaps of lm.data.encoded."""
+"""Stage `encode`: tokenize every document once into the memmaps of lm.data.encoded, reading the raw corpus
+one shard at a time (encode.mode: on_the_fly writes only the index; batches tokenize their documents)."""
 
 from __future__ import annotations
 
@@ -7,40 +8,46 @@ from lm.io import atomic_dir, require
 from lm.paths import ENCODED, RAW, TOKENIZER
 
 
-def stream_texts(table, batch_size: int):
-    """The corpus' text column, read one parquet batch at a time (memory bounded by the batch)."""
-    for batch in table.iter_batches(batch_size=batch_size, columns=["text"]):
-        yield from batch.column(0).to_pylist()
-
-
 def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -> None:
     import numpy as np
-    import pandas as pd
-    import pyarrow.parquet as pq
     from rich.console import Console
 
     from lm.data.encode_corpus import encode_rows, encode_stream
     from lm.data.encoded import Encoded
+    from lm.data.raw import RawCorpus
     from lm.progress import counted, progress
     from lm.tokenizer import Tokenizer
 
-    corpus = require(raw_dir / "corpus.parquet", "lm download")
+    raw = RawCorpus.open(raw_dir)
     require(tokenizer_dir / "special_tokens.json", "lm tokenize")
     tok = Tokenizer.load(tokenizer_dir)
-    table = pq.ParquetFile(corpus)
-    n_docs = table.metadata.num_rows
+    n_docs = raw.n_rows
     max_len = params.encode.max_len
+    targets = np.full(n_docs, np.nan, dtype=np.float32)
+    with_target = "target" in raw.columns
+
+    def texts():
+        start = 0
+        for table in raw.iter_shards(["text", "target"] if with_target else ["text"]):
+            if with_target:
+                targets[start : start + table.num_rows] = table.column("target").to_numpy(zero_copy_only=False)
+            start += table.num_rows
+            yield from table.column("text").to_pylist()
+
+    write_tokens = params.encode.mode == "memmap"
     with atomic_dir(out_dir) as tmp, progress("encode", n_docs, "documents") as meter:
-        texts = counted(stream_texts(table, params.encode.batch_size), meter)
         if params.task in ("clm", "mlm"):  # packed into full windows at training time
-            info = encode_stream(texts, n_docs, tok, tmp)
+            info = encode_stream(counted(texts(), meter), n_docs, tok, tmp, write_tokens=write_tokens)
         else:
-            info = encode_rows(texts, n_docs, tok, max_len, tmp)
-        targets = pd.read_parquet(corpus, columns=["target"])["target"].to_numpy(dtype=np.float32, na_value=np.nan)
+            info = encode_rows(counted(texts(), meter), n_docs, tok, max_len, tmp, write_tokens=write_tokens)
+        if not write_tokens:
+            info["mode"] = "on_the_fly"
+            info["source"] = {"raw": str(raw_dir), "tokenizer": str(tokenizer_dir)}
         Encoded.write_meta(tmp, task=params.task, layout=info, n_docs=n_docs, max_len=max_len,
                            vocab_size=tok.vocab_size, special_ids=tok.special_ids, tokenizer_hash=tok.hash,
                            targets=targets)
     Console(stderr=True).print(
         f"encode: {n_docs} documents, {info['n_tokens']} tokens ({info['dtype']}, "
         f"{info.get('n_truncated', 0)} truncated at {max_len}) -> {out_dir}"
+        + (" (on the fly: index only)" if not write_tokens else "")
     )

@@ -1,22 +1,25 @@
-"""Stage `tokenizer`: train byte-level BPE on the raw corpus and write data/tokenizer/."""
+"""Stage `tokenizer`: train byte-level BPE on the raw corpus and write data/tokenizer/.
+
+The texts stream from the corpus shards (one in memory at a time); tokenizer.max_train_bytes takes a sample of
+that many bytes spread over every shard (lm.data.raw.RawCorpus.sample_texts)."""
 
 from __future__ import annotations
 
 from lm.config import Params
-from lm.io import atomic_dir, require
+from lm.io import atomic_dir
 from lm.paths import RAW, TOKENIZER
 
 
 def run(params: Params, raw_dir=RAW, out_dir=TOKENIZER) -> None:
     import time
 
-    import pandas as pd
     from rich.console import Console
 
+    from lm.data.raw import RawCorpus
     from lm.tokenizer import train_tokenizer
 
-    corpus = require(raw_dir / "corpus.parquet", "lm download")
-    texts = pd.read_parquet(corpus, columns=["text"])["text"]
+    raw = RawCorpus.open(raw_dir)
+    texts = raw.sample_texts(params.tokenizer.max_train_bytes)
     started = time.perf_counter()
     tok = train_tokenizer(texts, params.tokenizer, progress=True)  # a bar, or a line every 10 s under DVC
     with atomic_dir(out_dir) as tmp:

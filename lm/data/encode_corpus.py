@@ -1,7 +1,10 @@
-"""Turn the raw corpus into the token memmaps described in lm.data.encoded, streaming.
+"""Turn the raw corpus into the token files described in lm.data.encoded, streaming.
 
-Texts are encoded in batches and written straight into the output file, so memory is bounded by one batch
-of token lists, not by the corpus.
+Texts arrive shard by shard (lm.data.raw) and are encoded in batches; tokens are appended to the output file
+as they come (plain writes, not a writable memmap, whose dirty pages would count in the process' memory until
+the end), so memory is bounded by one batch of token lists plus the index: 4 bytes per row (classify
+lengths) or 8 per document (clm / mlm offsets). With `write_tokens=False` (encode.mode: on_the_fly) only the
+index is written and the tokens are made again when batches are built.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from lm.data.encoded import token_dtype
+from lm.data.on_the_fly import row_tokens
 
 
 class _Encoder(Protocol):
@@ -24,28 +28,30 @@ class _Encoder(Protocol):
     def encode_documents(self, texts: Iterable[str], *, disallowed: str) -> Iterator[list[int]]: ...
 
 
-def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, out_dir: Path) -> dict:
+def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, out_dir: Path,
+                *, write_tokens: bool = True, block_rows: int = 4096) -> dict:
     """classify: one padded row per document, starting with <|cls|>, truncated to its first max_len tokens
     (the head of a comment carries its tone; the count of truncated rows goes to meta.json)."""
     dtype = token_dtype(tok.vocab_size)
-    arr = np.memmap(out_dir / "tokens.bin", dtype=dtype, mode="w+", shape=(n_rows, max_len))
     lengths = np.zeros(n_rows, dtype=np.int32)
+    block = np.full((block_rows, max_len), tok.pad_id, dtype=dtype)
     n_truncated = 0
     n_tokens = 0
     i = -1
-    for i, ids in enumerate(tok.encode_documents(texts, disallowed="as_text")):
-        row = [tok.cls_id, *ids]
-        n_tokens += len(ids)
-        if len(row) > max_len:
-            n_truncated += 1
-            row = row[:max_len]
-        arr[i, : len(row)] = row
-        arr[i, len(row) :] = tok.pad_id
-        lengths[i] = len(row)
-    if i + 1 != n_rows:
-        raise RuntimeError(f"encoded {i + 1} rows, expected {n_rows}")
-    arr.flush()
-    del arr
+    with open(out_dir / "tokens.bin", "wb") if write_tokens else _Discard() as fh:
+        for i, ids in enumerate(tok.encode_documents(texts, disallowed="as_text")):
+            row = row_tokens(ids, tok, max_len)
+            n_tokens += len(ids)
+            n_truncated += len(ids) + 1 > max_len
+            j = i % block_rows
+            block[j, : len(row)] = row
+            block[j, len(row) :] = tok.pad_id
+            lengths[i] = len(row)
+            if j == block_rows - 1:
+                fh.write(block.tobytes())
+        if i + 1 != n_rows:
+            raise RuntimeError(f"encoded {i + 1} rows, expected {n_rows}")
+        fh.write(block[: (i + 1) % block_rows].tobytes())
     np.save(out_dir / "lengths.npy", lengths)
     return {
         "shape": [n_rows, max_len],
@@ -56,21 +62,36 @@ def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, 
     }
 
 
-def encode_stream(texts: Iterable[str], n_docs: int, tok: _Encoder, out_dir: Path, chunk_tokens: int = 1 << 20) -> dict:
+def encode_stream(texts: Iterable[str], n_docs: int, tok: _Encoder, out_dir: Path, chunk_tokens: int = 1 << 20,
+                  *, write_tokens: bool = True) -> dict:
     """clm / mlm: one flat stream, each document followed by <|endoftext|>; offsets mark document starts."""
     dtype = token_dtype(tok.vocab_size)
     offsets = np.zeros(n_docs + 1, dtype=np.int64)
     buffer: list[int] = []
     total = 0
-    with open(out_dir / "tokens.bin", "wb") as fh:
+    with open(out_dir / "tokens.bin", "wb") if write_tokens else _Discard() as fh:
         for i, ids in enumerate(tok.encode_documents(texts, disallowed="as_text")):
-            buffer.extend(ids)
-            buffer.append(tok.eot_id)
             total += len(ids) + 1
             offsets[i + 1] = total
-            if len(buffer) >= chunk_tokens:
-                fh.write(np.asarray(buffer, dtype=dtype).tobytes())
-                buffer.clear()
+            if write_tokens:
+                buffer.extend(ids)
+                buffer.append(tok.eot_id)
+                if len(buffer) >= chunk_tokens:
+                    fh.write(np.asarray(buffer, dtype=dtype).tobytes())
+                    buffer.clear()
         fh.write(np.asarray(buffer, dtype=dtype).tobytes())
     np.save(out_dir / "offsets.npy", offsets)
     return {"shape": [total], "dtype": dtype.name, "n_tokens": total, "n_truncated": 0}
+
+
+class _Discard:
+    """A file that writes nothing (encode.mode: on_the_fly keeps only the index)."""
+
+    def __enter__(self) -> _Discard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def write(self, data: bytes) -> int:
+        return len(data)

@@ -12,6 +12,9 @@ Layout of data/encoded/ (written once by `lm encode`, read through np.memmap by 
 The dtype is uint16 when every id fits (vocab <= 65,536: half the disk and page cache of int32), else
 uint32. ``meta.json`` records task, dtype, shape, vocab size, special ids, max length, counts and the
 tokenizer's hash so a stale encoding is detected instead of silently mis-read.
+
+With encode.mode: on_the_fly there is no ``tokens.bin``: ``meta.json`` says ``"mode": "on_the_fly"`` and names
+the raw corpus and tokenizer, and ``tokens`` makes the same values from them when read (lm.data.on_the_fly).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class Encoded:
 
     root: Path
     meta: dict
-    tokens: np.memmap
+    tokens: np.memmap  # or lm.data.on_the_fly.OnTheFlyTokens (encode.mode: on_the_fly), indexed the same way
     lengths: np.ndarray | None  # classify
     offsets: np.ndarray | None  # clm / mlm
     targets: np.ndarray
@@ -81,14 +84,18 @@ class Encoded:
         meta = read_json(root / "meta.json", PRODUCER)
         dtype = np.dtype(meta["dtype"])
         shape = tuple(meta["shape"])
+        lengths = np.load(root / "lengths.npy") if (root / "lengths.npy").exists() else None
+        offsets = np.load(root / "offsets.npy") if (root / "offsets.npy").exists() else None
+        targets = np.load(require(root / "targets.npy", PRODUCER))
+        if meta.get("mode") == "on_the_fly":
+            from lm.data.on_the_fly import OnTheFlyTokens
+
+            return cls(root, meta, OnTheFlyTokens(meta, lengths, offsets), lengths, offsets, targets)
         path = require(root / "tokens.bin", PRODUCER)
         expected = int(np.prod(shape)) * dtype.itemsize
         if path.stat().st_size != expected:
             raise LmError(f"{path} has {path.stat().st_size} bytes, meta.json says {expected}: re-run `lm encode`")
         tokens = np.memmap(path, dtype=dtype, mode="r", shape=shape)
-        lengths = np.load(root / "lengths.npy") if (root / "lengths.npy").exists() else None
-        offsets = np.load(root / "offsets.npy") if (root / "offsets.npy").exists() else None
-        targets = np.load(require(root / "targets.npy", PRODUCER))
         return cls(root, meta, tokens, lengths, offsets, targets)
 
     def check_task(self, task: str) -> None:

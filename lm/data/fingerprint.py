@@ -16,7 +16,9 @@ from typing import Any
 from lm.config import DataConfig
 from lm.io import hash_file
 
-CODE = ("stages/download.py", "lm/data/sources.py", "lm/data/synthetic.py", "lm/data/text_encoding.py", "lm/data/fingerprint.py")
+CODE = ("stages/download.py", "lm/data/sources.py", "lm/data/synthetic.py", "lm/data/text_encoding.py", "lm/data/fingerprint.py",
+        "lm/data/raw.py", "lm/data/hub_cache.py")
+NOT_DATA = {"threshold", "cache_dir", "cache_max_gb"}  # data params that do not change data/raw
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -47,7 +49,7 @@ def source_fingerprint(cfg: DataConfig, *, task: str, seed: int) -> dict[str, An
         f = REPO / name
         code.update(f.read_bytes() if f.exists() else b"")
     out: dict[str, Any] = {
-        "params": {"task": task, "seed": seed, **cfg.model_dump(exclude={"threshold"})},
+        "params": {"task": task, "seed": seed, **cfg.model_dump(exclude=NOT_DATA)},
         "code_sha256": code.hexdigest(),
     }
     source = cfg.source.strip()

@@ -82,6 +82,7 @@ def open_data(params: Params, encoded_dir: Path, split_dir: Path, world: Dist) -
         rank=world.rank, world_size=world.world_size, sampler=cfg.sampler,
         weights=class_weights(train_labels(params, enc, parts["train"])) if cfg.sampler == "weighted" else None,
         bucket_by_length=cfg.bucket_by_length and params.task == "classify",  # windows are never padded
+        tokens_per_epoch=cfg.tokens_per_epoch if params.task in ("clm", "mlm") else None,
     )
     plan = stream.schedule(epochs_for(stream, cfg.epochs, min_steps_for(params), cfg.max_steps), cfg.max_steps)
     if sum(plan) == 0:

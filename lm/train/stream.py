@@ -14,6 +14,9 @@ global step over processes and micro-batches never changes which items the step 
   similar lengths (`bucket_order`): a batch is padded to its longest row, so similar rows waste little on
   padding. Every rank's share and micro-batch of a step is a slice of those G items, so ranks stay disjoint
   and get similar work.
+- train.tokens_per_epoch (clm / mlm) caps an epoch at the first ceil(tokens_per_epoch / stride) windows of that
+  permutation: every epoch is a fresh seeded draw of that many tokens from the whole corpus, so a corpus too big to
+  go through between two validations still has epochs of a chosen size.
 
 The tail of an epoch smaller than G is skipped (a different tail every epoch, since the order changes).
 """
@@ -88,6 +91,7 @@ class TrainStream:
         sampler: Literal["shuffle", "weighted"] = "shuffle",
         weights: np.ndarray | None = None,
         bucket_by_length: bool = False,
+        tokens_per_epoch: int | None = None,
     ):
         if sampler == "weighted" and weights is None:
             raise ValueError("sampler='weighted' needs per-item weights")
@@ -100,6 +104,9 @@ class TrainStream:
         self.bucket_by_length = bucket_by_length
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self._cached: tuple[int, RowItems | WindowItems, np.ndarray] | None = None
+        if tokens_per_epoch is not None and not isinstance(items, WindowItems):
+            raise ValueError("tokens_per_epoch applies to clm / mlm windows only")
+        self.tokens_per_epoch = tokens_per_epoch
 
     @property
     def global_batch(self) -> int:
@@ -114,8 +121,14 @@ class TrainStream:
             return self.items.with_offset(self.window_offset(epoch))
         return self.items
 
+    def items_in_epoch(self, epoch: int) -> int:
+        n = len(self.epoch_items(epoch))
+        if self.tokens_per_epoch is None:
+            return n
+        return min(n, -(-self.tokens_per_epoch // self.items.stride))
+
     def steps_in_epoch(self, epoch: int) -> int:
-        return len(self.epoch_items(epoch)) // self.global_batch
+        return self.items_in_epoch(epoch) // self.global_batch
 
     def schedule(self, epochs: int, max_steps: int | None) -> list[int]:
         """Optimizer steps of each epoch, truncated at max_steps (the last entries may be 0)."""
@@ -133,7 +146,7 @@ class TrainStream:
             if self.sampler == "weighted":
                 order = rng.choice(len(items), size=len(items), replace=True, p=self.weights)
             else:
-                order = rng.permutation(len(items))
+                order = rng.permutation(len(items))[: self.items_in_epoch(epoch)]
             if self.bucket_by_length:
                 order = bucket_order(order, items.lengths(), self.global_batch, _rng(self.seed, _BUCKET, epoch))
             self._cached = (epoch, items, order.astype(np.int64))
