@@ -274,7 +274,7 @@ class ServeConfig(Section):
     max_chars: int = Field(10_000, ge=1, description="characters per text (more: 422)")
     score_chunk: int = Field(16, ge=1, description="rows per forward pass inside a batch, shortest texts together "
                              "(small chunks stay in the CPU cache)")
-    score_threads: int = Field(1, ge=1, description="threads that score the chunks of a batch side by side")
+    score_threads: int = Field(2, ge=1, description="threads that score the chunks of a batch side by side")
     torch_threads: int = Field(1, ge=1, description="torch threads per process for scoring (more cores: more "
                                "processes, each with its own model, scale better than more threads)")
     model_dir: str = Field("models", description="exported model directory (config.json, weights, tokenizer/)")
