@@ -277,3 +277,27 @@ def test_serve_score_rows_sorts_and_chunks_but_answers_in_order(model_dir, one_t
     assert scorer.batches == [3, 3, 2]
     with ThreadPoolExecutor(2) as pool:  # serve.score_threads: chunks side by side, scores still in order
         np.testing.assert_allclose(score_rows(scorer, rows, pad_id=0, chunk=2, pool=pool), alone, atol=1e-5)
+
+
+def test_serve_lone_request_is_not_held_back_but_a_busy_one_waits_for_company(model_dir, one_thread):
+    """A request with nothing arriving before it is scored at once (max_wait_ms would cost a quiet server its
+    latency); requests that follow each other within max_wait_ms wait and share a batch."""
+    from lm.serving.batcher import Batcher
+    from lm.tokenizer import Tokenizer
+
+    scorer = EagerScorer(model_dir)
+    tok = Tokenizer.load(model_dir / "tokenizer")
+
+    def encode(texts):
+        return [[tok.cls_id] + tok.encode(t, allowed_special=set(), disallowed="as_text") for t in texts]
+
+    async def go():
+        batcher = Batcher(scorer, encode, pad_id=tok.pad_id, max_batch=2, max_wait_ms=60_000, max_queue=8)
+        await batcher.start()
+        alone = await asyncio.wait_for(batcher.score(["a lone request"]), 30)  # not the 60 s wait
+        pair = await asyncio.wait_for(asyncio.gather(batcher.score(["second"]), batcher.score(["third"])), 30)
+        await batcher.stop()
+        return alone, pair
+
+    alone, pair = run(go())
+    assert scorer.batches == [1, 2] and len(alone) == 1 and [len(p) for p in pair] == [1, 1]

@@ -1,7 +1,8 @@
 """Dynamic micro-batching: texts from concurrent requests are scored together.
 
 A request waits in a queue as (texts, future). One worker task waits until `max_batch` texts are queued or the
-oldest request has waited `max_wait_ms`, takes whole requests up to `max_batch` texts (a larger request alone)
+oldest request has waited `max_wait_ms` (only under load: a request with no other arriving within max_wait_ms
+before it is scored at once, so a quiet server answers as fast as an unbatched one), takes whole requests up to `max_batch` texts (a larger request alone)
 and hands them to the scoring thread, which tokenizes them, sorts them by length, scores them in chunks of
 `chunk` rows (on `threads` threads) padded to the longest in the chunk, and puts every score back in its request's order. The event
 loop only parses, queues and answers: tokenization and the model run off it, in one thread, so the next batch
@@ -72,6 +73,7 @@ class _Request:
     texts: list[str]
     future: asyncio.Future = field(repr=False)
     arrival: float
+    wait: float  # how long it may wait for others: max_wait under load, 0 when requests come one at a time
 
 
 _STOP = object()
@@ -89,6 +91,7 @@ class Batcher:
         self.chunk = chunk
         self.metrics = metrics or Metrics()
         self._waiting: deque[_Request] = deque()
+        self._last_arrival = float("-inf")
         self._pending = 0  # texts queued and not yet taken into a batch
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -116,7 +119,12 @@ class Batcher:
         if self._pending + len(texts) > self.max_queue:
             raise QueueFull(f"{self._pending} texts already queued (serve.max_queue {self.max_queue})")
         loop = asyncio.get_running_loop()
-        request = _Request(texts, loop.create_future(), loop.time())
+        now = loop.time()
+        # Waiting pays only when others are coming: a request that follows another within max_wait may wait for
+        # more; a lone request (nothing arrived within max_wait before it) is scored at once.
+        wait = self.max_wait if now - self._last_arrival < self.max_wait else 0.0
+        self._last_arrival = now
+        request = _Request(texts, loop.create_future(), now, wait)
         self._waiting.append(request)
         self._set_depth(len(texts))
         self._wake.set()
@@ -146,7 +154,8 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await self._fill(loop, self._waiting[0].arrival + self.max_wait)
+            first = self._waiting[0]
+            await self._fill(loop, first.arrival + first.wait)
             batch = self._take()
             await self._score(loop, batch)
 
