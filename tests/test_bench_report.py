@@ -113,6 +113,16 @@ def test_readme_speed_table_is_the_one_generated_from_the_committed_results():
         "README.md's speed table is out of date: run python benchmarks/report.py --write")
 
 
+def test_readme_serve_table_is_the_one_generated_from_the_saved_serve_run():
+    results = report.load()
+    readme = (REPO / "README.md").read_text()
+    assert report.readme_block(readme, report.SERVE_START, report.SERVE_END) == report.serve_block(results)
+    if "serve" in results:  # every cell of the run is a row, and the ratio is the run's own
+        f = results["serve"]
+        assert sum(len(cells) for cells in f["rows"].values()) == report.serve_block(results).count("\n| ") - 1
+        assert f"**{f['throughput_ratio']}x**" in readme
+
+
 def test_every_committed_result_says_how_it_was_run():
     for name, figures in report.load().items():
         assert figures["benchmark"] == name
