@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -230,17 +231,34 @@ def test_serve_scorer_failure_is_a_500_not_a_dead_worker(model_dir, one_thread):
     assert second.status_code == 200
 
 
+class GatedScorer(EagerScorer):
+    """Holds its first batch until `gate` is set: the test decides when scoring may go on."""
+
+    def __init__(self, model_dir: Path):
+        super().__init__(model_dir)
+        self.gate = threading.Event()
+
+    def score(self, input_ids, attention_mask):
+        self.gate.wait(60)
+        return super().score(input_ids, attention_mask)
+
+
 @pytest.mark.parametrize("naive", [False, True])
 def test_serve_graceful_shutdown_answers_queued_requests(model_dir, one_thread, naive):
     """Requests queued when shutdown starts are all scored; requests after it get 503."""
-    scorer = EagerScorer(model_dir, delay=0.03)
+    scorer = GatedScorer(model_dir)
     app = create_app(ServeConfig(model_dir=str(model_dir), max_batch=2, max_wait_ms=0), scorer, naive=naive)
+    # queued = every text accepted and not finished (naive) / not yet taken into a batch (the first batch of 2 is
+    # held in the scorer)
+    queued = len(TEXTS) if naive else len(TEXTS) - 2
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://lm") as client:
             async with app.router.lifespan_context(app):
                 pending = [asyncio.create_task(client.post("/v1/score", json={"texts": [t]})) for t in TEXTS]
-                await asyncio.sleep(0.02)  # all queued, the first batch in the scorer
+                while app.state.served.batcher.depth < queued:  # every request in, whatever the machine's load
+                    await asyncio.sleep(0.001)
+                asyncio.get_running_loop().call_later(0.05, scorer.gate.set)  # scoring goes on during shutdown
             late = await client.post("/v1/score", json={"texts": ["late"]})
             return await asyncio.gather(*pending), late
 
