@@ -209,7 +209,8 @@ def serve(
     export_dir: Annotated[Optional[Path], typer.Option(help="`lm export` artifacts (default serve.export_dir)")] = None,
     naive: Annotated[bool, typer.Option("--naive", help="no batching: one request scored at a time (a baseline)")] = False,
 ) -> None:
-    """Serve the trained classifier over HTTP (uvicorn): POST /v1/score, GET /healthz, /readyz, /metrics."""
+    """Serve the trained model over HTTP (uvicorn): POST /v1/score (classify), /v1/generate (clm), /v1/fill (mlm);
+    GET /healthz, /readyz, /metrics."""
 
     def body() -> None:
         import uvicorn
@@ -217,7 +218,7 @@ def serve(
 
         from lm.config import ConfigError, ServeConfig
         from lm.errors import LmError
-        from lm.serving.app import create_app
+        from lm.serving.app import create_app, sampling_defaults
 
         given = {"host": host, "port": port, "backend": backend, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                  "model_dir": str(model_dir) if model_dir else None, "export_dir": str(export_dir) if export_dir else None}
@@ -229,7 +230,7 @@ def serve(
             raise ConfigError(f"serve.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
         if not (Path(cfg.model_dir) / "config.json").exists():
             raise LmError(f"{cfg.model_dir}/config.json not found: train a model first (`dvc repro`) or pass --model DIR")
-        uvicorn.run(create_app(cfg, naive=naive), host=cfg.host, port=cfg.port, access_log=False,
+        uvicorn.run(create_app(cfg, naive=naive, defaults=sampling_defaults(_params(params))), host=cfg.host, port=cfg.port, access_log=False,
                     timeout_graceful_shutdown=30)
 
     _run(body)

@@ -272,6 +272,7 @@ class ServeConfig(Section):
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413")
     max_texts: int = Field(256, ge=1, description="texts per request (more: 422)")
     max_chars: int = Field(10_000, ge=1, description="characters per text (more: 422)")
+    max_new_tokens: int = Field(256, ge=1, description="most tokens one /v1/generate prompt may ask for (clm)")
     score_chunk: int = Field(16, ge=1, description="rows per forward pass inside a batch, shortest texts together "
                              "(small chunks stay in the CPU cache)")
     score_threads: int = Field(2, ge=1, description="threads that score the chunks of a batch side by side")

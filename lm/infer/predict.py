@@ -104,15 +104,19 @@ class Trained:
 
         return [(self.tokenizer.token_str(i), round(q, 4)) for i, q in top_k_tokens(logits, top_k)]
 
+    def fills(self, text: str, top_k: int) -> list[tuple[int, list[tuple[str, float]]]]:
+        """mlm: for each <|mask|> of text, its token position and the top_k (token, probability) candidates."""
+        ids, mask = self._rows([text], {MASK})
+        logits = self.model(ids, mask).logits[0]  # (L, V)
+        return [(pos, self._candidates(logits[pos], top_k))
+                for pos in (ids[0] == self.tokenizer.mask_id).nonzero().flatten().tolist()]
+
     def _fill_masks(self, texts: list[str], top_k: int) -> pd.DataFrame:
         records = []
         for row, text in enumerate(texts):
             if MASK not in text:
                 raise LmError(f"mlm predict: text {row + 1} has no {MASK}; put one where a token should be filled in: {text[:60]!r}")
-            ids, mask = self._rows([text], {MASK})
-            logits = self.model(ids, mask).logits[0]  # (L, V)
-            for pos in (ids[0] == self.tokenizer.mask_id).nonzero().flatten().tolist():
-                cands = self._candidates(logits[pos], top_k)
+            for pos, cands in self.fills(text, top_k):
                 records.append({"text": text, "position": pos, "prediction": cands[0][0],
                                 "top": ", ".join(f"{t!r} {q:.1%}" for t, q in cands)})
         return pd.DataFrame(records)
@@ -128,6 +132,13 @@ class Trained:
 
     def complete(self, text: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
                  top_p: float | None, seed: int | None) -> str:
+        """text and its continuation (see `continuation`)."""
+        return text + self.continuation(text, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                        top_p=top_p, seed=seed)
+
+    def continuation(self, text: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
+                     top_p: float | None, seed: int | None) -> str:
+        """clm: the text the decoder writes after `text` (up to max_new_tokens, stopping at <|endoftext|>)."""
         from lm.infer.generate import generate
 
         if self.task != "clm":
@@ -136,7 +147,7 @@ class Trained:
         prompt = tok.encode(text, allowed_special=set(), disallowed="as_text") or [tok.eot_id]
         new = generate(self.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_k=top_k, top_p=top_p, eos_id=tok.eot_id, seed=seed)
-        return text + tok.decode([i for i in new if i != tok.eot_id])
+        return tok.decode([i for i in new if i != tok.eot_id])
 
 
 def load_trained(model_dir: Path) -> Trained:

@@ -28,7 +28,8 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lm.config import ServeConfig
+from lm.errors import LmError
 from lm.serving.batcher import Batcher, QueueFull, Unbatched
 from lm.serving.metrics import Metrics
 
-ENDPOINTS = ("/v1/score", "/healthz", "/readyz", "/metrics")
+ENDPOINTS = ("/v1/score", "/v1/generate", "/v1/fill", "/healthz", "/readyz", "/metrics")
+TASK_ENDPOINT = {"classify": "/v1/score", "clm": "/v1/generate", "mlm": "/v1/fill"}
 RETRY_AFTER_S = 1
 
 
@@ -66,6 +69,10 @@ class Served:
     threshold: float | None = None
     batcher: Batcher | Unbatched | None = None
     loaded: bool = False
+    task: str = "classify"
+    trained: Any = None  # clm / mlm: lm.infer.predict.Trained
+    pool: ThreadPoolExecutor | None = None  # clm / mlm: the one thread that generates / fills
+    defaults: dict[str, Any] = field(default_factory=dict)  # clm: sampling options from params.yaml viz:
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """As `lm predict` (lm.infer.predict.Trained._rows) encodes for a classifier; runs in the scoring thread."""
@@ -84,6 +91,17 @@ def load_model(served: Served) -> None:
     torch.set_num_threads(served.cfg.torch_threads)
     model_dir = Path(served.cfg.model_dir)
     config = read_export_config(model_dir)
+    served.task = config["task"]
+    if served.task != "classify":
+        from lm.infer.predict import load_trained
+
+        if served.cfg.backend != "eager":
+            raise LmError(f"serve.backend {served.cfg.backend}: exported artifacts are classifiers only; serve a "
+                          f"{served.task} model with backend eager")
+        served.trained = served.trained or load_trained(model_dir)
+        served.tokenizer = served.trained.tokenizer
+        served.max_len = int(config["max_len"])
+        return
     if served.scorer is None:
         from lm.serving.backends import load_scorer
 
@@ -111,14 +129,20 @@ def _lifespan(served: Served):
         await asyncio.to_thread(load_model, served)
         gc.collect()
         gc.freeze()  # the model and libraries are never garbage: keep the collector from rescanning them mid-request
-        served.batcher = _make_batcher(served)
-        await served.batcher.start()
+        if served.task == "classify":
+            served.batcher = _make_batcher(served)
+            await served.batcher.start()
+        else:
+            served.pool = ThreadPoolExecutor(1, thread_name_prefix=f"lm-{served.task}")
         served.loaded = True
         try:
             yield
         finally:
             served.loaded = False
-            await served.batcher.stop()  # finishes every queued text before the process ends
+            if served.batcher is not None:
+                await served.batcher.stop()  # finishes every queued text before the process ends
+            if served.pool is not None:
+                await asyncio.to_thread(served.pool.shutdown, wait=True)
 
     return lifespan
 
@@ -137,32 +161,35 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_texts(body: bytes, cfg: ServeConfig) -> list[str]:
-    """{"texts": [...]} -> the texts, or RequestError(422) naming the field that is wrong."""
+def parse_texts(body: bytes, cfg: ServeConfig, key: str = "texts", options: tuple[str, ...] = ()
+                ) -> tuple[list[str], dict[str, Any]]:
+    """{key: [...], option: value, ...} -> (the texts, the options given), or RequestError(422) naming the
+    key that is wrong."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RequestError(422, 'body: not valid JSON; send {"texts": ["...", ...]}') from None
-    if not isinstance(payload, dict) or "texts" not in payload:
-        raise RequestError(422, 'texts: required; send {"texts": ["...", ...]}')
-    unknown = sorted(set(payload) - {"texts"})
+        raise RequestError(422, f'body: not valid JSON; send {{"{key}": ["...", ...]}}') from None
+    if not isinstance(payload, dict) or key not in payload:
+        raise RequestError(422, f'{key}: required; send {{"{key}": ["...", ...]}}')
+    unknown = sorted(set(payload) - {key, *options})
     if unknown:
-        raise RequestError(422, f"{unknown[0]}: unknown field; only texts is accepted")
-    texts = payload["texts"]
+        accepted = ", ".join((key, *options))
+        raise RequestError(422, f"{unknown[0]}: unknown field; accepted: {accepted}")
+    texts = payload[key]
     if not isinstance(texts, list):
-        raise RequestError(422, f"texts: expected a list of strings, got {type(texts).__name__}")
+        raise RequestError(422, f"{key}: expected a list of strings, got {type(texts).__name__}")
     if not texts:
-        raise RequestError(422, f"texts: empty list; send 1 to {cfg.max_texts} texts")
+        raise RequestError(422, f"{key}: empty list; send 1 to {cfg.max_texts} texts")
     if len(texts) > cfg.max_texts:
-        raise RequestError(422, f"texts: {len(texts)} texts, more than serve.max_texts ({cfg.max_texts})")
+        raise RequestError(422, f"{key}: {len(texts)} texts, more than serve.max_texts ({cfg.max_texts})")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise RequestError(422, f"texts[{i}]: expected a string, got {type(text).__name__}")
+            raise RequestError(422, f"{key}[{i}]: expected a string, got {type(text).__name__}")
         if not text.strip():
-            raise RequestError(422, f"texts[{i}]: empty string")
+            raise RequestError(422, f"{key}[{i}]: empty string")
         if len(text) > cfg.max_chars:
-            raise RequestError(422, f"texts[{i}]: {len(text)} characters, more than serve.max_chars ({cfg.max_chars})")
-    return texts
+            raise RequestError(422, f"{key}[{i}]: {len(text)} characters, more than serve.max_chars ({cfg.max_chars})")
+    return texts, {k: v for k, v in payload.items() if k != key}
 
 
 async def score_texts(served: Served, texts: list[str]) -> dict[str, Any]:
@@ -184,7 +211,10 @@ def _routes(served: Served) -> list[Route]:
         if not served.loaded:
             return _error(503, "not ready: the model is loading or the server is stopping")
         try:
-            texts = parse_texts(await read_body(request, served.cfg.max_body_bytes), served.cfg)
+            if served.task != "classify":
+                return _error(404, f"/v1/score serves classifiers; this is a {served.task} model: use POST "
+                                   f"{TASK_ENDPOINT[served.task]}")
+            texts, _ = parse_texts(await read_body(request, served.cfg.max_body_bytes), served.cfg)
             return JSONResponse(await score_texts(served, texts))
         except RequestError as err:
             return _error(err.status, str(err))
@@ -195,6 +225,8 @@ def _routes(served: Served) -> list[Route]:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        if served.loaded and served.task != "classify":
+            return JSONResponse({"status": "ready", "task": served.task, "endpoint": TASK_ENDPOINT[served.task]})
         if served.loaded and served.batcher is not None and served.batcher.running:
             return JSONResponse({"status": "ready", "backend": getattr(served.scorer, "name", "?"),
                                  "batching": not served.naive})
@@ -203,8 +235,46 @@ def _routes(served: Served) -> list[Route]:
     async def metrics(request: Request) -> Response:
         return Response(served.metrics.render(), media_type=served.metrics.content_type)
 
-    return [Route("/v1/score", score, methods=["POST"]), Route("/healthz", healthz), Route("/readyz", readyz),
+    async def generate(request: Request) -> Response:
+        return await _language(served, request, "clm")
+
+    async def fill(request: Request) -> Response:
+        return await _language(served, request, "mlm")
+
+    return [Route("/v1/score", score, methods=["POST"]), Route("/v1/generate", generate, methods=["POST"]),
+            Route("/v1/fill", fill, methods=["POST"]), Route("/healthz", healthz), Route("/readyz", readyz),
             Route("/metrics", metrics)]
+
+
+async def _language(served: Served, request: Request, task: str) -> Response:
+    """POST /v1/generate (clm) and /v1/fill (mlm): lm.serving.language, in the language worker thread."""
+    from lm.serving import language
+
+    if not served.loaded:
+        return _error(503, "not ready: the model is loading or the server is stopping")
+    if served.task != task:
+        return _error(404, f"{TASK_ENDPOINT[task]} needs a {task} model; this is a {served.task} model: use POST "
+                           f"{TASK_ENDPOINT[served.task]}")
+    kind, key = (language.GenerateOptions, "prompts") if task == "clm" else (language.FillOptions, "texts")
+    try:
+        texts, given = parse_texts(await read_body(request, served.cfg.max_body_bytes), served.cfg, key,
+                                   tuple(kind.model_fields))
+        opts = language.options(kind, given, served.defaults if task == "clm" else {})
+        if task == "clm" and opts.max_new_tokens > served.cfg.max_new_tokens:
+            raise ValueError(f"max_new_tokens: {opts.max_new_tokens}, more than serve.max_new_tokens "
+                             f"({served.cfg.max_new_tokens})")
+        if task == "mlm":
+            language.check_masks(texts)
+    except RequestError as err:
+        return _error(err.status, str(err))
+    except ValueError as err:
+        return _error(422, str(err))
+    work = language.generate if task == "clm" else language.fill
+    try:
+        answer = await asyncio.get_running_loop().run_in_executor(served.pool, work, served.trained, texts, opts)
+    except Exception as err:  # a failed request fails alone, never the process
+        return _error(500, f"{task} failed: {type(err).__name__}: {err}")
+    return JSONResponse(answer)
 
 
 class Measured:
@@ -233,11 +303,13 @@ class Measured:
 
 
 def create_app(cfg: ServeConfig, scorer: Any = None, tokenizer: Any = None, *, max_len: int | None = None,
-               threshold: float | None = None, naive: bool = False) -> Starlette:
+               threshold: float | None = None, naive: bool = False, defaults: dict[str, Any] | None = None
+               ) -> Starlette:
     """The service. What is not passed in (scorer, tokenizer, max_len, threshold) is loaded from cfg.model_dir
-    (and cfg.backend / cfg.export_dir) when the app starts. naive: one request scored at a time, no batching."""
+    (and cfg.backend / cfg.export_dir) when the app starts. naive: one request scored at a time, no batching.
+    defaults: a decoder's sampling options (temperature, top_k, top_p, max_new_tokens) when a request omits them."""
     served = Served(cfg=cfg, naive=naive, metrics=Metrics(), scorer=scorer, tokenizer=tokenizer, max_len=max_len,
-                    threshold=threshold)
+                    threshold=threshold, defaults=dict(defaults or {}))
     app = Starlette(routes=_routes(served), lifespan=_lifespan(served))
     app.add_middleware(Measured, metrics=served.metrics)
     app.state.served = served
@@ -250,4 +322,11 @@ def from_params() -> Starlette:
     from lm.config import load_params
 
     params = load_params(os.environ.get("LM_PARAMS", "params.yaml"))
-    return create_app(params.serve, naive=os.environ.get("LM_SERVE_NAIVE") == "1")
+    return create_app(params.serve, naive=os.environ.get("LM_SERVE_NAIVE") == "1", defaults=sampling_defaults(params))
+
+
+def sampling_defaults(params) -> dict[str, Any]:
+    """A decoder's sampling options when a /v1/generate request omits them: the viz section's (what the
+    pipeline's own samples use)."""
+    v = params.viz
+    return {"max_new_tokens": v.max_new_tokens, "temperature": v.temperature, "top_k": v.top_k, "top_p": v.top_p}
