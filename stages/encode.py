@@ -14,6 +14,7 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
 
     from lm.data.encode_corpus import encode_rows, encode_stream
     from lm.data.encoded import Encoded
+    from lm.data.on_the_fly import raw_manifest_hash
     from lm.data.raw import RawCorpus
     from lm.progress import counted, progress
     from lm.tokenizer import Tokenizer
@@ -42,7 +43,10 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
             info = encode_rows(counted(texts(), meter), n_docs, tok, max_len, tmp, write_tokens=write_tokens)
         if not write_tokens:
             info["mode"] = "on_the_fly"
-            info["source"] = {"raw": str(raw_dir), "tokenizer": str(tokenizer_dir)}
+            # the raw corpus's manifest hash: a changed text changes meta.json, so DVC re-runs what reads the
+            # encoding, and a reader of a stale encoding is stopped (OnTheFlyTokens)
+            info["source"] = {"raw": str(raw_dir), "tokenizer": str(tokenizer_dir),
+                              "raw_manifest_sha256": raw_manifest_hash(raw_dir)}
         Encoded.write_meta(tmp, task=params.task, layout=info, n_docs=n_docs, max_len=max_len,
                            vocab_size=tok.vocab_size, special_ids=tok.special_ids, tokenizer_hash=tok.hash,
                            targets=targets)

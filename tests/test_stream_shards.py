@@ -265,6 +265,22 @@ def test_stream_shards_hub_cache_keeps_the_file_in_use_even_when_too_big(tmp_pat
     assert cache.get("ds/main/b.parquet", lambda dest: calls.append(dest)) == b and calls == []  # a hit: no fetch
 
 
+def test_stream_shards_hub_files_without_a_column(tmp_path, fake_hub):
+    """A later data file without an identity column: its rows are unannotated (NaN), not a crash; without the
+    target column: one line naming the file and the column."""
+    names, frames, _, remote = fake_hub
+    frames[2].drop(columns=["muslim"]).to_parquet(remote / names[2], index=False)
+    cfg = DataConfig(source="hf:owner/corpus", text_column="body", target_column="tox", id_column="uid",
+                     identity_columns=["muslim"], cache_dir=str(tmp_path / "cache"))
+    df, _ = load_corpus(cfg, task="classify", seed=0)
+    third = df["id"].str.startswith("2-")
+    assert third.sum() == 150 and df.loc[third, "muslim"].isna().all()
+    np.testing.assert_array_equal(df.loc[df["id"].str.startswith("1-"), "muslim"], frames[1]["muslim"])
+    frames[3].drop(columns=["tox"]).to_parquet(remote / names[3], index=False)
+    with pytest.raises(LmError, match=f"{names[3]}: no target column 'tox'"):
+        load_corpus(cfg.model_copy(update={"cache_dir": str(tmp_path / "cache2")}), task="classify", seed=0)
+
+
 def test_stream_shards_download_reads_a_streamed_hub_dataset_into_shards(tmp_path, fake_hub, monkeypatch):
     """download of an hf: source through the cache writes the same sharded corpus as the files read locally."""
     names, frames, _, _ = fake_hub
@@ -351,6 +367,28 @@ def test_on_the_fly_refuses_a_changed_tokenizer(tmp_path):
     Tokenizer(tok.merges[:-1], list(tok.special_ids)).save(tok_dir)
     with pytest.raises(LmError, match="not the tokenizer.*re-run `lm encode`"):
         Encoded.open(fly.root)
+
+
+def test_on_the_fly_encoding_changes_when_a_text_does_and_a_stale_one_is_refused(tmp_path):
+    """One word of one text changed, same row count and tokenizer: the re-encoded meta.json differs (so DVC
+    re-runs the stages that read data/encoded), and the old encoding refuses to read the new corpus."""
+    from lm.data.encoded import Encoded
+
+    params, _, fly, _ = _both_modes(tmp_path, "classify", n=100)
+    before = (fly.root / "meta.json").read_bytes()
+    old7, old8 = fly.tokens[7].tolist(), fly.tokens[8].tolist()
+    table = pd.read_csv(tmp_path / "in.csv")
+    table.loc[7, "body"] = "changed " + str(table.loc[7, "body"])
+    table.to_csv(tmp_path / "in.csv", index=False)
+    download.run(params, out_dir=tmp_path / "classify" / "raw")
+    with pytest.raises(LmError, match="changed since the on-the-fly encoding was made: re-run `lm encode`"):
+        Encoded.open(fly.root)
+    p = params.model_copy(update={"encode": params.encode.model_copy(update={"mode": "on_the_fly"})})
+    root = tmp_path / "classify"
+    encode.run(p, raw_dir=root / "raw", tokenizer_dir=root / "tok", out_dir=root / "again")
+    assert (root / "again" / "meta.json").read_bytes() != before
+    again = Encoded.open(root / "again")
+    assert again.tokens[7].tolist() != old7 and again.tokens[8].tolist() == old8
 
 
 def test_tokens_per_epoch_draws_a_fresh_window_sample_of_that_size_each_epoch(tmp_path):

@@ -17,8 +17,17 @@ import numpy as np
 
 from lm.errors import LmError
 
-SHARDS_KEPT = 4  # decoded shards held at once
+SHARDS_KEPT = 64  # decoded shards held at once: random batches touch every shard, so a corpus of up to 64 shards
+# (512 MB of text at data.shard_mb 8) is decoded once per process; beyond that shards are decoded again and again
 DOCS_KEPT = 16_384  # encoded documents held at once
+
+
+def raw_manifest_hash(raw_dir: str | Path) -> str:
+    """sha256 of data/raw/manifest.json, which changes whenever the downloaded texts do (it holds the source's
+    fingerprint and counts)."""
+    from lm.io import hash_file
+
+    return hash_file(Path(raw_dir) / "manifest.json").hexdigest()
 
 
 def row_tokens(ids: list[int], tok, max_len: int) -> list[int]:
@@ -40,6 +49,9 @@ class OnTheFlyTokens:
         if self.tok.hash != meta["tokenizer_hash"]:
             raise LmError(f"{source['tokenizer']} is not the tokenizer the on-the-fly encoding was made with: re-run "
                           f"`lm encode`")
+        if source.get("raw_manifest_sha256") != raw_manifest_hash(source["raw"]):
+            raise LmError(f"{source['raw']} changed since the on-the-fly encoding was made: re-run `lm encode` "
+                          f"(`dvc repro` does)")
         if self.raw.n_rows != int(meta["n_docs"]):
             raise LmError(f"{self.raw.path} has {self.raw.n_rows} rows, the encoding {meta['n_docs']}: re-run `lm encode`")
         self.shape = tuple(meta["shape"])
@@ -48,6 +60,13 @@ class OnTheFlyTokens:
         self.max_len = int(meta["max_len"])
         self.lengths, self.offsets = lengths, offsets
         self._starts = self.raw.shard_rows()
+        if len(self._starts) > SHARDS_KEPT:
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"warning: encode.mode on_the_fly over {len(self._starts)} shards of {self.raw.path}: random batches "
+                f"decode shards again and again beyond {SHARDS_KEPT}; encode.mode memmap is much faster for a corpus "
+                f"this size")
         self._shards: OrderedDict[int, list[str]] = OrderedDict()
         self._docs: OrderedDict[int, list[int]] = OrderedDict()
 

@@ -464,6 +464,13 @@ def _read_hub_cached(ref: str, config: str | None, cfg: DataConfig, task: str, l
                 capped = cfg if cfg.max_rows is None else cfg.model_copy(update={"max_rows": int(left)})
                 raw = read_file(path, kinds[name], capped, task, {})
             for chunk in raw.chunks:
+                needed = [c for c in (cfg.text_column, head.target, cfg.id_column) if c and c not in chunk.columns]
+                if needed:
+                    raise LmError(f"{label}: data file {name} has no column {needed[0]!r} (the first file has it); "
+                                  f"pick a split whose files share their columns")
+                unannotated = [c for c in head.identities if c not in chunk.columns]
+                if unannotated:  # a later file without an identity column: its rows are unannotated there
+                    chunk = chunk.assign(**{c: np.nan for c in unannotated})
                 yield chunk
                 left -= len(chunk)
                 if left <= 0:
