@@ -256,6 +256,8 @@ class PretrainConfig(Section):
     epochs: int = Field(2, ge=1)
     max_steps: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0, description="default train.lr")
+    tokens_per_epoch: int | None = Field(None, ge=1, description="an epoch of pretraining is a seeded draw of this "
+                                         "many tokens (for a corpus too big to go through); null: the whole corpus")
 
 
 class ServeConfig(Section):

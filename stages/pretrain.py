@@ -29,29 +29,42 @@ def pretrain_params(params: Params) -> Params:
     train = params.train.model_copy(update={
         "epochs": p.epochs, "max_steps": p.max_steps, "init_from": None, "select_by": "auto",
         "sampler": "shuffle", "bucket_by_length": False, "pos_weight": "off", "patience": None, "nproc": 1,
-        "nnodes": 1, "node_rank": 0,
+        "nnodes": 1, "node_rank": 0, "tokens_per_epoch": p.tokens_per_epoch,
         **({"lr": p.lr, "min_lr": min(params.train.min_lr, p.lr)} if p.lr is not None else {}),
     })
-    return params.model_copy(update={"task": p.task, "data": data, "train": train})
+    encode = params.encode.model_copy(update={"mode": "memmap"})  # its encoding lives in a temporary directory
+    return params.model_copy(update={"task": p.task, "data": data, "train": train, "encode": encode})
 
 
-def _corpus(params: Params, pre: Params, raw_dir: Path, split_dir: Path):
+def write_corpus(params: Params, pre: Params, raw_dir: Path, split_dir: Path, dest: Path) -> tuple[int, int]:
+    """The pretraining corpus into `dest` (sharded Parquet, like data/raw): the unlabelled source streamed chunk
+    by chunk (memory ~ one shard, however big the source), then the labelled train split's texts (the labelled
+    corpus is read whole: it is the small one). Returns (unlabelled rows, labelled rows)."""
     import numpy as np
     import pandas as pd
 
-    from lm.data.sources import load_corpus
+    from lm.data.raw import ShardWriter
+    from lm.data.sources import open_corpus
 
-    df, stats = load_corpus(pre.data, task=pre.task, seed=params.seed)
-    texts = [df["text"].astype(str)]
+    written = 0
+
+    def rows(text: pd.Series) -> pd.DataFrame:
+        nonlocal written
+        ids = np.arange(written, written + len(text)).astype(str)
+        written += len(text)
+        return pd.DataFrame({"id": ids, "text": text.astype(str).to_numpy(), "target": np.full(len(text), np.nan)})
+
+    stream = open_corpus(pre.data, task=pre.task, seed=params.seed)
     n_labelled = 0
-    if params.pretrain.include_train_texts and (raw_dir / "corpus.parquet").exists() and (split_dir / "train.npy").exists():
-        labelled = pd.read_parquet(raw_dir / "corpus.parquet", columns=["text"])["text"].astype(str)
-        train_rows = np.load(split_dir / "train.npy")
-        texts.append(labelled.iloc[train_rows])
-        n_labelled = len(train_rows)
-    text = pd.concat(texts, ignore_index=True)
-    frame = pd.DataFrame({"id": np.arange(len(text)), "text": text, "target": np.full(len(text), np.nan, np.float32)})
-    return frame, stats.n_kept, n_labelled
+    with ShardWriter(dest, [], int(pre.data.shard_mb * 1e6)) as shards:
+        for frame in stream:
+            shards.add(rows(frame["text"]))
+        if params.pretrain.include_train_texts and (raw_dir / "corpus.parquet").exists() and (split_dir / "train.npy").exists():
+            labelled = pd.read_parquet(raw_dir / "corpus.parquet", columns=["text"])["text"]
+            train_rows = np.load(split_dir / "train.npy")
+            shards.add(rows(labelled.iloc[train_rows]))
+            n_labelled = len(train_rows)
+    return stream.stats().n_kept, n_labelled
 
 
 def run(params: Params, raw_dir=RAW, split_dir=SPLIT, tokenizer_dir=TOKENIZER, out_dir=PRETRAINED,
@@ -78,9 +91,8 @@ def run(params: Params, raw_dir=RAW, split_dir=SPLIT, tokenizer_dir=TOKENIZER, o
     Path("data").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pretrain-", dir="data") as work:
         work = Path(work)
-        frame, n_source, n_labelled = _corpus(params, pre, Path(raw_dir), Path(split_dir))
         (work / "raw").mkdir()
-        frame.to_parquet(work / "raw" / "corpus.parquet", index=False)
+        n_source, n_labelled = write_corpus(params, pre, Path(raw_dir), Path(split_dir), work / "raw" / "corpus.parquet")
         console.print(f"pretrain: {n_source} unlabelled rows from {params.pretrain.source}"
                       + (f" + {n_labelled} labelled training texts" if n_labelled else "") + f", task={pre.task}")
         encode.run(pre, raw_dir=work / "raw", tokenizer_dir=Path(tokenizer_dir), out_dir=work / "encoded")
