@@ -221,17 +221,34 @@ def _last_safe_cut(buf: str, special_tokens: Sequence[str], longest: int) -> int
 Progress = Callable[[int], None]
 
 
-def count_pretokens(work: Iterable[list[str]], *, workers: int = 1, on_bytes: Progress | None = None) -> dict[str, int]:
+def prune_rarest(units: Counter[str], max_units: int | None) -> None:
+    """Bounded memory on corpora whose distinct words keep growing (numbers, handles, URLs): once `units` holds
+    more than max_units distinct words, the rarest are dropped (count 1, then 2, ...) until at most half remain.
+    Frequent words keep exact counts (they are never dropped); a dropped word that comes back counts again from
+    there, so only words too rare to win a merge are approximate. None: exact counts, unbounded."""
+    if max_units is None or len(units) <= max_units:
+        return
+    threshold = 1
+    while len(units) > max_units // 2:
+        for unit in [u for u, n in units.items() if n <= threshold]:
+            del units[unit]
+        threshold += 1
+
+
+def count_pretokens(work: Iterable[list[str]], *, workers: int = 1, on_bytes: Progress | None = None,
+                    max_units: int | None = None) -> dict[str, int]:
     """Pre-token counts over batches of special-free pieces, counted in `workers` processes.
 
     Workers count units; the parent sums them and pre-tokenizes each distinct unit once. Counts are exact
     integers summed over batches, so the result depends neither on `workers` nor on the order in which
-    batches finish. At most 2 * workers batches are in flight (bounded memory).
+    batches finish. At most 2 * workers batches are in flight (bounded memory), and at most `max_units`
+    distinct units are held (`prune_rarest`; the counts are exact while the corpus stays under it).
     """
     units: Counter[str] = Counter()
     if workers <= 1:
         for batch in work:
             count_units(batch, into=units)
+            prune_rarest(units, max_units)
             if on_bytes is not None:
                 on_bytes(_utf8_len(batch))
         return units_to_pretokens(units)
@@ -240,6 +257,7 @@ def count_pretokens(work: Iterable[list[str]], *, workers: int = 1, on_bytes: Pr
         get = units.get
         for unit, n in counts.items():
             units[unit] = get(unit, 0) + n
+        prune_rarest(units, max_units)
         if on_bytes is not None:
             on_bytes(nbytes)
 

@@ -194,6 +194,7 @@ def train_bpe(
     *,
     workers: int = 1,
     progress: bool = False,
+    max_words: int | None = None,
 ) -> list[Merge]:
     """Train byte-level BPE on texts; return the merges in order (token id 256 + i is merge i).
 
@@ -202,7 +203,8 @@ def train_bpe(
     for any `workers` (processes used for pre-tokenization).
     """
     n_merges = check_vocab_args(vocab_size, special_tokens)
-    return _train(iter_work(texts, special_tokens), n_merges, workers=workers, progress=progress, total_bytes=None)
+    return _train(iter_work(texts, special_tokens), n_merges, workers=workers, progress=progress, total_bytes=None,
+                  max_words=max_words)
 
 
 def train_bpe_from_files(
@@ -225,17 +227,18 @@ def train_bpe_from_files(
 
 
 def _train(
-    work: Iterable[list[str]], n_merges: int, *, workers: int, progress: bool, total_bytes: int | None
+    work: Iterable[list[str]], n_merges: int, *, workers: int, progress: bool, total_bytes: int | None,
+    max_words: int | None = None,
 ) -> list[Merge]:
     if workers < 1:
         raise LmError(f"tokenizer workers must be >= 1, got {workers}")
     if not progress:
-        return learn_merges(count_pretokens(work, workers=workers), n_merges)
+        return learn_merges(count_pretokens(work, workers=workers, max_units=max_words), n_merges)
 
     from lm.progress import progress as meter
 
     with meter("tokenizer: pre-tokenizing", total_bytes, "bytes") as bar:
-        counts = count_pretokens(work, workers=workers, on_bytes=bar.advance)
+        counts = count_pretokens(work, workers=workers, on_bytes=bar.advance, max_units=max_words)
     with meter("tokenizer: merging", n_merges, "merges") as bar:
         step = max(1, n_merges // 200)
 
@@ -263,7 +266,8 @@ def limit_bytes(texts: Iterable[str], max_bytes: int | None) -> Iterable[str]:
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, *, progress: bool = False) -> Tokenizer:
-    """Train a `Tokenizer` as params.yaml's `tokenizer` section says (vocab size, specials, byte cap, workers)."""
+    """Train a `Tokenizer` as params.yaml's `tokenizer` section says (vocab size, specials, byte cap, word cap,
+    workers)."""
     from lm.tokenizer.encoding import Tokenizer
 
     merges = train_bpe(
@@ -272,5 +276,6 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, *, progress: boo
         list(cfg.special_tokens),
         workers=cfg.workers,
         progress=progress,
+        max_words=cfg.max_words,
     )
     return Tokenizer(merges, cfg.special_tokens)
