@@ -6,7 +6,9 @@
 The corpus is a local CSV (`text` column) of real-text-like documents: sentences of the real samples under
 ../shared/data (Civil Comments, TinyStories, WikiText-2) drawn at random and joined into documents of 2-12
 sentences, or, when that folder is absent, sentences of the embedded synthetic generator (lm.data.synthetic).
-The same sentence pool serves both sizes, so the 10x corpus has the same kind of text, just more of it.
+The same sentence pool serves both sizes, so the 10x corpus has the same kind of text, just more of it; and
+every document ends with a reference number of its own (real text's long tail: numbers, handles and URLs keep
+adding words seen once), so the tokenizer's distinct words grow with the corpus as they do in real text.
 
 Each stage runs as `python -m lm.cli <stage>` in a fresh child process (task clm, data.shard_mb = N / 8 so the
 small corpus already spans several shards, encode.mode memmap), in a temporary working directory; its wall
@@ -60,7 +62,7 @@ def write_corpus(path: Path, pool: list[str], mb: float, seed: int) -> tuple[int
         out = csv.writer(fh)
         out.writerow(["text"])
         while size < target:
-            doc = " ".join(rng.choices(pool, k=rng.randint(2, 12)))
+            doc = " ".join(rng.choices(pool, k=rng.randint(2, 12))) + f" (ref {rows}-{rng.randrange(10**6)})"
             out.writerow([doc])
             size += len(doc.encode("utf-8"))
             rows += 1

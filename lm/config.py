@@ -75,7 +75,7 @@ class TokenizerConfig(Section):
     vocab_size: int = Field(2048, ge=260, le=200_000)
     special_tokens: list[str] = Field(default_factory=lambda: list(SPECIAL_TOKENS))
     max_train_bytes: int | None = Field(None, ge=1, description="train on at most this many bytes of the corpus")
-    max_words: int | None = Field(1_000_000, ge=1000, description="distinct words counted at once; beyond it the "
+    max_words: int | None = Field(200_000, ge=1000, description="distinct words counted at once; beyond it the "
                                   "rarest are dropped (bounded memory; frequent words keep exact counts); null: all")
     workers: int = Field(1, ge=1)
 
