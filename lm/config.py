@@ -196,7 +196,7 @@ class TrainConfig(Section):
         "shuffle", description="classify: 'weighted' draws classes equally, with replacement (pos_weight auto then means off)"
     )
     bucket_by_length: bool = Field(
-        True, description="classify: each step's batches hold rows of similar length (sorted within chunks of "
+        False, description="classify: each step's batches hold rows of similar length (sorted within chunks of "
         "50 steps, step order shuffled), so less of every batch is padding; clm/mlm windows have no padding and "
         "ignore it"
     )
