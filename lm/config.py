@@ -9,6 +9,7 @@ imports no torch and no model code.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -70,8 +71,11 @@ class DataConfig(Section):
 
 
 class TokenizerConfig(Section):
-    """Byte-level BPE trained by lm's own trainer."""
+    """Byte-level BPE trained by lm's own trainer, or a pretrained tokenizer adopted as it is."""
 
+    pretrained: str | None = Field(None, description="adopt this tokenizer instead of training one: a Hugging Face "
+                                   "tokenizer directory or tokenizer.json, a .tiktoken file, or a tiktoken encoding "
+                                   "name (p50k_base, cl100k_base); null: train lm's BPE (the keys below)")
     vocab_size: int = Field(2048, ge=260, le=200_000)
     special_tokens: list[str] = Field(default_factory=lambda: list(SPECIAL_TOKENS))
     max_train_bytes: int | None = Field(None, ge=1, description="train on at most this many bytes of the corpus")
@@ -229,6 +233,22 @@ class TrainConfig(Section):
     )
 
 
+class FinetuneConfig(Section):
+    """The training recipe for a Hugging Face checkpoint (train.init_from): pretrained weights want a small
+    learning rate, a warmup and a few epochs, and one model (an ensemble of fine-tuned copies costs as many
+    fine-tunings). These values replace train's when train.init_from is a Hugging Face directory."""
+
+    lr: float = Field(5e-5, gt=0)
+    min_lr: float = Field(0.0, ge=0.0)
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(3, ge=1)
+    min_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.01, ge=0.0)
+    ensemble: int = Field(1, ge=1, le=16)
+    token_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
 class EvalConfig(Section):
     batch_size: int = Field(128, ge=1)
     threshold: float | None = Field(None, gt=0.0, lt=1.0, description="score threshold (default data.threshold)")
@@ -298,6 +318,7 @@ class Params(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     viz: VizConfig = Field(default_factory=VizConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
@@ -374,7 +395,53 @@ def _format_error(err: ValidationError, path: Path) -> str:
 
 def parse_params(raw: dict[str, Any], path: Path = Path("params.yaml")) -> Params:
     try:
-        return Params.model_validate(raw or {})
+        params = Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, path)) from None
+    return from_checkpoint(params, path)
+
+
+# model keys a fine-tuning run may set freely: they change no pretrained weight
+CHECKPOINT_FREE_KEYS = ("dropout", "attention_dropout", "pooling", "gradient_checkpointing")
+
+
+def from_checkpoint(params: Params, path: Path = Path("params.yaml")) -> Params:
+    """When train.init_from is a Hugging Face checkpoint directory, the architecture is the checkpoint's and the
+    training recipe is `finetune`'s. A model key left at lm's default takes the checkpoint's value; a key set to
+    anything else must agree with the checkpoint (else one line naming it). A directory that does not exist yet
+    (e.g. `pretrained`, made by the pretrain stage) or an lm export is left to init_from at training time."""
+    source = params.train.init_from
+    config_file = Path(source) / "config.json" if source else None
+    if config_file is None or not config_file.is_file():
+        return params
+    try:
+        raw = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"train.init_from: {config_file} is not valid JSON") from None
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        return params
+    from lm.hf_config import hf_model_keys
+
+    try:
+        theirs = ModelConfig(**hf_model_keys(raw, source=config_file, allow_approximate_gelu=True)["model"]).model_dump()
+    except (LmError, ValidationError) as err:
+        raise ConfigError(f"train.init_from: {config_file} cannot be expressed as an lm model ({err})") from None
+    if not params.tokenizer.pretrained:
+        raise ConfigError(f"{path}: train.init_from {source} is a Hugging Face checkpoint, whose embeddings mean its "
+                          f"own tokenizer's ids: set tokenizer.pretrained: {source}")
+    default, ours = ModelConfig(), params.model.model_dump()
+    model = dict(ours)
+    for key, value in theirs.items():
+        if ours[key] == getattr(default, key) or ours[key] == value:
+            model[key] = value
+        elif key not in CHECKPOINT_FREE_KEYS:
+            raise ConfigError(f"{path}: model.{key}: {ours[key]!r} conflicts with train.init_from {source} "
+                              f"({value!r}); set model.{key} back to {getattr(default, key)!r} (lm's default means: "
+                              "the checkpoint's)")
+    recipe = params.finetune.model_dump()
+    train = {**params.train.model_dump(), **recipe, "min_lr": min(recipe["min_lr"], recipe["lr"])}
+    try:
+        return params.model_copy(update={"model": ModelConfig(**model), "train": TrainConfig(**train)})
     except ValidationError as err:
         raise ConfigError(_format_error(err, path)) from None
 

@@ -8,6 +8,23 @@ from lm.io import atomic_dir, require
 from lm.paths import ENCODED, RAW, TOKENIZER
 
 
+def check_roles(tok, params: Params) -> None:
+    """Stop before encoding when the tokenizer lacks a token the task needs (a pretrained tokenizer may)."""
+    from lm.errors import LmError
+
+    needs = {
+        "clm": {"eot": "documents are joined by it"},
+        "mlm": {"mask": "task=mlm masks tokens with it (use a BERT/RoBERTa tokenizer)",
+                "cls": "every mlm window starts with it", "eot": "documents are joined by it"},
+        "classify": {"pad": "rows are padded with it"},
+    }[params.task]
+    if params.task == "classify" and params.model.pooling == "cls":
+        needs["cls"] = "a classifier with model.pooling: cls pools it (set model.pooling: mean)"
+    for role, why in needs.items():
+        if tok.roles.get(role) is None:
+            raise LmError(f"tokenizer.pretrained: the tokenizer has no {role} token; {why}")
+
+
 def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -> None:
     import numpy as np
     from rich.console import Console
@@ -17,11 +34,12 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
     from lm.data.on_the_fly import raw_manifest_hash
     from lm.data.raw import RawCorpus
     from lm.progress import counted, progress
-    from lm.tokenizer import Tokenizer
+    from lm.tokenizer import load_tokenizer
 
     raw = RawCorpus.open(raw_dir)
-    require(tokenizer_dir / "special_tokens.json", "lm tokenize")
-    tok = Tokenizer.load(tokenizer_dir)
+    require(tokenizer_dir, "lm tokenize")
+    tok = load_tokenizer(tokenizer_dir)
+    check_roles(tok, params)
     n_docs = raw.n_rows
     max_len = params.encode.max_len
     targets = np.full(n_docs, np.nan, dtype=np.float32)
@@ -48,7 +66,7 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
             info["source"] = {"raw": str(raw_dir), "tokenizer": str(tokenizer_dir),
                               "raw_manifest_sha256": raw_manifest_hash(raw_dir)}
         Encoded.write_meta(tmp, task=params.task, layout=info, n_docs=n_docs, max_len=max_len,
-                           vocab_size=tok.vocab_size, special_ids=tok.special_ids, tokenizer_hash=tok.hash,
+                           vocab_size=tok.vocab_size, special_ids=tok.special_ids, tokenizer_hash=tok.hash, roles=tok.roles,
                            targets=targets)
     Console(stderr=True).print(
         f"encode: {n_docs} documents, {info['n_tokens']} tokens ({info['dtype']}, "

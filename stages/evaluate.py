@@ -148,13 +148,13 @@ def _language(params: Params, model, enc, items, task: str, model_dir: Path, tra
     import numpy as np
 
     from lm.infer.scoring import lm_statistics
-    from lm.tokenizer import Tokenizer
+    from lm.tokenizer import load_tokenizer
     from lm.data.objectives import make_objective
 
     objective = make_objective(params.model_copy(update={"task": task}), enc, np.zeros(0, dtype=np.int64))
     token_bytes = None
     if task == "clm":
-        tok = Tokenizer.load(model_dir / "tokenizer")
+        tok = load_tokenizer(model_dir / "tokenizer")
         specials = set(tok.special_ids.values())
         token_bytes = np.array([0 if i in specials else len(tok.token_bytes(i)) for i in range(tok.vocab_size)])
     from lm.viz.plots import plot_loss_by_position

@@ -84,7 +84,7 @@ def run(params: Params, raw_dir=RAW, split_dir=SPLIT, tokenizer_dir=TOKENIZER, o
             atomic_write_json(tmp / "pretrain.json", note)
         console.print("pretrain: off (set pretrain.source to pretrain on unlabelled text)")
         return
-    require(Path(tokenizer_dir) / "special_tokens.json", "lm tokenize")
+    require(Path(tokenizer_dir), "lm tokenize")
     pre = pretrain_params(params)
     from stages import encode, split
 

@@ -17,7 +17,14 @@ import torch
 
 from lm.data.encoded import Encoded
 from lm.data.masking import IGNORE_INDEX
-from lm.special_tokens import CLS
+from lm.errors import LmError
+
+
+def _role(enc: Encoded, role: str) -> int:
+    value = enc.roles.get(role)
+    if value is None:
+        raise LmError(f"{enc.root}: the tokenizer has no {role} token, which task={enc.task} needs (tokenizer.pretrained)")
+    return int(value)
 
 
 def doc_runs(enc: Encoded, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +108,7 @@ class WindowItems:
         if task == "clm":
             window, shift, prefix = max_len + 1, 1, None
         else:
-            window, shift, prefix = max_len - 1, 0, int(enc.meta["special_ids"][CLS])
+            window, shift, prefix = max_len - 1, 0, _role(enc, "cls")
         lo, hi = doc_runs(enc, docs)
         keep = hi - lo >= 1 + shift  # a clm run needs one input and one target
         lo, hi = lo[keep], hi[keep]

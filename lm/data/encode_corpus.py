@@ -24,13 +24,18 @@ class _Encoder(Protocol):
     eot_id: int
     cls_id: int
     pad_id: int
+    row_prefix: list[int]
+    row_suffix: list[int]
+
+    def row(self, ids: list[int], max_len: int) -> list[int]: ...
 
     def encode_documents(self, texts: Iterable[str], *, disallowed: str) -> Iterator[list[int]]: ...
 
 
 def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, out_dir: Path,
                 *, write_tokens: bool = True, block_rows: int = 4096) -> dict:
-    """classify: one padded row per document, starting with <|cls|>, truncated to its first max_len tokens
+    """classify: one padded row per document as the tokenizer builds it (`row_tokens`: <|cls|> + text for lm's
+    BPE, [CLS] text [SEP] for BERT), truncated to its first max_len tokens
     (the head of a comment carries its tone; the count of truncated rows goes to meta.json)."""
     dtype = token_dtype(tok.vocab_size)
     lengths = np.zeros(n_rows, dtype=np.int32)
@@ -42,7 +47,7 @@ def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, 
         for i, ids in enumerate(tok.encode_documents(texts, disallowed="as_text")):
             row = row_tokens(ids, tok, max_len)
             n_tokens += len(ids)
-            n_truncated += len(ids) + 1 > max_len
+            n_truncated += len(ids) + len(tok.row_prefix) + len(tok.row_suffix) > max_len
             j = i % block_rows
             block[j, : len(row)] = row
             block[j, len(row) :] = tok.pad_id

@@ -26,9 +26,18 @@ import numpy as np
 
 from lm.errors import LmError
 from lm.io import atomic_write_json, read_json, require
-from lm.special_tokens import PAD
+from lm.special_tokens import CLS, EOT, MASK, PAD
 
 PRODUCER = "lm encode"
+
+
+def meta_roles(meta: dict) -> dict[str, int | None]:
+    """The pipeline's roles (cls, sep, pad, mask, eot) -> ids, as `lm encode` recorded them (an encoding or export
+    made before roles were recorded names them by lm's special tokens)."""
+    if "roles" in meta:
+        return meta["roles"]
+    ids = meta["special_ids"]
+    return {"cls": ids.get(CLS), "sep": None, "pad": ids.get(PAD), "mask": ids.get(MASK), "eot": ids.get(EOT)}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -63,12 +72,17 @@ class Encoded:
         return int(self.meta["vocab_size"])
 
     @property
+    def roles(self) -> dict[str, int | None]:
+        return meta_roles(self.meta)
+
+    @property
     def pad_id(self) -> int:
-        return int(self.meta["special_ids"][PAD])
+        return int(self.roles["pad"])
 
     @staticmethod
     def write_meta(root: str | Path, *, task: str, layout: dict, n_docs: int, max_len: int, vocab_size: int,
-                   special_ids: dict[str, int], tokenizer_hash: str, targets: np.ndarray) -> None:
+                   special_ids: dict[str, int], tokenizer_hash: str, targets: np.ndarray,
+                   roles: dict[str, int | None] | None = None) -> None:
         """Write meta.json and targets.npy beside the token files that `layout` describes (dtype, shape,
         counts from encode_rows / encode_stream): the one place that writes what `open` reads."""
         root = Path(root)
@@ -76,6 +90,7 @@ class Encoded:
         atomic_write_json(root / "meta.json", {
             "task": task, "layout": "rows" if task == "classify" else "stream", **layout, "n_docs": n_docs,
             "max_len": max_len, "vocab_size": vocab_size, "special_ids": special_ids, "tokenizer_hash": tokenizer_hash,
+            "roles": roles if roles is not None else meta_roles({"special_ids": special_ids}),
         })
 
     @classmethod

@@ -21,7 +21,6 @@ from torch import nn
 
 from lm.data.masking import EVAL_EPOCH, IGNORE_INDEX, drop_tokens, mask_tokens
 from lm.errors import LmError
-from lm.special_tokens import MASK, PAD
 
 if TYPE_CHECKING:
     from lm.config import Params
@@ -129,19 +128,27 @@ def train_labels(params: Params, enc: Encoded, train_rows: np.ndarray) -> np.nda
     return enc.targets[train_rows] >= params.data.threshold
 
 
+def special_of(enc: Encoded) -> Special:
+    """The ids masking needs. Random replacements draw from the ordinary ids when the special ones close the
+    vocabulary (lm's BPE), else from the whole vocabulary, as transformers' DataCollatorForLanguageModeling does
+    (a pretrained tokenizer keeps its specials among the ordinary ids, e.g. BERT's [CLS] = 101)."""
+    roles = enc.roles
+    specials = sorted({*enc.meta["special_ids"].values(), *(i for i in roles.values() if i is not None)})
+    closing = specials == list(range(enc.vocab_size - len(specials), enc.vocab_size))
+    mask = roles.get("mask")
+    return Special(pad_id=int(roles["pad"]), mask_id=int(mask) if mask is not None else -1, special_ids=specials,
+                   n_ordinary=specials[0] if closing and specials else enc.vocab_size)
+
+
 def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
     """The task's objective. classify: pos_weight 'auto' is #neg/#pos of the train split when positives are
     the minority (it up-weights the rare class) and no weighting when they are not (weighting the majority
     further would push every score toward it); none with the weighted sampler (which already balances the
     classes) or with soft labels (a share of 1/3 weighted 16-fold becomes a 0.9 score: every borderline text
     would cross the threshold); a number is used as given."""
-    special_ids = enc.meta["special_ids"]
-    special = Special(
-        pad_id=special_ids[PAD],
-        mask_id=special_ids[MASK],
-        special_ids=sorted(special_ids.values()),
-        n_ordinary=min(special_ids.values()),
-    )
+    special = special_of(enc)
+    if params.task == "classify" and params.train.token_dropout > 0 and special.mask_id < 0:
+        raise LmError("train.token_dropout replaces tokens by the mask token, which this tokenizer lacks: set it to 0")
     if params.task == "classify":
         pw = params.train.pos_weight
         pos_weight = float(pw) if not isinstance(pw, str) else None

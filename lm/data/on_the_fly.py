@@ -31,9 +31,10 @@ def raw_manifest_hash(raw_dir: str | Path) -> str:
 
 
 def row_tokens(ids: list[int], tok, max_len: int) -> list[int]:
-    """classify: a document's row before padding, <|cls|> then its first max_len - 1 tokens (the rule `lm encode`
-    writes tokens.bin by, and the one on-the-fly rows are made by)."""
-    return [tok.cls_id, *ids][:max_len]
+    """classify: a document's row before padding, as the tokenizer builds it (lm's BPE: <|cls|> then the first
+    max_len - 1 tokens; a pretrained one: e.g. [CLS] tokens [SEP]), the rule `lm encode` writes tokens.bin by,
+    and the one on-the-fly rows are made by."""
+    return tok.row(ids, max_len)
 
 
 class OnTheFlyTokens:
@@ -41,11 +42,11 @@ class OnTheFlyTokens:
 
     def __init__(self, meta: dict, lengths: np.ndarray | None, offsets: np.ndarray | None):
         from lm.data.raw import RawCorpus
-        from lm.tokenizer import Tokenizer
+        from lm.tokenizer import load_tokenizer
 
         source = meta["source"]
         self.raw = RawCorpus.open(source["raw"])
-        self.tok = Tokenizer.load(Path(source["tokenizer"]))
+        self.tok = load_tokenizer(Path(source["tokenizer"]))
         if self.tok.hash != meta["tokenizer_hash"]:
             raise LmError(f"{source['tokenizer']} is not the tokenizer the on-the-fly encoding was made with: re-run "
                           f"`lm encode`")

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from lm.errors import LmError
-from lm.special_tokens import MASK
 
 
 
@@ -72,8 +71,12 @@ class Trained:
 
     def _rows(self, texts: list[str], allowed: set[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer
-        prefix = [tok.cls_id] if self.task != "clm" else []
-        rows = [(prefix + tok.encode(t, allowed_special=allowed, disallowed="as_text"))[: self.max_len] for t in texts]
+        encoded = tok.encode_batch(texts, allowed_special=allowed, disallowed="as_text")
+        if self.task == "classify":  # as `lm encode` built the training rows
+            rows = [tok.row(ids, self.max_len) for ids in encoded]
+        else:  # mlm windows start with the cls token; clm reads the text alone
+            prefix = [tok.cls_id] if self.task == "mlm" else []
+            rows = [(prefix + ids)[: self.max_len] for ids in encoded]
         width = max(1, max(len(r) for r in rows))
         ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -106,7 +109,7 @@ class Trained:
 
     def fills(self, text: str, top_k: int) -> list[tuple[int, list[tuple[str, float]]]]:
         """mlm: for each <|mask|> of text, its token position and the top_k (token, probability) candidates."""
-        ids, mask = self._rows([text], {MASK})
+        ids, mask = self._rows([text], {self.tokenizer.mask_token})
         logits = self.model(ids, mask).logits[0]  # (L, V)
         return [(pos, self._candidates(logits[pos], top_k))
                 for pos in (ids[0] == self.tokenizer.mask_id).nonzero().flatten().tolist()]
@@ -114,8 +117,9 @@ class Trained:
     def _fill_masks(self, texts: list[str], top_k: int) -> pd.DataFrame:
         records = []
         for row, text in enumerate(texts):
-            if MASK not in text:
-                raise LmError(f"mlm predict: text {row + 1} has no {MASK}; put one where a token should be filled in: {text[:60]!r}")
+            mask_token = self.tokenizer.mask_token
+            if mask_token not in text:
+                raise LmError(f"mlm predict: text {row + 1} has no {mask_token}; put one where a token should be filled in: {text[:60]!r}")
             for pos, cands in self.fills(text, top_k):
                 records.append({"text": text, "position": pos, "prediction": cands[0][0],
                                 "top": ", ".join(f"{t!r} {q:.1%}" for t, q in cands)})
@@ -151,11 +155,11 @@ class Trained:
 
 
 def load_trained(model_dir: Path) -> Trained:
-    from lm.tokenizer import Tokenizer
+    from lm.tokenizer import load_tokenizer
     from lm.model.export import load_exported
 
     model, config = load_exported(Path(model_dir))
-    tok = Tokenizer.load(Path(model_dir) / "tokenizer")
+    tok = load_tokenizer(Path(model_dir) / "tokenizer")
     if tok.hash != config["tokenizer_hash"]:
         raise LmError(f"{model_dir}/tokenizer does not match the model (hash differs): re-export with `lm train`")
     return Trained(model, config, tok)

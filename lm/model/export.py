@@ -48,6 +48,7 @@ def export_config(params: Params, enc: Encoded) -> dict[str, Any]:
         "max_len": enc.max_len,
         "pad_id": enc.pad_id,
         "special_ids": enc.meta["special_ids"],
+        "roles": enc.roles,
         "tokenizer_hash": enc.meta["tokenizer_hash"],
         "seed": params.seed,
         "threshold": params.data.threshold,

@@ -5,8 +5,8 @@ DistilBERT checkpoint directory.
 Why a trunk and not the whole model: the pretraining task's head (an LM head) means nothing to a classifier,
 whose pooler and classifier start fresh; when the source was trained for the same task, its head loads too.
 Token ids only mean the same thing under the same tokenizer, so an lm source must have been trained with
-the very tokenizer of this run (its hash is compared) and a Hugging Face source must have the same
-vocabulary size; anything else is refused with one line instead of a model that learns from scrambled
+the very tokenizer of this run, and a Hugging Face source's tokenizer.json must be this run's tokenizer
+(`tokenizer.pretrained`; their content hashes are compared, not their sizes); anything else is refused with one line instead of a model that learns from scrambled
 embeddings. The architecture must match as well (named key by key); a shorter `max_len` than the source's
 keeps the first rows of a learned position table.
 """
@@ -37,6 +37,23 @@ class InitReport:
     fresh: list[str]  # parameters left at their initialisation (the new task head)
 
 
+def _check_checkpoint_tokenizer(path: Path, checkpoint_vocab: int, *, vocab_size: int, tokenizer_hash: str | None) -> None:
+    """A Hugging Face checkpoint's embeddings mean its own tokenizer's ids: the run's tokenizer must be that
+    tokenizer by content (the hash of its tokenizer.json and roles), not merely of the same size. A checkpoint
+    directory without tokenizer.json can only be checked by size."""
+    fix = f"set tokenizer.pretrained: {path} (the checkpoint's own tokenizer)"
+    if (path / "tokenizer.json").is_file():
+        from lm.tokenizer.pretrained import open_hf
+
+        theirs = open_hf(path).hash
+        if theirs != tokenizer_hash:
+            raise LmError(f"train.init_from: {path} was pretrained with another tokenizer than this run's (tokenizer "
+                          f"{theirs[:12]}, this run {str(tokenizer_hash)[:12]}): {fix}")
+    elif checkpoint_vocab != vocab_size:
+        raise LmError(f"train.init_from: {path} has a vocabulary of {checkpoint_vocab} tokens, this run's tokenizer "
+                      f"has {vocab_size}: {fix}")
+
+
 def _source_state(path: Path, *, vocab_size: int, tokenizer_hash: str | None) -> tuple[dict[str, torch.Tensor], dict, str, str]:
     """(state dict in lm's names, model config dict, source task, kind) of an lm export or a HF directory."""
     config_file = path / "config.json"
@@ -51,11 +68,7 @@ def _source_state(path: Path, *, vocab_size: int, tokenizer_hash: str | None) ->
         from lm.model.hf import convert_hf_state_dict, read_hf_weights, spec_from_hf_config
 
         spec = spec_from_hf_config(raw, source=config_file, allow_approximate_gelu=True)
-        if spec.vocab_size != vocab_size:
-            raise LmError(
-                f"train.init_from: {path} has a vocabulary of {spec.vocab_size} tokens, this run's tokenizer has "
-                f"{vocab_size}: fine-tune with the checkpoint's own vocabulary size (tokenizer.vocab_size)"
-            )
+        _check_checkpoint_tokenizer(path, spec.vocab_size, vocab_size=vocab_size, tokenizer_hash=tokenizer_hash)
         from lm.model.hf import ENCODERS
 
         state = convert_hf_state_dict(read_hf_weights(path), spec)

@@ -77,8 +77,7 @@ class Served:
     def encode(self, texts: list[str]) -> list[list[int]]:
         """As `lm predict` (lm.infer.predict.Trained._rows) encodes for a classifier; runs in the scoring thread."""
         tok = self.tokenizer
-        return [([tok.cls_id] + tok.encode(t, allowed_special=set(), disallowed="as_text"))[: self.max_len]
-                for t in texts]
+        return [tok.row(ids, self.max_len) for ids in tok.encode_batch(texts, allowed_special=set(), disallowed="as_text")]
 
 
 def load_model(served: Served) -> None:
@@ -107,9 +106,9 @@ def load_model(served: Served) -> None:
 
         served.scorer = load_scorer(model_dir, served.cfg.backend, Path(served.cfg.export_dir))
     if served.tokenizer is None:
-        from lm.tokenizer import Tokenizer
+        from lm.tokenizer import load_tokenizer
 
-        served.tokenizer = Tokenizer.load(model_dir / "tokenizer")
+        served.tokenizer = load_tokenizer(model_dir / "tokenizer")
     served.max_len = served.max_len or int(config["max_len"])
     if served.threshold is None:
         served.threshold = float(config.get("threshold", 0.5))
@@ -264,7 +263,7 @@ async def _language(served: Served, request: Request, task: str) -> Response:
             raise ValueError(f"max_new_tokens: {opts.max_new_tokens}, more than serve.max_new_tokens "
                              f"({served.cfg.max_new_tokens})")
         if task == "mlm":
-            language.check_masks(texts)
+            language.check_masks(texts, served.tokenizer.mask_token)
     except RequestError as err:
         return _error(err.status, str(err))
     except ValueError as err:

@@ -81,9 +81,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def cls_token_id(config: dict) -> int:
-    from lm.special_tokens import CLS
+    from lm.data.encoded import meta_roles
 
-    return int(config["special_ids"][CLS])
+    return int(meta_roles(config)["cls"])
 
 
 def serving_config(config: dict) -> dict:

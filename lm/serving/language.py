@@ -59,7 +59,7 @@ def fill(trained, texts: list[str], opts: FillOptions) -> dict[str, Any]:
                        for pos, cands in trained.fills(text, opts.top_k)] for text in texts]}
 
 
-def check_masks(texts: list[str]) -> None:
+def check_masks(texts: list[str], mask_token: str = MASK) -> None:
     for i, text in enumerate(texts):
-        if MASK not in text:
-            raise ValueError(f"texts[{i}]: no {MASK}; put one where a token should be filled in")
+        if mask_token not in text:
+            raise ValueError(f"texts[{i}]: no {mask_token}; put one where a token should be filled in")

@@ -130,6 +130,28 @@ class Tokenizer:
     def mask_id(self) -> int:
         return self._special(MASK)
 
+    @property
+    def mask_token(self) -> str:
+        return MASK
+
+    kind = "bpe"
+
+    @property
+    def roles(self) -> dict[str, int | None]:
+        """The pipeline's roles -> ids (lm's BPE has no separator: a classifier row is <|cls|> + text)."""
+        return {"cls": self.special_ids.get(CLS), "sep": None, "pad": self.special_ids.get(PAD),
+                "mask": self.special_ids.get(MASK), "eot": self.special_ids.get(EOT), "bos": None, "unk": None}
+
+    @property
+    def row_prefix(self) -> list[int]:
+        return [self.cls_id]
+
+    row_suffix: tuple[int, ...] = ()
+
+    def row(self, ids: Sequence[int], max_len: int) -> list[int]:
+        """A classifier row: <|cls|> then the first max_len - 1 tokens."""
+        return [self.cls_id, *ids][:max_len]
+
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, special={self.special_tokens})"
 
