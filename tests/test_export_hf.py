@@ -263,3 +263,36 @@ def test_export_hf_never_replaces_the_model_or_a_foreign_directory(tmp_path, tok
     with pytest.raises(LmError, match="exists and is not a Hugging Face export"):
         export_hf(model_dir, tmp_path / "notes")
     assert (tmp_path / "notes" / "a.txt").read_text() == "keep me"
+
+
+# ---- the command ----------------------------------------------------------------------------------------------
+
+
+def test_export_hf_command_writes_the_directory_and_prints_one_line(tmp_path, tokenizer_dir):
+    from typer.testing import CliRunner
+
+    from lm.cli import app
+
+    model_dir = lm_export(tmp_path, tokenizer_dir, "clm", **LLAMA)
+    result = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--hf", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines() == [
+        f"wrote {tmp_path / 'hf'} (LlamaForCausalLM: transformers.AutoModelForCausalLM.from_pretrained loads it)"]
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+    refused = CliRunner().invoke(app, ["export", "--model", str(lm_export(tmp_path / "enc", tokenizer_dir, "classify")),
+                                       "--hf", str(tmp_path / "hf2")])
+    assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
+    assert refused.output.startswith("error: ") and "does not map to BertForSequenceClassification" in refused.output
+
+
+def test_export_hf_command_without_hf_runs_the_serving_stage_as_before(monkeypatch):
+    from typer.testing import CliRunner
+
+    import lm.cli
+
+    calls = []
+    monkeypatch.setattr(lm.cli, "_stage", lambda name, params, **kw: calls.append((name, params, kw)))
+    assert CliRunner().invoke(lm.cli.app, ["export"]).exit_code == 0
+    assert CliRunner().invoke(lm.cli.app, ["export", "--model", "elsewhere"]).exit_code == 0
+    assert calls == [("export", Path("params.yaml"), {}), ("export", Path("params.yaml"), {"model_dir": Path("elsewhere")})]
