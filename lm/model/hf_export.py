@@ -17,6 +17,7 @@ the zeros / fixed table they compute, so the outputs are the same to float32 rou
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,10 +235,16 @@ def _check_destination(model_dir: Path, out_dir: Path) -> None:
     src, dst = model_dir.resolve(), out_dir.resolve()
     if dst == src or dst in src.parents:
         raise LmError(f"--hf {out_dir}: would replace the lm model in {model_dir}; choose another directory")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        config = dst / EXPORT_CONFIG
-        if not (config.is_file() and '"model_type"' in config.read_text(errors="replace")):
-            raise LmError(f"--hf {out_dir}: exists and is not a Hugging Face export; choose a new directory")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not _is_hf_dir(dst):
+        raise LmError(f"--hf {out_dir}: exists and is not a Hugging Face export; choose a new directory")
+
+
+def _is_hf_dir(path: Path) -> bool:
+    """A directory whose config.json names a model_type (lm's own export config has none)."""
+    try:
+        return isinstance(config := json.loads((path / EXPORT_CONFIG).read_text()), dict) and "model_type" in config
+    except (OSError, ValueError):
+        return False
 
 
 def export_hf(model_dir: Path, out_dir: Path) -> HfExport:
