@@ -119,10 +119,27 @@ def viz(params: ParamsOption = DEFAULT_PARAMS) -> None:
 
 
 @app.command(name="export")
-def export_serving(params: ParamsOption = DEFAULT_PARAMS) -> None:
+def export_serving(
+    params: ParamsOption = DEFAULT_PARAMS,
+    hf: Annotated[Optional[Path], typer.Option("--hf", help="instead: write a Hugging Face save_pretrained "
+                                               "directory here (config.json, model.safetensors, tokenizer files)")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option("--model", help="exported model directory (default models)")] = None,
+) -> None:
     """Export the trained classifier for serving (TorchScript + INT8 under serving/), checked against the eager
-    model on the test split in reports/serving.json."""
-    _stage("export", params)
+    model on the test split in reports/serving.json. With --hf DIR: write the model as a directory that
+    transformers' Auto classes load without lm (BERT classifier, GPT-2 or Llama decoder; docs/huggingface.md)."""
+    if hf is None:
+        _stage("export", params, **({"model_dir": model_dir} if model_dir is not None else {}))
+        return
+
+    def body() -> None:
+        from lm.model.hf_export import export_hf
+        from lm.paths import MODELS
+
+        done = export_hf(model_dir if model_dir is not None else MODELS, hf)
+        typer.echo(f"wrote {done.out_dir} ({done.architecture}: transformers.{done.auto_class}.from_pretrained loads it)")
+
+    _run(body)
 
 
 @app.command()
