@@ -15,6 +15,9 @@ CORPUS = [
     "Once upon a time there was a little girl who loved her red ball.",
     "@user http://t.co/xyz #hashtag RT: it's   spaced    out",
 ] * 20
+_SYLLABLES = ["ka", "lo", "mi", "ne", "su", "tar", "vin", "del", "pra", "gou", "zeb", "Rho", "Qua", "fy"]
+CORPUS += [" ".join(a + b + c for a in _SYLLABLES[i:i + 4] for b in _SYLLABLES for c in _SYLLABLES[:3])
+           for i in range(0, len(_SYLLABLES), 2)]  # many made-up words: room for a few hundred merges
 
 
 def bert_dir(root: Path, *, lowercase: bool = True, vocab_size: int = 400) -> Path:
