@@ -42,6 +42,8 @@ def _check_checkpoint_tokenizer(path: Path, checkpoint_vocab: int, *, vocab_size
     tokenizer by content (the hash of its tokenizer.json and roles), not merely of the same size. A checkpoint
     directory without tokenizer.json can only be checked by size."""
     fix = f"set tokenizer.pretrained: {path} (the checkpoint's own tokenizer)"
+    if tokenizer_hash is None:  # a caller with no tokenizer to compare (library use): nothing to check
+        return
     if (path / "tokenizer.json").is_file():
         from lm.tokenizer.pretrained import open_hf
 
