@@ -83,7 +83,7 @@ def _classify(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
     rows = []
     for j, row in enumerate(shown):
         n = int(batch["attention_mask"][j].sum())
-        text = trained.tokenizer.decode(batch["input_ids"][j, 1:n].tolist())
+        text = trained.tokenizer.decode(batch["input_ids"][j, :n].tolist(), skip_special=True)
         rows.append({"text": text, "target": float(enc.targets[row]), "prob": float(probs[j]),
                      "label": "toxic" if probs[j] >= params.threshold else "non-toxic"})
     return "# Test predictions\n\n" + classifier_predictions_markdown(rows)

@@ -192,7 +192,10 @@ def test_export_hf_tokenizer_loads_with_the_same_ids(tmp_path, tokenizer_dir):
     tok = Tokenizer.load(tokenizer_dir)
     for text in ["the cat sat", "A dog, in the park!", "  spaces\tand\nnewlines", "unseen wörds 123"]:
         assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
-    assert hf_tok("<|cls|>the cat")["input_ids"] == [tok.special_ids["<|cls|>"], *tok.encode("the cat")]
+    # a classifier's rows: AutoTokenizer builds them as lm trained on them (<|cls|> first, truncated at max_len)
+    long = "the cat sat on the mat " * 20
+    assert hf_tok(long, truncation=True)["input_ids"] == tok.row(tok.encode(long), 16)
+    assert hf_tok("the cat")["input_ids"] == [tok.special_ids["<|cls|>"], *tok.encode("the cat")]
     assert hf_tok.pad_token_id == tok.special_ids["<|pad|>"]
 
 

@@ -140,9 +140,20 @@ def test_init_from_fine_tunes_a_bert_classifier_end_to_end(bert_checkpoint, in_t
     assert config["tokenizer_hash"] == adopt(str(bert_checkpoint)).hash
     trained = load_trained("models")
     assert trained.tokenizer.row_prefix == [trained.tokenizer.cls_id]
-    scores = trained.predict(["you are an idiot", "what a lovely day"])["toxicity"].tolist()
+    texts = ["you are an idiot", "what a lovely day", "naïve café " * 40]
+    scores = trained.predict(texts)["toxicity"].tolist()
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert json.loads(open("reports/metrics.json").read())["roc_auc"] is not None
+    # out again: the Hugging Face export, read by transformers alone, scores the texts as lm does
+    from lm.model.hf_export import export_hf
+
+    export_hf("models", in_tmp / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(in_tmp / "hf")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(in_tmp / "hf").eval()
+    batch = hf_tok(texts, truncation=True, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hf_scores = torch.sigmoid(hf(**batch).logits[:, 0])
+    assert torch.allclose(hf_scores, torch.tensor(scores), atol=1e-4)  # predict rounds to 4 decimals
 
 
 @pytest.mark.slow

@@ -107,6 +107,7 @@ class Trained:
 
         return [(self.tokenizer.token_str(i), round(q, 4)) for i, q in top_k_tokens(logits, top_k)]
 
+    @torch.no_grad()
     def fills(self, text: str, top_k: int) -> list[tuple[int, list[tuple[str, float]]]]:
         """mlm: for each <|mask|> of text, its token position and the top_k (token, probability) candidates."""
         ids, mask = self._rows([text], {self.tokenizer.mask_token})

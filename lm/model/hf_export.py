@@ -247,6 +247,27 @@ def _is_hf_dir(path: Path) -> bool:
         return False
 
 
+def _rows_as_lm_builds_them(out: Path, tokenizer_dir: Path, config: dict[str, Any]) -> None:
+    """A classifier's tokenizer files answer `AutoTokenizer(text, truncation=True)` with the rows lm trained on:
+    lm's own BPE gets a post-processor that puts <|cls|> first (a pretrained tokenizer already has its family's,
+    e.g. [CLS] text [SEP]), and model_max_length becomes the model's max_len."""
+    from lm.data.encoded import meta_roles
+
+    if not (tokenizer_dir / "pretrained.json").is_file() and (out / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+        from tokenizers.processors import TemplateProcessing
+
+        tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+        cls_id = int(meta_roles(config)["cls"])
+        cls = tok.id_to_token(cls_id)
+        tok.post_processor = TemplateProcessing(single=f"{cls} $A", pair=f"{cls} $A $B", special_tokens=[(cls, cls_id)])
+        tok.save(str(out / "tokenizer.json"))
+    settings = out / "tokenizer_config.json"
+    if settings.is_file():
+        data = json.loads(settings.read_text())
+        atomic_write_json(settings, {**data, "model_max_length": int(config["max_len"])})
+
+
 def export_hf(model_dir: Path, out_dir: Path) -> HfExport:
     """Write the lm export in model_dir as a transformers directory out_dir (config.json, model.safetensors and
     the tokenizer files), replacing out_dir atomically. Raises LmError for a model transformers cannot express."""
@@ -271,4 +292,6 @@ def export_hf(model_dir: Path, out_dir: Path) -> HfExport:
         for name in TOKENIZER_FILES:
             if (model_dir / "tokenizer" / name).is_file():
                 shutil.copyfile(model_dir / "tokenizer" / name, tmp / name)
+        if config["task"] == "classify":
+            _rows_as_lm_builds_them(tmp, model_dir / "tokenizer", config)
     return HfExport(architecture=_AUTO[arch][0], auto_class=_AUTO[arch][1], out_dir=out_dir)
