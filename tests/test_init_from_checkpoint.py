@@ -172,3 +172,28 @@ def test_init_from_fine_tunes_a_gpt2_decoder_end_to_end(gpt2_checkpoint, in_tmp)
     assert trained.config["model"]["n_layers"] == 2 and trained.tokenizer.kind == "hf"
     text = trained.complete("The", max_new_tokens=5, temperature=1.0, top_k=None, top_p=None, seed=0)
     assert text.startswith("The")
+
+
+@pytest.mark.slow
+def test_init_from_continues_masked_lm_training_of_a_bert(bert_checkpoint, in_tmp):
+    """task=mlm on a BERT checkpoint: windows start with [CLS], documents are joined by [SEP], masks use [MASK]
+    (and random replacements draw from the whole vocabulary, as transformers' collator does); predict fills
+    the tokenizer's own mask token."""
+    import stages.download
+    import stages.encode
+    import stages.split
+    import stages.tokenize
+    import stages.train
+    from lm.data.encoded import Encoded
+    from lm.data.objectives import special_of
+    from lm.infer.predict import load_trained
+
+    params = _finetune(bert_checkpoint, **{"task": "mlm", "data.n_rows": 120, "finetune.epochs": 1,
+                                           "train.max_steps": 4})
+    _run(params, stages.download, stages.tokenize, stages.encode, stages.split, stages.train)
+    enc = Encoded.open("data/encoded")
+    tok = adopt(str(bert_checkpoint))
+    assert enc.roles["eot"] == tok.roles["sep"] and special_of(enc).n_ordinary == tok.vocab_size
+    trained = load_trained("models")
+    fills = trained.fills("the quick [MASK] fox", 3)
+    assert len(fills) == 1 and len(fills[0][1]) == 3
