@@ -154,6 +154,16 @@ def test_init_from_fine_tunes_a_bert_classifier_end_to_end(bert_checkpoint, in_t
     with torch.no_grad():
         hf_scores = torch.sigmoid(hf(**batch).logits[:, 0])
     assert torch.allclose(hf_scores, torch.tensor(scores), atol=1e-4)  # predict rounds to 4 decimals
+    # and `lm serve` builds the same [CLS] text [SEP] rows
+    from test_serve import run, serving
+
+    async def score():
+        async with serving(in_tmp / "models") as (client, _):
+            return await client.post("/v1/score", json={"texts": texts})
+
+    served = run(score())
+    assert served.status_code == 200, served.text
+    assert served.json()["scores"] == pytest.approx(scores, abs=1e-4)
 
 
 @pytest.mark.slow
