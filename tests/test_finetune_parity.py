@@ -76,11 +76,11 @@ def _one_thread():
 # ---- lm's side: its trainee, objective and step ---------------------------------------------------------------
 
 
-def lm_run(task: str, model_cfg: ModelConfig, source, stream, objective, **train):
+def lm_run(task: str, model_cfg: ModelConfig, source, stream, objective):
     """Fine-tune with lm's training code from the Hugging Face directory `source`: (the trainee, the model's
     state dict before the first step, the step log rows)."""
     params = Params(task=task, data=DataConfig(), model=model_cfg,
-                    train=TrainConfig(**{**TRAIN, **train, "init_from": str(source)}))
+                    train=TrainConfig(**TRAIN, init_from=str(source)))
     enc = SimpleNamespace(vocab_size=V, max_len=MAXLEN, pad_id=PAD, meta={})
     trainee, note = build_trainee(params, enc, STEPS, WORLD, fresh=True)
     assert "init_from=" in note
@@ -115,10 +115,9 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
     return factor
 
 
-def hf_run(model: torch.nn.Module, steps: list[list[dict]], loss_of, count_of, groups: list[dict],
-           train: dict | None = None) -> list[dict]:
+def hf_run(model: torch.nn.Module, steps: list[list[dict]], loss_of, count_of, groups: list[dict]) -> list[dict]:
     """Train `model` on `steps` (each a list of micro-batches): per step the loss, gradient norm and lr."""
-    cfg = {**TRAIN, **(train or {})}
+    cfg = TRAIN
     opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg["warmup_steps"], STEPS, cfg["min_lr"] / cfg["lr"]))
     model.train()
