@@ -17,13 +17,17 @@ side the model's `labels=` loss, backward, clip_grad_norm_(1.0), torch AdamW wit
 and betas, zero_grad. Hugging Face attention is `sdpa`; dropout is --dropout (0.1, BERT's and GPT-2's default)
 on both sides. Before timing, both models' loss on the batch in eval mode must agree (`same_initial_loss`,
 1e-4): the same checkpoint gives the same function. Steps are interleaved (the first model alternates) and
-the median per model is reported; `lm_over_hf_speed` above 1 means lm's step is faster. The last line is one
-JSON object, also written to benchmarks/results/finetune.json (benchmarks/record.py).
+the median per model is reported; `lm_over_hf_speed` above 1 means lm's step is faster. The 1-minute load
+average is recorded before the run (other processes' work) and after it: a `before` of 1 or more on 2 cores
+means the cores were shared, and the step times are inflated and noisy. The last line is one JSON object, also
+written to benchmarks/results/finetune.json (benchmarks/record.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -48,8 +52,9 @@ def hf_checkpoint(task: str, shape: dict, max_len: int, dropout: float, path: Pa
 
     torch.manual_seed(0)
     if task == "classify":
-        cfg = transformers.BertConfig(vocab_size=shape["vocab"], hidden_size=shape["d"], num_hidden_layers=shape["layers"],
-                                      num_attention_heads=shape["heads"], intermediate_size=shape["ff"],
+        cfg = transformers.BertConfig(vocab_size=shape["vocab"], hidden_size=shape["d"],
+                                      num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+                                      intermediate_size=shape["ff"],
                                       max_position_embeddings=max_len, hidden_dropout_prob=dropout,
                                       attention_probs_dropout_prob=dropout, pad_token_id=0)
         transformers.BertModel(cfg).save_pretrained(path)
@@ -63,8 +68,6 @@ def hf_checkpoint(task: str, shape: dict, max_len: int, dropout: float, path: Pa
 
 def lm_from(task: str, path: Path, vocab: int, max_len: int) -> torch.nn.Module:
     """lm's model for `task`, its config read from the checkpoint, its weights loaded by train.init_from."""
-    import json
-
     from lm.model import build_model
     from lm.model.hf import spec_from_hf_config
     from lm.model.init_from import init_from
@@ -121,9 +124,9 @@ def hf_loss(model: torch.nn.Module, b: dict) -> torch.Tensor:
 
 def lm_step(model: torch.nn.Module, task: str, b: dict) -> Callable[[], float]:
     """One step of lm's training code: optimizer_step over one micro-batch (loss sum / count, clip, AdamW)."""
+    from lm.config import TrainConfig
     from lm.train.distributed import Dist
     from lm.train.optim import build_optimizer
-    from lm.config import TrainConfig
     from lm.train.step import optimizer_step
 
     world = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -188,12 +191,13 @@ def bench(task: str, *, dropout: float, repeats: int, steps: int, warmup: int) -
             times[name].append(time.perf_counter() - start)
     lm_ms, hf_ms = (statistics.median(times[n]) * 1e3 for n in ("lm", "hf"))
     return {
-        "task": task, "model": {k: v for k, v in shape.items()}, "batch": batch, "seq": seq,
+        "task": task, "model": dict(shape), "batch": batch, "seq": seq,
         "params": {"lm": sum(p.numel() for p in lm.parameters()), "hf": sum(p.numel() for p in hf.parameters())},
         "initial_loss": {"lm": round(lm_loss0, 6), "hf": round(hf_loss0, 6)},
         "same_initial_loss": abs(lm_loss0 - hf_loss0) < 1e-4,
         "lm_ms_per_step": round(lm_ms, 1), "hf_ms_per_step": round(hf_ms, 1),
         "lm_over_hf_speed": round(hf_ms / lm_ms, 3),
+        "ms_per_step_each": {n: [round(t * 1e3, 1) for t in ts] for n, ts in times.items()},  # the spread
     }
 
 
@@ -214,14 +218,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dropout {args.dropout}; "
           f"{warmup} warm-up + {steps * repeats} timed steps per model, interleaved; median ms per step")
     print(f"{'task':9} {'lm ms':>8} {'hf ms':>8} {'lm/hf speed':>12}")
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]  # a shared machine's other work shows in the step times
     for task in args.tasks.split(","):
         row = bench(task, dropout=args.dropout, repeats=repeats, steps=steps, warmup=warmup)
         rows.append(row)
         print(f"{task:9} {row['lm_ms_per_step']:>8.1f} {row['hf_ms_per_step']:>8.1f} {row['lm_over_hf_speed']:>12.2f}"
               f"   same initial loss: {row['same_initial_loss']}", flush=True)
     figures = {"benchmark": "finetune", "threads": torch.get_num_threads(), "dropout": args.dropout,
-               "hf_attn": "sdpa", "steps": steps, "repeats": repeats, "warmup": warmup, "results": rows}
+               "hf_attn": "sdpa", "steps": steps, "repeats": repeats, "warmup": warmup,
+               "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}, "results": rows}
     record.finish(figures, quick=args.quick, save=not args.no_save)
 
 
