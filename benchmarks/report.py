@@ -63,6 +63,19 @@ def train_step(f: dict) -> Iterator[Row]:
                        f"last-block rows: lm {rows.get('lm_full', '?')}, BERT {rows.get('hf', '?')}{same}")
 
 
+def finetune(f: dict) -> Iterator[Row]:
+    """benchmarks/finetune.py: one fine-tuning step from the same Hugging Face checkpoint, lm vs transformers."""
+    names = {"classify": ("BERT classifier", "`SequenceClassifier`", "`BertForSequenceClassification`"),
+             "clm": ("GPT-2 causal LM", "`CausalLM`", "`GPT2LMHeadModel`")}
+    for r in f["results"]:
+        what, ours, theirs = names[r["task"]]
+        m = r["model"]
+        yield (f"fine-tuning step from a Hugging Face checkpoint, {what} (d {m['d']}, {m['layers']} layers, vocab "
+               f"{m['vocab']:,}; batch {r['batch']} x {r['seq']}): lm {ours} + `init_from` vs {theirs}", "ms/step",
+               _n(r["lm_ms_per_step"]), _n(r["hf_ms_per_step"]), _x(r["lm_over_hf_speed"]),
+               f"same initial loss: {_yes(r['same_initial_loss'])}")
+
+
 def train_step_cuda(f: dict) -> Iterator[Row]:
     """The GPU run of benchmarks/train_step.py: GPT-2 small sized, with the model FLOPs utilisation."""
     how = f"{f['amp']}" + (", compiled" if f.get("compile") else "")
@@ -152,9 +165,9 @@ def scale(f: dict) -> Iterator[Row]:
 
 
 RENDERERS: dict[str, Callable[[dict], Iterator[Row]]] = {
-    "train_step": train_step, "train_step_cuda": train_step_cuda, "encode": encode, "bpe_train": bpe_train,
-    "generate": generate, "ddp": ddp, "attention": attention, "attention-causal": attention, "serve": serve,
-    "scale": scale,
+    "train_step": train_step, "train_step_cuda": train_step_cuda, "finetune": finetune, "encode": encode,
+    "bpe_train": bpe_train, "generate": generate, "ddp": ddp, "attention": attention, "attention-causal": attention,
+    "serve": serve, "scale": scale,
 }
 
 

@@ -66,6 +66,19 @@ def test_render_makes_one_row_per_comparison_from_the_figures():
     assert "- `encode`: `python benchmarks/x.py --quick` (quick) on 2026-01-02T03:04:05Z, 2 CPUs (Test CPU)" in table
 
 
+def test_render_finetune_rows_give_ms_per_step_and_the_initial_loss_check():
+    row = {"model": {"vocab": 30522, "d": 384, "layers": 6, "heads": 12, "ff": 1536}, "batch": 32, "seq": 64,
+           "lm_ms_per_step": 900.0, "hf_ms_per_step": 1200.0, "lm_over_hf_speed": 1.333}
+    figures = {"benchmark": "finetune", "run": RUN, "results": [
+        {**row, "task": "classify", "same_initial_loss": True},
+        {**row, "task": "clm", "same_initial_loss": False}]}
+    rows = [line for line in report.render({"finetune": figures}).splitlines()[2:] if line.startswith("| ")]
+    assert len(rows) == 2
+    assert "`SequenceClassifier` + `init_from` vs `BertForSequenceClassification`" in rows[0]
+    assert "| ms/step | 900 | 1,200 | 1.33x | same initial loss: yes |" in rows[0]
+    assert "`GPT2LMHeadModel`" in rows[1] and "same initial loss: **NO**" in rows[1]
+
+
 def test_render_attention_rows_include_fused_vs_explicit():
     case = lambda s, m: {"seconds": s, "first_s": s, "passes": 1, "peak_mib": m}  # noqa: E731
     figures = {"benchmark": "attention", "mode": "bidirectional", "lengths": [256, 2048], "growth_from_to": [256, 2048],

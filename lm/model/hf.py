@@ -27,7 +27,8 @@ Weight layout differences handled here:
 * BERT-family encoders (`bert`, `roberta`, `distilbert`): positions learned, post-norm LayerNorm blocks,
   exact GELU, biases, `embed_norm` (the LayerNorm after the embeddings); the type-0 token-type embedding is
   folded into the position table (exact for single-segment inputs); RoBERTa's first padding_idx + 1 position
-  rows are dropped (its positions start after them, for unpadded inputs).
+  rows are dropped (its positions start after them, for unpadded inputs); a pretrained `pooler.dense` (BERT's
+  classification pooler) loads into lm's classifier pooler.
 Weights are loaded into a float32 model whatever their stored dtype.
 """
 
@@ -196,9 +197,13 @@ def _llama_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
 def _encoder_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
     """BERT / RoBERTa / DistilBERT trunk -> lm trunk.* names. The token-type embedding of type 0 (what every
     token gets when no segment ids are passed) is added to each position row, which is exact for single-segment
-    inputs; task heads are dropped."""
+    inputs. The pretrained pooler (`pooler.dense`: dense + tanh on the CLS row, what BertForSequenceClassification
+    classifies from) becomes lm's `pooler.*`; the other task heads are dropped."""
     prefix = next((p for p in _ENCODER_PREFIXES if any(k.startswith(p) for k in w)), "")
-    w = {k: v for k, v in _strip(w, prefix).items() if not k.startswith(_ENCODER_HEADS)}
+    w = _strip(w, prefix)
+    pooler = {f"pooler.{kind}": w.pop(f"pooler.dense.{kind}") for kind in ("weight", "bias")
+              if f"pooler.dense.{kind}" in w}
+    w = {k: v for k, v in w.items() if not k.startswith(_ENCODER_HEADS)}
     w = {k.removeprefix("embeddings."): v for k, v in w.items()}
     w.pop("position_ids", None)  # a buffer older versions saved
     positions = w.pop("position_embeddings.weight")
@@ -223,7 +228,7 @@ def _encoder_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
                                     ("mlp.fc_out", "fc_out"), ("norm2", "norm2")):
                 out[b + f"{lm_name}.{kind}"] = w.pop(h + names[target] + f".{kind}")
     _no_leftovers(w)
-    return out
+    return {**out, **pooler}
 
 
 def _no_leftovers(w: dict[str, Tensor]) -> None:
@@ -233,8 +238,8 @@ def _no_leftovers(w: dict[str, Tensor]) -> None:
 
 
 def convert_hf_state_dict(weights: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
-    """Hugging Face state dict -> lm state dict: the whole CausalLM for GPT-2 / Llama, the trunk (trunk.*) for
-    the BERT-family encoders."""
+    """Hugging Face state dict -> lm state dict: the whole CausalLM for GPT-2 / Llama, the trunk (trunk.*) and
+    the pretrained pooler (pooler.*, when the checkpoint has one) for the BERT-family encoders."""
     converter = {"gpt2": _gpt2_state, "llama": _llama_state}.get(spec.arch, _encoder_state)
     try:
         return converter(dict(weights), spec)

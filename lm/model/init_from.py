@@ -120,7 +120,8 @@ def _check_architecture(model: nn.Module, source_cfg: dict, path: Path) -> None:
 
 @torch.no_grad()
 def init_from(model: nn.Module, path: str | Path, *, task: str, vocab_size: int, tokenizer_hash: str | None) -> InitReport:
-    """Copy pretrained weights into `model` in place (see the module docstring); returns what was loaded."""
+    """Copy pretrained weights into `model` in place (see the module docstring); returns what was loaded.
+    A classifier started from a Hugging Face encoder also takes its pretrained pooler, when it has one."""
     path = Path(path)
     if not path.is_dir():
         raise LmError(f"train.init_from: {path} is not a directory (give a trained model directory)")
@@ -131,10 +132,12 @@ def init_from(model: nn.Module, path: str | Path, *, task: str, vocab_size: int,
             if a not in state and b in state:
                 state[a] = state[b]
     same_task = source_task == task
+    # a Hugging Face encoder's pretrained pooler (dense + tanh on the CLS row) is the one its classifier uses
+    wanted = ("trunk.", "pooler.") if task == "classify" and source_task == "encoder" else ("trunk.",)
     target = model.state_dict()
-    loaded = 0
+    loaded: set[str] = set()
     for name, tensor in target.items():
-        if not name.startswith("trunk.") and not same_task:
+        if not name.startswith(wanted) and not same_task:
             continue
         if name not in state:
             if name.startswith("trunk."):
@@ -146,6 +149,6 @@ def init_from(model: nn.Module, path: str | Path, *, task: str, vocab_size: int,
         if tuple(value.shape) != tuple(tensor.shape):
             raise LmError(f"train.init_from: {name} is {tuple(value.shape)} in {path}, {tuple(tensor.shape)} here")
         tensor.copy_(value.to(tensor.dtype))
-        loaded += 1
-    fresh = [n for n in target if not (n.startswith("trunk.") or same_task)]
-    return InitReport(str(path), kind, loaded, fresh)
+        loaded.add(name)
+    fresh = [n for n in target if n not in loaded]
+    return InitReport(str(path), kind, len(loaded), fresh)
