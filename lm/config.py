@@ -136,6 +136,9 @@ class ModelConfig(Section):
     norm_eps: float = Field(1e-5, gt=0.0, lt=0.1)
     gradient_checkpointing: bool = Field(False, description="recompute block activations in backward to save memory")
     embed_norm: bool = Field(False, description="a norm right after the embeddings (BERT, RoBERTa, DistilBERT)")
+    token_type: bool = Field(False, description="a trained vector added to every token embedding: BERT's and "
+                             "RoBERTa's segment-0 token-type embedding, kept as its own weight so fine-tuning "
+                             "trains it as transformers does")
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:

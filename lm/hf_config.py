@@ -130,7 +130,7 @@ def _encoder_model(cfg: dict[str, Any], arch: str, source: Path) -> tuple[dict[s
     if act != "gelu":
         raise LmError(f"{source}: activation {act!r} is not supported (lm's encoder MLP uses the exact GELU)")
     model.update(attention="standard", positions="learned", norm="layernorm", norm_position="post", mlp="gelu",
-                 bias=True, tie_embeddings=True, embed_norm=True)
+                 bias=True, tie_embeddings=True, embed_norm=True, token_type=arch != "distilbert")
     return model, max_len
 
 

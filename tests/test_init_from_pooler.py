@@ -18,7 +18,7 @@ BERT = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_hea
             max_position_embeddings=MAXLEN, hidden_act="gelu", type_vocab_size=2, pad_token_id=PAD)
 LM_BERT = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0, attention_dropout=0.0,
                       attention="standard", positions="learned", norm="layernorm", norm_position="post", mlp="gelu",
-                      bias=True, tie_embeddings=True, norm_eps=1e-12, embed_norm=True, pooling="cls")
+                      bias=True, tie_embeddings=True, norm_eps=1e-12, embed_norm=True, token_type=True, pooling="cls")
 
 
 @pytest.fixture(autouse=True, scope="module")

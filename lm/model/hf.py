@@ -26,7 +26,7 @@ Weight layout differences handled here:
   approximation (up to ~1e-3 per activation). Checkpoints with `activation_function: gelu` match exactly.
 * BERT-family encoders (`bert`, `roberta`, `distilbert`): positions learned, post-norm LayerNorm blocks,
   exact GELU, biases, `embed_norm` (the LayerNorm after the embeddings); the type-0 token-type embedding is
-  folded into the position table (exact for single-segment inputs); RoBERTa's first padding_idx + 1 position
+  `model.token_type`, a vector added to every token (single-segment inputs); RoBERTa's first padding_idx + 1 position
   rows are dropped (its positions start after them, for unpadded inputs); a pretrained `pooler.dense` (BERT's
   classification pooler) loads into lm's classifier pooler.
 Weights are loaded into a float32 model whatever their stored dtype.
@@ -196,8 +196,8 @@ def _llama_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
 
 def _encoder_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
     """BERT / RoBERTa / DistilBERT trunk -> lm trunk.* names. The token-type embedding of type 0 (what every
-    token gets when no segment ids are passed) is added to each position row, which is exact for single-segment
-    inputs. The pretrained pooler (`pooler.dense`: dense + tanh on the CLS row, what BertForSequenceClassification
+    token gets when no segment ids are passed) becomes `trunk.type_emb` (model.token_type), added to every
+    token as transformers adds it, so fine-tuning trains that one row as transformers does. The pretrained pooler (`pooler.dense`: dense + tanh on the CLS row, what BertForSequenceClassification
     classifies from) becomes lm's `pooler.*`; the other task heads are dropped."""
     prefix = next((p for p in _ENCODER_PREFIXES if any(k.startswith(p) for k in w)), "")
     w = _strip(w, prefix)
@@ -207,11 +207,13 @@ def _encoder_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
     w = {k.removeprefix("embeddings."): v for k, v in w.items()}
     w.pop("position_ids", None)  # a buffer older versions saved
     positions = w.pop("position_embeddings.weight")
-    if "token_type_embeddings.weight" in w:
-        positions = positions + w.pop("token_type_embeddings.weight")[0]
     positions = positions[positions.shape[0] - spec.max_len :]  # RoBERTa: drop the rows before padding_idx + 1
     out = {"trunk.tok_emb.weight": w.pop("word_embeddings.weight"), "trunk.positions.table.weight": positions,
            "trunk.embed_norm.weight": w.pop("LayerNorm.weight"), "trunk.embed_norm.bias": w.pop("LayerNorm.bias")}
+    token_type = w.pop("token_type_embeddings.weight", None)
+    if spec.model.token_type:  # segment 0, its own weight (trained as transformers trains it)
+        out["trunk.type_emb.weight"] = (token_type[:1] if token_type is not None
+                                        else torch.zeros(1, spec.model.d_model))
     distil = spec.arch == "distilbert"
     names = ({"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "proj": "attention.out_lin",
               "norm1": "sa_layer_norm", "fc_in": "ffn.lin1", "fc_out": "ffn.lin2", "norm2": "output_layer_norm"}

@@ -134,11 +134,19 @@ def _position_table(trunk: nn.Module) -> Tensor:
     return torch.zeros(pos.max_len, E)
 
 
+def _token_types(trunk: nn.Module, E: int) -> Tensor:
+    """BERT's token-type table: lm's segment-0 vector (model.token_type) as row 0, else zeros; row 1 zeros."""
+    table = torch.zeros(2, E)
+    if trunk.type_emb is not None:
+        table[0] = trunk.type_emb.weight.detach()[0]
+    return table
+
+
 def _bert_weights(model: nn.Module) -> dict[str, Tensor]:
     trunk, E = model.trunk, model.config.d_model
     out = {"bert.embeddings.word_embeddings.weight": trunk.tok_emb.weight.detach(),
            "bert.embeddings.position_embeddings.weight": _position_table(trunk),
-           "bert.embeddings.token_type_embeddings.weight": torch.zeros(2, E),  # lm has no segments: both add 0
+           "bert.embeddings.token_type_embeddings.weight": _token_types(trunk, E),
            **_norm("bert.embeddings.LayerNorm", trunk.embed_norm)}
     for i, block in enumerate(trunk.blocks):
         h = f"bert.encoder.layer.{i}."

@@ -46,6 +46,8 @@ class Transformer(nn.Module):
         self.config, self.max_len, self.causal = cfg, max_len, causal
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.positions = AbsolutePositions(cfg.positions, max_len, cfg.d_model)
+        # BERT's token-type embedding of segment 0, which every token of a single-segment input gets
+        self.type_emb = nn.Embedding(1, cfg.d_model) if cfg.token_type else None
         self.embed_norm = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.embed_norm else nn.Identity()
         self.drop = Dropout(cfg.dropout)
         # random feature buffers of every layer come from this generator, drawn once, in layer order
@@ -92,7 +94,10 @@ class Transformer(nn.Module):
         offset = cache.length if cache is not None else 0
         if offset + L > self.max_len:
             raise LmError(f"sequence of {offset + L} tokens exceeds the model's max_len {self.max_len}; crop the input")
-        x = self.drop(self.embed_norm(self.positions(self.tok_emb(input_ids), offset)))  # (B, L, E)
+        x = self.tok_emb(input_ids)
+        if self.type_emb is not None:
+            x = x + self.type_emb.weight[0]
+        x = self.drop(self.embed_norm(self.positions(x, offset)))  # (B, L, E)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
         attentions: list[Tensor] | None = [] if return_attention else None
         states = []
