@@ -71,13 +71,13 @@ def download(params: ParamsOption = DEFAULT_PARAMS) -> None:
 
 @app.command()
 def tokenize(params: ParamsOption = DEFAULT_PARAMS) -> None:
-    """Train the byte-level BPE tokenizer on data/raw/ and write data/tokenizer/."""
+    """Train the byte-level BPE tokenizer on data/raw/ (or adopt tokenizer.pretrained) and write data/tokenizer/."""
     _stage("tokenize", params)
 
 
 @app.command()
 def encode(params: ParamsOption = DEFAULT_PARAMS) -> None:
-    """Encode data/raw/ with the trained tokenizer into memmap arrays under data/encoded/."""
+    """Encode data/raw/ with data/tokenizer/ into memmap arrays under data/encoded/."""
     _stage("encode", params)
 
 
