@@ -247,6 +247,10 @@ def serve(
             raise ConfigError(f"serve.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
         if not (Path(cfg.model_dir) / "config.json").exists():
             raise LmError(f"{cfg.model_dir}/config.json not found: train a model first (`dvc repro`) or pass --model DIR")
+        if cfg.backend != "eager":
+            from lm.serving.backends import artifact_path
+
+            artifact_path(cfg.backend, Path(cfg.export_dir))
         uvicorn.run(create_app(cfg, naive=naive, defaults=sampling_defaults(_params(params))), host=cfg.host, port=cfg.port, access_log=False,
                     timeout_graceful_shutdown=30)
 

@@ -95,8 +95,14 @@ def load_scorer(model_dir: Path, backend: str = "eager", export_dir: Path | None
         if config["task"] != "classify":
             raise LmError(f"{model_dir} holds a {config['task']} model: scoring serves classifiers only")
         return EagerScorer(model)
-    export_dir = Path(export_dir) if export_dir is not None else SERVING
-    path = export_dir / ARTIFACTS[backend]
+    return TorchScriptScorer(artifact_path(backend, export_dir), backend)
+
+
+def artifact_path(backend: str, export_dir: Path | None = None) -> Path:
+    """The `lm export` artifact a torchscript / int8 backend reads; LmError naming the fix when it is missing
+    (checked by `lm serve` before the server starts, so a missing file is one line, not a failed startup)."""
+    path = (Path(export_dir) if export_dir is not None else SERVING) / ARTIFACTS[backend]
     if not path.exists():
-        raise LmError(f"{path} not found: run `lm export` (or `dvc repro`) to write the {backend} artifact")
-    return TorchScriptScorer(path, backend)
+        raise LmError(f"{path} not found: run `lm export` (or `dvc repro`) to write the {backend} artifact, "
+                      "or serve with --backend eager")
+    return path
