@@ -172,6 +172,8 @@ def predict(
                                                   ".csv/.parquet/.jsonl with the text column")] = None,
     model_dir: Annotated[Path, typer.Option("--model", help="exported model directory")] = Path("models"),
     text_column: Annotated[str, typer.Option(help="text column of --file tables")] = "text",
+    id_column: Annotated[str, typer.Option(help="a --file table's key column, copied to the output when present "
+                                           "(classify)")] = "id",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write a CSV instead of printing")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="mlm: candidates per <|mask|>")] = 5,
 ) -> None:
@@ -179,15 +181,18 @@ def predict(
     or next-token candidates (clm)."""
 
     def body() -> None:
-        from lm.infer.predict import load_trained, read_texts
+        from lm.infer.predict import load_trained, read_table
 
-        items = list(texts or []) + (read_texts(file, text_column) if file else [])
+        from_file, keys = read_table(file, text_column, id_column) if file else ([], None)
+        items = list(texts or []) + from_file
         if not items:
             from lm.errors import LmError
 
             raise LmError("nothing to predict: pass texts as arguments or --file PATH")
         trained = load_trained(model_dir)
         table = trained.predict(items, top_k=top_k)
+        if keys is not None and trained.task == "classify":  # one output row per input row: keep its key
+            table.insert(0, id_column, [""] * len(texts or []) + keys)
         if output:
             from lm.io import atomic_write_text
 

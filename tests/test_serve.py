@@ -333,3 +333,30 @@ def test_serve_a_missing_artifact_is_one_line_before_the_server_starts(model_dir
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "model.int8.pt not found" in lines[0] and "lm export" in lines[0], result.output
+
+
+def test_predict_file_keeps_the_id_column_and_leaves_empty_texts_unscored_as_serve_does(model_dir, tmp_path):
+    """`lm predict -f table -o out.csv`: one output row per input row with the table's id first; an empty text
+    is not scored (the server answers 422 for it), its row kept with no score and no label."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from lm.cli import app
+    from lm.infer.predict import load_trained
+
+    table = tmp_path / "in.csv"
+    pd.DataFrame({"id": ["a7", "b8", "c9"], "text": [TEXTS[0], "", TEXTS[1]]}).to_csv(table, index=False)
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(app, ["predict", "-f", str(table), "--model", str(model_dir), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    got = pd.read_csv(out, dtype={"id": str}, keep_default_na=False)
+    assert list(got.columns) == ["id", "text", "toxicity", "label"] and got["id"].tolist() == ["a7", "b8", "c9"]
+    assert got.loc[1, "toxicity"] == "" and got.loc[1, "label"] == ""
+    expected = load_trained(model_dir).predict([TEXTS[0], TEXTS[1]])["toxicity"].tolist()
+    assert [float(got.loc[0, "toxicity"]), float(got.loc[2, "toxicity"])] == expected
+
+    async def empty():
+        async with serving(model_dir) as (client, _):
+            return await client.post("/v1/score", json={"texts": [""]})
+
+    assert run(empty()).status_code == 422

@@ -19,7 +19,13 @@ from lm.errors import LmError
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:
-    """Texts from a .txt (one per non-empty line) or a .csv/.parquet/.jsonl table's text column, one per row:
+    """The texts of `read_table`."""
+    return read_table(path, text_column)[0]
+
+
+def read_table(path: Path, text_column: str = "text", id_column: str | None = None) -> tuple[list[str], list[str] | None]:
+    """(texts, ids): ids are the `id_column` cells as text when the table has that column (None otherwise), so an
+    output can carry each input row's key. Texts from a .txt (one per non-empty line) or a .csv/.parquet/.jsonl table's text column, one per row:
     an empty or missing cell is the empty text (its row is kept, so output rows line up with input rows), and a
     cell reading "NA" or "null" is that text. The encoding is detected as in `lm download` (data.encoding auto)."""
     from lm.data.text_encoding import text_encoding
@@ -33,7 +39,7 @@ def read_texts(path: Path, text_column: str = "text") -> list[str]:
     try:
         if suffix == ".txt":
             text = path.read_text(encoding=text_encoding(path, "auto"))
-            return [line for line in text.splitlines() if line.strip()]
+            return [line for line in text.splitlines() if line.strip()], None
         if suffix == ".csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=text_encoding(path, "auto"))
         elif suffix == ".parquet":
@@ -45,7 +51,10 @@ def read_texts(path: Path, text_column: str = "text") -> list[str]:
         raise LmError(f"{path}: not a readable {suffix[1:]} file ({first})") from None
     if text_column not in frame.columns:
         raise LmError(f"{path}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); pass --text-column")
-    return ["" if _missing(v) else str(v) for v in frame[text_column].tolist()]
+    texts = ["" if _missing(v) else str(v) for v in frame[text_column].tolist()]
+    ids = (["" if _missing(v) else str(v) for v in frame[id_column].tolist()]
+           if id_column and id_column in frame.columns else None)
+    return texts, ids
 
 
 def _missing(value: Any) -> bool:
@@ -88,15 +97,18 @@ class Trained:
     @torch.no_grad()
     def predict(self, texts: list[str], *, top_k: int = 5, batch_size: int = 64) -> pd.DataFrame:
         if self.task == "classify":
+            # an empty (or blank) text is not scored, as `lm serve` refuses it: its row stays, score NaN, no label
             threshold = float(self.config.get("threshold", 0.5))
-            probs: list[float] = []
-            for lo in range(0, len(texts), batch_size):
-                ids, mask = self._rows(texts[lo : lo + batch_size], set())
-                probs.extend(torch.sigmoid(self.model(ids, mask).logits.float()).tolist())
+            scored = [i for i, t in enumerate(texts) if t.strip()]
+            probs = np.full(len(texts), np.nan)
+            for lo in range(0, len(scored), batch_size):
+                part = scored[lo : lo + batch_size]
+                ids, mask = self._rows([texts[i] for i in part], set())
+                probs[part] = torch.sigmoid(self.model(ids, mask).logits.float()).numpy()
             return pd.DataFrame({
                 "text": texts,
                 "toxicity": np.round(probs, 4),
-                "label": ["toxic" if p >= threshold else "non-toxic" for p in probs],
+                "label": ["" if np.isnan(p) else "toxic" if p >= threshold else "non-toxic" for p in probs],
             })
         if self.task == "mlm":
             return self._fill_masks(texts, top_k)
