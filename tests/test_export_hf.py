@@ -31,14 +31,7 @@ LLAMA = dict(attention="rotary", attention_options={"rope_theta": 500.0}, positi
              mlp="swiglu", bias=False, tie_embeddings=False, norm_eps=1e-6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared cores (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("hf_quiet")
 
 
 @pytest.fixture(scope="module")

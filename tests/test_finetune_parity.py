@@ -60,14 +60,7 @@ LM_GPT2 = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=128, dropout=0.0, 
                       bias=True, tie_embeddings=True, norm_eps=1e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared cores (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("hf_quiet")
 
 
 # ---- lm's side: its trainee, objective and step ---------------------------------------------------------------

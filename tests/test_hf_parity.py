@@ -21,14 +21,7 @@ V, MAXLEN = 61, 32
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared cores (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("hf_quiet")
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

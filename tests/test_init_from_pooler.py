@@ -21,14 +21,7 @@ LM_BERT = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0, a
                       bias=True, tie_embeddings=True, norm_eps=1e-12, embed_norm=True, token_type=True, pooling="cls")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared cores (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("hf_quiet")
 
 
 def _pretrained(tmp_path):

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +153,8 @@ class PretrainedTokenizer:
 
     def encode_documents(self, texts: Iterable[str], *, batch_size: int = 1024, allowed_special: Any = None,
                          disallowed: str = "raise", num_threads: int | None = None) -> Iterator[list[int]]:
-        batch: list[str] = []
-        for text in texts:
-            batch.append(text)
-            if len(batch) == batch_size:
-                yield from self.encode_batch(batch, allowed_special=allowed_special, disallowed=disallowed)
-                batch = []
-        if batch:
+        it = iter(texts)
+        while batch := list(islice(it, batch_size)):
             yield from self.encode_batch(batch, allowed_special=allowed_special, disallowed=disallowed)
 
     def _ids(self, ids: Iterable[int]) -> list[int]:
@@ -291,9 +287,7 @@ def open_hf(path: Path) -> PretrainedTokenizer:
             specials[backend.id_to_token(i)] = i
     h = hashlib.sha256(b"lm-hf-tokenizer-v1\n" + backend.to_str().encode() + b"\n")
     h.update(json.dumps(roles, sort_keys=True).encode())
-    files = [name for name in HF_FILES if (directory / name).is_file()] if path.is_dir() else []
-    if not path.is_dir():
-        files = ["tokenizer.json"]
+    files = [name for name in HF_FILES if (directory / name).is_file()] if path.is_dir() else ["tokenizer.json"]
     extra = {"files_dir": str(directory), "files": files}
     return PretrainedTokenizer("hf", backend, roles, specials, h.hexdigest(), text_backend=text_backend, extra=extra)
 
@@ -327,8 +321,8 @@ def _registry(name: str) -> dict[str, Any] | None:
     return {**spec, **seen}
 
 
-def _tiktoken_spec(source: str) -> tuple[dict[bytes, int], str, dict[str, int], str, str | None]:
-    """(ranks, pattern, special tokens, name, rank file) for a .tiktoken file or a tiktoken encoding name."""
+def _tiktoken_spec(source: str) -> tuple[dict[bytes, int], str, dict[str, int], str]:
+    """(ranks, pattern, special tokens, name) for a .tiktoken file or a tiktoken encoding name."""
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
 
@@ -349,7 +343,7 @@ def _tiktoken_spec(source: str) -> tuple[dict[bytes, int], str, dict[str, int], 
 
         pattern = spec.get("pat_str", GPT2_PATTERN)  # an unknown name: GPT-2's pre-tokenizer
         specials = dict(spec.get("special_tokens", {}))
-        return ranks, pattern, specials, name, str(path)
+        return ranks, pattern, specials, name
     spec = _registry(source)
     if spec is None:
         raise LmError(f"tokenizer.pretrained: {source!r} is neither a path nor a tiktoken encoding name "
@@ -359,14 +353,14 @@ def _tiktoken_spec(source: str) -> tuple[dict[bytes, int], str, dict[str, int], 
     except Exception:
         raise LmError(f"tokenizer.pretrained: tiktoken's {source} is not in its cache and cannot be fetched: download "
                       f"{spec['url']} on a connected machine and set tokenizer.pretrained to the file's path") from None
-    return encoding._mergeable_ranks, encoding._pat_str, dict(encoding._special_tokens), source, None  # noqa: SLF001
+    return encoding._mergeable_ranks, encoding._pat_str, dict(encoding._special_tokens), source  # noqa: SLF001
 
 
 def open_tiktoken(source: str | Path, *, name: str | None = None) -> PretrainedTokenizer:
     """A tiktoken encoding, with lm's missing role tokens appended after its ids."""
     import tiktoken
 
-    ranks, pattern, specials, found, file = _tiktoken_spec(str(source))
+    ranks, pattern, specials, found = _tiktoken_spec(str(source))
     name = name or found
     if name != found:  # a saved copy keeps the encoding's name: read its pattern and specials from it
         spec = _registry(name) or {}
@@ -385,9 +379,7 @@ def open_tiktoken(source: str | Path, *, name: str | None = None) -> PretrainedT
         h.update(base64.b64encode(token) + b" %d\n" % rank)
     h.update(json.dumps(specials, sort_keys=True).encode())
     extra: dict[str, Any] = {"name": name, "files": [], "files_dir": "."}
-    tok = PretrainedTokenizer("tiktoken", encoding, roles, specials, h.hexdigest(), extra=extra)
-    tok._rank_file = file  # noqa: SLF001  (save writes the ranks from memory when there is no file)
-    return tok
+    return PretrainedTokenizer("tiktoken", encoding, roles, specials, h.hexdigest(), extra=extra)
 
 
 def _save_tiktoken(tok: PretrainedTokenizer, directory: Path) -> None:
