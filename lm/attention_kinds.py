@@ -164,11 +164,25 @@ def _problem(error: dict[str, Any], options_model: type[AttentionOptions]) -> st
     return error["msg"]
 
 
+def option_keys() -> list[str]:
+    """Every option key of every kind, in declaration order: params.yaml lists each (null = the kind's default)
+    so that `dvc exp run -S model.attention_options.<key>=...` edits an existing key."""
+    keys: dict[str, None] = {}
+    for kind in KINDS.values():
+        keys.update(dict.fromkeys(kind.options.model_fields))
+    return list(keys)
+
+
+def kinds_with(key: str) -> list[str]:
+    """The kinds that take option `key`."""
+    return [name for name, kind in KINDS.items() if key in kind.options.model_fields]
+
+
 def resolve_attention_options(kind: str, options: Mapping[str, Any] | None) -> AttentionOptions:
-    """`options` (params.yaml's `model.attention_options`) validated for `kind`, every default filled in.
-    Raises LmError naming `model.attention_options.<key>`."""
+    """`options` (params.yaml's `model.attention_options`) validated for `kind`, every default filled in; a
+    null value means the kind's default. Raises LmError naming `model.attention_options.<key>`."""
     options_model = kind_spec(kind).options
-    options = dict(options or {})
+    options = {k: v for k, v in (options or {}).items() if v is not None}  # null: the kind's default
     try:
         return options_model.model_validate(options)
     except ValidationError as err:
@@ -177,10 +191,10 @@ def resolve_attention_options(kind: str, options: Mapping[str, Any] | None) -> A
                     else len(order))
         key = error["loc"][0]
         if error["type"] == "extra_forbidden":
-            raise LmError(
-                f"model.attention_options.{key}: unknown option for attention {kind!r} "
-                f"(allowed: {', '.join(sorted(options_model.model_fields))})"
-            ) from None
+            takers = kinds_with(key)
+            where = (f"only {', '.join(takers)} take it: set it to null for {kind!r}" if takers
+                     else f"allowed: {', '.join(sorted(options_model.model_fields))}")
+            raise LmError(f"model.attention_options.{key}: unknown option for attention {kind!r} ({where})") from None
         if error["type"] == "value_error":  # a rule of the kind, already phrased
             raise LmError(f"model.attention_options.{key}: {error['msg'].removeprefix('Value error, ')}") from None
         raise LmError(

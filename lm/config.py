@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lm.attention_kinds import KINDS, AttentionKind, resolve_attention_options
 from lm.errors import LmError
@@ -125,7 +125,8 @@ class ModelConfig(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention: AttentionKind = "standard"
-    attention_options: dict[str, Any] = Field(default_factory=dict)
+    attention_options: dict[str, Any] = Field(
+        default_factory=dict, description="the kind's options; params.yaml lists every key, null = the kind's default")
     positions: Literal["learned", "sinusoidal", "none"] = "learned"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_position: Literal["pre", "post"] = "pre"
@@ -139,6 +140,12 @@ class ModelConfig(Section):
     token_type: bool = Field(False, description="a trained vector added to every token embedding: BERT's and "
                              "RoBERTa's segment-0 token-type embedding, kept as its own weight so fine-tuning "
                              "trains it as transformers does")
+
+    @field_validator("attention_options")
+    @classmethod
+    def _set_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Only the options set (a null means the kind's default), so configs and checkpoints record those."""
+        return {k: v for k, v in options.items() if v is not None}
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
@@ -325,6 +332,7 @@ class Params(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     viz: VizConfig = Field(default_factory=VizConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    _inert: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _task_needs(self) -> Params:
@@ -336,20 +344,37 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _task_scoped(self) -> Params:
+        """Settings of one task are inert for the others, so `dvc exp run -S task=clm` works from params written
+        for classify: each is set to its neutral value here and `inert` says which were (the train stage
+        prints it once)."""
+        t, notes = self.train, []
+        if self.task != "classify":
+            for key, neutral in (("ensemble", 1), ("sampler", "shuffle"), ("select_by", "auto")):
+                if getattr(t, key) != neutral and not (key == "select_by" and t.select_by == "val_loss"):
+                    notes.append(f"train.{key}={getattr(t, key)}")
+                    setattr(t, key, neutral)
+        elif t.tokens_per_epoch is not None:
+            notes.append(f"train.tokens_per_epoch={t.tokens_per_epoch}")
+            t.tokens_per_epoch = None
+        self._inert = notes
+        return self
+
+    @property
+    def inert(self) -> str | None:
+        """One line naming the settings that do not apply to this task, or None."""
+        if not self._inert:
+            return None
+        other = "task=classify" if self.task != "classify" else "task=clm/mlm"
+        return f"{', '.join(self._inert)}: for {other} only, ignored for task={self.task}"
+
+    @model_validator(mode="after")
     def _train_combinations(self) -> Params:
         t = self.train
         if t.min_lr > t.lr:
             raise ValueError(f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
-        if t.sampler == "weighted" and self.task != "classify":
-            raise ValueError("train.sampler=weighted applies to task=classify only")
-        if t.select_by == "val_roc_auc" and self.task != "classify":
-            raise ValueError("train.select_by=val_roc_auc applies to task=classify only (use val_loss or auto)")
         if isinstance(t.min_steps, int) and t.min_steps < 1:
             raise ValueError("train.min_steps must be 'auto', null or a positive number")
-        if t.ensemble > 1 and self.task != "classify":
-            raise ValueError("train.ensemble > 1 applies to task=classify only (set train.ensemble: 1)")
-        if t.tokens_per_epoch is not None and self.task == "classify":
-            raise ValueError("train.tokens_per_epoch applies to task=clm/mlm only (set it to null)")
         if isinstance(t.pos_weight, float) and t.pos_weight <= 0:
             raise ValueError("train.pos_weight must be 'auto', 'off' or a positive number")
         return self

@@ -71,6 +71,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
+def replace_dir(new: str | Path, target: str | Path) -> None:
+    """Move the finished directory `new` to `target`, replacing the one there: renames on one file system, so
+    readers see the old tree or the new one, never a mixture (the old tree is renamed aside, then deleted)."""
+    new, target = Path(new), Path(target)
+    if not new.is_dir():
+        raise FileNotFoundError(f"{new}: no finished directory to move to {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old.tmp")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def hash_file(path: str | Path, digest=None):
     """Feed a file to `digest` (default: a new sha256) in 1 MiB blocks and return the digest, so that files of
     any size are hashed in bounded memory (export checksums, source fingerprints)."""

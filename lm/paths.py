@@ -20,3 +20,12 @@ EVALUATION = REPORTS / "evaluation.json"  # the full evaluation reports
 PREDICTIONS = REPORTS / "predictions.md"
 SERVING = Path("serving")  # inference artifacts written by `lm export` (TorchScript, INT8, tokenizer copy)
 SERVING_REPORT = REPORTS / "serving.json"  # each exported variant checked against the eager model
+
+# a training run writes here and its outputs replace models/ and reports/train/ only once it completes; an
+# interrupted run's checkpoints stay here for the next run to resume (git-ignored, outside every DVC output)
+STAGING = Path(".lm/staging")
+
+
+def staged(path: Path) -> Path:
+    """Where a run writes `path` (a stage output, relative to the repository root) until it completes."""
+    return STAGING / (path.name if path.is_absolute() else path)

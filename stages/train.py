@@ -9,18 +9,24 @@ With train.nnodes > 1, `lm train` runs on every machine and each launches torchr
 (`--nnodes --nproc-per-node`, and `--node-rank` for the static rendezvous), the machines meeting through
 torchrun's own rendezvous at train.rdzv_endpoint (train.rdzv_backend: c10d, or static). A process that torchrun or a SLURM step already
 started (lm.train.distributed.placement) trains as the rank it was given and launches nothing.
+
+A run writes into lm.paths.staged(models) and staged(reports/train) and replaces models/ and reports/train/
+only when it completes, so an interrupted or failed run leaves the previous results as they were. Its
+checkpoints stay in the staging directory: the next run resumes from the last one when the params and data
+are those it was written with (exactly, see lm.train.loop), and starts afresh otherwise.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from lm.config import Params, TrainConfig, parse_params
 from lm.io import require
-from lm.paths import ENCODED, MODELS, SPLIT, TOKENIZER, TRAIN_REPORTS
+from lm.paths import ENCODED, MODELS, SPLIT, TOKENIZER, TRAIN_REPORTS, STAGING, staged
 
 
 def torchrun_command(train: TrainConfig, params_path: Path, *, resume: bool = False) -> list[str]:
@@ -66,20 +72,35 @@ def run(params: Params, params_path: Path = Path("params.yaml"), out_dir=MODELS,
                               params_path)
     require(ENCODED / "meta.json", "lm encode")
     require(SPLIT / "train.npy", "lm split")
+    if params.inert:
+        print(f"train: {params.inert}", file=sys.stderr)
     if params.train.nproc * params.train.nnodes > 1 and not launched_externally():
         launch_torchrun(params.train, params_path, resume=resume)
         return
-    train_here(params, out_dir=out_dir, reports_dir=reports_dir, resume=resume_mode(resume))
+    train_and_publish(params, out_dir, reports_dir, resume=resume_mode(resume))
 
 
 def resume_mode(requested: bool):
-    """--resume: True (the checkpoint must exist). A worker that torchrun restarted after a failure:
-    'auto' (continue from the checkpoint when one was written, else start again). Otherwise False."""
-    if requested:
-        return True
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        return "auto"
-    return False
+    """--resume: True (the staged checkpoint must exist and match). Otherwise 'auto': continue from the staged
+    checkpoint when one matches the params and data (an interrupted run, or a worker torchrun restarted), else
+    start afresh."""
+    return True if requested else "auto"
+
+
+def train_and_publish(params: Params, out_dir=MODELS, reports_dir=TRAIN_REPORTS, resume="auto") -> None:
+    """Train into the staging directories, then (global rank 0) move the finished outputs into place."""
+    from lm.io import replace_dir
+    from lm.train.distributed import placement
+
+    out_dir, reports_dir = Path(out_dir), Path(reports_dir)
+    work_models, work_reports = staged(out_dir), staged(reports_dir)
+    train_here(params, out_dir=work_models, reports_dir=work_reports, resume=resume)
+    if placement().rank == 0 and work_models.is_dir():
+        replace_dir(work_models, out_dir)
+        replace_dir(work_reports, reports_dir)
+        for folder in (STAGING, STAGING.parent):  # no empty staging folders left behind
+            if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def train_here(params: Params, out_dir=MODELS, reports_dir=TRAIN_REPORTS, resume=False) -> None:
@@ -109,9 +130,8 @@ MEMBER_DONE = "complete.json"
 def train_ensemble(params: Params, out_dir: Path, reports_dir: Path, resume) -> None:
     """train.ensemble members one after another (seeds seed, seed+1, ...) into out_dir/members/<k>, then
     export their average to out_dir. Member 0's reports are reports_dir's; member k's reports_dir/members/<k>.
-    --resume skips finished members (marked by complete.json) and resumes the one that was cut off."""
-    import shutil
-
+    --resume skips finished members (marked by complete.json) and resumes the one that was cut off; a plain
+    run resumes each member whose checkpoint matches its params."""
     from lm.io import atomic_write_json
     from lm.model.export import export_ensemble
     from lm.train.distributed import distributed
@@ -119,24 +139,49 @@ def train_ensemble(params: Params, out_dir: Path, reports_dir: Path, resume) -> 
     # one process group for all members (torchrun's store does not take a second rendezvous of the same ranks)
     with distributed(params.train.device, params.train.backend, params.train.rdzv_endpoint) as world:
         members_dir = out_dir / "members"
-        if not resume and world.is_main:
-            shutil.rmtree(members_dir, ignore_errors=True)
-            shutil.rmtree(reports_dir / "members", ignore_errors=True)
+        if world.is_main:
+            if not resume:
+                shutil.rmtree(members_dir, ignore_errors=True)
+                shutil.rmtree(reports_dir / "members", ignore_errors=True)
+            for stale in (members_dir, reports_dir / "members"):  # members of a larger ensemble run before
+                for extra in stale.glob("*"):
+                    if not extra.name.isdigit() or int(extra.name) >= params.train.ensemble:
+                        shutil.rmtree(extra, ignore_errors=True)
         world.barrier()
         dirs = []
         for k in range(params.train.ensemble):
             member_dir = members_dir / str(k)
             dirs.append(member_dir)
-            if resume and (member_dir / MEMBER_DONE).exists():
+            if resume is True and (member_dir / MEMBER_DONE).exists():
                 continue
             member_params = params.model_copy(update={"seed": params.seed + k})
             member_reports = reports_dir if k == 0 else reports_dir / "members" / str(k)
-            _train_one(member_params, member_dir, member_reports, "auto" if resume else False)  # a later member may not have started
+            # "auto": a member checkpoint of other params starts afresh, a later member may not have started
+            _train_one(member_params, member_dir, member_reports, "auto" if resume else False)
             if world.is_main:
                 atomic_write_json(member_dir / MEMBER_DONE, {"seed": member_params.seed})
             world.barrier()
         if world.is_main:
             export_ensemble(dirs, out_dir)
+            _sum_member_costs(reports_dir, params.train.ensemble)
+
+
+def _sum_member_costs(reports_dir: Path, members: int) -> None:
+    """reports/train/metrics.json is member 0's; its cost figures become the ensemble's: the training wall
+    time of every member, the highest peak memory, the parameters of all members."""
+    import json
+
+    from lm.io import atomic_write_json
+
+    summaries = [json.loads((reports_dir / ("" if k == 0 else f"members/{k}") / "metrics.json").read_text())
+                 for k in range(members)]
+    total = dict(summaries[0], members=members)
+    total["seconds"] = round(sum(m.get("seconds", 0.0) for m in summaries), 2)
+    if all("peak_memory_mb" in m for m in summaries):
+        total["peak_memory_mb"] = max(m["peak_memory_mb"] for m in summaries)
+    if all("n_params" in m for m in summaries):
+        total["n_params"] = sum(m["n_params"] for m in summaries)
+    atomic_write_json(reports_dir / "metrics.json", total)
 
 
 def _main() -> None:
@@ -151,7 +196,7 @@ def _main() -> None:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     try:
-        train_here(load_params(args.params), resume=resume_mode(args.resume))
+        train_and_publish(load_params(args.params), resume=resume_mode(args.resume))
     except (ConfigError, LmError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -80,9 +80,13 @@ def test_ensemble_resume_skips_finished_members(ensemble_run, monkeypatch):
     assert (ensemble_run / "models/members/0/model.safetensors").read_bytes() == done
 
 
-def test_ensemble_is_for_classify_only():
-    with pytest.raises(ValueError, match="train.ensemble > 1 applies to task=classify only"):
-        parse_params(tiny_params(**{"task": "clm", "train.ensemble": 3}))
+def test_ensemble_is_inert_for_the_language_models():
+    """`dvc exp run -S task=clm` from params written for an ensemble classifier trains one model, said once."""
+    params = parse_params(tiny_params(**{"task": "clm", "train.ensemble": 3, "train.select_by": "val_roc_auc"}))
+    assert params.train.ensemble == 1 and params.train.select_by == "auto"
+    assert params.inert == ("train.ensemble=3, train.select_by=val_roc_auc: for task=classify only, ignored for "
+                            "task=clm")
+    assert parse_params(tiny_params(**{"train.ensemble": 3})).inert is None
 
 
 def test_export_checksum_refuses_damaged_or_truncated_weights(ensemble_run):
@@ -102,3 +106,19 @@ def test_export_checksum_refuses_damaged_or_truncated_weights(ensemble_run):
     with pytest.raises(LmError, match="cannot be loaded") as err:
         load_exported(ensemble_run / "models")
     assert "\n" not in str(err.value)
+
+
+def test_an_ensemble_sums_its_members_costs_and_a_later_single_model_leaves_no_members(ensemble_run):
+    """reports/train/metrics.json of an ensemble holds the training time of all members; the next run with
+    train.ensemble: 1 replaces models/ whole, so no stale member (DVC-tracked megabytes) is left in it."""
+    from stages.train import train_and_publish
+
+    members = [json.loads((ensemble_run / p).read_text())
+               for p in ("reports/train/members/1/metrics.json",)]
+    summary = json.loads((ensemble_run / "reports/train/metrics.json").read_text())
+    assert summary["members"] == 2 and summary["n_params"] > members[0]["n_params"] > 0
+    assert summary["seconds"] > members[0]["seconds"] and summary["peak_memory_mb"] > 0
+    train_and_publish(_ensemble_params(1))
+    assert not (ensemble_run / "models/members").exists() and not (ensemble_run / "reports/train/members").exists()
+    assert "members" not in json.loads((ensemble_run / "reports/train/metrics.json").read_text())
+    assert not (ensemble_run / ".lm").exists()

@@ -27,12 +27,13 @@ if (_spec and os.environ.get("RANK", "0") == os.environ.get("LM_TEST_KILL_RANK",
         and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
     import signal
     _where, _n = _spec.split(":")
+    _signal = getattr(signal, os.environ.get("LM_TEST_KILL_SIGNAL", "SIGKILL"))
     _count = [0]
 
     def _maybe_die():
         _count[0] += 1
         if _count[0] == int(_n):
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), _signal)
 
     if _where == "step":
         import torch.optim
@@ -55,7 +56,7 @@ if (_spec and os.environ.get("RANK", "0") == os.environ.get("LM_TEST_KILL_RANK",
 '''
 
 
-def hook_env(tmp_path: Path, kill_at: str | None = None, rank: int = 0) -> dict:
+def hook_env(tmp_path: Path, kill_at: str | None = None, rank: int = 0, signal: str = "SIGKILL") -> dict:
     hook_dir = tmp_path / "hook"
     hook_dir.mkdir(exist_ok=True)
     (hook_dir / "sitecustomize.py").write_text(KILL_HOOK)
@@ -65,6 +66,7 @@ def hook_env(tmp_path: Path, kill_at: str | None = None, rank: int = 0) -> dict:
     if kill_at:
         env["LM_TEST_KILL_AT"] = kill_at
         env["LM_TEST_KILL_RANK"] = str(rank)
+        env["LM_TEST_KILL_SIGNAL"] = signal
     return env
 
 
@@ -83,8 +85,11 @@ def make_run(root: Path, raw: dict) -> Path:
     return root
 
 
-def final_state(root: Path) -> dict:
-    return torch.load(root / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)
+def final_state(root: Path, where: str = "models") -> dict:
+    return torch.load(root / where / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+STAGED = ".lm/staging/models"  # where a run's checkpoints live until it completes
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -120,13 +125,54 @@ def test_sigkill_then_lm_train_resume_is_bit_identical(tmp_path, reference, wher
     killed = subprocess.run([sys.executable, "-m", "stages.train", "--params", "params.yaml"], cwd=root,
                             env=hook_env(tmp_path, f"{where}:{n}"), capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, f"{where}:{n} was not killed: {killed.stderr[-2000:]}"
-    saved = final_state(root)["step"]
-    assert saved < total
+    saved = final_state(root, STAGED)["step"]
+    assert saved < total and not (root / "models").exists()  # nothing published by the killed run
     if where == "checkpoint":
-        assert list((root / "models").glob(".checkpoint.pt.*.tmp"))  # the half-done write it died in
+        assert list((root / STAGED).glob(".checkpoint.pt.*.tmp"))  # the half-done write it died in
 
     resumed = subprocess.run([sys.executable, "-m", "lm.cli", "train", "--resume"], cwd=root,
                              env=hook_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed at step {saved}" in resumed.stderr.replace("\n", " ")
     assert_same_run(reference, root)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ctrl_c_keeps_the_last_results_and_the_next_run_resumes(tmp_path, reference):
+    """Ctrl-C (SIGINT) in the middle of `lm train` (what `dvc repro` runs) leaves models/ and reports/train/ as the
+    previous run left them; the next plain `lm train` resumes from the interrupted run's last checkpoint and
+    ends bit-identical to an uninterrupted run. A run with other params would start afresh instead."""
+    root = make_run(tmp_path / "run", run_params(seed=1))
+    first = subprocess.run([sys.executable, "-m", "lm.cli", "train"], cwd=root, env=hook_env(tmp_path),
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {name: _tree(root / name) for name in ("models", "reports/train")}
+    assert before["models"] and before["reports/train"]
+
+    write_params(root / "params.yaml", run_params())  # the next experiment: the reference's params
+    interrupted = subprocess.run([sys.executable, "-m", "lm.cli", "train"], cwd=root,
+                                 env=hook_env(tmp_path, "step:7", signal="SIGINT"), capture_output=True, text=True,
+                                 timeout=300)
+    assert interrupted.returncode != 0
+    assert {name: _tree(root / name) for name in ("models", "reports/train")} == before
+    saved = final_state(root, STAGED)["step"]
+    assert 0 < saved < 7
+
+    resumed = subprocess.run([sys.executable, "-m", "lm.cli", "train"], cwd=root, env=hook_env(tmp_path),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed at step {saved}" in resumed.stderr.replace("\n", " ")
+    assert_same_run(reference, root)
+    assert not (root / ".lm").exists()  # the staging folder is gone once its outputs are in place
+
+    write_params(root / "params.yaml", run_params(seed=1))
+    subprocess.run([sys.executable, "-m", "lm.cli", "train"], cwd=root, env=hook_env(tmp_path, "step:7", signal="SIGINT"),
+                   capture_output=True, timeout=300)
+    write_params(root / "params.yaml", run_params(seed=2))
+    fresh = subprocess.run([sys.executable, "-m", "lm.cli", "train"], cwd=root, env=hook_env(tmp_path),
+                           capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0 and "resumed" not in fresh.stderr
+    assert "afresh: the interrupted run's checkpoint is of other params (seed)" in fresh.stderr.replace("\n", " ")

@@ -119,6 +119,19 @@ def check_resumable(ckpt: dict[str, Any], params_dump: dict[str, Any], data_fing
             )
 
 
+def why_not_resumable(path: Path, params_dump: dict[str, Any], data_fingerprint: dict[str, Any]) -> str | None:
+    """None when the checkpoint at `path` can be resumed with these params and data, else what differs
+    (`params (train.lr)`, `data`, or an unreadable file)."""
+    try:
+        check_resumable(load_checkpoint(path), params_dump, data_fingerprint, path)
+    except LmError as err:
+        text = str(err)
+        if " was written with " in text:
+            return f"params ({text.split(' was written with ', 1)[1].split('=', 1)[0]})"
+        return "data" if "other data" in text else "format (unreadable)"
+    return None
+
+
 class Checkpointer:
     """The checkpoint phase of the loop: rank 0 saves the trainee and the progress to `path` (every
     train.checkpoint_every steps and at the end); at the start every rank restores them (resume) or the

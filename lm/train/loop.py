@@ -25,7 +25,7 @@ import torch
 
 from lm.config import Params
 from lm.model.export import export_config, export_model
-from lm.train.checkpoint import CHECKPOINT, Checkpointer
+from lm.train.checkpoint import CHECKPOINT, Checkpointer, why_not_resumable
 from lm.train.distributed import Dist, distributed
 from lm.train.logging import TrainLogger
 from lm.train.plan import TrainData, open_data
@@ -52,6 +52,8 @@ class TrainResult:
     resumed_from: int | None = None  # the checkpoint's step, when resumed
     best_val_roc_auc: float | None = None  # classify: the validation ROC-AUC of the exported weights
     select_by: str = "val_loss"  # the validation metric that picked them
+    n_params: int | None = None  # parameters of the model
+    peak_memory_mb: float | None = None  # the process's peak resident memory (CUDA: peak allocated)
 
     @classmethod
     def of(cls, progress: Progress, select_by: str, resumed_from: int | None) -> TrainResult:
@@ -73,8 +75,20 @@ class TrainResult:
             **({"best_val_roc_auc": self.best_val_roc_auc} if self.best_val_roc_auc is not None else {}),
             "final_train_loss": self.final_train_loss, "steps": self.steps,
             "stopped_early": self.stopped_early, "tokens_per_s": round(self.tokens_per_s, 1),
-            "seconds": round(self.seconds, 2),
+            "seconds": round(self.seconds, 2), "n_params": self.n_params, "peak_memory_mb": self.peak_memory_mb,
         }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The cost figure `lm compare` shows: CUDA's peak allocated memory, else the process's peak resident set
+    (what the operating system had to give the run, model and data included)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def seed_process(params: Params, world: Dist) -> None:
@@ -156,8 +170,9 @@ def train(
     """Train per params; rank 0 writes out_dir (export + checkpoint) and reports_dir. Returns on rank 0.
 
     resume: False starts afresh (deleting a previous checkpoint); True continues from
-    out_dir/checkpoint.pt (which must exist and match the params); "auto" continues when it exists (what a
-    worker restarted by torchrun --max-restarts does) and starts afresh otherwise.
+    out_dir/checkpoint.pt (which must exist and match the params); "auto" continues when it exists and matches
+    the params and data (an interrupted run; a worker restarted by torchrun --max-restarts) and starts afresh
+    otherwise.
     """
     from rich.console import Console
 
@@ -168,7 +183,10 @@ def train(
         seed_process(params, world)
         data = open_data(params, encoded_dir, split_dir, world)
         checkpoint = out_dir / CHECKPOINT
-        resuming = resume is True or (resume == "auto" and checkpoint.exists())
+        resuming, stale = resume is True, None
+        if resume == "auto" and checkpoint.exists():
+            stale = why_not_resumable(checkpoint, params.model_dump(), data.fingerprint())
+            resuming = stale is None
         trainee, init_note = build_trainee(params, data.enc, data.total_steps, world, fresh=not resuming)
         checkpointer = Checkpointer(checkpoint, trainee, params, data.fingerprint(), data.stream.global_batch, world)
         progress, best = checkpointer.begin(resuming)
@@ -178,13 +196,16 @@ def train(
         console = Console(stderr=True, quiet=not world.is_main)
         logger = TrainLogger(world.is_main, reports_dir, data.total_steps, console, replay=progress.log if resuming else None)
         logger.print(_header(params, data, trainee, world)
-                     + (f" resumed at step {resumed_from}" if resuming else "") + init_note)
+                     + (f" resumed at step {resumed_from}" if resuming else "") + init_note
+                     + (f" (afresh: the interrupted run's checkpoint is of other {stale})" if stale else ""))
         validator = Validator(params, data.objective, data.val_items, world, logger, data.total_steps)
         run = _Run(params, world, data, trainee, checkpointer, validator, logger)
         try:
             best = _run_steps(run, progress, best)
             checkpointer.save(progress, best, finished=True)
             result = TrainResult.of(progress, validator.metric, resumed_from)
+            result.n_params = sum(p.numel() for p in trainee.model.parameters())
+            result.peak_memory_mb = peak_memory_mb(world.device)
             if world.is_main:
                 export_best(trainee, best, out_dir, export_config(params, data.enc), tokenizer_dir)
                 logger.close(result.summary())
