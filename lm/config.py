@@ -426,7 +426,47 @@ def parse_params(raw: dict[str, Any], path: Path = Path("params.yaml")) -> Param
         params = Params.model_validate(raw or {})
     except ValidationError as err:
         raise ConfigError(_format_error(err, path)) from None
-    return from_checkpoint(params, path)
+    return from_checkpoint(in_user_repository(params), path)
+
+
+def in_user_repository(params: Params) -> Params:
+    """A queued experiment (`dvc exp run --queue`, `dvc queue start`) runs in a copy of the repository under
+    .dvc/tmp/exps/, where a relative path to a file outside the repository (`../shared/data/x.csv`) points
+    nowhere. DVC gives stage commands the user's repository as DVC_ROOT: a relative path that exists there and
+    not here is read from there. In the workspace DVC_ROOT is the working directory and nothing changes."""
+    import os
+
+    root = os.environ.get("DVC_ROOT")
+    if not root or Path(root).resolve() == Path.cwd().resolve():
+        return params
+
+    def there(value: str | None) -> str | None:
+        if not value or Path(value).expanduser().is_absolute() or Path(value).exists():
+            return value
+        return str(Path(root) / value) if (Path(root) / value).exists() else value
+
+    def source(value: str | None) -> str | None:
+        if not value or not value.startswith("hf:"):
+            return there(value)
+        spec = value[3:]
+        left, sep, right = spec.rpartition(":")
+        moved = there(spec)
+        if moved == spec and sep and left:
+            moved = (there(left) or left) + sep + right
+        return "hf:" + str(moved)
+
+    params.data.source = source(params.data.source) or params.data.source
+    params.pretrain.source = source(params.pretrain.source)
+    params.tokenizer.pretrained = there(params.tokenizer.pretrained)
+    params.train.init_from = there(params.train.init_from)
+    return params
+
+
+def repository_root() -> Path:
+    """The user's repository: DVC_ROOT under DVC (the real one, also for queued experiments), else here."""
+    import os
+
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
 
 
 # model keys a fine-tuning run may set freely: they change no pretrained weight

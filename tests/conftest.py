@@ -133,6 +133,44 @@ def subprocess_env() -> dict:
     return env
 
 
+def run_checked(args: list[str], cwd: Path, env: dict, check: bool = True, timeout: float = 900):
+    """Run a command; on failure an AssertionError with the tail of its output."""
+    import subprocess
+
+    proc = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def project_repo(root: Path, raw_params: dict, tmp_path_factory) -> dict:
+    """A copy of the tracked project files (no reports, tests or benchmarks) in a fresh git repository at
+    `root`, with `raw_params` as params.yaml, committed. Returns the environment to run `dvc` and `lm` in."""
+    import shutil
+    import subprocess
+    import sys
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if rel.startswith(("reports/", "tests/", "benchmarks/")) or not (REPO / rel).exists():
+            continue
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dest)
+    write_params(root / "params.yaml", raw_params)
+    env = subprocess_env()
+    env["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dvc-site-cache"))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    env["DVC_NO_ANALYTICS"] = "1"
+    run_checked(["git", "init", "-q"], root, env)
+    run_checked(["git", "config", "user.email", "test@lm.local"], root, env)
+    run_checked(["git", "config", "user.name", "lm test"], root, env)
+    run_checked(["dvc", "config", "core.analytics", "false"], root, env)
+    run_checked(["git", "add", "-A"], root, env)
+    run_checked(["git", "commit", "-qm", "tiny"], root, env)
+    return env
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """`gpu`-marked tests are skipped, not failed, on a machine without CUDA."""
     gpu = [item for item in items if item.get_closest_marker("gpu")]

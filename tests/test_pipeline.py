@@ -4,48 +4,24 @@ and the three tasks through `dvc exp run -S task=...`, then `lm predict` / `lm g
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-
-from conftest import REPO, subprocess_env, tiny_params, write_params
+from conftest import project_repo, run_checked, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
 
 def _sh(args: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_checked(args, cwd, env, check)
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict]:
     """A copy of the tracked project files in a fresh git repository, with tiny params."""
     root = tmp_path_factory.mktemp("pipeline") / "repo"
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if rel.startswith(("reports/", "tests/", "benchmarks/")) or not (REPO / rel).exists():
-            continue
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dest)
-    write_params(root / "params.yaml", tiny_params())
-    env = subprocess_env()
-    env["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dvc-site-cache"))
-    env["PATH"] = str(Path(os.sys.executable).parent) + os.pathsep + env["PATH"]
-    env["DVC_NO_ANALYTICS"] = "1"
-    _sh(["git", "init", "-q"], root, env)
-    _sh(["git", "config", "user.email", "test@lm.local"], root, env)
-    _sh(["git", "config", "user.name", "lm test"], root, env)
-    _sh(["dvc", "config", "core.analytics", "false"], root, env)
-    _sh(["git", "add", "-A"], root, env)
-    _sh(["git", "commit", "-qm", "tiny"], root, env)
-    return root, env
+    return root, project_repo(root, tiny_params(), tmp_path_factory)
 
 
 def _stages_run(output: str) -> set[str]:

@@ -347,3 +347,30 @@ def test_bad_ids_and_bad_json(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"body": "ok", "tox": 0.1, "uid": "x"}\n{"body": oops}\n', encoding="utf-8")
     assert "line 2 is not valid JSON" in _error(_cfg(bad))
+
+
+def test_a_queued_experiment_reads_relative_paths_from_the_users_repository(tmp_path, monkeypatch):
+    """`dvc queue start` runs stages in a copy under .dvc/tmp/exps/ with DVC_ROOT = the user's repository: a
+    relative data.source outside the repository (the README's ../shared/data/...) is read from there; a file
+    the copy has is its own; a path found nowhere keeps its one-line error, naming the repository root."""
+    from lm.config import parse_params
+
+    shared, repo = tmp_path / "shared", tmp_path / "work" / "repo"
+    copy = repo / ".dvc/tmp/exps/tmpabc"
+    for folder in (shared, copy):
+        folder.mkdir(parents=True)
+    pd.DataFrame({"text": ["a b", "c d"], "target": [0.0, 1.0]}).to_csv(shared / "set.csv", index=False)
+    (copy / "own.csv").write_text("text,target\nx,1\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    params = parse_params({"data": {"source": "../../shared/set.csv", "identity_columns": []},
+                           "pretrain": {"source": "own.csv"}, "train": {"init_from": "pretrained"}})
+    assert Path(params.data.source) == repo / "../../shared/set.csv"
+    assert params.pretrain.source == "own.csv" and params.train.init_from == "pretrained"
+    frame, _ = load_corpus(params.data, task="classify", seed=0)
+    assert frame["text"].tolist() == ["a b", "c d"]
+    missing = parse_params({"data": {"source": "../../shared/none.csv", "identity_columns": []}})
+    with pytest.raises(LmError, match=f"read from the repository root, {repo}"):
+        load_corpus(missing.data, task="classify", seed=0)
+    monkeypatch.setenv("DVC_ROOT", str(copy))  # a workspace run: nothing moves
+    assert parse_params({"data": {"source": "../../shared/set.csv"}}).data.source == "../../shared/set.csv"

@@ -75,6 +75,24 @@ def test_plot_attention_long_sequence_thins_labels(tmp_path):
     assert tick_positions(10, 40) == list(range(10))
 
 
+def test_attention_maps_label_every_token_or_write_the_text_beside(tmp_path):
+    """The default run's maps (64 tokens, 2 layers x 4 heads) label every token; a map too long for the figure
+    labels every k-th one and writes the numbered text under the maps, so no token goes unnamed."""
+    from lm.viz.attention import label_layout, numbered_text
+
+    for length, rows, cols in ((8, 1, 4), (64, 2, 4), (32, 6, 8)):
+        layout = label_layout(length, rows, cols)
+        assert layout.ticks == list(range(length)) and not layout.text_beside, (length, rows, cols)
+        assert layout.fontsize >= 4 and layout.cell * cols <= 28.0
+    assert label_layout(8, 1, 4).fontsize == 8  # short texts keep the large font
+    long = label_layout(600, 2, 4)
+    assert long.text_beside and long.ticks[0] == 0 and len(long.ticks) < 600
+    assert numbered_text(["<|cls|>", " the", "\n"]) == "0:<|cls|>  1:\u2423the  2:\u21b5"
+    rng = np.random.default_rng(2)
+    path = plot_attention([f"t{i}" for i in range(600)], [_softmax_maps(rng, 2, 600)] * 2, tmp_path / "x.png", title="t")
+    _png(path)
+
+
 def test_plot_attention_rejects_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="expected attention"):
         plot_attention(["a", "b", "c"], [np.ones((2, 4, 4))], tmp_path / "x.png", title="bad")

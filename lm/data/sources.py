@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lm.config import TASKS, DataConfig
+from lm.config import TASKS, DataConfig, repository_root
 from lm.data.synthetic import BIASED_IDENTITIES, SUPPORTED_IDENTITIES, generate_corpus
 from lm.data.text_encoding import text_encoding
 from lm.errors import LmError
@@ -170,8 +170,8 @@ def _read_local(source: str, cfg: DataConfig, task: str) -> _Raw:
         raise LmError(f"data.source {source!r}: unknown extension {suffix or '(none)'!r}; use 'embedded', "
                       f"'hf:<dataset>', or a file ending in {', '.join(EXTENSIONS)}")
     if not path.is_file():
-        raise LmError(f"data.source: file not found: {path} (check the path in params.yaml, relative to the "
-                      f"repository root)")
+        raise LmError(f"data.source: file not found: {path} (check the path in params.yaml; a relative path is "
+                      f"read from the repository root, {repository_root()})")
     kind = EXTENSIONS[suffix]
     details: dict[str, Any] = {"bytes": path.stat().st_size}
     if kind in ("txt", "csv", "jsonl"):
