@@ -220,6 +220,37 @@ def bench(
 
 
 @app.command()
+def compare(
+    names: Annotated[Optional[list[str]], typer.Argument(help="only these runs: experiment names, `workspace`, "
+                                                         "a branch or a commit sha")] = None,
+    num: Annotated[int, typer.Option("--num", "-n", min=1, help="the last N commits and their experiments")] = 1,
+    all_commits: Annotated[bool, typer.Option("--all-commits", "-A", help="every commit and its experiments")] = False,
+    keys: Annotated[Optional[str], typer.Option("--keys", help="param columns, comma-separated dotted keys "
+                                                "(default: the params that differ, as many as fit)")] = None,
+    per_run: Annotated[bool, typer.Option("--per-run", help="one row per run (no mean±std over seed sweeps)")] = False,
+    md: Annotated[Optional[Path], typer.Option("--md", help="also write the table as markdown here")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="also write one offline HTML page here: the table, "
+                                                 "ROC / PR and loss curves")] = None,
+) -> None:
+    """Compare the DVC experiments of this repository in one table: the workspace, HEAD and its `dvc exp`
+    experiments; the params that differ, headline metrics beside the baseline's, training cost. Runs that
+    differ only in seed are one row with mean±std."""
+
+    def body() -> None:
+        import shutil
+
+        from lm.compare.command import compare as run_compare
+        from lm.compare.table import WIDTH
+
+        width = min(WIDTH, shutil.get_terminal_size().columns) if sys.stdout.isatty() else WIDTH
+        typer.echo(run_compare(names, all_commits=all_commits, num=num, aggregate=not per_run, md=md, html=html,
+                               keys=[k.strip() for k in keys.split(",") if k.strip()] if keys else None,
+                               width=width), nl=False)
+
+    _run(body)
+
+
+@app.command()
 def serve(
     params: ParamsOption = DEFAULT_PARAMS,
     host: Annotated[Optional[str], typer.Option(help="interface (default serve.host)")] = None,

@@ -11,6 +11,7 @@ PRETRAINED = Path("pretrained")
 REPORTS = Path("reports")
 TRAIN_REPORTS = REPORTS / "train"
 PRETRAIN_REPORTS = REPORTS / "pretrain"
+TRAIN_METRICS = TRAIN_REPORTS / "metrics.json"  # dvclive's training summary (losses, steps, cost figures)
 PLOTS = REPORTS / "plots"  # plot data (JSON) for `dvc plots`
 FIGURES = REPORTS / "figures"  # the same plots drawn as PNG
 ATTENTION = REPORTS / "attention"

@@ -15,7 +15,7 @@ from lm.cli import app
 
 runner = CliRunner()
 COMMANDS = ["download", "tokenize", "encode", "split", "pretrain", "train", "eval", "export", "viz", "generate", "predict",
-            "bench", "serve"]
+            "bench", "serve", "compare"]
 STAGES = ["download", "tokenize", "encode", "split", "train", "eval", "viz"]
 
 
