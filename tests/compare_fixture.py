@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEP_SOURCE = "/data/corpora/civil_comments/train.csv"
 EXPERIMENTS = {
     "deeper": ["model.n_layers=6"],
-    "performer": ["model.attention=performer", "+model.attention_options.use_rope=true"],
+    "performer": ["model.attention=performer", "model.attention_options.use_rope=true"],
     "mlm": ["task=mlm"],
     "seed1": ["seed=1"],
     **{f"sweep-{seed}": [f"data.source={SWEEP_SOURCE}", f"seed={seed}"] for seed in range(3)},

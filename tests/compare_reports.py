@@ -14,7 +14,7 @@ import yaml
 def figures(params: dict) -> dict:
     """Every figure of a run as a function of its params (the seed moves them a little, as training would)."""
     model = params["model"]
-    rope = (model.get("attention_options") or {}).get("use_rope", False)
+    rope = bool((model.get("attention_options") or {}).get("use_rope"))
     quality = 0.01 * model["n_layers"] + 0.004 * (model["attention"] == "performer") + 0.002 * rope
     quality += 0.003 * params["seed"] + 0.005 * (params["data"]["source"] != "embedded")
     return {"task": params["task"], "roc_auc": 0.90 + quality, "pr_auc": 0.80 + quality, "perplexity": 60.0 - 100 * quality,
