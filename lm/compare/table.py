@@ -57,15 +57,27 @@ def build_table(runs: pd.DataFrame, keys: list[str] | None = None, aggregate: bo
         notes += [f"{_label(done, g)}: mean±std over {', '.join(done.loc[g, ('run', 'name')])} "
                   f"(seed {_seeds(done, g)})" for g in groups if len(g) > 1]
     figures = pd.DataFrame({key: [_stat(done.loc[g, column], key) for g in groups] for column, key in _figures(done)})
-    candidates = keys if keys is not None else sorted(changed_params(done), key=lambda k: k == "seed")  # seed last
+    candidates = keys if keys is not None else sorted(changed_params(done), key=_importance)
     params = pd.DataFrame({key: [_param_cell(done, g, key) for g in groups] for key in _check_keys(done, candidates)})
     chosen = list(params.columns)
     if keys is None:
         chosen, left_out = _fit(base, params, figures, width)
         if left_out:
             notes.append(f"left out to fit {width} columns: {', '.join(left_out)} (choose the param columns "
-                         f"with --keys, e.g. --keys {','.join(left_out)})")
+                         f"with --keys KEY,KEY,...)")
     return Table(pd.concat([base, params[chosen], figures], axis=1), chosen, notes)
+
+
+# which changed params get a column first when not all fit: what defines the model and its training, then
+# the data; seed last (the n column and the notes cover sweeps)
+SECTIONS = ("task", "model", "train", "finetune", "tokenizer", "pretrain", "encode", "split", "data")
+
+
+def _importance(key: str) -> int:
+    if key == "seed":
+        return len(SECTIONS) + 1
+    section = key.split(".", 1)[0]
+    return SECTIONS.index(section) if section in SECTIONS else len(SECTIONS)
 
 
 def changed_params(runs: pd.DataFrame) -> list[str]:

@@ -184,9 +184,11 @@ def train(
         data = open_data(params, encoded_dir, split_dir, world)
         checkpoint = out_dir / CHECKPOINT
         resuming, stale = resume is True, None
-        if resume == "auto" and checkpoint.exists():
-            stale = why_not_resumable(checkpoint, params.model_dump(), data.fingerprint())
-            resuming = stale is None
+        if resume == "auto":  # rank 0 decides for all: a worker on another machine may not see the file
+            if world.is_main and checkpoint.exists():
+                stale = why_not_resumable(checkpoint, params.model_dump(), data.fingerprint())
+                resuming = stale is None
+            resuming, stale = world.from_main((resuming, stale))
         trainee, init_note = build_trainee(params, data.enc, data.total_steps, world, fresh=not resuming)
         checkpointer = Checkpointer(checkpoint, trainee, params, data.fingerprint(), data.stream.global_batch, world)
         progress, best = checkpointer.begin(resuming)
