@@ -110,6 +110,28 @@ def test_a_run_is_reproduced_from_its_seed(corpora, tmp_path):
     assert other["final_train_loss"] != first["final_train_loss"]
 
 
+def _figures(metric: str, higher: bool, values: dict[str, list]) -> dict:
+    """Figures as main() writes them, for two kinds: per-seed metric values (None: a failed run)."""
+    layer = {"longest_fit": 1024, "capped": False, "stop": "memory at 2048: 3000 MiB",
+             "cases": [{"L": 256, "seconds": 0.0123, "peak_mib": 4.5}, {"L": 1024, "seconds": 0.25, "peak_mib": 40.0}]}
+    results = [{"kind": kind, metric: bench.mean_std(v), "tokens_per_s": bench.mean_std([1000.0] * len(v)),
+                "runs": [], "layer": layer} for kind, v in values.items()]
+    form = {"task": "t", "data_label": "d", "causal": False, "metric": metric, "higher_is_better": higher,
+            "metric_label": "m", "baseline": {"model": "b", metric: 0.5}, "results": results}
+    return {"seeds": [0, 1], "layer": {"lengths": [256, 1024, 4096], "memory_budget_mib": 2048.0, "time_cap_s": 10.0},
+            "forms": {"encoder": form}}
+
+
+@pytest.mark.parametrize("metric, higher, best", [("roc_auc", True, "linear"), ("perplexity", False, "standard")])
+def test_markdown_marks_the_best_mean_and_counts_failed_runs(metric, higher, best):
+    table = bench.markdown(_figures(metric, higher, {"standard": [0.6, None], "linear": [0.7, 0.9]}))
+    rows = {line.split(" | ")[0][3:-1]: line for line in table.splitlines() if line.startswith("| `")}
+    assert set(rows) == {"standard", "linear"}
+    assert "**" in rows[best] and "**" not in rows[next(k for k in rows if k != best)]
+    assert "(1/2 runs; the others diverged)" in rows["standard"]
+    assert "12.3 / 4.50 | 250 / 40.0 | - | 1,024 |" in rows["linear"]  # ms / MiB; not measured at 4096
+
+
 def test_the_docs_table_is_the_one_generated_from_the_committed_results():
     results = BENCH / "results" / "attention_kinds.json"
     if not results.exists():
