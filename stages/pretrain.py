@@ -30,8 +30,10 @@ def pretrain_params(params: Params) -> Params:
         "epochs": p.epochs, "max_steps": p.max_steps, "init_from": None, "select_by": "auto",
         "sampler": "shuffle", "bucket_by_length": False, "pos_weight": "off", "patience": None, "nproc": 1,
         "nnodes": 1, "node_rank": 0, "tokens_per_epoch": p.tokens_per_epoch,
-        **({"lr": p.lr, "min_lr": min(params.train.min_lr, p.lr)} if p.lr is not None else {}),
     })
+    lr = p.lr if p.lr is not None else params.auto_lr(p.task)  # auto: the pretraining task's
+    if lr is not None:
+        train = train.model_copy(update={"lr": lr, "min_lr": min(params.train.min_lr, lr)})
     encode = params.encode.model_copy(update={"mode": "memmap"})  # its encoding lives in a temporary directory
     return params.model_copy(update={"task": p.task, "data": data, "train": train, "encode": encode})
 
