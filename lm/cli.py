@@ -96,8 +96,9 @@ def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
 @app.command()
 def train(
     params: ParamsOption = DEFAULT_PARAMS,
-    resume: Annotated[bool, typer.Option("--resume", help="continue exactly from models/checkpoint.pt "
-                                         "(same params) instead of starting again")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="insist on continuing the interrupted run "
+                                         "(.lm/staging/models/checkpoint.pt, same params and data); without it a "
+                                         "matching staged checkpoint is resumed, anything else starts afresh")] = False,
     node_rank: Annotated[Optional[int], typer.Option("--node-rank", min=0, help="this machine's train.node_rank "
                                                      "(when every machine reads the same params file)")] = None,
 ) -> None:
