@@ -350,9 +350,6 @@ class Params(Section):
     def _task_needs(self) -> Params:
         if self.task == "classify" and not self.data.target_column:
             raise ValueError("data.target_column must be set for task=classify")
-        if self.model.attention == "cosformer" and self.task == "clm":
-            # fixed M keeps causal cosformer prefix-consistent (docs/attention.md §3.5)
-            pass
         return self
 
     @model_validator(mode="after")

@@ -15,14 +15,8 @@ from lm.attention_kinds import KINDS as KIND_SPECS
 from lm.attention_kinds import resolve_attention_options
 from lm.config import ATTENTION_KINDS, ModelConfig
 from lm.errors import LmError
-from lm.model.attention import attention_class, attention_kinds, validate_attention_options
-from lm.model.attention.base import (
-    LinearAttention,
-    linear_bidirectional,
-    linear_causal_chunked,
-    linear_causal_cumsum,
-    linear_quadratic,
-)
+from lm.model.attention import attention_class
+from lm.model.attention.base import LinearAttention, linear_bidirectional, linear_causal_chunked, linear_quadratic
 from lm.model import build_model
 from lm.model.attention.slay import SlayLaplaceAttention, laguerre_nodes
 from lm.model.positions import RotaryEmbedding
@@ -60,42 +54,57 @@ def merge(attn, o):
     return attn.proj(o.transpose(1, 2).reshape(B, L, attn.d_model))
 
 
+def linear_causal_cumsum(
+    phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, S0: torch.Tensor, z0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal prefix sums by a vectorised cumsum over a (B,H,L,m,d) tensor: memory-hungry, the reference for
+    lm's chunked prefix sums."""
+    S_t = S0[:, :, None] + torch.cumsum(phi_k[..., :, None] * v[..., None, :], dim=2)  # (B, H, L, m, d)
+    z_t = z0[:, :, None] + torch.cumsum(phi_k, dim=2)  # (B, H, L, m)
+    num = (phi_q[..., None] * S_t).sum(-2)
+    den = (phi_q * z_t).sum(-1)
+    return num, den, S_t[:, :, -1], z_t[:, :, -1]
+
+
+
 # ---- registry and options ---------------------------------------------------------------------------------
 
 
 def test_registry_has_exactly_the_config_kinds():
-    assert attention_kinds() == ATTENTION_KINDS
+    assert tuple(KIND_SPECS) == ATTENTION_KINDS
+    assert [attention_class(kind).__name__ for kind in KIND_SPECS] == [
+        spec.implementation.rpartition(".")[2] for spec in KIND_SPECS.values()]
 
 
 def test_options_are_validated_per_kind():
-    validate_attention_options("performer", {"num_features": 32, "kernel": "softmax", "use_rope": True})
+    resolve_attention_options("performer", {"num_features": 32, "kernel": "softmax", "use_rope": True})
     with pytest.raises(LmError, match=r"model\.attention_options\.num_featurez"):
-        validate_attention_options("performer", {"num_featurez": 3})
+        resolve_attention_options("performer", {"num_featurez": 3})
     with pytest.raises(LmError, match=r"model\.attention_options\.poly_dim"):
-        validate_attention_options("slay", {"poly_dim": 8})  # only the tensor-fusion kinds have P
+        resolve_attention_options("slay", {"poly_dim": 8})  # only the tensor-fusion kinds have P
     with pytest.raises(LmError, match=r"model\.attention_options\.num_features: must be >= 1"):
-        validate_attention_options("rff", {"num_features": 0})
+        resolve_attention_options("rff", {"num_features": 0})
     with pytest.raises(LmError, match=r"model\.attention_options\.kernel"):
-        validate_attention_options("performer", {"kernel": "tanh"})
+        resolve_attention_options("performer", {"kernel": "tanh"})
     with pytest.raises(LmError, match=r"model\.attention_options\.use_rope"):
-        validate_attention_options("rotary", {"use_rope": False})
+        resolve_attention_options("rotary", {"use_rope": False})
     with pytest.raises(LmError, match=r"model\.attention_options\.use_rope: must be true or false"):
-        validate_attention_options("linear", {"use_rope": "yes"})
+        resolve_attention_options("linear", {"use_rope": "yes"})
 
 
 def test_options_keep_their_messages_and_defaults():
     with pytest.raises(LmError, match=r"^model\.attention_options\.eps: must be > 0\.0 for attention 'linear' \(got 0\)$"):
-        validate_attention_options("linear", {"eps": 0})
+        resolve_attention_options("linear", {"eps": 0})
     with pytest.raises(LmError, match=r"^model\.attention_options\.kernel: must be one of relu, softmax for attention"):
-        validate_attention_options("performer", {"kernel": "tanh"})
+        resolve_attention_options("performer", {"kernel": "tanh"})
     with pytest.raises(LmError, match=r"num_features: must be an integer .*\(got 3\.0\)"):
-        validate_attention_options("slay", {"num_features": 3.0})
+        resolve_attention_options("slay", {"num_features": 3.0})
     with pytest.raises(LmError, match=r"nystrom_reg: must be >= 0\.0"):
-        validate_attention_options("slay-nystrom", {"nystrom_reg": -1})
+        resolve_attention_options("slay-nystrom", {"nystrom_reg": -1})
     with pytest.raises(LmError, match=r"^model\.attention_options\.bad: unknown option .*\(allowed: chunk_size, eps,"):
-        validate_attention_options("linear", {"bad": 1, "chunk_size": 0})  # the first bad key as written
+        resolve_attention_options("linear", {"bad": 1, "chunk_size": 0})  # the first bad key as written
     with pytest.raises(LmError, match=r"^model\.attention_options\.chunk_size: must be >= 1"):
-        validate_attention_options("linear", {"chunk_size": 0, "bad": 1})
+        resolve_attention_options("linear", {"chunk_size": 0, "bad": 1})
     with pytest.raises(LmError, match=r"^model\.attention: unknown kind 'nope'"):
         attention_class("nope")
     assert resolve_attention_options("slay", {}).num_features == 32  # slay's own default over SlayOptions' 8

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from lm.config import TokenizerConfig
 from lm.errors import LmError
-from lm.tokenizer import Tokenizer, learn_merges, limit_bytes, train_bpe, train_bpe_from_files, train_tokenizer
-from lm.tokenizer.pretokenize import WHITESPACE, count_pretokens, iter_file_texts, iter_work, pretokenize
+from lm.tokenizer import Tokenizer, learn_merges, limit_bytes, train_bpe, train_tokenizer
+from lm.tokenizer.pretokenize import WHITESPACE, count_pretokens, iter_work, pretokenize
 from lm.tokenizer.reference import reference_merges, reference_pretoken_counts, reference_train_bpe
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -119,17 +119,6 @@ def test_chunking_never_changes_counts(seed: int) -> None:
         assert Counter({k.encode(): v for k, v in counts.items()}) == expected
 
 
-def test_file_streaming_equals_whole_text(tmp_path: Path) -> None:
-    rng = random.Random(7)
-    text = "".join(random_texts(rng, n_texts=1, n_pieces=3000))
-    path = tmp_path / "corpus.txt"
-    path.write_bytes(text.encode("utf-8"))  # keep \r\n as written
-    parts = list(iter_file_texts([path], SPECIALS, block=64))
-    assert "".join(parts) == text and len(parts) > 5
-    assert reference_pretoken_counts(parts, SPECIALS) == reference_pretoken_counts([text], SPECIALS)
-    assert train_bpe_from_files([path], 600, SPECIALS) == reference_train_bpe([text], 600, SPECIALS)
-
-
 def test_special_tokens_are_never_merged_into() -> None:
     texts = ["x<|endoftext|>x<|endoftext|>x<|pad|>y" * 20, "<|mask|><|mask|>"]
     merges = train_bpe(texts, 256 + 4 + 30, SPECIALS)
@@ -151,13 +140,11 @@ def test_workers_give_identical_merges() -> None:
     assert train_bpe(texts, 700, SPECIALS, workers=2) == one
 
 
-def test_progress_reporting_changes_nothing(tmp_path: Path) -> None:
+def test_progress_reporting_changes_nothing() -> None:
     rng = random.Random(11)
     texts = random_texts(rng, n_texts=50, n_pieces=50)
-    path = tmp_path / "c.txt"
-    path.write_text("".join(texts), encoding="utf-8")
     assert train_bpe(texts, 400, SPECIALS, progress=True) == train_bpe(texts, 400, SPECIALS)
-    assert train_bpe_from_files([path], 400, SPECIALS, progress=True) == reference_train_bpe(
+    assert train_bpe(["".join(texts)], 400, SPECIALS, progress=True) == reference_train_bpe(
         ["".join(texts)], 400, SPECIALS
     )
 
@@ -175,16 +162,11 @@ def test_pretokenize_gpt2_examples() -> None:
 # ---------------------------------------------------------------------------------------------- arguments
 
 
-def test_bad_arguments_raise_lm_error(tmp_path: Path) -> None:
+def test_bad_arguments_raise_lm_error() -> None:
     with pytest.raises(LmError, match="vocab_size=200"):
         train_bpe(["abc"], 200, SPECIALS)
     with pytest.raises(LmError, match="duplicates"):
         train_bpe(["abc"], 300, ["<|a|>", "<|a|>"])
-    with pytest.raises(LmError, match="not found"):
-        train_bpe_from_files([tmp_path / "nope.txt"], 300, SPECIALS)
-    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait")
-    with pytest.raises(LmError, match="not valid UTF-8"):
-        train_bpe_from_files([tmp_path / "latin1.txt"], 300, SPECIALS)
 
 
 def test_train_tokenizer_from_config_caps_bytes() -> None:
@@ -209,11 +191,9 @@ def test_real_slices_match_brute_force(name: str) -> None:
 
 def test_tinystories_vocab_1000() -> None:
     text = real_texts()["tinystories"]
-    path = DATA / "tinystories" / "validation.txt"
     merges = train_bpe([text], 1000, SPECIALS)
     assert len(merges) == 1000 - 256 - 4
-    # the same merges from the file stream and from the brute-force merge loop on the fast counts' prefix
-    assert train_bpe_from_files([path], 1000, SPECIALS) == merges
+    # the same merges from the brute-force merge loop on the fast counts' prefix
     counts = reference_pretoken_counts([text], SPECIALS)
     assert count_pretokens(iter_work([text], SPECIALS)) == {k.decode(): v for k, v in counts.items()}
     assert reference_merges(counts, 40) == merges[:40]

@@ -11,7 +11,7 @@ adopted through `tokenizer.pretrained` (pretrained.py), which answers the same c
 from pathlib import Path
 
 from lm.tokenizer.encoding import Tokenizer
-from lm.tokenizer.train import learn_merges, limit_bytes, train_bpe, train_bpe_from_files, train_tokenizer
+from lm.tokenizer.train import learn_merges, limit_bytes, train_bpe, train_tokenizer
 
 
 
@@ -24,4 +24,4 @@ def load_tokenizer(directory: str | Path):
     return Tokenizer.load(directory)
 
 
-__all__ = ["Tokenizer", "load_tokenizer", "learn_merges", "limit_bytes", "train_bpe", "train_bpe_from_files", "train_tokenizer"]
+__all__ = ["Tokenizer", "load_tokenizer", "learn_merges", "limit_bytes", "train_bpe", "train_tokenizer"]

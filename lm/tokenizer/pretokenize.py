@@ -26,7 +26,6 @@ import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from pathlib import Path
 
 import regex
 
@@ -170,52 +169,6 @@ def iter_work(texts: Iterable[str], special_tokens: Sequence[str], size: int = C
                     batch, filled = [], 0
     if batch:
         yield batch
-
-
-def iter_file_texts(
-    paths: Iterable[str | Path], special_tokens: Sequence[str], block: int = 4 * CHUNK_CHARS
-) -> Iterator[str]:
-    """Stream text files as a sequence of parts that pre-tokenize exactly like each whole file.
-
-    Each file is read in blocks and cut at the last safe point of a block that no special token spans,
-    so memory stays bounded by the block size whatever the file size.
-    """
-    longest = max((len(s) for s in special_tokens), default=0)
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise LmError(f"{path}: tokenizer training file not found")
-        try:
-            with path.open(encoding="utf-8", newline="") as f:
-                carry = ""
-                while True:
-                    data = f.read(block)
-                    if not data:
-                        break
-                    buf = carry + data
-                    cut = _last_safe_cut(buf, special_tokens, longest)
-                    if cut > 0:
-                        yield buf[:cut]
-                    carry = buf[cut:]
-                if carry:
-                    yield carry
-        except UnicodeDecodeError as err:
-            raise LmError(f"{path}: not valid UTF-8 ({err.reason}); convert the file to UTF-8") from None
-
-
-def _last_safe_cut(buf: str, special_tokens: Sequence[str], longest: int) -> int:
-    """The last safe cut point in buf not inside any special-token occurrence, or 0 if none."""
-    end = len(buf)
-    while end > 0:
-        # scan backwards, 4096 characters at a time
-        lo = max(0, end - 4096)
-        cuts = [m.start() for m in _SAFE_CUT_RE.finditer(buf, max(lo, 1), end)]
-        for p in reversed(cuts):
-            window = buf[max(0, p - longest + 1) : p + longest - 1]
-            if not any(s in window for s in special_tokens):
-                return p
-        end = lo
-    return 0
 
 
 Progress = Callable[[int], None]

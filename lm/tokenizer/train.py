@@ -27,11 +27,10 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lm.errors import LmError
-from lm.tokenizer.pretokenize import count_pretokens, iter_file_texts, iter_work
+from lm.tokenizer.pretokenize import count_pretokens, iter_work
 
 if TYPE_CHECKING:
     from lm.config import TokenizerConfig
@@ -205,25 +204,6 @@ def train_bpe(
     n_merges = check_vocab_args(vocab_size, special_tokens)
     return _train(iter_work(texts, special_tokens), n_merges, workers=workers, progress=progress, total_bytes=None,
                   max_words=max_words)
-
-
-def train_bpe_from_files(
-    paths: Iterable[str | Path],
-    vocab_size: int,
-    special_tokens: list[str],
-    *,
-    workers: int = 1,
-    progress: bool = False,
-) -> list[Merge]:
-    """Like `train_bpe` with each UTF-8 file as one text, streamed in blocks (bounded memory)."""
-    paths = [Path(p) for p in paths]
-    n_merges = check_vocab_args(vocab_size, special_tokens)
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise LmError(f"{missing[0]}: tokenizer training file not found")
-    total = sum(p.stat().st_size for p in paths)
-    work = iter_work(iter_file_texts(paths, special_tokens), special_tokens)
-    return _train(work, n_merges, workers=workers, progress=progress, total_bytes=total)
 
 
 def _train(

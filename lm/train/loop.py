@@ -202,6 +202,7 @@ def train(
                      + (f" (afresh: the interrupted run's checkpoint is of other {stale})" if stale else ""))
         validator = Validator(params, data.objective, data.val_items, world, logger, data.total_steps)
         run = _Run(params, world, data, trainee, checkpointer, validator, logger)
+        summary = None  # reports/train/metrics.json, once the run is complete
         try:
             best = _run_steps(run, progress, best)
             checkpointer.save(progress, best, finished=True)
@@ -210,8 +211,8 @@ def train(
             result.peak_memory_mb = peak_memory_mb(world.device)
             if world.is_main:
                 export_best(trainee, best, out_dir, export_config(params, data.enc), tokenizer_dir)
-                logger.close(result.summary())
+                summary = result.summary()
         finally:
-            logger.close()
+            logger.close(summary)
         world.barrier()
         return result if world.is_main else None

@@ -4,10 +4,8 @@
 from lm.model.attention.base import Attention, AttentionResult, ExactState, LinearState
 from lm.model.attention.registry import (
     attention_class,
-    attention_kinds,
     build_attention,
     resolve_attention_options,
-    validate_attention_options,
 )
 
 __all__ = [
@@ -16,8 +14,6 @@ __all__ = [
     "ExactState",
     "LinearState",
     "attention_class",
-    "attention_kinds",
     "build_attention",
     "resolve_attention_options",
-    "validate_attention_options",
 ]

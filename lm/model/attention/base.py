@@ -261,17 +261,6 @@ def linear_causal_chunked(
     return torch.cat(nums, dim=2), torch.cat(dens, dim=2), S, z
 
 
-def linear_causal_cumsum(
-    phi_q: Tensor, phi_k: Tensor, v: Tensor, S0: Tensor, z0: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Causal prefix sums by a vectorised cumsum over a (B,H,L,m,d) tensor: memory-hungry, used as a check."""
-    S_t = S0[:, :, None] + torch.cumsum(phi_k[..., :, None] * v[..., None, :], dim=2)  # (B, H, L, m, d)
-    z_t = z0[:, :, None] + torch.cumsum(phi_k, dim=2)  # (B, H, L, m)
-    num = (phi_q[..., None] * S_t).sum(-2)
-    den = (phi_q * z_t).sum(-1)
-    return num, den, S_t[:, :, -1], z_t[:, :, -1]
-
-
 def linear_quadratic(phi_q: Tensor, phi_k: Tensor, v: Tensor, allowed: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """The explicit form K = phi(Q) phi(K)^T (zeroed where not allowed): num = K V, den = K 1; returns K too."""
     K = phi_q @ phi_k.transpose(-1, -2)  # (B, H, Lq, Lk)

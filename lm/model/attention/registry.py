@@ -7,9 +7,13 @@ validates options without importing this package); here each kind's class is imp
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lm.attention_kinds import KINDS, AttentionOptions, kind_spec, resolve_attention_options
+from lm.attention_kinds import (
+    AttentionOptions,
+    kind_spec,
+    resolve_attention_options,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -18,20 +22,10 @@ if TYPE_CHECKING:
     from lm.model.attention.base import Attention
 
 
-def attention_kinds() -> tuple[str, ...]:
-    """Every kind, in the order of lm.attention_kinds.KINDS."""
-    return tuple(KINDS)
-
-
 def attention_class(kind: str) -> type[Attention]:
     """The class implementing `kind`; LmError naming model.attention for an unknown one."""
     module, _, name = kind_spec(kind).implementation.rpartition(".")
     return getattr(importlib.import_module(f"lm.model.attention.{module}"), name)
-
-
-def validate_attention_options(kind: str, options: dict[str, Any]) -> None:
-    """Raise LmError naming `model.attention_options.<key>` if `options` are not valid for `kind`."""
-    resolve_attention_options(kind, options)
 
 
 def build_attention(
