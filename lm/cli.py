@@ -178,7 +178,7 @@ def predict(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write a CSV instead of printing")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="mlm: candidates per <|mask|>")] = 5,
 ) -> None:
-    """Score texts with a trained model: toxicity probabilities (classify), fills for <|mask|> (mlm),
+    """Score texts with a trained model: positive-class scores and labels (classify), fills for <|mask|> (mlm),
     or next-token candidates (clm)."""
 
     def body() -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from lm.attention_kinds import KINDS, AttentionKind, resolve_attention_options
 from lm.errors import LmError
+from lm.labels import auto_label_names
 from lm.special_tokens import SPECIAL_TOKENS
 
 Task = Literal["classify", "mlm", "clm"]
@@ -58,10 +59,21 @@ class DataConfig(Section):
     hf_revision: str | None = Field(None, description="hub dataset revision (commit, tag or branch); null: the "
                                     "current one, recorded in data/raw/manifest.json")
     text_column: str = "text"
-    target_column: str | None = Field("target", description="toxicity score in [0,1]; needed for task=classify")
+    target_column: str | None = Field("target", description="score in [0,1] (e.g. the share of annotators who "
+                                      "judged the text toxic); needed for task=classify")
+    label_names: Literal["auto"] | list[str] = Field(
+        "auto", description="classify: the [negative, positive] class names that predict, serve and the reports "
+        "print; auto: non-toxic / toxic for the embedded corpus, negative / positive otherwise")
+
+    @field_validator("label_names")
+    @classmethod
+    def _two_names(cls, value: Any) -> Any:
+        if value != "auto" and (len(value) != 2 or len(set(value)) != 2 or not all(str(v).strip() for v in value)):
+            raise ValueError("must be auto or two different names, [negative, positive], e.g. [fresh, rotten]")
+        return value
     identity_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITIES))
     id_column: str | None = None
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="target >= threshold is toxic")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="target >= threshold is the positive class")
     encoding: str = Field("auto", description="text encoding of a .csv/.jsonl/.txt source; auto: UTF-8, else cp1252, "
                           "else latin-1 (the download stage says which it used)")
     shard_mb: float = Field(8.0, gt=0.0, description="MB of text per shard (Parquet row group) of data/raw/corpus.parquet: "
@@ -360,6 +372,8 @@ class Params(Section):
         t, notes = self.train, []
         if t.lr == "auto":  # resolved here, once: every consumer reads a number
             t.lr, self._lr_auto = AUTO_LR[self.task], True
+        if self.data.label_names == "auto":
+            self.data.label_names = auto_label_names(self.data.source)
         if self.task != "classify":
             for key, neutral in (("ensemble", 1), ("sampler", "shuffle"), ("select_by", "auto")):
                 if getattr(t, key) != neutral and not (key == "select_by" and t.select_by == "val_loss"):

@@ -105,9 +105,8 @@ def _classify(params: Params, model, items, raw_dir, figures_dir: Path, train_ro
     curves = curve_rows(y_true, probs)
     for name in ("roc", "pr", "calibration"):
         plot_data[name] = curves[name]
-    plot_data["confusion"] = [
-        {"actual": "toxic" if t else "non-toxic", "predicted": "toxic" if p else "non-toxic"} for t, p in zip(y_true, y_pred)
-    ]
+    names = params.data.label_names
+    plot_data["confusion"] = [{"actual": names[int(t)], "predicted": names[int(p)]} for t, p in zip(y_true, y_pred)]
     corpus = pd.read_parquet(require(Path(raw_dir) / "corpus.parquet", "lm download"))
     base_report, base_curves = None, {"roc": [], "pr": []}
     if params.eval.baseline:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lm.config import Params
 from lm.io import atomic_write_text, require
+from lm.labels import label_of
 from lm.paths import ATTENTION, ENCODED, MODELS, PREDICTIONS, SPLIT
 
 
@@ -56,7 +57,7 @@ def _attention_png(trained, ids, mask, path: Path, title: str) -> None:
 
 
 def _pick_examples(enc, rows, threshold: float, n: int):
-    """Alternate toxic and non-toxic test rows, so the maps show both classes; top up from the rest."""
+    """Alternate positive and negative test rows, so the maps show both classes; top up from the rest."""
     labels = enc.targets[rows] >= threshold
     picked = [r for pair in zip(rows[labels], rows[~labels]) for r in pair][:n]
     rest = [r for r in rows if r not in picked]
@@ -74,7 +75,8 @@ def _classify(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
         one = RowItems(enc, np.array([row]))
         prob = float(classifier_probs(trained.model, one, 1)[1][0])
         batch = one.batch(np.arange(1))
-        title = f"test row {row}: target {enc.targets[row]:.2f}, predicted toxicity {prob:.2f}"
+        title = (f"test row {row}: target {enc.targets[row]:.2f}, predicted score {prob:.2f} "
+                 f"({label_of(prob, params.threshold, params.data.label_names)})")
         _attention_png(trained, batch["input_ids"], batch["attention_mask"], out_dir / f"example_{k}.png", title)
     shown = test_rows[: max(20, params.viz.n_examples)]
     items = RowItems(enc, shown)
@@ -85,7 +87,7 @@ def _classify(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
         n = int(batch["attention_mask"][j].sum())
         text = trained.tokenizer.decode(batch["input_ids"][j, :n].tolist(), skip_special=True)
         rows.append({"text": text, "target": float(enc.targets[row]), "prob": float(probs[j]),
-                     "label": "toxic" if probs[j] >= params.threshold else "non-toxic"})
+                     "label": label_of(float(probs[j]), params.threshold, params.data.label_names)})
     return "# Test predictions\n\n" + classifier_predictions_markdown(rows)
 
 

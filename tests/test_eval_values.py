@@ -173,7 +173,7 @@ def test_predict_toxicity_is_the_sigmoid_of_the_logit():
     trained = Trained(model, {"task": "classify", "max_len": 32, "threshold": 0.5}, tok)
     frame = trained.predict(texts, batch_size=4)
     assert np.abs(expected - 0.5).min() > 0.01  # far enough from 0.5 that 1 - p differs visibly
-    np.testing.assert_allclose(frame["toxicity"].to_numpy(), expected, atol=6e-5)  # printed to 4 decimals
+    np.testing.assert_allclose(frame["score"].to_numpy(), expected, atol=6e-5)  # printed to 4 decimals
     assert frame["label"].tolist() == ["toxic" if p >= 0.5 else "non-toxic" for p in expected]
 
 
@@ -207,5 +207,5 @@ def test_embedded_pipeline_learns(in_tmp, seed):
         stage.run(params)
     metrics = json.loads(Path("reports/metrics.json").read_text())
     assert metrics["roc_auc"] > FLOOR, metrics
-    scores = load_trained(Path("models")).predict([TOXIC, BENIGN])["toxicity"].tolist()
+    scores = load_trained(Path("models")).predict([TOXIC, BENIGN])["score"].tolist()
     assert scores[0] > scores[1] + 0.2, scores

@@ -141,7 +141,7 @@ def test_init_from_fine_tunes_a_bert_classifier_end_to_end(bert_checkpoint, in_t
     trained = load_trained("models")
     assert trained.tokenizer.row_prefix == [trained.tokenizer.cls_id]
     texts = ["you are an idiot", "what a lovely day", "naïve café " * 40]
-    scores = trained.predict(texts)["toxicity"].tolist()
+    scores = trained.predict(texts)["score"].tolist()
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert json.loads(open("reports/metrics.json").read())["roc_auc"] is not None
     # out again: the Hugging Face export, read by transformers alone, scores the texts as lm does

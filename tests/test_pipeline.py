@@ -73,13 +73,13 @@ def test_repro_writes_reports_and_reruns_only_what_changed(repo):
 
     texts = ["you are an idiot", "what a lovely day"]
     pred = _sh(["lm", "predict", *texts], root, env)
-    assert "toxicity" in pred.stdout
+    assert "score" in pred.stdout and "toxic" in pred.stdout  # the embedded corpus: auto names
     _sh(["lm", "predict", *texts, "-o", "predictions.csv"], root, env)
     _assert_scores_are_the_models(root, texts)
 
 
 def _assert_scores_are_the_models(root: Path, texts: list[str]) -> None:
-    """`lm predict`'s toxicity is the sigmoid of the exported model's logit, computed here directly (this tiny
+    """`lm predict`'s score is the sigmoid of the exported model's logit, computed here directly (this tiny
     model barely learns, so whether it ranks the texts well is checked in test_eval_values.py)."""
     import numpy as np
     import pandas as pd
@@ -96,7 +96,7 @@ def _assert_scores_are_the_models(root: Path, texts: list[str]) -> None:
             ids = torch.tensor([([tok.cls_id] + tok.encode(text))[: trained.max_len]])  # (1, n)
             expected.append(float(torch.sigmoid(trained.model(ids, torch.ones_like(ids, dtype=torch.bool)).logits[0])))
     assert table["text"].tolist() == texts
-    np.testing.assert_allclose(table["toxicity"].to_numpy(), expected, atol=6e-5)  # written to 4 decimals
+    np.testing.assert_allclose(table["score"].to_numpy(), expected, atol=6e-5)  # written to 4 decimals
     threshold = trained.config["threshold"]
     assert table["label"].tolist() == ["toxic" if p >= threshold else "non-toxic" for p in expected]
 

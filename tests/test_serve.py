@@ -8,6 +8,7 @@ bad bodies get 4xx with a message naming the field; /metrics has the histograms;
 
 from __future__ import annotations
 
+import json
 import asyncio
 import random
 import threading
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 from conftest import tiny_params
-from lm.config import ServeConfig, parse_params
+from lm.config import ConfigError, ServeConfig, parse_params
 from lm.serving.app import create_app
 
 TEXTS = [
@@ -107,7 +108,7 @@ def test_serve_scores_equal_lm_predict(model_dir, one_thread):
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"scores", "labels", "threshold"}
-    np.testing.assert_allclose(body["scores"], expected["toxicity"], atol=5e-5 + 1e-7)
+    np.testing.assert_allclose(body["scores"], expected["score"], atol=5e-5 + 1e-7)
     assert body["labels"] == expected["label"].tolist()
     assert body["threshold"] == 0.5
 
@@ -350,13 +351,62 @@ def test_predict_file_keeps_the_id_column_and_leaves_empty_texts_unscored_as_ser
     result = CliRunner().invoke(app, ["predict", "-f", str(table), "--model", str(model_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output
     got = pd.read_csv(out, dtype={"id": str}, keep_default_na=False)
-    assert list(got.columns) == ["id", "text", "toxicity", "label"] and got["id"].tolist() == ["a7", "b8", "c9"]
-    assert got.loc[1, "toxicity"] == "" and got.loc[1, "label"] == ""
-    expected = load_trained(model_dir).predict([TEXTS[0], TEXTS[1]])["toxicity"].tolist()
-    assert [float(got.loc[0, "toxicity"]), float(got.loc[2, "toxicity"])] == expected
+    assert list(got.columns) == ["id", "text", "score", "label"] and got["id"].tolist() == ["a7", "b8", "c9"]
+    assert got.loc[1, "score"] == "" and got.loc[1, "label"] == ""
+    expected = load_trained(model_dir).predict([TEXTS[0], TEXTS[1]])["score"].tolist()
+    assert [float(got.loc[0, "score"]), float(got.loc[2, "score"])] == expected
 
     async def empty():
         async with serving(model_dir) as (client, _):
             return await client.post("/v1/score", json={"texts": [""]})
 
     assert run(empty()).status_code == 422
+
+
+def test_class_names_come_from_the_params_in_every_output(tmp_path, monkeypatch, one_thread):
+    """A classifier of other data (`data.label_names: [fresh, rotten]`) is reported with those names by lm
+    predict, lm serve, the confusion plot and the prediction table; none of its outputs says "toxic"."""
+    import pandas as pd
+
+    import stages.download
+    import stages.encode
+    import stages.evaluate
+    import stages.split
+    import stages.tokenize
+    import stages.train
+    import stages.visualize
+    from lm.data.synthetic import generate_corpus
+    from lm.infer.predict import load_trained
+
+    reviews = generate_corpus(300, seed=0, identities=[])[["text", "target"]]
+    reviews.to_csv(tmp_path / "reviews.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(tiny_params(**{
+        "data.source": "reviews.csv", "data.identity_columns": [], "data.label_names": ["fresh", "rotten"],
+        "train.max_steps": 6, "train.threads": 1, "eval.baseline": False, "viz.n_examples": 1}))
+    for stage in (stages.download, stages.tokenize, stages.encode, stages.split, stages.train, stages.evaluate,
+                  stages.visualize):
+        stage.run(params)
+
+    texts = ["a fine film", "the worst", "ok"]
+    table = load_trained(Path("models")).predict(texts)
+    assert set(table["label"]) <= {"fresh", "rotten"} and list(table.columns) == ["text", "score", "label"]
+    labels = [("rotten" if s >= 0.5 else "fresh") for s in table["score"]]
+    assert table["label"].tolist() == labels
+
+    async def go():
+        async with serving(Path("models")) as (client, _):
+            return await client.post("/v1/score", json={"texts": texts})
+
+    body = run(go()).json()
+    assert body["labels"] == labels
+    confusion = json.loads(Path("reports/plots/confusion.json").read_text())
+    assert {row["actual"] for row in confusion} <= {"fresh", "rotten"}
+    outputs = [Path("reports/predictions.md").read_text(), Path("reports/plots/confusion.json").read_text(),
+               json.dumps(body), table.to_csv()]
+    assert not any("toxic" in text for text in outputs)
+    assert parse_params(tiny_params(**{"data.source": "reviews.csv"})).data.label_names == ["negative", "positive"]
+    assert parse_params(tiny_params()).data.label_names == ["non-toxic", "toxic"]
+    with pytest.raises(ConfigError, match="data.label_names"):
+        parse_params(tiny_params(**{"data.label_names": ["same", "same"]}))
+    pd.testing.assert_frame_equal(table, load_trained(Path("models")).predict(texts))  # deterministic

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lm.errors import LmError
+from lm.labels import TOXICITY_NAMES, labels_of
 
 
 
@@ -105,11 +106,8 @@ class Trained:
                 part = scored[lo : lo + batch_size]
                 ids, mask = self._rows([texts[i] for i in part], set())
                 probs[part] = torch.sigmoid(self.model(ids, mask).logits.float()).numpy()
-            return pd.DataFrame({
-                "text": texts,
-                "toxicity": np.round(probs, 4),
-                "label": ["" if np.isnan(p) else "toxic" if p >= threshold else "non-toxic" for p in probs],
-            })
+            names = self.config.get("label_names", TOXICITY_NAMES)
+            return pd.DataFrame({"text": texts, "score": np.round(probs, 4), "label": labels_of(probs, threshold, names)})
         if self.task == "mlm":
             return self._fill_masks(texts, top_k)
         return self._next_tokens(texts, top_k)

@@ -52,6 +52,7 @@ def export_config(params: Params, enc: Encoded) -> dict[str, Any]:
         "tokenizer_hash": enc.meta["tokenizer_hash"],
         "seed": params.seed,
         "threshold": params.data.threshold,
+        "label_names": list(params.data.label_names),
         "params": params.model_dump(),
     }
 

@@ -40,6 +40,7 @@ from starlette.routing import Route
 
 from lm.config import ServeConfig
 from lm.errors import LmError
+from lm.labels import TOXICITY_NAMES, labels_of
 from lm.serving.batcher import Batcher, QueueFull, Unbatched
 from lm.serving.metrics import Metrics
 
@@ -67,6 +68,7 @@ class Served:
     tokenizer: Any = None
     max_len: int | None = None
     threshold: float | None = None
+    label_names: list[str] = field(default_factory=lambda: list(TOXICITY_NAMES))
     batcher: Batcher | Unbatched | None = None
     loaded: bool = False
     task: str = "classify"
@@ -112,6 +114,7 @@ def load_model(served: Served) -> None:
     served.max_len = served.max_len or int(config["max_len"])
     if served.threshold is None:
         served.threshold = float(config.get("threshold", 0.5))
+    served.label_names = list(config.get("label_names", TOXICITY_NAMES))
 
 
 def _make_batcher(served: Served) -> Batcher | Unbatched:
@@ -197,7 +200,7 @@ async def score_texts(served: Served, texts: list[str]) -> dict[str, Any]:
     except QueueFull as err:
         raise RequestError(503, f"overloaded: {err}; retry in {RETRY_AFTER_S} s") from None
     t = served.threshold
-    return {"scores": scores, "labels": ["toxic" if s >= t else "non-toxic" for s in scores], "threshold": t}
+    return {"scores": scores, "labels": labels_of(scores, t, served.label_names), "threshold": t}
 
 
 def _error(status: int, message: str) -> JSONResponse:
