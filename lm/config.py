@@ -53,7 +53,7 @@ class DataConfig(Section):
     """Where the corpus comes from and which columns mean what."""
 
     source: str = Field("embedded", description="'embedded', 'hf:<id>[:<config>]', or a .csv/.parquet/.jsonl/.txt path")
-    n_rows: int = Field(6000, ge=10, description="rows the embedded generator writes")
+    n_rows: int = Field(12000, ge=10, description="rows the embedded generator writes")
     max_rows: int | None = Field(None, ge=1, description="cap on rows read from a real source (streams hf sources)")
     hf_split: str = Field("train", description="split of a Hugging Face dataset")
     hf_revision: str | None = Field(None, description="hub dataset revision (commit, tag or branch); null: the "
@@ -91,7 +91,7 @@ class TokenizerConfig(Section):
     pretrained: str | None = Field(None, description="adopt this tokenizer instead of training one: a Hugging Face "
                                    "tokenizer directory or tokenizer.json, a .tiktoken file, or a tiktoken encoding "
                                    "name (p50k_base, cl100k_base); null: train lm's BPE (the keys below)")
-    vocab_size: int = Field(2048, ge=260, le=200_000)
+    vocab_size: int = Field(8192, ge=260, le=200_000)
     special_tokens: list[str] = Field(default_factory=lambda: list(SPECIAL_TOKENS))
     max_train_bytes: int | None = Field(None, ge=1, description="train on at most this many bytes of the corpus")
     max_words: int | None = Field(200_000, ge=1000, description="distinct words counted at once; beyond it the "
@@ -177,16 +177,16 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    batch_size: int = Field(32, ge=1, description="per-process micro-batch")
+    batch_size: int = Field(64, ge=1, description="per-process micro-batch")
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(2, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     min_steps: Literal["auto"] | int | None = Field(
-        None, description="run more epochs than train.epochs until at least this many optimizer steps "
+        "auto", description="run more epochs than train.epochs until at least this many optimizer steps "
         "(auto: 600 for classify, 2000 for clm, 4000 for mlm)"
     )
     lr: Literal["auto"] | float = Field(
-        1e-3, description="peak learning rate; auto: 1e-3 for classify, 2e-3 for clm and mlm (tuned on real text)")
+        "auto", description="peak learning rate; auto: 1e-3 for classify, 2e-3 for clm and mlm (tuned on real text)")
 
     @field_validator("lr")
     @classmethod

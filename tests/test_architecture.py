@@ -110,3 +110,18 @@ def test_architecture_validating_params_imports_no_torch():
     probe = "import sys, lm.config; lm.config.load_params('params.yaml'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_architecture_params_yaml_equals_the_config_defaults():
+    """One source of defaults: the shipped params.yaml validates to exactly what the config classes give with no
+    params at all (each null attention option is the kind's default, each `auto` resolves alike), and it names
+    every key the classes have, so `dvc exp run -S key=value` can set any of them."""
+    import yaml
+
+    from lm.config import Params, parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert parse_params(raw).model_dump() == parse_params({}).model_dump()
+    for section, field in Params.model_fields.items():
+        if isinstance(raw.get(section), dict):
+            assert set(raw[section]) == set(field.annotation.model_fields), section

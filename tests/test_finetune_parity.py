@@ -44,7 +44,7 @@ TOL = 1e-4
 WORLD = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 # lm's schedule and policy; the HF loop restates them (see the module docstring)
 TRAIN = dict(lr=3e-3, min_lr=2e-4, weight_decay=0.1, warmup_steps=4, grad_clip=0.5, batch_size=BATCH,
-             grad_accum_steps=ACCUM, epochs=1, soft_labels=True, pos_weight="off", amp="none", compile=False)
+             grad_accum_steps=ACCUM, epochs=1, min_steps=None, soft_labels=True, pos_weight="off", amp="none", compile=False)
 
 BERT = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=MAXLEN, hidden_act="gelu", layer_norm_eps=1e-12, type_vocab_size=2,
