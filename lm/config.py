@@ -374,11 +374,11 @@ class Params(Section):
             t.lr, self._lr_auto = AUTO_LR[self.task], True
         if self.data.label_names == "auto":
             self.data.label_names = auto_label_names(self.data.source)
-        if self.task != "classify":
-            for key, neutral in (("ensemble", 1), ("sampler", "shuffle"), ("select_by", "auto")):
-                if getattr(t, key) != neutral and not (key == "select_by" and t.select_by == "val_loss"):
+        if self.task != "classify":  # each setting: the values that apply to every task (the first is neutral)
+            for key, fine in (("ensemble", (1,)), ("sampler", ("shuffle",)), ("select_by", ("auto", "val_loss"))):
+                if getattr(t, key) not in fine:
                     notes.append(f"train.{key}={getattr(t, key)}")
-                    setattr(t, key, neutral)
+                    setattr(t, key, fine[0])
         elif t.tokens_per_epoch is not None:
             notes.append(f"train.tokens_per_epoch={t.tokens_per_epoch}")
             t.tokens_per_epoch = None
@@ -463,10 +463,8 @@ def in_user_repository(params: Params) -> Params:
     .dvc/tmp/exps/, where a relative path to a file outside the repository (`../shared/data/x.csv`) points
     nowhere. DVC gives stage commands the user's repository as DVC_ROOT: a relative path that exists there and
     not here is read from there. In the workspace DVC_ROOT is the working directory and nothing changes."""
-    import os
-
-    root = os.environ.get("DVC_ROOT")
-    if not root or Path(root).resolve() == Path.cwd().resolve():
+    root = repository_root()
+    if root == Path.cwd().resolve():
         return params
 
     def there(value: str | None) -> str | None:

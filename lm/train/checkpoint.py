@@ -100,36 +100,46 @@ def resume_signature(params_dump: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def check_resumable(ckpt: dict[str, Any], params_dump: dict[str, Any], data_fingerprint: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a checkpoint written with other params or data: the continuation would not be the
-    run those params describe."""
+def first_difference(ckpt: dict[str, Any], params_dump: dict[str, Any],
+                     data_fingerprint: dict[str, Any]) -> tuple[str, str, Any, Any] | None:
+    """("params" or "data", key, the checkpoint's value, the run's value) of the first thing a checkpoint does
+    not share with this run, or None when it may be resumed."""
     saved, now = resume_signature(ckpt.get("params", {})), resume_signature(params_dump)
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
-            raise LmError(
-                f"{path} was written with {key}={saved.get(key)!r} but the params say {now.get(key)!r}: "
-                "restore that value to resume, or train from scratch (without --resume)"
-            )
+            return "params", key, saved.get(key), now.get(key)
     old = ckpt.get("data", {})
     for key, value in data_fingerprint.items():
         if old.get(key) != value:
-            raise LmError(
-                f"{path} was trained on other data ({key} {old.get(key)!r} != {value!r}): "
-                "train from scratch (without --resume)"
-            )
+            return "data", key, old.get(key), value
+    return None
+
+
+def check_resumable(ckpt: dict[str, Any], params_dump: dict[str, Any], data_fingerprint: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint written with other params or data: the continuation would not be the
+    run those params describe."""
+    difference = first_difference(ckpt, params_dump, data_fingerprint)
+    if difference is None:
+        return
+    what, key, saved, now = difference
+    if what == "params":
+        raise LmError(f"{path} was written with {key}={saved!r} but the params say {now!r}: "
+                      "restore that value to resume, or train from scratch (without --resume)")
+    raise LmError(f"{path} was trained on other data ({key} {saved!r} != {now!r}): "
+                  "train from scratch (without --resume)")
 
 
 def why_not_resumable(path: Path, params_dump: dict[str, Any], data_fingerprint: dict[str, Any]) -> str | None:
     """None when the checkpoint at `path` can be resumed with these params and data, else what differs
     (`params (train.lr)`, `data`, or an unreadable file)."""
     try:
-        check_resumable(load_checkpoint(path), params_dump, data_fingerprint, path)
-    except LmError as err:
-        text = str(err)
-        if " was written with " in text:
-            return f"params ({text.split(' was written with ', 1)[1].split('=', 1)[0]})"
-        return "data" if "other data" in text else "format (unreadable)"
-    return None
+        difference = first_difference(load_checkpoint(path), params_dump, data_fingerprint)
+    except LmError:
+        return "format (unreadable)"
+    if difference is None:
+        return None
+    what, key, _, _ = difference
+    return f"params ({key})" if what == "params" else "data"
 
 
 class Checkpointer:

@@ -79,6 +79,10 @@ class TrainResult:
         }
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """The cost figure `lm compare` shows: CUDA's peak allocated memory, else the process's peak resident set
     (what the operating system had to give the run, model and data included)."""
@@ -147,7 +151,7 @@ def export_best(trainee: Trainee, best: dict[str, torch.Tensor] | None, out_dir:
 def _header(params: Params, data: TrainData, trainee: Trainee, world: Dist) -> str:
     cfg = params.train
     return (f"[bold]train[/] task={params.task} attention={params.model.attention} "
-            f"params={sum(p.numel() for p in trainee.model.parameters()):,} items={len(data.train_items)} "
+            f"params={parameter_count(trainee.model):,} items={len(data.train_items)} "
             f"steps={data.total_steps} processes={world.world_size}{_machines(world)} device={world.device} amp={cfg.amp}")
 
 
@@ -207,7 +211,7 @@ def train(
             best = _run_steps(run, progress, best)
             checkpointer.save(progress, best, finished=True)
             result = TrainResult.of(progress, validator.metric, resumed_from)
-            result.n_params = sum(p.numel() for p in trainee.model.parameters())
+            result.n_params = parameter_count(trainee.model)
             result.peak_memory_mb = peak_memory_mb(world.device)
             if world.is_main:
                 export_best(trainee, best, out_dir, export_config(params, data.enc), tokenizer_dir)
