@@ -61,8 +61,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO)]
-import attention  # benchmarks/attention.py: the per-case worker and its layer size
-import record
+import attention  # noqa: E402  benchmarks/attention.py: the per-case worker and its layer size
+import record  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 DOCS = REPO / "docs" / "attention.md"
@@ -97,29 +97,74 @@ class Form:
 
 
 FORMS = (
-    Form("encoder", "classify", SHARED / "davidson" / "labeled_tweets.csv", "hate", "roc_auc", True, 250, 32, 64, False),
-    Form("decoder", "clm", SHARED / "tinystories" / "validation.txt", None, "perplexity", False, 200, 8, 128, True),
+    Form(
+        "encoder",
+        "classify",
+        SHARED / "davidson" / "labeled_tweets.csv",
+        "hate",
+        "roc_auc",
+        True,
+        250,
+        32,
+        64,
+        False,
+    ),
+    Form(
+        "decoder",
+        "clm",
+        SHARED / "tinystories" / "validation.txt",
+        None,
+        "perplexity",
+        False,
+        200,
+        8,
+        128,
+        True,
+    ),
 )
 
 
 # ---------------------------------------------------------------------------------------------------- quality
 
 
-def form_params(form: Form, *, kind: str = "standard", seed: int = 0, steps: int = 1, max_rows: int | None = None):
+def form_params(
+    form: Form, *, kind: str = "standard", seed: int = 0, steps: int = 1, max_rows: int | None = None
+):
     """params.yaml with the benchmark's keys set, validated as `lm` validates it."""
     from lm.config import load_params, parse_params
 
     raw = load_params(REPO / "params.yaml").model_dump()
     raw["task"], raw["seed"] = form.task, seed
-    raw["data"].update(source=str(form.data), target_column=form.target, identity_columns=[], max_rows=max_rows,
-                       id_column=None)
+    raw["data"].update(
+        source=str(form.data),
+        target_column=form.target,
+        identity_columns=[],
+        max_rows=max_rows,
+        id_column=None,
+    )
     raw["tokenizer"].update(pretrained=None, vocab_size=VOCAB)
     raw["encode"].update(max_len=form.max_len, mode="memmap")
     raw["split"].update(val_fraction=0.1, test_fraction=0.2)
     raw["model"].update(MODEL, attention=kind, attention_options={})
-    raw["train"].update(TRAIN, batch_size=form.batch, grad_accum_steps=1, max_steps=steps, min_steps=steps,
-                        eval_every=steps, patience=None, select_by="auto", threads=1, ensemble=1,
-                        nproc=1, nnodes=1, device="cpu", amp="none", compile=False, init_from=None, ema_decay=None)
+    raw["train"].update(
+        TRAIN,
+        batch_size=form.batch,
+        grad_accum_steps=1,
+        max_steps=steps,
+        min_steps=steps,
+        eval_every=steps,
+        patience=None,
+        select_by="auto",
+        threads=1,
+        ensemble=1,
+        nproc=1,
+        nnodes=1,
+        device="cpu",
+        amp="none",
+        compile=False,
+        init_from=None,
+        ema_decay=None,
+    )
     raw["pretrain"]["source"] = None
     return parse_params(raw)
 
@@ -188,13 +233,25 @@ def baseline(prep: Prepared, params) -> dict[str, Any]:  # type: ignore[no-untyp
 
     enc, parts, items, objective = _test_data(prep, params)
     if prep.form.task == "clm":
-        stats = ngram_statistics(enc, parts["train"], objective, items, task="clm", batch_size=params.eval.batch_size,
-                                 token_bytes=None)
+        stats = ngram_statistics(
+            enc,
+            parts["train"],
+            objective,
+            items,
+            task="clm",
+            batch_size=params.eval.batch_size,
+            token_bytes=None,
+        )
         return {"model": f"kneser_ney_{stats['order']}gram", "perplexity": stats["perplexity"]}
-    texts = pd.read_parquet(prep.dir("raw") / "corpus.parquet", columns=["text"])["text"].fillna("").astype(str)
+    texts = (
+        pd.read_parquet(prep.dir("raw") / "corpus.parquet", columns=["text"])["text"].fillna("").astype(str)
+    )
     test = parts["test"]
-    probs = tfidf_logreg_probs(texts.iloc[parts["train"]].tolist(), enc.targets[parts["train"]] >= params.threshold,
-                               texts.iloc[test].tolist())
+    probs = tfidf_logreg_probs(
+        texts.iloc[parts["train"]].tolist(),
+        enc.targets[parts["train"]] >= params.threshold,
+        texts.iloc[test].tolist(),
+    )
     report = classification_report(enc.targets[test], probs, threshold=params.threshold)
     return {"model": "tfidf_logreg", "roc_auc": report["roc_auc"]}
 
@@ -222,21 +279,38 @@ def train_and_score(prep: Prepared, kind: str, seed: int, steps: int) -> dict[st
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="run-", dir=prep.root) as tmp, quiet() as log:
         try:
-            result = train(params, encoded_dir=prep.dir("encoded"), split_dir=prep.dir("split"),
-                           tokenizer_dir=prep.dir("tokenizer"), out_dir=Path(tmp) / "model",
-                           reports_dir=Path(tmp) / "reports")
+            result = train(
+                params,
+                encoded_dir=prep.dir("encoded"),
+                split_dir=prep.dir("split"),
+                tokenizer_dir=prep.dir("tokenizer"),
+                out_dir=Path(tmp) / "model",
+                reports_dir=Path(tmp) / "reports",
+            )
             metric = score_test_split(prep, params, Path(tmp) / "model")
-        except Exception as err:  # noqa: BLE001 - one kind's failure is a cell of the table, not the end of the run
+        except Exception as err:
             tail = log.getvalue().strip().splitlines()[-3:]
-            return {"seed": seed, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
-                    "log_tail": tail, "wall_s": round(time.perf_counter() - started, 1)}
+            return {
+                "seed": seed,
+                "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+                "log_tail": tail,
+                "wall_s": round(time.perf_counter() - started, 1),
+            }
     if not math.isfinite(metric):
-        return {"seed": seed, "error": f"non-finite {prep.form.metric}", "wall_s": round(time.perf_counter() - started, 1)}
+        return {
+            "seed": seed,
+            "error": f"non-finite {prep.form.metric}",
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
     return {
-        "seed": seed, prep.form.metric: metric,
+        "seed": seed,
+        prep.form.metric: metric,
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in result.step_log),
-        "steps": result.steps, "best_step": result.best_step, "final_train_loss": result.final_train_loss,
-        "train_s": round(result.seconds, 2), "wall_s": round(time.perf_counter() - started, 1),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "final_train_loss": result.final_train_loss,
+        "train_s": round(result.seconds, 2),
+        "wall_s": round(time.perf_counter() - started, 1),
     }
 
 
@@ -247,24 +321,45 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     {'mean': 2.0, 'std': 1.4142135623730951, 'n': 2, 'values': [1.0, 3.0, None]}
     """
     ok = [float(v) for v in values if v is not None and math.isfinite(v)]
-    return {"mean": statistics.fmean(ok) if ok else None, "std": statistics.stdev(ok) if len(ok) > 1 else None,
-            "n": len(ok), "values": list(values)}
+    return {
+        "mean": statistics.fmean(ok) if ok else None,
+        "std": statistics.stdev(ok) if len(ok) > 1 else None,
+        "n": len(ok),
+        "values": list(values),
+    }
 
 
 # ------------------------------------------------------------------------------------------- one layer, length
 
 
-def length_series(ctx, kind: str, causal: bool, *, lengths: Sequence[int], max_length: int, memory_budget_mib: float,
-                  time_cap_s: float, timing_budget: float, threads: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def length_series(
+    ctx,
+    kind: str,
+    causal: bool,
+    *,
+    lengths: Sequence[int],
+    max_length: int,
+    memory_budget_mib: float,
+    time_cap_s: float,
+    timing_budget: float,
+    threads: int,
+) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """One layer of `kind` at L = 256, 512, ... (benchmarks/attention.py's run_case, one process per case) until
     a case does not fit the memory budget or the time cap; `longest_fit` is the last length that did."""
     cases: list[dict[str, Any]] = []
     fit, stop, L = None, None, min(lengths)
     while True:
-        opts = argparse.Namespace(causal=causal, budget=timing_budget if L in lengths else 0.0, device="cpu",
-                                  threads=threads, case_timeout=max(60.0, 4 * time_cap_s))
+        opts = argparse.Namespace(
+            causal=causal,
+            budget=timing_budget if L in lengths else 0.0,
+            device="cpu",
+            threads=threads,
+            case_timeout=max(60.0, 4 * time_cap_s),
+        )
         case = attention.run_case(ctx, opts, kind, L)
-        cases.append({k: (round(v, 4) if isinstance(v, float) else v) for k, v in case.items() if k != "kind"})
+        cases.append(
+            {k: (round(v, 4) if isinstance(v, float) else v) for k, v in case.items() if k != "kind"}
+        )
         if "error" in case:
             stop = f"error at {L}: {case['error']}"
             break
@@ -275,7 +370,7 @@ def length_series(ctx, kind: str, causal: bool, *, lengths: Sequence[int], max_l
             stop = f"time at {L}: {case['first_s']:.1f} s"
             break
         fit = L
-        if 2 * L > max_length:
+        if max_length < 2 * L:
             stop = f"max length {max_length}"
             break
         if len(cases) >= 2:  # what the next doubling would cost, from the last one
@@ -323,11 +418,18 @@ def markdown(figures: dict[str, Any]) -> str:
         means = [r[metric]["mean"] for r in f["results"] if r[metric]["mean"] is not None]
         best = (max(means) if higher else min(means)) if means else None
         n_seeds = len(figures["seeds"])
-        head = (f"| kind | {f['metric_label']}, mean ± std ({n_seeds} seed{'s' if n_seeds > 1 else ''}) "
-                f"| train tokens/s | " + " | ".join(f"L={L}: ms / MiB" for L in layer["lengths"])
-                + f" | longest L within {layer['memory_budget_mib']:,.0f} MiB, {layer['time_cap_s']:g} s |")
-        out += [f"**{name}** ({f['task']}, {f['data_label']}; layer: {'causal' if f['causal'] else 'bidirectional'})",
-                "", head, "|---" * (4 + len(layer["lengths"])) + "|"]
+        head = (
+            f"| kind | {f['metric_label']}, mean ± std ({n_seeds} seed{'s' if n_seeds > 1 else ''}) "
+            f"| train tokens/s | "
+            + " | ".join(f"L={L}: ms / MiB" for L in layer["lengths"])
+            + f" | longest L within {layer['memory_budget_mib']:,.0f} MiB, {layer['time_cap_s']:g} s |"
+        )
+        out += [
+            f"**{name}** ({f['task']}, {f['data_label']}; layer: {'causal' if f['causal'] else 'bidirectional'})",
+            "",
+            head,
+            "|---" * (4 + len(layer["lengths"])) + "|",
+        ]
         for r in f["results"]:
             m = r[metric]
             value = _metric(m["mean"], metric)
@@ -340,18 +442,29 @@ def markdown(figures: dict[str, Any]) -> str:
             tps = r["tokens_per_s"]["mean"]
             fit = r["layer"]["longest_fit"]
             fit_cell = "-" if fit is None else (f"≥ {fit:,}" if r["layer"]["capped"] else f"{fit:,}")
-            out.append(f"| `{r['kind']}` | {value} | {'-' if tps is None else f'{tps:,.0f}'} | "
-                       + " | ".join(_cell(r["layer"]["cases"], L) for L in layer["lengths"]) + f" | {fit_cell} |")
+            out.append(
+                f"| `{r['kind']}` | {value} | {'-' if tps is None else f'{tps:,.0f}'} | "
+                + " | ".join(_cell(r["layer"]["cases"], L) for L in layer["lengths"])
+                + f" | {fit_cell} |"
+            )
         base = f["baseline"]
-        out += ["", (f"Baseline on the same test rows: {base['model']}, {f['metric_label']} "
-                     f"{_metric(base.get(metric), metric)}."), ""]
+        out += [
+            "",
+            (
+                f"Baseline on the same test rows: {base['model']}, {f['metric_label']} "
+                f"{_metric(base.get(metric), metric)}."
+            ),
+            "",
+        ]
     return "\n".join(out).rstrip() + "\n"
 
 
 def docs_block(figures: dict[str, Any]) -> str:
     run = figures["run"]
-    note = (f"<!-- generated by `{run['command']}{'' if '--write-docs' in run['command'] else ' --write-docs'}` "
-            "from benchmarks/results/attention_kinds.json: do not edit by hand -->")
+    note = (
+        f"<!-- generated by `{run['command']}{'' if '--write-docs' in run['command'] else ' --write-docs'}` "
+        "from benchmarks/results/attention_kinds.json: do not edit by hand -->"
+    )
     return f"{START}\n{note}\n\n{markdown(figures)}\n{END}"
 
 
@@ -359,7 +472,7 @@ def replace_block(text: str, block: str) -> str:
     i, j = text.find(START), text.find(END)
     if i < 0 or j < i:
         raise SystemExit(f"{DOCS}: no '{START}' ... '{END}' section to replace")
-    return text[:i] + block + text[j + len(END):]
+    return text[:i] + block + text[j + len(END) :]
 
 
 # -------------------------------------------------------------------------------------------------------- main
@@ -367,25 +480,48 @@ def replace_block(text: str, block: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help=f"kinds {', '.join(QUICK_KINDS)}, 1 seed, {QUICK['steps']} steps, {QUICK['max_rows']} rows, "
-                         f"L = {', '.join(map(str, QUICK['lengths']))}")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"kinds {', '.join(QUICK_KINDS)}, 1 seed, {QUICK['steps']} steps, {QUICK['max_rows']} rows, "
+        f"L = {', '.join(map(str, QUICK['lengths']))}",
+    )
     ap.add_argument("--kinds", default=None, help="comma-separated kinds (default: all 14)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0 .. N-1 (default 3, quick 1)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="optimizer steps of every run (default: encoder 250, decoder 200; quick 20)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps of every run (default: encoder 250, decoder 200; quick 20)",
+    )
     ap.add_argument("--forms", default="encoder,decoder", help="encoder, decoder or both")
-    ap.add_argument("--encoder-data", type=Path, default=FORMS[0].data, help="CSV with `text` and the target column")
-    ap.add_argument("--encoder-target", default=FORMS[0].target, help="the encoder's target column (default hate)")
-    ap.add_argument("--decoder-data", type=Path, default=FORMS[1].data, help="text file, blank-line-separated documents")
+    ap.add_argument(
+        "--encoder-data", type=Path, default=FORMS[0].data, help="CSV with `text` and the target column"
+    )
+    ap.add_argument(
+        "--encoder-target", default=FORMS[0].target, help="the encoder's target column (default hate)"
+    )
+    ap.add_argument(
+        "--decoder-data", type=Path, default=FORMS[1].data, help="text file, blank-line-separated documents"
+    )
     ap.add_argument("--max-rows", type=int, default=None, help="data.max_rows of both sources (quick: 3000)")
-    ap.add_argument("--lengths", default=None, help="the table's lengths (default 256,1024,4096,16384; quick 256,1024)")
-    ap.add_argument("--max-length", type=int, default=None, help="longest length tried (default 131072, quick 1024)")
+    ap.add_argument(
+        "--lengths", default=None, help="the table's lengths (default 256,1024,4096,16384; quick 256,1024)"
+    )
+    ap.add_argument(
+        "--max-length", type=int, default=None, help="longest length tried (default 131072, quick 1024)"
+    )
     ap.add_argument("--memory-budget-mb", type=float, default=2048.0, help="peak MiB a layer's pass may take")
     ap.add_argument("--time-cap-s", type=float, default=10.0, help="seconds a layer's pass may take")
-    ap.add_argument("--timing-budget", type=float, default=None,
-                    help="seconds of timed passes at the table's lengths (default 0.5, quick 0.3)")
-    ap.add_argument("--write-docs", action="store_true", help=f"replace the table in {DOCS.relative_to(REPO)}")
+    ap.add_argument(
+        "--timing-budget",
+        type=float,
+        default=None,
+        help="seconds of timed passes at the table's lengths (default 0.5, quick 0.3)",
+    )
+    ap.add_argument(
+        "--write-docs", action="store_true", help=f"replace the table in {DOCS.relative_to(REPO)}"
+    )
     record.add_save_arg(ap)
     args = ap.parse_args(argv)
 
@@ -399,10 +535,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"--kinds: unknown {unknown} (choose from {', '.join(KINDS)})")
     seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
-    lengths = ([int(v) for v in args.lengths.split(",")] if args.lengths
-               else QUICK["lengths"] if args.quick else LENGTHS)
+    lengths = (
+        [int(v) for v in args.lengths.split(",")]
+        if args.lengths
+        else QUICK["lengths"]
+        if args.quick
+        else LENGTHS
+    )
     max_length = args.max_length or (QUICK["max_length"] if args.quick else 131072)
-    timing_budget = args.timing_budget if args.timing_budget is not None else (QUICK["timing_budget"] if args.quick else 0.5)
+    timing_budget = (
+        args.timing_budget
+        if args.timing_budget is not None
+        else (QUICK["timing_budget"] if args.quick else 0.5)
+    )
     max_rows = args.max_rows or (QUICK["max_rows"] if args.quick else None)
     data = {"encoder": (args.encoder_data, args.encoder_target), "decoder": (args.decoder_data, None)}
     forms = []
@@ -411,10 +556,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             continue
         path, target = data[form.name]
         if not path.is_file():
-            raise SystemExit(f"{form.name} data {path} not found (../shared/data, or pass --{form.name}-data)")
+            raise SystemExit(
+                f"{form.name} data {path} not found (../shared/data, or pass --{form.name}-data)"
+            )
         steps = args.steps or (QUICK["steps"] if args.quick else form.steps)
-        forms.append(Form(form.name, form.task, path.resolve(), target, form.metric, form.higher_is_better, steps,
-                          form.batch, form.max_len, form.causal))
+        forms.append(
+            Form(
+                form.name,
+                form.task,
+                path.resolve(),
+                target,
+                form.metric,
+                form.higher_is_better,
+                steps,
+                form.batch,
+                form.max_len,
+                form.causal,
+            )
+        )
 
     started = time.perf_counter()
     import multiprocessing as mp
@@ -425,18 +584,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for form in forms:
         for kind in kinds:
             series[form.name, kind] = s = length_series(
-                ctx, kind, form.causal, lengths=lengths, max_length=max_length,
-                memory_budget_mib=args.memory_budget_mb, time_cap_s=args.time_cap_s, timing_budget=timing_budget,
-                threads=1)
-            print(f"  {form.name} {kind:14} layer: longest {s['longest_fit']} ({s['stop']}), "
-                  f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+                ctx,
+                kind,
+                form.causal,
+                lengths=lengths,
+                max_length=max_length,
+                memory_budget_mib=args.memory_budget_mb,
+                time_cap_s=args.time_cap_s,
+                timing_budget=timing_budget,
+                threads=1,
+            )
+            print(
+                f"  {form.name} {kind:14} layer: longest {s['longest_fit']} ({s['stop']}), "
+                f"{time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     with tempfile.TemporaryDirectory(prefix="lm-kinds-") as tmp:
         prepared = {}
         for form in forms:
             t0 = time.perf_counter()
             prepared[form.name] = prep = prepare(form, Path(tmp) / form.name, max_rows)
-            print(f"{form.name}: {form.task} on {form.data.name}, rows {prep.rows}, baseline {prep.baseline} "
-                  f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+            print(
+                f"{form.name}: {form.task} on {form.data.name}, rows {prep.rows}, baseline {prep.baseline} "
+                f"({time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         runs: dict[tuple[str, str], list[dict]] = {(f.name, k): [] for f in forms for k in kinds}
         for seed in seeds:  # seed-major: machine noise spreads over the kinds instead of landing on one
             for form in forms:
@@ -444,34 +618,69 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     run = train_and_score(prepared[form.name], kind, seed, form.steps)
                     runs[form.name, kind].append(run)
                     value = run.get(form.metric)
-                    print(f"  {form.name} {kind:14} seed {seed}: "
-                          + (f"{form.metric} {value:.4f}, {run['tokens_per_s']:,.0f} tokens/s, {run['wall_s']} s"
-                             if value is not None else f"FAILED {run['error']}")
-                          + f", {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+                    print(
+                        f"  {form.name} {kind:14} seed {seed}: "
+                        + (
+                            f"{form.metric} {value:.4f}, {run['tokens_per_s']:,.0f} tokens/s, {run['wall_s']} s"
+                            if value is not None
+                            else f"FAILED {run['error']}"
+                        )
+                        + f", {time.perf_counter() - started:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
     figures: dict[str, Any] = {
-        "benchmark": "attention_kinds", "kinds": kinds, "seeds": seeds,
-        "model": {**MODEL, "vocab_size": VOCAB, **TRAIN, "validation": "once, after the last step", "threads": 1},
-        "layer": {"d_model": attention.D_MODEL, "heads": attention.HEADS, "batch": 1, "threads": 1, "lengths": lengths,
-                  "max_length": max_length, "memory_budget_mib": args.memory_budget_mb, "time_cap_s": args.time_cap_s,
-                  "timing_budget_s": timing_budget},
+        "benchmark": "attention_kinds",
+        "kinds": kinds,
+        "seeds": seeds,
+        "model": {
+            **MODEL,
+            "vocab_size": VOCAB,
+            **TRAIN,
+            "validation": "once, after the last step",
+            "threads": 1,
+        },
+        "layer": {
+            "d_model": attention.D_MODEL,
+            "heads": attention.HEADS,
+            "batch": 1,
+            "threads": 1,
+            "lengths": lengths,
+            "max_length": max_length,
+            "memory_budget_mib": args.memory_budget_mb,
+            "time_cap_s": args.time_cap_s,
+            "timing_budget_s": timing_budget,
+        },
         "forms": {},
     }
     for form in forms:
         prep = prepared[form.name]
         label = str(form.data.relative_to(SHARED)) if form.data.is_relative_to(SHARED) else form.data.name
         figures["forms"][form.name] = {
-            "task": form.task, "data": str(form.data), "data_label": label + (f", target {form.target}" if form.target else ""),
-            "max_rows": max_rows, "rows": prep.rows, "steps": form.steps, "batch": form.batch, "max_len": form.max_len,
-            "causal": form.causal, "metric": form.metric, "metric_label": form.metric_label,
-            "higher_is_better": form.higher_is_better, "baseline": prep.baseline,
-            "results": [{
-                "kind": kind,
-                form.metric: mean_std([r.get(form.metric) for r in runs[form.name, kind]]),
-                "tokens_per_s": mean_std([r.get("tokens_per_s") for r in runs[form.name, kind]]),
-                "runs": runs[form.name, kind],
-                "layer": series[form.name, kind],
-            } for kind in kinds],
+            "task": form.task,
+            "data": str(form.data),
+            "data_label": label + (f", target {form.target}" if form.target else ""),
+            "max_rows": max_rows,
+            "rows": prep.rows,
+            "steps": form.steps,
+            "batch": form.batch,
+            "max_len": form.max_len,
+            "causal": form.causal,
+            "metric": form.metric,
+            "metric_label": form.metric_label,
+            "higher_is_better": form.higher_is_better,
+            "baseline": prep.baseline,
+            "results": [
+                {
+                    "kind": kind,
+                    form.metric: mean_std([r.get(form.metric) for r in runs[form.name, kind]]),
+                    "tokens_per_s": mean_std([r.get("tokens_per_s") for r in runs[form.name, kind]]),
+                    "runs": runs[form.name, kind],
+                    "layer": series[form.name, kind],
+                }
+                for kind in kinds
+            ],
         }
     figures["wall_s"] = round(time.perf_counter() - started, 1)
     print(markdown(figures), flush=True)

@@ -141,8 +141,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="runs per trainer (alternating; best kept)")
     ap.add_argument("--child", choices=["lm", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--no-save", action="store_true",
-                    help="print the JSON line only; do not write benchmarks/results/bpe_train.json")
+    ap.add_argument(
+        "--no-save",
+        action="store_true",
+        help="print the JSON line only; do not write benchmarks/results/bpe_train.json",
+    )
     args = ap.parse_args()
     vocab = args.vocab or (2_000 if args.quick else 10_000)
     if args.child:

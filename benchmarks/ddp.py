@@ -39,7 +39,9 @@ def worker(args: argparse.Namespace) -> None:
     from lm.train.step import optimizer_step
 
     torch.set_num_threads(args.threads)
-    cfg = ModelConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_ff=4 * args.d_model, dropout=0.0)
+    cfg = ModelConfig(
+        d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_ff=4 * args.d_model, dropout=0.0
+    )
     with distributed("cpu", "gloo") as d:
         model = build_model(cfg, task="clm", vocab_size=args.vocab, max_len=args.seq, pad_id=1, seed=0)
         opt = build_optimizer(model, TrainConfig(lr=1e-4, warmup_steps=0))
@@ -53,14 +55,31 @@ def worker(args: argparse.Namespace) -> None:
             out = []
             for _ in range(args.accum):
                 ids = torch.randint(4, args.vocab, (args.batch, args.seq + 1), generator=gen)
-                out.append(objective.prepare({"input_ids": ids[:, :-1], "labels": ids[:, 1:],
-                                              "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.bool)},
-                                             train=True))
+                out.append(
+                    objective.prepare(
+                        {
+                            "input_ids": ids[:, :-1],
+                            "labels": ids[:, 1:],
+                            "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.bool),
+                        },
+                        train=True,
+                    )
+                )
             return out
 
         def step() -> None:
-            optimizer_step(model=model, wrapped=wrapped, ddp=ddp, objective=objective, micro=micro(), world=d,
-                           optimizer=opt, scaler=scaler, grad_clip=1.0, amp="none")
+            optimizer_step(
+                model=model,
+                wrapped=wrapped,
+                ddp=ddp,
+                objective=objective,
+                micro=micro(),
+                world=d,
+                optimizer=opt,
+                scaler=scaler,
+                grad_clip=1.0,
+                amp="none",
+            )
 
         for _ in range(args.warmup):
             step()
@@ -72,15 +91,36 @@ def worker(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - started
         tokens = args.steps * args.accum * args.batch * args.seq * d.world_size
         if d.is_main:
-            print(json.dumps({"processes": d.world_size, "threads": args.threads, "seconds": round(seconds, 3),
-                              "tokens_per_s": round(tokens / seconds, 1)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "processes": d.world_size,
+                        "threads": args.threads,
+                        "seconds": round(seconds, 3),
+                        "tokens_per_s": round(tokens / seconds, 1),
+                    }
+                ),
+                flush=True,
+            )
 
 
 def launch(nproc: int, threads: int, args: argparse.Namespace) -> dict:
-    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k not in ("quick", "worker", "threads", "no_save") and v is not None]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(Path(__file__).resolve()), "--worker", f"--threads={threads}", *passthrough]
+    passthrough = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if k not in ("quick", "worker", "threads", "no_save") and v is not None
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(Path(__file__).resolve()),
+        "--worker",
+        f"--threads={threads}",
+        *passthrough,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
@@ -102,11 +142,17 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=2, help="micro-steps per optimizer step")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-save", action="store_true",
-                        help="print the JSON line only; do not write benchmarks/results/ddp.json")
+    parser.add_argument(
+        "--no-save",
+        action="store_true",
+        help="print the JSON line only; do not write benchmarks/results/ddp.json",
+    )
     args = parser.parse_args()
-    defaults = (dict(d_model=64, layers=2, vocab=2048, seq=64, steps=8) if args.quick
-                else dict(d_model=256, layers=4, vocab=8192, seq=128, steps=20))
+    defaults = (
+        dict(d_model=64, layers=2, vocab=2048, seq=64, steps=8)
+        if args.quick
+        else dict(d_model=256, layers=4, vocab=8192, seq=128, steps=20)
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -116,22 +162,39 @@ def main() -> None:
 
     runs = {"1x1": launch(1, 1, args), "2x1": launch(2, 1, args), "1x2": launch(1, 2, args)}
     one, two, threads2 = runs["1x1"]["tokens_per_s"], runs["2x1"]["tokens_per_s"], runs["1x2"]["tokens_per_s"]
-    print(f"model d={args.d_model} layers={args.layers} vocab={args.vocab}; per process: batch {args.batch} x "
-          f"seq {args.seq} x accum {args.accum}, {args.steps} timed steps")
+    print(
+        f"model d={args.d_model} layers={args.layers} vocab={args.vocab}; per process: batch {args.batch} x "
+        f"seq {args.seq} x accum {args.accum}, {args.steps} timed steps"
+    )
     print(f"{'configuration':<28}{'tokens/s':>12}")
     print(f"{'1 process x 1 thread':<28}{one:>12,.0f}")
     print(f"{'2 processes x 1 thread (DDP)':<28}{two:>12,.0f}")
     print(f"{'1 process x 2 threads':<28}{threads2:>12,.0f}")
-    print(f"speedup {two / one:.2f}x, scaling efficiency {two / (2 * one):.0%} "
-          f"(DDP vs 2 threads: {two / threads2:.2f}x)")
+    print(
+        f"speedup {two / one:.2f}x, scaling efficiency {two / (2 * one):.0%} "
+        f"(DDP vs 2 threads: {two / threads2:.2f}x)"
+    )
     import record  # benchmarks/ (this script's folder) is on sys.path
 
-    record.finish({
-        "benchmark": "ddp", "d_model": args.d_model, "layers": args.layers, "batch": args.batch, "seq": args.seq,
-        "accum": args.accum, "steps": args.steps, "tokens_per_s_1proc": one, "tokens_per_s_2proc": two,
-        "tokens_per_s_1proc_2threads": threads2, "speedup": round(two / one, 3),
-        "scaling_efficiency": round(two / (2 * one), 3), "ddp_vs_threads": round(two / threads2, 3),
-    }, quick=args.quick, save=not args.no_save)
+    record.finish(
+        {
+            "benchmark": "ddp",
+            "d_model": args.d_model,
+            "layers": args.layers,
+            "batch": args.batch,
+            "seq": args.seq,
+            "accum": args.accum,
+            "steps": args.steps,
+            "tokens_per_s_1proc": one,
+            "tokens_per_s_2proc": two,
+            "tokens_per_s_1proc_2threads": threads2,
+            "speedup": round(two / one, 3),
+            "scaling_efficiency": round(two / (2 * one), 3),
+            "ddp_vs_threads": round(two / threads2, 3),
+        },
+        quick=args.quick,
+        save=not args.no_save,
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ best-of --repeats. The last line is one JSON object, also written to benchmarks/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,8 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import record  # noqa: E402
-from bpe_train import SPECIALS, build_corpus  # noqa: E402
+import record
+from bpe_train import SPECIALS, build_corpus
 
 
 def best_of(repeats: int, fn):  # type: ignore[no-untyped-def]
@@ -49,7 +48,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="vocab 2,000, 2 MB")
     ap.add_argument("--mb", type=float, default=None, help="text size in MB (default 12, quick 2)")
     ap.add_argument("--vocab", type=int, default=None, help="vocab size (default 10,000, quick 2,000)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs of each encoder (default 3, quick 2)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="timed runs of each encoder (default 3, quick 2)"
+    )
     record.add_save_arg(ap)
     args = ap.parse_args()
     vocab = args.vocab or (2_000 if args.quick else 10_000)
@@ -69,12 +70,18 @@ def main() -> None:
         hf = tokenizers.Tokenizer.from_file(str(tok.save(tmp) / "tokenizer.json"))
 
     threads = os.cpu_count() or 1
-    lm_batch_s, lm_ids = best_of(repeats, lambda: tok.encode_batch(docs, allowed_special="all", num_threads=threads))
-    lm_single_s, lm_single_ids = best_of(repeats, lambda: [tok.encode(d, allowed_special="all") for d in docs])
+    lm_batch_s, lm_ids = best_of(
+        repeats, lambda: tok.encode_batch(docs, allowed_special="all", num_threads=threads)
+    )
+    lm_single_s, lm_single_ids = best_of(
+        repeats, lambda: [tok.encode(d, allowed_special="all") for d in docs]
+    )
     hf_calls = [c for c in ("encode_batch_fast", "encode_batch") if hasattr(hf, c)]
     hf_s, same = {}, {"lm_single": lm_single_ids == lm_ids}
     for call in hf_calls:
-        hf_s[call], encodings = best_of(repeats, lambda c=call: getattr(hf, c)(docs, add_special_tokens=False))
+        hf_s[call], encodings = best_of(
+            repeats, lambda c=call: getattr(hf, c)(docs, add_special_tokens=False)
+        )
         same[f"hf_{call}"] = [e.ids for e in encodings] == lm_ids
     hf_call = min(hf_s, key=hf_s.__getitem__)
     n_tokens = sum(map(len, lm_ids))

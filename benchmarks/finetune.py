@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import record  # noqa: E402
+import record
 
 MINILM = {"vocab": 30522, "d": 384, "layers": 6, "heads": 12, "ff": 1536}
 GPT2_SMALLER = {"vocab": 50257, "d": 384, "layers": 6, "heads": 6, "ff": 1536}
@@ -52,17 +52,34 @@ def hf_checkpoint(task: str, shape: dict, max_len: int, dropout: float, path: Pa
 
     torch.manual_seed(0)
     if task == "classify":
-        cfg = transformers.BertConfig(vocab_size=shape["vocab"], hidden_size=shape["d"],
-                                      num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
-                                      intermediate_size=shape["ff"],
-                                      max_position_embeddings=max_len, hidden_dropout_prob=dropout,
-                                      attention_probs_dropout_prob=dropout, pad_token_id=0)
+        cfg = transformers.BertConfig(
+            vocab_size=shape["vocab"],
+            hidden_size=shape["d"],
+            num_hidden_layers=shape["layers"],
+            num_attention_heads=shape["heads"],
+            intermediate_size=shape["ff"],
+            max_position_embeddings=max_len,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+            pad_token_id=0,
+        )
         transformers.BertModel(cfg).save_pretrained(path)
     else:
-        cfg = transformers.GPT2Config(vocab_size=shape["vocab"], n_embd=shape["d"], n_layer=shape["layers"],
-                                      n_head=shape["heads"], n_inner=shape["ff"], n_positions=max_len,
-                                      activation_function="gelu", resid_pdrop=dropout, embd_pdrop=dropout,
-                                      attn_pdrop=dropout, bos_token_id=0, eos_token_id=0, use_cache=False)
+        cfg = transformers.GPT2Config(
+            vocab_size=shape["vocab"],
+            n_embd=shape["d"],
+            n_layer=shape["layers"],
+            n_head=shape["heads"],
+            n_inner=shape["ff"],
+            n_positions=max_len,
+            activation_function="gelu",
+            resid_pdrop=dropout,
+            embd_pdrop=dropout,
+            attn_pdrop=dropout,
+            bos_token_id=0,
+            eos_token_id=0,
+            use_cache=False,
+        )
         transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
 
 
@@ -85,7 +102,8 @@ def hf_from(task: str, path: Path, lm: torch.nn.Module) -> torch.nn.Module:
     if task == "clm":
         return transformers.GPT2LMHeadModel.from_pretrained(path, attn_implementation="sdpa")
     hf = transformers.BertForSequenceClassification.from_pretrained(
-        path, num_labels=1, problem_type="multi_label_classification", attn_implementation="sdpa")
+        path, num_labels=1, problem_type="multi_label_classification", attn_implementation="sdpa"
+    )
     with torch.no_grad():  # both classifiers are new: the same start
         hf.classifier.weight.copy_(lm.classifier.weight)
         hf.classifier.bias.copy_(lm.classifier.bias)
@@ -101,8 +119,13 @@ def make_batch(task: str, vocab: int, batch: int, seq: int) -> dict:
     if task == "clm":  # full windows; HF shifts its labels inside, so lm's last position has no target either
         mask = torch.ones_like(ids, dtype=torch.bool)
         labels = torch.cat([ids[:, 1:], torch.full((batch, 1), IGNORE_INDEX)], dim=1)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "hf_labels": ids,
-                "count": int((labels != IGNORE_INDEX).sum())}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "hf_labels": ids,
+            "count": int((labels != IGNORE_INDEX).sum()),
+        }
     lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
     mask = torch.arange(seq)[None, :] < lengths[:, None]  # right padding
     targets = torch.rand(batch, generator=g)
@@ -119,7 +142,9 @@ def objective(task: str):
 
 def hf_loss(model: torch.nn.Module, b: dict) -> torch.Tensor:
     """The model's own `labels=` loss (GPT-2's config has use_cache off: training keeps no keys/values)."""
-    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(), labels=b["hf_labels"]).loss
+    return model(
+        input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(), labels=b["hf_labels"]
+    ).loss
 
 
 def lm_step(model: torch.nn.Module, task: str, b: dict) -> Callable[[], float]:
@@ -136,8 +161,18 @@ def lm_step(model: torch.nn.Module, task: str, b: dict) -> Callable[[], float]:
     model.train()
 
     def step() -> float:
-        stats = optimizer_step(model=model, wrapped=model, ddp=None, objective=obj, micro=[b], world=world,
-                               optimizer=opt, scaler=scaler, grad_clip=CLIP, amp="none")
+        stats = optimizer_step(
+            model=model,
+            wrapped=model,
+            ddp=None,
+            objective=obj,
+            micro=[b],
+            world=world,
+            optimizer=opt,
+            scaler=scaler,
+            grad_clip=CLIP,
+            amp="none",
+        )
         return stats.loss_sum / stats.count
 
     return step
@@ -185,17 +220,24 @@ def bench(task: str, *, dropout: float, repeats: int, steps: int, warmup: int) -
     times: dict[str, list[float]] = {name: [] for name in runners}
     order = list(runners)
     for r in range(repeats * steps):  # step by step, the first model alternating
-        for name in order[r % 2:] + order[: r % 2]:
+        for name in order[r % 2 :] + order[: r % 2]:
             start = time.perf_counter()
             runners[name]()
             times[name].append(time.perf_counter() - start)
     lm_ms, hf_ms = (statistics.median(times[n]) * 1e3 for n in ("lm", "hf"))
     return {
-        "task": task, "model": dict(shape), "batch": batch, "seq": seq,
-        "params": {"lm": sum(p.numel() for p in lm.parameters()), "hf": sum(p.numel() for p in hf.parameters())},
+        "task": task,
+        "model": dict(shape),
+        "batch": batch,
+        "seq": seq,
+        "params": {
+            "lm": sum(p.numel() for p in lm.parameters()),
+            "hf": sum(p.numel() for p in hf.parameters()),
+        },
         "initial_loss": {"lm": round(lm_loss0, 6), "hf": round(hf_loss0, 6)},
         "same_initial_loss": abs(lm_loss0 - hf_loss0) < 1e-4,
-        "lm_ms_per_step": round(lm_ms, 1), "hf_ms_per_step": round(hf_ms, 1),
+        "lm_ms_per_step": round(lm_ms, 1),
+        "hf_ms_per_step": round(hf_ms, 1),
         "lm_over_hf_speed": round(hf_ms / lm_ms, 3),
         "ms_per_step_each": {n: [round(t * 1e3, 1) for t in ts] for n, ts in times.items()},  # the spread
     }
@@ -215,18 +257,31 @@ def main() -> None:
     steps = args.steps or (2 if args.quick else 4)
     repeats = args.repeats or (1 if args.quick else 3)
     warmup = 1 if args.quick else 2
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dropout {args.dropout}; "
-          f"{warmup} warm-up + {steps * repeats} timed steps per model, interleaved; median ms per step")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, dropout {args.dropout}; "
+        f"{warmup} warm-up + {steps * repeats} timed steps per model, interleaved; median ms per step"
+    )
     print(f"{'task':9} {'lm ms':>8} {'hf ms':>8} {'lm/hf speed':>12}")
     rows, load_before = [], os.getloadavg()[0]  # a shared machine's other work shows in the step times
     for task in args.tasks.split(","):
         row = bench(task, dropout=args.dropout, repeats=repeats, steps=steps, warmup=warmup)
         rows.append(row)
-        print(f"{task:9} {row['lm_ms_per_step']:>8.1f} {row['hf_ms_per_step']:>8.1f} {row['lm_over_hf_speed']:>12.2f}"
-              f"   same initial loss: {row['same_initial_loss']}", flush=True)
-    figures = {"benchmark": "finetune", "threads": torch.get_num_threads(), "dropout": args.dropout,
-               "hf_attn": "sdpa", "steps": steps, "repeats": repeats, "warmup": warmup,
-               "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}, "results": rows}
+        print(
+            f"{task:9} {row['lm_ms_per_step']:>8.1f} {row['hf_ms_per_step']:>8.1f} {row['lm_over_hf_speed']:>12.2f}"
+            f"   same initial loss: {row['same_initial_loss']}",
+            flush=True,
+        )
+    figures = {
+        "benchmark": "finetune",
+        "threads": torch.get_num_threads(),
+        "dropout": args.dropout,
+        "hf_attn": "sdpa",
+        "steps": steps,
+        "repeats": repeats,
+        "warmup": warmup,
+        "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]},
+        "results": rows,
+    }
     record.finish(figures, quick=args.quick, save=not args.no_save)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import record  # noqa: E402
+import record
 
 KINDS = ["standard", "rotary", "linear", "performer", "cosformer", "yat-spherical", "slay-anchor"]
 QUICK_KINDS = ["standard", "linear"]
@@ -37,8 +37,15 @@ def build(kind: str, max_len: int) -> torch.nn.Module:
     from lm.config import ModelConfig
     from lm.model import build_model
 
-    cfg = ModelConfig(d_model=256, n_layers=4, n_heads=4, d_ff=1024, dropout=0.0, attention=kind,
-                      positions="none" if kind == "rotary" else "learned")
+    cfg = ModelConfig(
+        d_model=256,
+        n_layers=4,
+        n_heads=4,
+        d_ff=1024,
+        dropout=0.0,
+        attention=kind,
+        positions="none" if kind == "rotary" else "learned",
+    )
     return build_model(cfg, task="clm", vocab_size=8192, max_len=max_len, pad_id=1, seed=0).eval()
 
 
@@ -59,8 +66,10 @@ def main() -> None:
     new = args.new or (64 if args.quick else 256)
     repeats = args.repeats or (1 if args.quick else 3)
     prompt = torch.randint(4, 8192, (args.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
-    print(f"greedy decoding, prompt {args.prompt_len} + {new} new tokens, {args.threads} thread(s), "
-          f"median of {repeats} interleaved repeats")
+    print(
+        f"greedy decoding, prompt {args.prompt_len} + {new} new tokens, {args.threads} thread(s), "
+        f"median of {repeats} interleaved repeats"
+    )
     print(f"{'kind':14} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speed-up':>9} {'same':>5}")
     rows = []
     for kind in kinds:
@@ -79,10 +88,23 @@ def main() -> None:
         row["speedup"] = round(row["cache_tokens_per_s"] / row["no_cache_tokens_per_s"], 2)
         row["same_tokens"] = tokens[True] == tokens[False]
         rows.append(row)
-        print(f"{kind:14} {row['cache_tokens_per_s']:>12.0f} {row['no_cache_tokens_per_s']:>15.0f} "
-              f"{row['speedup']:>8.1f}x {str(row['same_tokens']):>5}", flush=True)
-    record.finish({"benchmark": "generate", "threads": args.threads, "prompt_len": args.prompt_len,
-                   "new_tokens": new, "repeats": repeats, "results": rows}, quick=args.quick, save=not args.no_save)
+        print(
+            f"{kind:14} {row['cache_tokens_per_s']:>12.0f} {row['no_cache_tokens_per_s']:>15.0f} "
+            f"{row['speedup']:>8.1f}x {row['same_tokens']!s:>5}",
+            flush=True,
+        )
+    record.finish(
+        {
+            "benchmark": "generate",
+            "threads": args.threads,
+            "prompt_len": args.prompt_len,
+            "new_tokens": new,
+            "repeats": repeats,
+            "results": rows,
+        },
+        quick=args.quick,
+        save=not args.no_save,
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,11 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def add_save_arg(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--no-save", action="store_true",
-                    help="print the JSON line only; do not write benchmarks/results/<name>.json")
+    ap.add_argument(
+        "--no-save",
+        action="store_true",
+        help="print the JSON line only; do not write benchmarks/results/<name>.json",
+    )
 
 
 def _cpu_model() -> str | None:
@@ -42,8 +45,9 @@ def _cpu_model() -> str | None:
 
 def _commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:

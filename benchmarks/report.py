@@ -46,34 +46,60 @@ def train_step(f: dict) -> Iterator[Row]:
     for r in f["results"]:
         if r["task"] == "clm":
             cache_off = not r.get("hf_use_cache", True) and not r.get("hf_returned_cache", True)
-            yield (f"training step, causal LM ({shape}): lm `CausalLM` vs `GPT2LMHeadModel` (`use_cache=False`)",
-                   "tokens/s", _n(r["lm_tokens_per_s"]), _n(r["hf_tokens_per_s"]), _x(r["ratio_lm_over_hf"]),
-                   f"GPT-2 cache off: {_yes(cache_off)}")
+            yield (
+                f"training step, causal LM ({shape}): lm `CausalLM` vs `GPT2LMHeadModel` (`use_cache=False`)",
+                "tokens/s",
+                _n(r["lm_tokens_per_s"]),
+                _n(r["hf_tokens_per_s"]),
+                _x(r["ratio_lm_over_hf"]),
+                f"GPT-2 cache off: {_yes(cache_off)}",
+            )
         elif r["task"] == "classify":
             rows = r.get("last_block_rows", {})
-            same = f"; same logits as the CLS-only form: {_yes(r['lm_full_same_logits'])}" if "lm_full_same_logits" in r else ""
-            yield (f"training step, classifier ({shape}): lm `SequenceClassifier` as it trains (last block computes "
-                   "the CLS row only) vs `BertForSequenceClassification`", "tokens/s", _n(r["lm_tokens_per_s"]),
-                   _n(r["hf_tokens_per_s"]), _x(r["ratio_lm_over_hf"]),
-                   f"last-block rows: lm {rows.get('lm', '?')}, BERT {rows.get('hf', '?')}")
+            same = (
+                f"; same logits as the CLS-only form: {_yes(r['lm_full_same_logits'])}"
+                if "lm_full_same_logits" in r
+                else ""
+            )
+            yield (
+                f"training step, classifier ({shape}): lm `SequenceClassifier` as it trains (last block computes "
+                "the CLS row only) vs `BertForSequenceClassification`",
+                "tokens/s",
+                _n(r["lm_tokens_per_s"]),
+                _n(r["hf_tokens_per_s"]),
+                _x(r["ratio_lm_over_hf"]),
+                f"last-block rows: lm {rows.get('lm', '?')}, BERT {rows.get('hf', '?')}",
+            )
             if "lm_full_tokens_per_s" in r:
-                yield (f"training step, classifier ({shape}): lm with every row through the last block (BERT's "
-                       "work) vs `BertForSequenceClassification`", "tokens/s", _n(r["lm_full_tokens_per_s"]),
-                       _n(r["hf_tokens_per_s"]), _x(r["ratio_lm_full_over_hf"]),
-                       f"last-block rows: lm {rows.get('lm_full', '?')}, BERT {rows.get('hf', '?')}{same}")
+                yield (
+                    f"training step, classifier ({shape}): lm with every row through the last block (BERT's "
+                    "work) vs `BertForSequenceClassification`",
+                    "tokens/s",
+                    _n(r["lm_full_tokens_per_s"]),
+                    _n(r["hf_tokens_per_s"]),
+                    _x(r["ratio_lm_full_over_hf"]),
+                    f"last-block rows: lm {rows.get('lm_full', '?')}, BERT {rows.get('hf', '?')}{same}",
+                )
 
 
 def finetune(f: dict) -> Iterator[Row]:
     """benchmarks/finetune.py: one fine-tuning step from the same Hugging Face checkpoint, lm vs transformers."""
-    names = {"classify": ("BERT classifier", "`SequenceClassifier`", "`BertForSequenceClassification`"),
-             "clm": ("GPT-2 causal LM", "`CausalLM`", "`GPT2LMHeadModel`")}
+    names = {
+        "classify": ("BERT classifier", "`SequenceClassifier`", "`BertForSequenceClassification`"),
+        "clm": ("GPT-2 causal LM", "`CausalLM`", "`GPT2LMHeadModel`"),
+    }
     for r in f["results"]:
         what, ours, theirs = names[r["task"]]
         m = r["model"]
-        yield (f"fine-tuning step from a Hugging Face checkpoint, {what} (d {m['d']}, {m['layers']} layers, vocab "
-               f"{m['vocab']:,}; batch {r['batch']} x {r['seq']}): lm {ours} + `init_from` vs {theirs}", "ms/step",
-               _n(r["lm_ms_per_step"]), _n(r["hf_ms_per_step"]), _x(r["lm_over_hf_speed"]),
-               f"same initial loss: {_yes(r['same_initial_loss'])}")
+        yield (
+            f"fine-tuning step from a Hugging Face checkpoint, {what} (d {m['d']}, {m['layers']} layers, vocab "
+            f"{m['vocab']:,}; batch {r['batch']} x {r['seq']}): lm {ours} + `init_from` vs {theirs}",
+            "ms/step",
+            _n(r["lm_ms_per_step"]),
+            _n(r["hf_ms_per_step"]),
+            _x(r["lm_over_hf_speed"]),
+            f"same initial loss: {_yes(r['same_initial_loss'])}",
+        )
 
 
 def train_step_cuda(f: dict) -> Iterator[Row]:
@@ -82,38 +108,69 @@ def train_step_cuda(f: dict) -> Iterator[Row]:
     for r in f["results"]:
         if r["task"] != "clm":
             continue
-        mfu = (f"MFU lm {r['mfu']:.1%}, GPT-2 {r['hf_mfu']:.1%} of {f['peak_tflops']:g} TFLOP/s bf16"
-               if "mfu" in r else "MFU: peak of this GPU unknown")
-        yield (f"training step on {f['gpu']}, GPT-2 small sized causal LM (batch {f['batch']} x {f['seq']}, {how}): "
-               "lm `CausalLM` vs `GPT2LMHeadModel` (`use_cache=False`)", "tokens/s", _n(r["lm_tokens_per_s"]),
-               _n(r["hf_tokens_per_s"]), _x(r["ratio_lm_over_hf"]), mfu)
+        mfu = (
+            f"MFU lm {r['mfu']:.1%}, GPT-2 {r['hf_mfu']:.1%} of {f['peak_tflops']:g} TFLOP/s bf16"
+            if "mfu" in r
+            else "MFU: peak of this GPU unknown"
+        )
+        yield (
+            f"training step on {f['gpu']}, GPT-2 small sized causal LM (batch {f['batch']} x {f['seq']}, {how}): "
+            "lm `CausalLM` vs `GPT2LMHeadModel` (`use_cache=False`)",
+            "tokens/s",
+            _n(r["lm_tokens_per_s"]),
+            _n(r["hf_tokens_per_s"]),
+            _x(r["ratio_lm_over_hf"]),
+            mfu,
+        )
 
 
 def encode(f: dict) -> Iterator[Row]:
-    yield (f"encoding {f['corpus_mb']} MB, vocab {f['vocab_size']:,}: lm `encode_batch` (tiktoken, {f['threads']} "
-           f"threads) vs Hugging Face `{f['hf_call']}` (its fastest call here)", "MB/s", _n(f["lm_batch_mb_s"]),
-           _n(f["hf_mb_s"]), _x(f["lm_batch_over_hf_speed"]), f"ids identical: {_yes(f['ids_identical'])}")
+    yield (
+        f"encoding {f['corpus_mb']} MB, vocab {f['vocab_size']:,}: lm `encode_batch` (tiktoken, {f['threads']} "
+        f"threads) vs Hugging Face `{f['hf_call']}` (its fastest call here)",
+        "MB/s",
+        _n(f["lm_batch_mb_s"]),
+        _n(f["hf_mb_s"]),
+        _x(f["lm_batch_over_hf_speed"]),
+        f"ids identical: {_yes(f['ids_identical'])}",
+    )
 
 
 def bpe_train(f: dict) -> Iterator[Row]:
-    yield (f"BPE training, vocab {f['vocab_size']:,} on {f['corpus_mb']} MB: lm `train_bpe` ({f['lm_workers']} "
-           f"workers) vs Hugging Face `BpeTrainer` ({f['hf_threads']} threads)", "seconds (best run)",
-           f"{f['lm_seconds']:.2f}", f"{f['hf_seconds']:.2f}", _x(f["hf_seconds"] / f["lm_seconds"]),
-           f"learned tokens in common: {f['token_overlap']:.1%}")
+    yield (
+        f"BPE training, vocab {f['vocab_size']:,} on {f['corpus_mb']} MB: lm `train_bpe` ({f['lm_workers']} "
+        f"workers) vs Hugging Face `BpeTrainer` ({f['hf_threads']} threads)",
+        "seconds (best run)",
+        f"{f['lm_seconds']:.2f}",
+        f"{f['hf_seconds']:.2f}",
+        _x(f["hf_seconds"] / f["lm_seconds"]),
+        f"learned tokens in common: {f['token_overlap']:.1%}",
+    )
 
 
 def generate(f: dict) -> Iterator[Row]:
     for r in f["results"]:
-        yield (f"greedy decoding, {r['kind']} attention, {f['prompt_len']} + {r['new_tokens']} tokens: lm with its "
-               "KV cache vs the same lm recomputing the context (`use_cache=False`)", "tokens/s",
-               _n(r["cache_tokens_per_s"]), _n(r["no_cache_tokens_per_s"]), _x(r["speedup"]),
-               f"same tokens: {_yes(r['same_tokens'])}")
+        yield (
+            f"greedy decoding, {r['kind']} attention, {f['prompt_len']} + {r['new_tokens']} tokens: lm with its "
+            "KV cache vs the same lm recomputing the context (`use_cache=False`)",
+            "tokens/s",
+            _n(r["cache_tokens_per_s"]),
+            _n(r["no_cache_tokens_per_s"]),
+            _x(r["speedup"]),
+            f"same tokens: {_yes(r['same_tokens'])}",
+        )
 
 
 def ddp(f: dict) -> Iterator[Row]:
-    yield (f"DDP training on CPU (d_model {f['d_model']}, {f['layers']} layers): 2 processes vs 1 process, one thread "
-           "each", "tokens/s", _n(f["tokens_per_s_2proc"]), _n(f["tokens_per_s_1proc"]), _x(f["speedup"]),
-           f"scaling efficiency {f['scaling_efficiency']:.0%}; vs 1 process x 2 threads: {_x(f['ddp_vs_threads'])}")
+    yield (
+        f"DDP training on CPU (d_model {f['d_model']}, {f['layers']} layers): 2 processes vs 1 process, one thread "
+        "each",
+        "tokens/s",
+        _n(f["tokens_per_s_2proc"]),
+        _n(f["tokens_per_s_1proc"]),
+        _x(f["speedup"]),
+        f"scaling efficiency {f['scaling_efficiency']:.0%}; vs 1 process x 2 threads: {_x(f['ddp_vs_threads'])}",
+    )
 
 
 def attention(f: dict) -> Iterator[Row]:
@@ -129,9 +186,14 @@ def attention(f: dict) -> Iterator[Row]:
         if kind == "standard" or base is None:
             continue
         t = ms(r, L)
-        yield (f"{f['mode']} attention layer, forward + backward, L = {L:,}: `{kind}` vs `standard`", "ms",
-               "error" if t is None else _n(t), _n(base), "-" if t is None else _x(base / t),
-               f"time x{r['time_growth']}, memory x{r['memory_growth']} from L = {lo:,} to {hi:,}")
+        yield (
+            f"{f['mode']} attention layer, forward + backward, L = {L:,}: `{kind}` vs `standard`",
+            "ms",
+            "error" if t is None else _n(t),
+            _n(base),
+            "-" if t is None else _x(base / t),
+            f"time x{r['time_growth']}, memory x{r['memory_growth']} from L = {lo:,} to {hi:,}",
+        )
     yield from fused_attention(f)
 
 
@@ -142,32 +204,56 @@ def fused_attention(f: dict) -> Iterator[Row]:
     if case is None or "error" in case["fused"] or "error" in case["explicit"]:
         return
     fu, ex = case["fused"], case["explicit"]
-    yield (f"{f['mode']} attention layer, forward + backward, L = {case['L']:,}: `{fused['kind']}` fused "
-           "(`F.scaled_dot_product_attention`) vs its explicit path", "ms", _n(fu["seconds"] * 1e3),
-           _n(ex["seconds"] * 1e3), _x(ex["seconds"] / fu["seconds"]),
-           f"peak memory {_n(fu['peak_mib'])} vs {_n(ex['peak_mib'])} MiB (fused / explicit {case['memory_ratio']})")
+    yield (
+        f"{f['mode']} attention layer, forward + backward, L = {case['L']:,}: `{fused['kind']}` fused "
+        "(`F.scaled_dot_product_attention`) vs its explicit path",
+        "ms",
+        _n(fu["seconds"] * 1e3),
+        _n(ex["seconds"] * 1e3),
+        _x(ex["seconds"] / fu["seconds"]),
+        f"peak memory {_n(fu['peak_mib'])} vs {_n(ex['peak_mib'])} MiB (fused / explicit {case['memory_ratio']})",
+    )
 
 
 def serve(f: dict) -> Iterator[Row]:
     """`lm serve` with dynamic batching vs the naive server, at concurrency 64 (benchmarks/serve.py)."""
     best = f["rows"][f["best_backend"]][-1]
     naive = f["rows"]["naive eager"][-1]
-    yield (f"HTTP scoring at concurrency {best['concurrency']} (real comments, one per request): `lm serve` "
-           f"{f['best_backend']} vs the naive server (one request at a time, eager)", "requests/s",
-           _n(f["batched_rps"]), _n(f["naive_rps"]), _x(f["throughput_ratio"]),
-           f"p99 {_n(best['p99_ms'])} vs {_n(naive['p99_ms'])} ms; errors {best['errors']} / {naive['errors']}")
+    yield (
+        f"HTTP scoring at concurrency {best['concurrency']} (real comments, one per request): `lm serve` "
+        f"{f['best_backend']} vs the naive server (one request at a time, eager)",
+        "requests/s",
+        _n(f["batched_rps"]),
+        _n(f["naive_rps"]),
+        _x(f["throughput_ratio"]),
+        f"p99 {_n(best['p99_ms'])} vs {_n(naive['p99_ms'])} ms; errors {best['errors']} / {naive['errors']}",
+    )
 
 
 def scale(f: dict) -> Iterator[Row]:
     """download -> tokenize -> encode on a corpus 10x larger (benchmarks/scale.py): peak memory must not grow."""
-    yield ("download + tokenize + encode: a corpus 10x larger vs the 1x corpus", "peak RSS growth",
-           f"{f['rss_growth']:.2f}x", "1x", "-", f"time growth x{f['time_growth']} (target: memory <= 1.5x)")
+    yield (
+        "download + tokenize + encode: a corpus 10x larger vs the 1x corpus",
+        "peak RSS growth",
+        f"{f['rss_growth']:.2f}x",
+        "1x",
+        "-",
+        f"time growth x{f['time_growth']} (target: memory <= 1.5x)",
+    )
 
 
 RENDERERS: dict[str, Callable[[dict], Iterator[Row]]] = {
-    "train_step": train_step, "train_step_cuda": train_step_cuda, "finetune": finetune, "encode": encode,
-    "bpe_train": bpe_train, "generate": generate, "ddp": ddp, "attention": attention, "attention-causal": attention,
-    "serve": serve, "scale": scale,
+    "train_step": train_step,
+    "train_step_cuda": train_step_cuda,
+    "finetune": finetune,
+    "encode": encode,
+    "bpe_train": bpe_train,
+    "generate": generate,
+    "ddp": ddp,
+    "attention": attention,
+    "attention-causal": attention,
+    "serve": serve,
+    "scale": scale,
 }
 
 
@@ -189,30 +275,43 @@ def render(results: dict[str, dict]) -> str:
             lines.append("| " + " | ".join([*row, f"{mode}, {run.get('date', '?')[:10]}"]) + " |")
         cpu = f"{run.get('cpu_count', '?')} CPUs" + (f" ({run['cpu_model']})" if run.get("cpu_model") else "")
         cpu += f", {f['gpu']}" if f.get("gpu") else ""
-        runs.append(f"- `{name}`: `{run.get('command', '?')}` ({mode}) on {run.get('date', '?')}, {cpu}, "
-                    f"torch {run.get('torch', '?')}, Python {run.get('python', '?')}, commit {run.get('commit', '?')}")
+        runs.append(
+            f"- `{name}`: `{run.get('command', '?')}` ({mode}) on {run.get('date', '?')}, {cpu}, "
+            f"torch {run.get('torch', '?')}, Python {run.get('python', '?')}, commit {run.get('commit', '?')}"
+        )
     return "\n".join([*lines, "", "Runs (benchmarks/results/&lt;name&gt;.json):", "", *runs])
 
 
 def block(results: dict[str, dict]) -> str:
     """What stands between the README's markers, markers included."""
-    note = ("<!-- generated by `python benchmarks/report.py --write` from benchmarks/results/*.json: "
-            "do not edit by hand -->")
+    note = (
+        "<!-- generated by `python benchmarks/report.py --write` from benchmarks/results/*.json: "
+        "do not edit by hand -->"
+    )
     return f"{START}\n{note}\n\n{render(results)}\n\n{END}"
 
 
 def serve_block(results: dict[str, dict]) -> str:
     """The README's Serve table: every server and concurrency of the saved benchmarks/serve.py run."""
     f = results.get("serve")
-    lines = ["| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, cells in (f or {}).get("rows", {}).items():
-        lines += [f"| {name} | {c['concurrency']} | {_n(c['rps'])} | {_n(c['p50_ms'])} | {_n(c['p95_ms'])} | "
-                  f"{_n(c['p99_ms'])} | {c['errors']} |" for c in cells]
+        lines += [
+            f"| {name} | {c['concurrency']} | {_n(c['rps'])} | {_n(c['p50_ms'])} | {_n(c['p95_ms'])} | "
+            f"{_n(c['p99_ms'])} | {c['errors']} |"
+            for c in cells
+        ]
     if f:
         run = f.get("run", {})
-        lines += ["", f"Throughput ratio at concurrency 64 ({f['best_backend']} / naive): **{f['throughput_ratio']}x**, "
-                      f"p99 {f['p99_ms']} ms; `{run.get('command', '?')}` on {run.get('date', '?')}, "
-                      f"{run.get('cpu_count', '?')} CPUs, commit {run.get('commit', '?')}."]
+        lines += [
+            "",
+            f"Throughput ratio at concurrency 64 ({f['best_backend']} / naive): **{f['throughput_ratio']}x**, "
+            f"p99 {f['p99_ms']} ms; `{run.get('command', '?')}` on {run.get('date', '?')}, "
+            f"{run.get('cpu_count', '?')} CPUs, commit {run.get('commit', '?')}.",
+        ]
     note = "<!-- generated by `python benchmarks/report.py --write` from benchmarks/results/serve.json -->"
     return "\n".join([SERVE_START, note, "", *lines, "", SERVE_END])
 
@@ -222,7 +321,7 @@ def replace_block(text: str, new_block: str, start: str = START, end: str = END)
     i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
         raise SystemExit(f"README.md: no '{start}' ... '{end}' section to replace")
-    return text[:i] + new_block + text[j + len(end):]
+    return text[:i] + new_block + text[j + len(end) :]
 
 
 def readme_block(text: str, start: str = START, end: str = END) -> str:
@@ -230,14 +329,16 @@ def readme_block(text: str, start: str = START, end: str = END) -> str:
     i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
         raise SystemExit(f"README.md: no '{start}' ... '{end}' section")
-    return text[i:j + len(end)]
+    return text[i : j + len(end)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="rewrite the README's speed table")
-    mode.add_argument("--check", action="store_true", help="exit 1 if the README's speed table is out of date")
+    mode.add_argument(
+        "--check", action="store_true", help="exit 1 if the README's speed table is out of date"
+    )
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--readme", type=Path, default=README)
     args = ap.parse_args()
@@ -250,7 +351,9 @@ def main() -> None:
     elif args.check:
         text = args.readme.read_text()
         if readme_block(text) != new or readme_block(text, SERVE_START, SERVE_END) != new_serve:
-            sys.exit(f"{args.readme}: a table differs from {args.results}; run python benchmarks/report.py --write")
+            sys.exit(
+                f"{args.readme}: a table differs from {args.results}; run python benchmarks/report.py --write"
+            )
         print("README speed and serve tables are up to date")
     else:
         print(new)

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import record  # noqa: E402
-from bpe_train import real_documents  # noqa: E402
+import record
+from bpe_train import real_documents
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("download", "tokenize", "encode")
@@ -89,11 +89,19 @@ encode:
 
 def run_stage(stage: str, cwd: Path) -> dict:
     """One stage in a fresh child: wall seconds and the child's own peak RSS (MB)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lm.cli", stage, "--params", "params.yaml"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lm.cli", stage, "--params", "params.yaml"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out = proc.stdout.read()  # type: ignore[union-attr]
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
@@ -115,7 +123,10 @@ def measure(mb: float, pool: list[str], shard_mb: float, vocab: int, seed: int) 
         manifest = json.loads((work / "data" / "raw" / "manifest.json").read_text())
         meta = json.loads((work / "data" / "encoded" / "meta.json").read_text())
     return {
-        "mb": round(size / 1e6, 2), "rows": rows, "shards": manifest["shards"]["n"], "tokens": meta["n_tokens"],
+        "mb": round(size / 1e6, 2),
+        "rows": rows,
+        "shards": manifest["shards"]["n"],
+        "tokens": meta["n_tokens"],
         "stages": stages,
         "seconds": round(sum(s["seconds"] for s in stages.values()), 2),
         "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
@@ -128,7 +139,9 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=None, help="N, the small corpus in MB (default 20, quick 3)")
     ap.add_argument("--factor", type=float, default=10.0, help="the large corpus is factor x N (default 10)")
     ap.add_argument("--shard-mb", type=float, default=None, help="data.shard_mb (default N / 8)")
-    ap.add_argument("--vocab", type=int, default=None, help="tokenizer.vocab_size (default 8,192, quick 2,048)")
+    ap.add_argument(
+        "--vocab", type=int, default=None, help="tokenizer.vocab_size (default 8,192, quick 2,048)"
+    )
     record.add_save_arg(ap)
     args = ap.parse_args()
     mb = args.mb or (3.0 if args.quick else 20.0)
@@ -139,9 +152,13 @@ def main() -> None:
     small = measure(mb, pool, shard_mb, vocab, seed=0)
     large = measure(mb * args.factor, pool, shard_mb, vocab, seed=1)
     for name, size in (("1x", small), (f"{args.factor:g}x", large)):
-        per = ", ".join(f"{s} {v['seconds']:.1f}s / {v['peak_rss_mb']:.0f} MB" for s, v in size["stages"].items())
-        print(f"{name}: {size['mb']:.1f} MB, {size['rows']} docs, {size['shards']} shards, {size['tokens']} tokens: {per}",
-              file=sys.stderr)
+        per = ", ".join(
+            f"{s} {v['seconds']:.1f}s / {v['peak_rss_mb']:.0f} MB" for s, v in size["stages"].items()
+        )
+        print(
+            f"{name}: {size['mb']:.1f} MB, {size['rows']} docs, {size['shards']} shards, {size['tokens']} tokens: {per}",
+            file=sys.stderr,
+        )
     figures = {
         "benchmark": "scale",
         "corpus": label,
@@ -152,10 +169,12 @@ def main() -> None:
         "large": large,
         "rss_growth": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
         "time_growth": round(large["seconds"] / small["seconds"], 3),
-        "rss_growth_by_stage": {s: round(large["stages"][s]["peak_rss_mb"] / small["stages"][s]["peak_rss_mb"], 3)
-                                for s in STAGES},
-        "time_growth_by_stage": {s: round(large["stages"][s]["seconds"] / small["stages"][s]["seconds"], 3)
-                                 for s in STAGES},
+        "rss_growth_by_stage": {
+            s: round(large["stages"][s]["peak_rss_mb"] / small["stages"][s]["peak_rss_mb"], 3) for s in STAGES
+        },
+        "time_growth_by_stage": {
+            s: round(large["stages"][s]["seconds"] / small["stages"][s]["seconds"], 3) for s in STAGES
+        },
         "targets": {"rss_growth": 1.5, "time_growth": 12},
     }
     record.finish(figures, quick=args.quick, save=not args.no_save)

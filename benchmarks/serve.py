@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import record  # noqa: E402
+import record
 
 REPO = Path(__file__).resolve().parents[1]
 COMMENTS = REPO.parent / "shared" / "data" / "civil_comments" / "toxic_spans_comments.csv"
@@ -59,8 +59,21 @@ def free_port() -> int:
 
 def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "lm.cli", "serve", "--params", str(args.params), "--host", "127.0.0.1",
-           "--port", str(port), "--model", str(args.model), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm.cli",
+        "serve",
+        "--params",
+        str(args.params),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        str(args.model),
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -118,9 +131,15 @@ async def drive(url: str, texts: list[str], concurrency: int, max_requests: int,
     finally:
         await post(None)  # closes the client
     ms = np.array(latencies) * 1000
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
-            "rps": round(len(latencies) / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
 
 
 async def _poster(url: str, concurrency: int):
@@ -130,8 +149,9 @@ async def _poster(url: str, concurrency: int):
     except ImportError:
         aiohttp = None
     if aiohttp is not None:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                        timeout=aiohttp.ClientTimeout(total=30))
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency), timeout=aiohttp.ClientTimeout(total=30)
+        )
 
         async def post(body):
             if body is None:
@@ -140,6 +160,7 @@ async def _poster(url: str, concurrency: int):
             async with session.post(url + "/v1/score", json=body) as r:
                 await r.read()
                 return r.status
+
         return post
     clients = [httpx.AsyncClient(base_url=url, timeout=30) for _ in range(concurrency)]
     free = asyncio.Queue()
@@ -155,6 +176,7 @@ async def _poster(url: str, concurrency: int):
             return (await client.post("/v1/score", json=body)).status_code
         finally:
             free.put_nowait(client)
+
     return post
 
 
@@ -163,7 +185,12 @@ def rows_to_run(args) -> list[tuple[str, list[str]]]:
     rows = [("naive eager", ["--naive"]), ("batched eager", batching)]
     for backend, artifact in EXPORTED.items():
         if (args.export_dir / artifact).exists():
-            rows.append((f"batched {backend}", [*batching, "--backend", backend, "--export-dir", str(args.export_dir)]))
+            rows.append(
+                (
+                    f"batched {backend}",
+                    [*batching, "--backend", backend, "--export-dir", str(args.export_dir)],
+                )
+            )
     return rows
 
 
@@ -188,17 +215,32 @@ def main() -> None:
             for c in CONCURRENCY:
                 cell = asyncio.run(drive(f"http://127.0.0.1:{port}", texts, c, max_requests, max_seconds))
                 results.setdefault(name, []).append(cell)
-                print(f"{name:<18} {c:>4} {cell['rps']:>8} {cell['p50_ms']:>8} {cell['p95_ms']:>8} "
-                      f"{cell['p99_ms']:>8} {cell['errors']:>6}", flush=True)
+                print(
+                    f"{name:<18} {c:>4} {cell['rps']:>8} {cell['p50_ms']:>8} {cell['p95_ms']:>8} "
+                    f"{cell['p99_ms']:>8} {cell['errors']:>6}",
+                    flush=True,
+                )
         finally:
             stop_server(proc)
     at64 = {name: cells[-1] for name, cells in results.items()}
     best = max((n for n in at64 if n != "naive eager"), key=lambda n: at64[n]["rps"])
     naive_rps = at64["naive eager"]["rps"]
-    record.finish({"benchmark": "serve", "texts": source, "max_batch": args.max_batch,
-                   "max_wait_ms": args.max_wait_ms, "naive_rps": naive_rps, "batched_rps": at64[best]["rps"],
-                   "best_backend": best, "throughput_ratio": round(at64[best]["rps"] / naive_rps, 2),
-                   "p99_ms": at64[best]["p99_ms"], "rows": results}, quick=args.quick, save=not args.no_save)
+    record.finish(
+        {
+            "benchmark": "serve",
+            "texts": source,
+            "max_batch": args.max_batch,
+            "max_wait_ms": args.max_wait_ms,
+            "naive_rps": naive_rps,
+            "batched_rps": at64[best]["rps"],
+            "best_backend": best,
+            "throughput_ratio": round(at64[best]["rps"] / naive_rps, 2),
+            "p99_ms": at64[best]["p99_ms"],
+            "rows": results,
+        },
+        quick=args.quick,
+        save=not args.no_save,
+    )
 
 
 if __name__ == "__main__":

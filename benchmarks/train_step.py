@@ -58,7 +58,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import record  # noqa: E402
+import record
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -75,9 +76,20 @@ GPT2_SMALL = Shape(d=768, layers=12, heads=12, ff=3072, vocab=50304)  # 124M; GP
 # dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets; the first name that is a
 # substring of torch.cuda.get_device_name() wins (so the PCIe and NVL forms come before the SXM default)
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),
-    ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("A10G", 70.0), ("A10", 125.0),
-    ("L4", 121.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("L4", 121.0),
+    ("RTX 4090", 165.0),
+    ("RTX 3090", 71.0),
 )
 
 
@@ -97,10 +109,22 @@ def lm_model(task: str, max_len: int, attention: str, shape: Shape = CPU_SHAPE) 
     from lm.config import ModelConfig
     from lm.model import build_model
 
-    cfg = ModelConfig(d_model=shape.d, n_layers=shape.layers, n_heads=shape.heads, d_ff=shape.ff, dropout=0.1,
-                      attention_dropout=0.1, attention=attention,
-                      positions="learned", norm="layernorm", norm_position="pre" if task == "clm" else "post",
-                      mlp="gelu", bias=True, tie_embeddings=True, pooling="cls")
+    cfg = ModelConfig(
+        d_model=shape.d,
+        n_layers=shape.layers,
+        n_heads=shape.heads,
+        d_ff=shape.ff,
+        dropout=0.1,
+        attention_dropout=0.1,
+        attention=attention,
+        positions="learned",
+        norm="layernorm",
+        norm_position="pre" if task == "clm" else "post",
+        mlp="gelu",
+        bias=True,
+        tie_embeddings=True,
+        pooling="cls",
+    )
     return build_model(cfg, task=task, vocab_size=shape.vocab, max_len=max_len, pad_id=1, seed=0)
 
 
@@ -109,13 +133,29 @@ def hf_model(task: str, max_len: int, attn: str, shape: Shape = CPU_SHAPE) -> to
 
     transformers.logging.set_verbosity_error()
     if task == "clm":
-        cfg = transformers.GPT2Config(vocab_size=shape.vocab, n_embd=shape.d, n_layer=shape.layers, n_head=shape.heads,
-                                      n_inner=shape.ff, n_positions=max_len, activation_function="gelu",
-                                      bos_token_id=0, eos_token_id=0, use_cache=False)  # training: no keys/values kept
+        cfg = transformers.GPT2Config(
+            vocab_size=shape.vocab,
+            n_embd=shape.d,
+            n_layer=shape.layers,
+            n_head=shape.heads,
+            n_inner=shape.ff,
+            n_positions=max_len,
+            activation_function="gelu",
+            bos_token_id=0,
+            eos_token_id=0,
+            use_cache=False,
+        )  # training: no keys/values kept
         return transformers.GPT2LMHeadModel._from_config(cfg, attn_implementation=attn)
-    cfg = transformers.BertConfig(vocab_size=shape.vocab, hidden_size=shape.d, num_hidden_layers=shape.layers,
-                                  num_attention_heads=shape.heads, intermediate_size=shape.ff,
-                                  max_position_embeddings=max_len, num_labels=1, pad_token_id=1)
+    cfg = transformers.BertConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.d,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=shape.ff,
+        max_position_embeddings=max_len,
+        num_labels=1,
+        pad_token_id=1,
+    )
     return transformers.BertForSequenceClassification._from_config(cfg, attn_implementation=attn)
 
 
@@ -148,8 +188,16 @@ def last_block_rows(model: torch.nn.Module, is_hf: bool, ids: torch.Tensor, mask
     return seen[-1]
 
 
-def make_step(model: torch.nn.Module, task: str, is_hf: bool, ids: torch.Tensor, mask: torch.Tensor,
-              y: torch.Tensor, amp: str = "none", compile: bool = False) -> Callable[[], float]:
+def make_step(
+    model: torch.nn.Module,
+    task: str,
+    is_hf: bool,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    y: torch.Tensor,
+    amp: str = "none",
+    compile: bool = False,
+) -> Callable[[], float]:
     """One training step on the batch (on the model's device); `loss.item()` at the end waits for the GPU, so a
     step's wall time is its whole work. amp: bf16 autocast around forward and loss, as lm trains."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -159,7 +207,9 @@ def make_step(model: torch.nn.Module, task: str, is_hf: bool, ids: torch.Tensor,
 
     def step() -> float:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            if task == "clm" and not is_hf:  # lm's training route: the chunked head + cross-entropy (lm_loss.py)
+            if (
+                task == "clm" and not is_hf
+            ):  # lm's training route: the chunked head + cross-entropy (lm_loss.py)
                 loss = run(ids[:, :-1], labels=ids[:, 1:]).loss / ids[:, 1:].numel()
             elif task == "clm":  # what GPT2LMHeadModel(labels=...) computes, minus its extra shifted position
                 logits = run(ids[:, :-1], use_cache=False).logits  # (B, L, V)
@@ -176,9 +226,21 @@ def make_step(model: torch.nn.Module, task: str, is_hf: bool, ids: torch.Tensor,
     return step
 
 
-def bench_task(task: str, *, batch: int, seq: int, steps: int, repeats: int, attention: str, hf_attn: str,
-               shape: Shape = CPU_SHAPE, device: str = "cpu", amp: str = "none", compile: bool = False,
-               peak_tflops: float | None = None) -> dict:
+def bench_task(
+    task: str,
+    *,
+    batch: int,
+    seq: int,
+    steps: int,
+    repeats: int,
+    attention: str,
+    hf_attn: str,
+    shape: Shape = CPU_SHAPE,
+    device: str = "cpu",
+    amp: str = "none",
+    compile: bool = False,
+    peak_tflops: float | None = None,
+) -> dict:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, shape.vocab, (batch, seq + (1 if task == "clm" else 0)), generator=g)
@@ -187,12 +249,17 @@ def bench_task(task: str, *, batch: int, seq: int, steps: int, repeats: int, att
     ids = torch.where(mask.bool() | (task == "clm"), ids, torch.ones_like(ids))
     y = (torch.rand(batch, generator=g) < 0.5).float()
     ids, mask, y = ids.to(device), mask.to(device), y.to(device)
-    models = {"lm": lm_model(task, ids.shape[1], attention, shape).to(device),
-              "hf": hf_model(task, ids.shape[1], hf_attn, shape).to(device)}
+    models = {
+        "lm": lm_model(task, ids.shape[1], attention, shape).to(device),
+        "hf": hf_model(task, ids.shape[1], hf_attn, shape).to(device),
+    }
     if task == "classify":  # the same weights (same seed), every row through the last block
         models["lm_full"] = every_row_in_last_block(lm_model(task, ids.shape[1], attention, shape)).to(device)
-    row: dict = {"task": task, "tokens_per_step": batch * seq,
-                 "params": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}}
+    row: dict = {
+        "task": task,
+        "tokens_per_step": batch * seq,
+        "params": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()},
+    }
     if task == "clm":  # computed, not assumed: the config the step runs with and what its forward returns
         with torch.no_grad():
             out = models["hf"](ids[:2, :-1], use_cache=False)
@@ -207,7 +274,9 @@ def bench_task(task: str, *, batch: int, seq: int, steps: int, repeats: int, att
         row["lm_full_same_logits"] = bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5))
         row["lm_full_max_logit_diff"] = float((a - b).abs().max())
     flops = {name: flops_per_token(m, shape, seq, ids.shape[1]) for name, m in models.items()}
-    runners = {name: make_step(m, task, name == "hf", ids, mask, y, amp, compile) for name, m in models.items()}
+    runners = {
+        name: make_step(m, task, name == "hf", ids, mask, y, amp, compile) for name, m in models.items()
+    }
     for run in runners.values():  # warm-up: allocator, first-call costs (and the compile)
         run(), run()
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -240,16 +309,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seq", type=int, default=None, help="default 128 (cuda: 1024)")
     ap.add_argument("--steps", type=int, default=None, help="steps per repeat (default 4, quick 2)")
-    ap.add_argument("--repeats", type=int, default=None, help="repeats (default 5, quick 3): steps x repeats timed")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="repeats (default 5, quick 3): steps x repeats timed"
+    )
     ap.add_argument("--attention", default="standard", help="lm attention kind")
     ap.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                    help="cuda: GPT-2 small (124M) causal LM, 1024 tokens, bf16, with tokens/s and MFU")
-    ap.add_argument("--amp", default=None, choices=["none", "bf16"], help="autocast (default: bf16 on cuda, none on cpu)")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: GPT-2 small (124M) causal LM, 1024 tokens, bf16, with tokens/s and MFU",
+    )
+    ap.add_argument(
+        "--amp", default=None, choices=["none", "bf16"], help="autocast (default: bf16 on cuda, none on cpu)"
+    )
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
-    ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="dense bf16 peak for the MFU (default: from the GPU's name; needed for a GPU not listed)")
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="dense bf16 peak for the MFU (default: from the GPU's name; needed for a GPU not listed)",
+    )
     record.add_save_arg(ap)
     args = ap.parse_args()
     if args.threads:
@@ -269,28 +350,71 @@ def main() -> None:
     steps = args.steps or (2 if args.quick else 4)
     repeats = args.repeats or (3 if args.quick else 5)
     rows = []
-    where = f"{gpu_name}, {shape.layers} layers x d_model {shape.d}, amp {amp}" if gpu else f"{torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}; batch {batch} x {seq}; "
-          f"{steps * repeats} steps per model interleaved step by step; median step time; hf attention {args.hf_attn}"
-          + ("; compiled" if args.compile else ""))
-    print(f"{'task':9} {'lm tok/s':>10} {'hf tok/s':>10} {'lm/hf':>6}   (lm_full: every row in the last block)")
+    where = (
+        f"{gpu_name}, {shape.layers} layers x d_model {shape.d}, amp {amp}"
+        if gpu
+        else f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"torch {torch.__version__}, {where}; batch {batch} x {seq}; "
+        f"{steps * repeats} steps per model interleaved step by step; median step time; hf attention {args.hf_attn}"
+        + ("; compiled" if args.compile else "")
+    )
+    print(
+        f"{'task':9} {'lm tok/s':>10} {'hf tok/s':>10} {'lm/hf':>6}   (lm_full: every row in the last block)"
+    )
     for task in tasks.split(","):
-        row = bench_task(task, batch=batch, seq=seq, steps=steps, repeats=repeats, attention=args.attention,
-                         hf_attn=args.hf_attn, shape=shape, device=args.device, amp=amp, compile=args.compile,
-                         peak_tflops=peak)
+        row = bench_task(
+            task,
+            batch=batch,
+            seq=seq,
+            steps=steps,
+            repeats=repeats,
+            attention=args.attention,
+            hf_attn=args.hf_attn,
+            shape=shape,
+            device=args.device,
+            amp=amp,
+            compile=args.compile,
+            peak_tflops=peak,
+        )
         rows.append(row)
         mfu = f"   MFU lm {row['mfu']:.1%}, hf {row['hf_mfu']:.1%}" if "mfu" in row else ""
-        print(f"{task:9} {row['lm_tokens_per_s']:>10.0f} {row['hf_tokens_per_s']:>10.0f} {row['ratio_lm_over_hf']:>6.2f}{mfu}")
+        print(
+            f"{task:9} {row['lm_tokens_per_s']:>10.0f} {row['hf_tokens_per_s']:>10.0f} {row['ratio_lm_over_hf']:>6.2f}{mfu}"
+        )
         if "lm_full_tokens_per_s" in row:
-            print(f"{'  lm_full':9} {row['lm_full_tokens_per_s']:>10.0f} {row['hf_tokens_per_s']:>10.0f} "
-                  f"{row['ratio_lm_full_over_hf']:>6.2f}", flush=True)
-    figures = {"benchmark": "train_step_cuda" if gpu else "train_step", "threads": torch.get_num_threads(),
-               "batch": batch, "seq": seq, "steps": steps, "repeats": repeats, "attention": args.attention,
-               "hf_attn": args.hf_attn, "results": rows}
+            print(
+                f"{'  lm_full':9} {row['lm_full_tokens_per_s']:>10.0f} {row['hf_tokens_per_s']:>10.0f} "
+                f"{row['ratio_lm_full_over_hf']:>6.2f}",
+                flush=True,
+            )
+    figures = {
+        "benchmark": "train_step_cuda" if gpu else "train_step",
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "seq": seq,
+        "steps": steps,
+        "repeats": repeats,
+        "attention": args.attention,
+        "hf_attn": args.hf_attn,
+        "results": rows,
+    }
     if gpu or peak:
-        figures.update(device=args.device, gpu=gpu_name, amp=amp, compile=args.compile, peak_tflops=peak,
-                       model={"d_model": shape.d, "n_layers": shape.layers, "n_heads": shape.heads,
-                              "d_ff": shape.ff, "vocab": shape.vocab})
+        figures.update(
+            device=args.device,
+            gpu=gpu_name,
+            amp=amp,
+            compile=args.compile,
+            peak_tflops=peak,
+            model={
+                "d_model": shape.d,
+                "n_layers": shape.layers,
+                "n_heads": shape.heads,
+                "d_ff": shape.ff,
+                "vocab": shape.vocab,
+            },
+        )
     record.finish(figures, quick=args.quick, save=not args.no_save)
 
 

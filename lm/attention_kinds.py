@@ -44,8 +44,12 @@ class RotaryOptions(AttentionOptions):
 class LinearOptions(AttentionOptions):
     """Options of every feature-map (linear) kind."""
 
-    eps: float = Field(1e-4, gt=0.0, description="denominator stabiliser (added, or a lower clamp for slay kinds)")
-    chunk_size: int = Field(64, ge=1, description="causal prefix sums are computed in chunks of this many tokens")
+    eps: float = Field(
+        1e-4, gt=0.0, description="denominator stabiliser (added, or a lower clamp for slay kinds)"
+    )
+    chunk_size: int = Field(
+        64, ge=1, description="causal prefix sums are computed in chunks of this many tokens"
+    )
 
 
 class PerformerOptions(LinearOptions):
@@ -62,7 +66,9 @@ class CosformerOptions(LinearOptions):
 
 class RffOptions(LinearOptions):
     num_features: int = Field(64, ge=1, description="random features m per head")
-    input_scale: float = Field(1.0, gt=0.0, description="q and k are multiplied by this before the feature map")
+    input_scale: float = Field(
+        1.0, gt=0.0, description="q and k are multiplied by this before the feature map"
+    )
 
 
 class YatOptions(AttentionOptions):
@@ -73,7 +79,9 @@ class YatOptions(AttentionOptions):
 class YatSphericalOptions(AttentionOptions):
     epsilon: float = Field(1e-2, gt=0.0, description="C = 2 + epsilon; scores are bounded by 1/epsilon")
     score_scale: float = Field(1.0, gt=0.0, description="multiplies the scores")
-    normalization: Literal["softmax", "kernel"] = Field("softmax", description="softmax (MiniBERT) or kernel (paper)")
+    normalization: Literal["softmax", "kernel"] = Field(
+        "softmax", description="softmax (MiniBERT) or kernel (paper)"
+    )
     eps: float = Field(1e-6, gt=0.0, description="kernel normalisation: added to the row sum")
 
 
@@ -141,7 +149,9 @@ def kind_of(implementation: str) -> str:
     for name, kind in KINDS.items():
         if kind.implementation == implementation:
             return name
-    raise LmError(f"attention class {implementation} is not a registered kind (add it to lm.attention_kinds.KINDS)")
+    raise LmError(
+        f"attention class {implementation} is not a registered kind (add it to lm.attention_kinds.KINDS)"
+    )
 
 
 _PROBLEMS = {
@@ -187,16 +197,25 @@ def resolve_attention_options(kind: str, options: Mapping[str, Any] | None) -> A
         return options_model.model_validate(options)
     except ValidationError as err:
         order = list(options)  # report the first bad key in the order the user wrote them
-        error = min(err.errors(), key=lambda e: order.index(e["loc"][0]) if e["loc"][:1] and e["loc"][0] in order
-                    else len(order))
+        error = min(
+            err.errors(),
+            key=lambda e: order.index(e["loc"][0]) if e["loc"][:1] and e["loc"][0] in order else len(order),
+        )
         key = error["loc"][0]
         if error["type"] == "extra_forbidden":
             takers = kinds_with(key)
-            where = (f"only {', '.join(takers)} take it: set it to null for {kind!r}" if takers
-                     else f"allowed: {', '.join(sorted(options_model.model_fields))}")
-            raise LmError(f"model.attention_options.{key}: unknown option for attention {kind!r} ({where})") from None
+            where = (
+                f"only {', '.join(takers)} take it: set it to null for {kind!r}"
+                if takers
+                else f"allowed: {', '.join(sorted(options_model.model_fields))}"
+            )
+            raise LmError(
+                f"model.attention_options.{key}: unknown option for attention {kind!r} ({where})"
+            ) from None
         if error["type"] == "value_error":  # a rule of the kind, already phrased
-            raise LmError(f"model.attention_options.{key}: {error['msg'].removeprefix('Value error, ')}") from None
+            raise LmError(
+                f"model.attention_options.{key}: {error['msg'].removeprefix('Value error, ')}"
+            ) from None
         raise LmError(
             f"model.attention_options.{key}: {_problem(error, options_model)} for attention {kind!r} "
             f"(got {options[key]!r})"

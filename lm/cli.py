@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -96,11 +96,23 @@ def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
 @app.command()
 def train(
     params: ParamsOption = DEFAULT_PARAMS,
-    resume: Annotated[bool, typer.Option("--resume", help="insist on continuing the interrupted run "
-                                         "(.lm/staging/models/checkpoint.pt, same params and data); without it a "
-                                         "matching staged checkpoint is resumed, anything else starts afresh")] = False,
-    node_rank: Annotated[Optional[int], typer.Option("--node-rank", min=0, help="this machine's train.node_rank "
-                                                     "(when every machine reads the same params file)")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="insist on continuing the interrupted run "
+            "(.lm/staging/models/checkpoint.pt, same params and data); without it a "
+            "matching staged checkpoint is resumed, anything else starts afresh",
+        ),
+    ] = False,
+    node_rank: Annotated[
+        int | None,
+        typer.Option(
+            "--node-rank",
+            min=0,
+            help="this machine's train.node_rank (when every machine reads the same params file)",
+        ),
+    ] = None,
 ) -> None:
     """Train the model (DDP through torchrun when train.nproc or train.nnodes > 1; under an external torchrun or
     SLURM step, as the rank it was given) and write models/."""
@@ -122,9 +134,17 @@ def viz(params: ParamsOption = DEFAULT_PARAMS) -> None:
 @app.command(name="export")
 def export_serving(
     params: ParamsOption = DEFAULT_PARAMS,
-    hf: Annotated[Optional[Path], typer.Option("--hf", help="instead: write a Hugging Face save_pretrained "
-                                               "directory here (config.json, model.safetensors, tokenizer files)")] = None,
-    model_dir: Annotated[Optional[Path], typer.Option("--model", help="exported model directory (default models)")] = None,
+    hf: Annotated[
+        Path | None,
+        typer.Option(
+            "--hf",
+            help="instead: write a Hugging Face save_pretrained "
+            "directory here (config.json, model.safetensors, tokenizer files)",
+        ),
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option("--model", help="exported model directory (default models)")
+    ] = None,
 ) -> None:
     """Export the trained classifier for serving (TorchScript + INT8 under serving/), checked against the eager
     model on the test split in reports/serving.json. With --hf DIR: write the model as a directory that
@@ -138,7 +158,9 @@ def export_serving(
         from lm.paths import MODELS
 
         done = export_hf(model_dir if model_dir is not None else MODELS, hf)
-        typer.echo(f"wrote {done.out_dir} ({done.architecture}: transformers.{done.auto_class}.from_pretrained loads it)")
+        typer.echo(
+            f"wrote {done.out_dir} ({done.architecture}: transformers.{done.auto_class}.from_pretrained loads it)"
+        )
 
     _run(body)
 
@@ -149,9 +171,9 @@ def generate(
     model_dir: Annotated[Path, typer.Option("--model", help="exported model directory")] = Path("models"),
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 50,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
-    top_k: Annotated[Optional[int], typer.Option(min=1)] = 40,
-    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = 0.95,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    top_k: Annotated[int | None, typer.Option(min=1)] = 40,
+    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = 0.95,
+    seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Continue prompts with a trained decoder (task=clm); temperature 0 means greedy."""
 
@@ -160,22 +182,37 @@ def generate(
 
         trained = load_trained(model_dir)
         for text in prompt:
-            typer.echo(trained.complete(text, max_new_tokens=max_new_tokens, temperature=temperature,
-                                        top_k=top_k, top_p=top_p, seed=seed))
+            typer.echo(
+                trained.complete(
+                    text,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    seed=seed,
+                )
+            )
 
     _run(body)
 
 
 @app.command()
 def predict(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="texts to score")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="a .txt (one text per line) or "
-                                                  ".csv/.parquet/.jsonl with the text column")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="texts to score")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help="a .txt (one text per line) or .csv/.parquet/.jsonl with the text column"
+        ),
+    ] = None,
     model_dir: Annotated[Path, typer.Option("--model", help="exported model directory")] = Path("models"),
     text_column: Annotated[str, typer.Option(help="text column of --file tables")] = "text",
-    id_column: Annotated[str, typer.Option(help="a --file table's key column, copied to the output when present "
-                                           "(classify)")] = "id",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write a CSV instead of printing")] = None,
+    id_column: Annotated[
+        str, typer.Option(help="a --file table's key column, copied to the output when present (classify)")
+    ] = "id",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write a CSV instead of printing")
+    ] = None,
     top_k: Annotated[int, typer.Option(min=1, help="mlm: candidates per <|mask|>")] = 5,
 ) -> None:
     """Score texts with a trained model: positive-class scores and labels (classify), fills for <|mask|> (mlm),
@@ -222,16 +259,34 @@ def bench(
 
 @app.command()
 def compare(
-    names: Annotated[Optional[list[str]], typer.Argument(help="only these runs: experiment names, `workspace`, "
-                                                         "a branch or a commit sha")] = None,
-    num: Annotated[int, typer.Option("--num", "-n", min=1, help="the last N commits and their experiments")] = 1,
-    all_commits: Annotated[bool, typer.Option("--all-commits", "-A", help="every commit and its experiments")] = False,
-    keys: Annotated[Optional[str], typer.Option("--keys", help="param columns, comma-separated dotted keys "
-                                                "(default: the params that differ, as many as fit)")] = None,
-    per_run: Annotated[bool, typer.Option("--per-run", help="one row per run (no mean±std over seed sweeps)")] = False,
-    md: Annotated[Optional[Path], typer.Option("--md", help="also write the table as markdown here")] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="also write one offline HTML page here: the table, "
-                                                 "ROC / PR and loss curves")] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="only these runs: experiment names, `workspace`, a branch or a commit sha"),
+    ] = None,
+    num: Annotated[
+        int, typer.Option("--num", "-n", min=1, help="the last N commits and their experiments")
+    ] = 1,
+    all_commits: Annotated[
+        bool, typer.Option("--all-commits", "-A", help="every commit and its experiments")
+    ] = False,
+    keys: Annotated[
+        str | None,
+        typer.Option(
+            "--keys",
+            help="param columns, comma-separated dotted keys "
+            "(default: the params that differ, as many as fit)",
+        ),
+    ] = None,
+    per_run: Annotated[
+        bool, typer.Option("--per-run", help="one row per run (no mean±std over seed sweeps)")
+    ] = False,
+    md: Annotated[Path | None, typer.Option("--md", help="also write the table as markdown here")] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", help="also write one offline HTML page here: the table, ROC / PR and loss curves"
+        ),
+    ] = None,
 ) -> None:
     """Compare the DVC experiments of this repository in one table: the workspace, HEAD and its `dvc exp`
     experiments; the params that differ, headline metrics beside the baseline's, training cost. Runs that
@@ -244,9 +299,19 @@ def compare(
         from lm.compare.table import WIDTH
 
         width = min(WIDTH, shutil.get_terminal_size().columns) if sys.stdout.isatty() else WIDTH
-        typer.echo(run_compare(names, all_commits=all_commits, num=num, aggregate=not per_run, md=md, html=html,
-                               keys=[k.strip() for k in keys.split(",") if k.strip()] if keys else None,
-                               width=width), nl=False)
+        typer.echo(
+            run_compare(
+                names,
+                all_commits=all_commits,
+                num=num,
+                aggregate=not per_run,
+                md=md,
+                html=html,
+                keys=[k.strip() for k in keys.split(",") if k.strip()] if keys else None,
+                width=width,
+            ),
+            nl=False,
+        )
 
     _run(body)
 
@@ -254,14 +319,26 @@ def compare(
 @app.command()
 def serve(
     params: ParamsOption = DEFAULT_PARAMS,
-    host: Annotated[Optional[str], typer.Option(help="interface (default serve.host)")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port (default serve.port)")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="eager | torchscript | int8 (default serve.backend)")] = None,
-    max_batch: Annotated[Optional[int], typer.Option(help="texts per forward pass (default serve.max_batch)")] = None,
-    max_wait_ms: Annotated[Optional[float], typer.Option(help="batching wait (default serve.max_wait_ms)")] = None,
-    model_dir: Annotated[Optional[Path], typer.Option("--model", help="model directory (default serve.model_dir)")] = None,
-    export_dir: Annotated[Optional[Path], typer.Option(help="`lm export` artifacts (default serve.export_dir)")] = None,
-    naive: Annotated[bool, typer.Option("--naive", help="no batching: one request scored at a time (a baseline)")] = False,
+    host: Annotated[str | None, typer.Option(help="interface (default serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default serve.port)")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="eager | torchscript | int8 (default serve.backend)")
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="texts per forward pass (default serve.max_batch)")
+    ] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option(help="batching wait (default serve.max_wait_ms)")
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option("--model", help="model directory (default serve.model_dir)")
+    ] = None,
+    export_dir: Annotated[
+        Path | None, typer.Option(help="`lm export` artifacts (default serve.export_dir)")
+    ] = None,
+    naive: Annotated[
+        bool, typer.Option("--naive", help="no batching: one request scored at a time (a baseline)")
+    ] = False,
 ) -> None:
     """Serve the trained model over HTTP (uvicorn): POST /v1/score (classify), /v1/generate (clm), /v1/fill (mlm);
     GET /healthz, /readyz, /metrics."""
@@ -274,22 +351,37 @@ def serve(
         from lm.errors import LmError
         from lm.serving.app import create_app, sampling_defaults
 
-        given = {"host": host, "port": port, "backend": backend, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-                 "model_dir": str(model_dir) if model_dir else None, "export_dir": str(export_dir) if export_dir else None}
+        given = {
+            "host": host,
+            "port": port,
+            "backend": backend,
+            "max_batch": max_batch,
+            "max_wait_ms": max_wait_ms,
+            "model_dir": str(model_dir) if model_dir else None,
+            "export_dir": str(export_dir) if export_dir else None,
+        }
         try:
-            cfg = ServeConfig.model_validate({**_params(params).serve.model_dump(),
-                                              **{k: v for k, v in given.items() if v is not None}})
+            cfg = ServeConfig.model_validate(
+                {**_params(params).serve.model_dump(), **{k: v for k, v in given.items() if v is not None}}
+            )
         except ValidationError as err:
             first = err.errors()[0]
             raise ConfigError(f"serve.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
         if not (Path(cfg.model_dir) / "config.json").exists():
-            raise LmError(f"{cfg.model_dir}/config.json not found: train a model first (`dvc repro`) or pass --model DIR")
+            raise LmError(
+                f"{cfg.model_dir}/config.json not found: train a model first (`dvc repro`) or pass --model DIR"
+            )
         if cfg.backend != "eager":
             from lm.serving.backends import artifact_path
 
             artifact_path(cfg.backend, Path(cfg.export_dir))
-        uvicorn.run(create_app(cfg, naive=naive, defaults=sampling_defaults(_params(params))), host=cfg.host, port=cfg.port, access_log=False,
-                    timeout_graceful_shutdown=30)
+        uvicorn.run(
+            create_app(cfg, naive=naive, defaults=sampling_defaults(_params(params))),
+            host=cfg.host,
+            port=cfg.port,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
 
     _run(body)
 

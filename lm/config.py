@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lm.attention_kinds import KINDS, AttentionKind, resolve_attention_options
 from lm.errors import LmError
@@ -52,50 +60,89 @@ class Section(BaseModel):
 class DataConfig(Section):
     """Where the corpus comes from and which columns mean what."""
 
-    source: str = Field("embedded", description="'embedded', 'hf:<id>[:<config>]', or a .csv/.parquet/.jsonl/.txt path")
+    source: str = Field(
+        "embedded", description="'embedded', 'hf:<id>[:<config>]', or a .csv/.parquet/.jsonl/.txt path"
+    )
     n_rows: int = Field(12000, ge=10, description="rows the embedded generator writes")
-    max_rows: int | None = Field(None, ge=1, description="cap on rows read from a real source (streams hf sources)")
+    max_rows: int | None = Field(
+        None, ge=1, description="cap on rows read from a real source (streams hf sources)"
+    )
     hf_split: str = Field("train", description="split of a Hugging Face dataset")
-    hf_revision: str | None = Field(None, description="hub dataset revision (commit, tag or branch); null: the "
-                                    "current one, recorded in data/raw/manifest.json")
+    hf_revision: str | None = Field(
+        None,
+        description="hub dataset revision (commit, tag or branch); null: the "
+        "current one, recorded in data/raw/manifest.json",
+    )
     text_column: str = "text"
-    target_column: str | None = Field("target", description="score in [0,1] (e.g. the share of annotators who "
-                                      "judged the text toxic); needed for task=classify")
+    target_column: str | None = Field(
+        "target",
+        description="score in [0,1] (e.g. the share of annotators who "
+        "judged the text toxic); needed for task=classify",
+    )
     label_names: Literal["auto"] | list[str] = Field(
-        "auto", description="classify: the [negative, positive] class names that predict, serve and the reports "
-        "print; auto: non-toxic / toxic for the embedded corpus, negative / positive otherwise")
+        "auto",
+        description="classify: the [negative, positive] class names that predict, serve and the reports "
+        "print; auto: non-toxic / toxic for the embedded corpus, negative / positive otherwise",
+    )
 
     @field_validator("label_names")
     @classmethod
     def _two_names(cls, value: Any) -> Any:
-        if value != "auto" and (len(value) != 2 or len(set(value)) != 2 or not all(str(v).strip() for v in value)):
-            raise ValueError("must be auto or two different names, [negative, positive], e.g. [fresh, rotten]")
+        if value != "auto" and (
+            len(value) != 2 or len(set(value)) != 2 or not all(str(v).strip() for v in value)
+        ):
+            raise ValueError(
+                "must be auto or two different names, [negative, positive], e.g. [fresh, rotten]"
+            )
         return value
+
     identity_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITIES))
     id_column: str | None = None
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="target >= threshold is the positive class")
-    encoding: str = Field("auto", description="text encoding of a .csv/.jsonl/.txt source; auto: UTF-8, else cp1252, "
-                          "else latin-1 (the download stage says which it used)")
-    shard_mb: float = Field(8.0, gt=0.0, description="MB of text per shard (Parquet row group) of data/raw/corpus.parquet: "
-                            "download writes a shard as soon as it is full, readers hold one shard at a time")
-    hf_streaming: bool | None = Field(None, description="read an hf: source in datasets' streaming mode (nothing "
-                                      "stored); null: stream when data.max_rows is set")
-    cache_dir: str | None = Field(None, description="cache a hub dataset's data files here (read file by file, "
-                                  "least recently used evicted); null: no cache")
+    encoding: str = Field(
+        "auto",
+        description="text encoding of a .csv/.jsonl/.txt source; auto: UTF-8, else cp1252, "
+        "else latin-1 (the download stage says which it used)",
+    )
+    shard_mb: float = Field(
+        8.0,
+        gt=0.0,
+        description="MB of text per shard (Parquet row group) of data/raw/corpus.parquet: "
+        "download writes a shard as soon as it is full, readers hold one shard at a time",
+    )
+    hf_streaming: bool | None = Field(
+        None,
+        description="read an hf: source in datasets' streaming mode (nothing "
+        "stored); null: stream when data.max_rows is set",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="cache a hub dataset's data files here (read file by file, "
+        "least recently used evicted); null: no cache",
+    )
     cache_max_gb: float = Field(20.0, gt=0.0, description="most GB data.cache_dir may hold")
 
 
 class TokenizerConfig(Section):
     """Byte-level BPE trained by lm's own trainer, or a pretrained tokenizer adopted as it is."""
 
-    pretrained: str | None = Field(None, description="adopt this tokenizer instead of training one: a Hugging Face "
-                                   "tokenizer directory or tokenizer.json, a .tiktoken file, or a tiktoken encoding "
-                                   "name (p50k_base, cl100k_base); null: train lm's BPE (the keys below)")
+    pretrained: str | None = Field(
+        None,
+        description="adopt this tokenizer instead of training one: a Hugging Face "
+        "tokenizer directory or tokenizer.json, a .tiktoken file, or a tiktoken encoding "
+        "name (p50k_base, cl100k_base); null: train lm's BPE (the keys below)",
+    )
     vocab_size: int = Field(8192, ge=260, le=200_000)
     special_tokens: list[str] = Field(default_factory=lambda: list(SPECIAL_TOKENS))
-    max_train_bytes: int | None = Field(None, ge=1, description="train on at most this many bytes of the corpus")
-    max_words: int | None = Field(200_000, ge=1000, description="distinct words counted at once; beyond it the "
-                                  "rarest are dropped (bounded memory; frequent words keep exact counts); null: all")
+    max_train_bytes: int | None = Field(
+        None, ge=1, description="train on at most this many bytes of the corpus"
+    )
+    max_words: int | None = Field(
+        200_000,
+        ge=1000,
+        description="distinct words counted at once; beyond it the "
+        "rarest are dropped (bounded memory; frequent words keep exact counts); null: all",
+    )
     workers: int = Field(1, ge=1)
 
     @model_validator(mode="after")
@@ -111,11 +158,14 @@ class TokenizerConfig(Section):
 
 
 class EncodeConfig(Section):
-    max_len: int = Field(64, ge=4, le=8192, description="tokens per row (classify) or per packed training window (mlm, clm)")
+    max_len: int = Field(
+        64, ge=4, le=8192, description="tokens per row (classify) or per packed training window (mlm, clm)"
+    )
     batch_size: int = Field(1024, ge=1, description="texts per encode batch")
     mode: Literal["memmap", "on_the_fly"] = Field(
-        "memmap", description="memmap: tokens written once to data/encoded; on_the_fly: encode writes only the index "
-        "(lengths / offsets) and batches tokenize their documents from data/raw when they are built"
+        "memmap",
+        description="memmap: tokens written once to data/encoded; on_the_fly: encode writes only the index "
+        "(lengths / offsets) and batches tokenize their documents from data/raw when they are built",
     )
 
 
@@ -141,7 +191,9 @@ class ModelConfig(Section):
     attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention: AttentionKind = "standard"
     attention_options: dict[str, Any] = Field(
-        default_factory=dict, description="the kind's options; params.yaml lists every key, null = the kind's default")
+        default_factory=dict,
+        description="the kind's options; params.yaml lists every key, null = the kind's default",
+    )
     positions: Literal["learned", "sinusoidal", "none"] = "learned"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_position: Literal["pre", "post"] = "pre"
@@ -150,11 +202,18 @@ class ModelConfig(Section):
     pooling: Literal["cls", "mean"] = "cls"
     bias: bool = Field(True, description="biases in every linear layer and LayerNorm (GPT-2: on, Llama: off)")
     norm_eps: float = Field(1e-5, gt=0.0, lt=0.1)
-    gradient_checkpointing: bool = Field(False, description="recompute block activations in backward to save memory")
-    embed_norm: bool = Field(False, description="a norm right after the embeddings (BERT, RoBERTa, DistilBERT)")
-    token_type: bool = Field(False, description="a trained vector added to every token embedding: BERT's and "
-                             "RoBERTa's segment-0 token-type embedding, kept as its own weight so fine-tuning "
-                             "trains it as transformers does")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute block activations in backward to save memory"
+    )
+    embed_norm: bool = Field(
+        False, description="a norm right after the embeddings (BERT, RoBERTa, DistilBERT)"
+    )
+    token_type: bool = Field(
+        False,
+        description="a trained vector added to every token embedding: BERT's and "
+        "RoBERTa's segment-0 token-type embedding, kept as its own weight so fine-tuning "
+        "trains it as transformers does",
+    )
 
     @field_validator("attention_options")
     @classmethod
@@ -172,7 +231,9 @@ class ModelConfig(Section):
         except LmError as err:
             raise ValueError(str(err)) from None
         if attention.use_rope and head_dim % 2:
-            raise ValueError(f"model.attention={self.attention} with RoPE needs an even head dim, got {head_dim}")
+            raise ValueError(
+                f"model.attention={self.attention} with RoPE needs an even head dim, got {head_dim}"
+            )
         return self
 
 
@@ -182,11 +243,14 @@ class TrainConfig(Section):
     epochs: int = Field(2, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     min_steps: Literal["auto"] | int | None = Field(
-        "auto", description="run more epochs than train.epochs until at least this many optimizer steps "
-        "(auto: 600 for classify, 2000 for clm, 4000 for mlm)"
+        "auto",
+        description="run more epochs than train.epochs until at least this many optimizer steps "
+        "(auto: 600 for classify, 2000 for clm, 4000 for mlm)",
     )
     lr: Literal["auto"] | float = Field(
-        "auto", description="peak learning rate; auto: 1e-3 for classify, 2e-3 for clm and mlm (tuned on real text)")
+        "auto",
+        description="peak learning rate; auto: 1e-3 for classify, 2e-3 for clm and mlm (tuned on real text)",
+    )
 
     @field_validator("lr")
     @classmethod
@@ -194,31 +258,49 @@ class TrainConfig(Section):
         if value != "auto" and not value > 0:
             raise ValueError("must be 'auto' or a positive number")
         return value
+
     min_lr: float = Field(2e-4, ge=0.0, description="learning rate at the end of the cosine decay")
     weight_decay: float = Field(0.01, ge=0.0)
-    warmup_steps: int | None = Field(None, ge=0, description="linear warmup length; default train.warmup_fraction")
-    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="warmup as a share of all optimizer steps")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="linear warmup length; default train.warmup_fraction"
+    )
+    warmup_fraction: float = Field(
+        0.05, ge=0.0, lt=1.0, description="warmup as a share of all optimizer steps"
+    )
     grad_clip: float | None = Field(1.0, gt=0)
     nproc: int = Field(1, ge=1, description="DDP processes on this machine (torchrun)")
-    nnodes: int = Field(1, ge=1, description="machines in the run; > 1: torchrun joins them at train.rdzv_endpoint")
-    node_rank: int = Field(0, ge=0, description="this machine's number, 0 .. nnodes-1 (machine 0 hosts the rendezvous)")
-    rdzv_endpoint: str | None = Field(None, description="host:port of machine 0, where the machines meet (nnodes > 1)")
+    nnodes: int = Field(
+        1, ge=1, description="machines in the run; > 1: torchrun joins them at train.rdzv_endpoint"
+    )
+    node_rank: int = Field(
+        0, ge=0, description="this machine's number, 0 .. nnodes-1 (machine 0 hosts the rendezvous)"
+    )
+    rdzv_endpoint: str | None = Field(
+        None, description="host:port of machine 0, where the machines meet (nnodes > 1)"
+    )
     rdzv_backend: Literal["c10d", "static"] = Field(
-        "c10d", description="c10d: torchrun numbers the machines and restarts failed workers on all of them; "
-        "static: global ranks follow node_rank (machine 0 holds rank 0), no restarts"
+        "c10d",
+        description="c10d: torchrun numbers the machines and restarts failed workers on all of them; "
+        "static: global ranks follow node_rank (machine 0 holds rank 0), no restarts",
     )
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, else mps (one process), else cpu")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="auto: cuda, else mps (one process), else cpu"
+    )
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="autocast dtype; fp16 adds a GradScaler")
     compile: bool = False
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
-    patience: int | None = Field(None, ge=1, description="early stop after this many evals without improvement")
+    patience: int | None = Field(
+        None, ge=1, description="early stop after this many evals without improvement"
+    )
     select_by: Literal["auto", "val_loss", "val_roc_auc"] = Field(
-        "auto", description="validation metric that picks the exported weights and drives early stopping "
-        "(auto: val_roc_auc for classify, val_loss otherwise)"
+        "auto",
+        description="validation metric that picks the exported weights and drives early stopping "
+        "(auto: val_roc_auc for classify, val_loss otherwise)",
     )
     pos_weight: Literal["auto", "off"] | float = Field(
-        "auto", description="classify: BCE pos_weight; auto = #neg/#pos of the train split when positives are the minority"
+        "auto",
+        description="classify: BCE pos_weight; auto = #neg/#pos of the train split when positives are the minority",
     )
 
     @field_validator("pos_weight", mode="before")
@@ -229,40 +311,57 @@ class TrainConfig(Section):
         if value is True:
             raise ValueError("use auto, off or a positive number (YAML read `on`/`true` as a boolean)")
         return "off" if value is False else value
+
     sampler: Literal["shuffle", "weighted"] = Field(
-        "shuffle", description="classify: 'weighted' draws classes equally, with replacement (pos_weight auto then means off)"
+        "shuffle",
+        description="classify: 'weighted' draws classes equally, with replacement (pos_weight auto then means off)",
     )
     bucket_by_length: bool = Field(
-        False, description="classify: each step's batches hold rows of similar length (sorted within chunks of "
+        False,
+        description="classify: each step's batches hold rows of similar length (sorted within chunks of "
         "50 steps, step order shuffled), so less of every batch is padding; clm/mlm windows have no padding and "
-        "ignore it"
+        "ignore it",
     )
     soft_labels: bool = Field(
-        True, description="classify: BCE against the target score in [0,1] (the annotators' share), not its 0/1 label"
+        True,
+        description="classify: BCE against the target score in [0,1] (the annotators' share), not its 0/1 label",
     )
-    checkpoint_every: int | None = Field(None, ge=1, description="optimizer steps between checkpoints (default eval_every)")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="optimizer steps between checkpoints (default eval_every)"
+    )
     max_restarts: int = Field(
-        0, ge=0, description="torchrun --max-restarts for train.nproc > 1; restarted workers resume from the checkpoint"
+        0,
+        ge=0,
+        description="torchrun --max-restarts for train.nproc > 1; restarted workers resume from the checkpoint",
     )
     tokens_per_epoch: int | None = Field(
-        None, ge=1, description="clm / mlm: an epoch is a seeded draw of this many tokens of training windows "
-        "(a different draw each epoch); null: the whole corpus"
+        None,
+        ge=1,
+        description="clm / mlm: an epoch is a seeded draw of this many tokens of training windows "
+        "(a different draw each epoch); null: the whole corpus",
     )
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="mlm: fraction of tokens to predict")
     ema_decay: float | None = Field(
         None, gt=0.0, lt=1.0, description="validate and export an exponential moving average of the weights"
     )
     token_dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="classify: share of tokens replaced by <|mask|> in training (word dropout)"
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="classify: share of tokens replaced by <|mask|> in training (word dropout)",
     )
     init_from: str | None = Field(
-        None, description="start from the weights of an lm model directory (e.g. pretrained/) or a local Hugging "
-        "Face GPT-2 / Llama checkpoint directory: the trunk loads, the task head is new"
+        None,
+        description="start from the weights of an lm model directory (e.g. pretrained/) or a local Hugging "
+        "Face GPT-2 / Llama checkpoint directory: the trunk loads, the task head is new",
     )
     threads: int | None = Field(None, ge=1, description="torch threads per process (default: cores / nproc)")
     ensemble: int = Field(
-        1, ge=1, le=16, description="classify: train this many models (seeds seed, seed+1, ...) and export the "
-        "average of their probabilities"
+        1,
+        ge=1,
+        le=16,
+        description="classify: train this many models (seeds seed, seed+1, ...) and export the "
+        "average of their probabilities",
     )
 
 
@@ -284,9 +383,12 @@ class FinetuneConfig(Section):
 
 class EvalConfig(Section):
     batch_size: int = Field(128, ge=1)
-    threshold: float | None = Field(None, gt=0.0, lt=1.0, description="score threshold (default data.threshold)")
+    threshold: float | None = Field(
+        None, gt=0.0, lt=1.0, description="score threshold (default data.threshold)"
+    )
     baseline: bool = Field(
-        True, description="also fit a classical baseline (TF-IDF + LR, or a Kneser-Ney n-gram LM) on the train rows"
+        True,
+        description="also fit a classical baseline (TF-IDF + LR, or a Kneser-Ney n-gram LM) on the train rows",
     )
 
 
@@ -303,16 +405,24 @@ class PretrainConfig(Section):
     """An optional pretraining run on unlabelled text (stage `pretrain`), fine-tuned by `train` through
     train.init_from: pretrained. The architecture is `model`; the other training settings are `train`'s."""
 
-    source: str | None = Field(None, description="unlabelled text, same forms as data.source; null: no pretraining")
+    source: str | None = Field(
+        None, description="unlabelled text, same forms as data.source; null: no pretraining"
+    )
     text_column: str = "text"
     max_rows: int | None = Field(None, ge=1)
     task: Literal["mlm", "clm"] = Field("mlm", description="pretraining objective")
-    include_train_texts: bool = Field(True, description="also pretrain on the labelled train split's texts (never val/test)")
+    include_train_texts: bool = Field(
+        True, description="also pretrain on the labelled train split's texts (never val/test)"
+    )
     epochs: int = Field(2, ge=1)
     max_steps: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0, description="default train.lr")
-    tokens_per_epoch: int | None = Field(None, ge=1, description="an epoch of pretraining is a seeded draw of this "
-                                         "many tokens (for a corpus too big to go through); null: the whole corpus")
+    tokens_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="an epoch of pretraining is a seeded draw of this "
+        "many tokens (for a corpus too big to go through); null: the whole corpus",
+    )
 
 
 class ServeConfig(Section):
@@ -324,18 +434,34 @@ class ServeConfig(Section):
         "eager", description="eager PyTorch, or an `lm export` artifact under serve.export_dir"
     )
     max_batch: int = Field(64, ge=1, description="most texts scored in one forward pass")
-    max_wait_ms: float = Field(2.0, ge=0.0, description="how long the first queued text waits for others to join its batch")
-    max_queue: int = Field(1024, ge=1, description="texts waiting to be scored; beyond it requests get 503 + Retry-After")
+    max_wait_ms: float = Field(
+        2.0, ge=0.0, description="how long the first queued text waits for others to join its batch"
+    )
+    max_queue: int = Field(
+        1024, ge=1, description="texts waiting to be scored; beyond it requests get 503 + Retry-After"
+    )
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413")
     max_texts: int = Field(256, ge=1, description="texts per request (more: 422)")
     max_chars: int = Field(10_000, ge=1, description="characters per text (more: 422)")
-    max_new_tokens: int = Field(256, ge=1, description="most tokens one /v1/generate prompt may ask for (clm)")
-    score_chunk: int = Field(16, ge=1, description="rows per forward pass inside a batch, shortest texts together "
-                             "(small chunks stay in the CPU cache)")
+    max_new_tokens: int = Field(
+        256, ge=1, description="most tokens one /v1/generate prompt may ask for (clm)"
+    )
+    score_chunk: int = Field(
+        16,
+        ge=1,
+        description="rows per forward pass inside a batch, shortest texts together "
+        "(small chunks stay in the CPU cache)",
+    )
     score_threads: int = Field(2, ge=1, description="threads that score the chunks of a batch side by side")
-    torch_threads: int = Field(1, ge=1, description="torch threads per process for scoring (more cores: more "
-                               "processes, each with its own model, scale better than more threads)")
-    model_dir: str = Field("models", description="exported model directory (config.json, weights, tokenizer/)")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="torch threads per process for scoring (more cores: more "
+        "processes, each with its own model, scale better than more threads)",
+    )
+    model_dir: str = Field(
+        "models", description="exported model directory (config.json, weights, tokenizer/)"
+    )
     export_dir: str = Field("serving", description="where `lm export` wrote the torchscript/int8 artifacts")
 
 
@@ -374,8 +500,14 @@ class Params(Section):
             t.lr, self._lr_auto = AUTO_LR[self.task], True
         if self.data.label_names == "auto":
             self.data.label_names = auto_label_names(self.data.source)
-        if self.task != "classify":  # each setting: the values that apply to every task (the first is neutral)
-            for key, fine in (("ensemble", (1,)), ("sampler", ("shuffle",)), ("select_by", ("auto", "val_loss"))):
+        if (
+            self.task != "classify"
+        ):  # each setting: the values that apply to every task (the first is neutral)
+            for key, fine in (
+                ("ensemble", (1,)),
+                ("sampler", ("shuffle",)),
+                ("select_by", ("auto", "val_loss")),
+            ):
                 if getattr(t, key) not in fine:
                     notes.append(f"train.{key}={getattr(t, key)}")
                     setattr(t, key, fine[0])
@@ -413,23 +545,35 @@ class Params(Section):
         """Devices and machines: combinations torchrun or the backends would reject late (or hang on)."""
         t = self.train
         if t.node_rank >= t.nnodes:
-            raise ValueError(f"train.node_rank ({t.node_rank}) must be below train.nnodes ({t.nnodes}): machines "
-                             "are numbered 0 .. nnodes-1")
+            raise ValueError(
+                f"train.node_rank ({t.node_rank}) must be below train.nnodes ({t.nnodes}): machines "
+                "are numbered 0 .. nnodes-1"
+            )
         if t.nnodes > 1 and not t.rdzv_endpoint:
-            raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint: host:port of machine 0 (e.g. 10.0.0.1:29500)")
+            raise ValueError(
+                "train.nnodes > 1 needs train.rdzv_endpoint: host:port of machine 0 (e.g. 10.0.0.1:29500)"
+            )
         if t.rdzv_endpoint is not None:
             host, _, port = t.rdzv_endpoint.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"train.rdzv_endpoint must be host:port (e.g. 10.0.0.1:29500), got {t.rdzv_endpoint!r}")
+                raise ValueError(
+                    f"train.rdzv_endpoint must be host:port (e.g. 10.0.0.1:29500), got {t.rdzv_endpoint!r}"
+                )
         if t.nnodes > 1 and t.rdzv_backend == "static" and t.max_restarts:
-            raise ValueError("train.rdzv_backend=static cannot restart workers across machines: set "
-                             "train.max_restarts: 0 or train.rdzv_backend: c10d")
+            raise ValueError(
+                "train.rdzv_backend=static cannot restart workers across machines: set "
+                "train.max_restarts: 0 or train.rdzv_backend: c10d"
+            )
         if t.device == "mps" and t.nproc * t.nnodes > 1:
-            raise ValueError("train.device=mps trains in one process (no distributed backend runs on MPS): set "
-                             "train.nproc: 1 and train.nnodes: 1, or train.device: cpu")
+            raise ValueError(
+                "train.device=mps trains in one process (no distributed backend runs on MPS): set "
+                "train.nproc: 1 and train.nnodes: 1, or train.device: cpu"
+            )
         if t.backend == "nccl" and t.device in ("cpu", "mps"):
-            raise ValueError(f"train.backend=nccl needs CUDA GPUs: set train.backend: gloo (or auto) for "
-                             f"train.device={t.device}")
+            raise ValueError(
+                f"train.backend=nccl needs CUDA GPUs: set train.backend: gloo (or auto) for "
+                f"train.device={t.device}"
+            )
         return self
 
     @property
@@ -518,21 +662,29 @@ def from_checkpoint(params: Params, path: Path = Path("params.yaml")) -> Params:
     from lm.hf_config import hf_model_keys
 
     try:
-        theirs = ModelConfig(**hf_model_keys(raw, source=config_file, allow_approximate_gelu=True)["model"]).model_dump()
+        theirs = ModelConfig(
+            **hf_model_keys(raw, source=config_file, allow_approximate_gelu=True)["model"]
+        ).model_dump()
     except (LmError, ValidationError) as err:
-        raise ConfigError(f"train.init_from: {config_file} cannot be expressed as an lm model ({err})") from None
+        raise ConfigError(
+            f"train.init_from: {config_file} cannot be expressed as an lm model ({err})"
+        ) from None
     if not params.tokenizer.pretrained:
-        raise ConfigError(f"{path}: train.init_from {source} is a Hugging Face checkpoint, whose embeddings mean its "
-                          f"own tokenizer's ids: set tokenizer.pretrained: {source}")
+        raise ConfigError(
+            f"{path}: train.init_from {source} is a Hugging Face checkpoint, whose embeddings mean its "
+            f"own tokenizer's ids: set tokenizer.pretrained: {source}"
+        )
     default, ours = ModelConfig(), params.model.model_dump()
     model = dict(ours)
     for key, value in theirs.items():
         if ours[key] == getattr(default, key) or ours[key] == value:
             model[key] = value
         elif key not in CHECKPOINT_FREE_KEYS:
-            raise ConfigError(f"{path}: model.{key}: {ours[key]!r} conflicts with train.init_from {source} "
-                              f"({value!r}); set model.{key} back to {getattr(default, key)!r} (lm's default means: "
-                              "the checkpoint's)")
+            raise ConfigError(
+                f"{path}: model.{key}: {ours[key]!r} conflicts with train.init_from {source} "
+                f"({value!r}); set model.{key} back to {getattr(default, key)!r} (lm's default means: "
+                "the checkpoint's)"
+            )
     recipe = params.finetune.model_dump()
     train = {**params.train.model_dump(), **recipe, "min_lr": min(recipe["min_lr"], recipe["lr"])}
     try:
@@ -551,7 +703,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): keep one",
+                    None,
+                    None,
+                    f"duplicate key {key!r} (lines {seen[key] + 1} and {key_node.start_mark.line + 1}): keep one",
                     key_node.start_mark,
                 )
             seen[key] = key_node.start_mark.line
@@ -564,7 +718,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (pass --params PATH)")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if raw is not None and not isinstance(raw, dict):

@@ -17,7 +17,6 @@ from typing import Any
 
 from lm.errors import LmError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
 T = TypeVar("T")
 EVERY_S = 10.0
@@ -26,8 +27,16 @@ def _clock(seconds: float) -> str:
 class Heartbeat:
     """Counts work done and prints a line at most every `every_s` seconds (and once at the end)."""
 
-    def __init__(self, label: str, total: int | None, unit: str, *, every_s: float = EVERY_S,
-                 stream: TextIO | None = None, clock=time.monotonic):
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        unit: str,
+        *,
+        every_s: float = EVERY_S,
+        stream: TextIO | None = None,
+        clock=time.monotonic,
+    ):
         self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
@@ -51,7 +60,9 @@ class Heartbeat:
     def line(self, now: float | None = None) -> str:
         elapsed = max((now if now is not None else self.clock()) - self.started, 1e-9)
         rate = self.done / elapsed
-        parts = [f"{self.label}: {self.done:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"]
+        parts = [
+            f"{self.label}: {self.done:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"
+        ]
         if self.total:
             parts[0] += f" ({100 * self.done / self.total:.0f}%)"
         parts.append(f"{rate:,.0f} {self.unit}/s" if rate >= 10 else f"{rate:.2f} {self.unit}/s")
@@ -83,13 +94,30 @@ def is_terminal(stream: TextIO | None = None) -> bool:
 
 
 @contextmanager
-def progress(label: str, total: int | None, unit: str, *, every_s: float = EVERY_S) -> Iterator[Heartbeat | _Bar]:
+def progress(
+    label: str, total: int | None, unit: str, *, every_s: float = EVERY_S
+) -> Iterator[Heartbeat | _Bar]:
     """A bar in a terminal, heartbeat lines elsewhere; `.advance(n)` / `.update(done)` either way."""
     if is_terminal():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=True) as bar:
+        with Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            transient=True,
+        ) as bar:
             yield _Bar(bar, bar.add_task(label, total=total))
         return
     yield Heartbeat(label, total, unit, every_s=every_s)

@@ -41,9 +41,15 @@ def run(params: Params, out_dir=RAW) -> None:
             for frame in stream:
                 shards.add(frame)
         stats = stream.stats()
-        manifest = {**stats.to_manifest(), "shards": {"n": len(shards.shards), "shard_mb": data.shard_mb,
-                                                      "rows": [n for n, _ in shards.shards]},
-                    "fingerprint": fingerprint}
+        manifest = {
+            **stats.to_manifest(),
+            "shards": {
+                "n": len(shards.shards),
+                "shard_mb": data.shard_mb,
+                "rows": [n for n, _ in shards.shards],
+            },
+            "fingerprint": fingerprint,
+        }
         atomic_write_json(tmp / "manifest.json", manifest)
     notes = []
     if stats.n_dropped_empty:
@@ -53,13 +59,17 @@ def run(params: Params, out_dir=RAW) -> None:
         notes.append(f"read as {encoding}, not UTF-8")
     if stats.details.get("documents") == "lines":
         notes.append("no blank lines: one document per line")
-    console.print(f"download: {stats.n_kept} rows from {stats.source} -> {out_dir}/{CORPUS} "
-                  f"({len(shards.shards)} shard{'s' if len(shards.shards) != 1 else ''})"
-                  + (f" ({'; '.join(notes)})" if notes else ""))
+    console.print(
+        f"download: {stats.n_kept} rows from {stats.source} -> {out_dir}/{CORPUS} "
+        f"({len(shards.shards)} shard{'s' if len(shards.shards) != 1 else ''})"
+        + (f" ({'; '.join(notes)})" if notes else "")
+    )
     if stats.identity_columns_missing:
-        console.print(f"download: warning: data.identity_columns {stats.identity_columns_missing} are not in "
-                      f"{stats.source}; the bias report covers only {stats.identity_columns or 'none'} "
-                      f"(list the columns the data has, or [] for none)")
+        console.print(
+            f"download: warning: data.identity_columns {stats.identity_columns_missing} are not in "
+            f"{stats.source}; the bias report covers only {stats.identity_columns or 'none'} "
+            f"(list the columns the data has, or [] for none)"
+        )
 
 
 def _previous_fingerprint(out_dir: Path) -> dict | None:

@@ -14,8 +14,11 @@ def check_roles(tok, params: Params) -> None:
 
     needs = {
         "clm": {"eot": "documents are joined by it"},
-        "mlm": {"mask": "task=mlm masks tokens with it (use a BERT/RoBERTa tokenizer)",
-                "cls": "every mlm window starts with it", "eot": "documents are joined by it"},
+        "mlm": {
+            "mask": "task=mlm masks tokens with it (use a BERT/RoBERTa tokenizer)",
+            "cls": "every mlm window starts with it",
+            "eot": "documents are joined by it",
+        },
         "classify": {"pad": "rows are padded with it"},
     }[params.task]
     if params.task == "classify" and params.model.pooling == "cls":
@@ -49,7 +52,9 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
         start = 0
         for table in raw.iter_shards(["text", "target"] if with_target else ["text"]):
             if with_target:
-                targets[start : start + table.num_rows] = table.column("target").to_numpy(zero_copy_only=False)
+                targets[start : start + table.num_rows] = table.column("target").to_numpy(
+                    zero_copy_only=False
+                )
             start += table.num_rows
             yield from table.column("text").to_pylist()
 
@@ -63,11 +68,23 @@ def run(params: Params, raw_dir=RAW, tokenizer_dir=TOKENIZER, out_dir=ENCODED) -
             info["mode"] = "on_the_fly"
             # the raw corpus's manifest hash: a changed text changes meta.json, so DVC re-runs what reads the
             # encoding, and a reader of a stale encoding is stopped (OnTheFlyTokens)
-            info["source"] = {"raw": str(raw_dir), "tokenizer": str(tokenizer_dir),
-                              "raw_manifest_sha256": raw_manifest_hash(raw_dir)}
-        Encoded.write_meta(tmp, task=params.task, layout=info, n_docs=n_docs, max_len=max_len,
-                           vocab_size=tok.vocab_size, special_ids=tok.special_ids, tokenizer_hash=tok.hash, roles=tok.roles,
-                           targets=targets)
+            info["source"] = {
+                "raw": str(raw_dir),
+                "tokenizer": str(tokenizer_dir),
+                "raw_manifest_sha256": raw_manifest_hash(raw_dir),
+            }
+        Encoded.write_meta(
+            tmp,
+            task=params.task,
+            layout=info,
+            n_docs=n_docs,
+            max_len=max_len,
+            vocab_size=tok.vocab_size,
+            special_ids=tok.special_ids,
+            tokenizer_hash=tok.hash,
+            roles=tok.roles,
+            targets=targets,
+        )
     Console(stderr=True).print(
         f"encode: {n_docs} documents, {info['n_tokens']} tokens ({info['dtype']}, "
         f"{info.get('n_truncated', 0)} truncated at {max_len}) -> {out_dir}"

@@ -20,11 +20,16 @@ def run(params: Params, encoded_dir=ENCODED, out_dir=SPLIT, report=SPLIT_REPORT)
     labels = None
     if params.task == "classify":
         if np.isnan(enc.targets).any():
-            raise LmError("split: some rows have no target; task=classify needs data.target_column on every row")
+            raise LmError(
+                "split: some rows have no target; task=classify needs data.target_column on every row"
+            )
         labels = enc.targets >= params.data.threshold
     parts = split_indices(
-        enc.n_docs, val_fraction=params.split.val_fraction, test_fraction=params.split.test_fraction,
-        seed=params.seed, labels=labels,
+        enc.n_docs,
+        val_fraction=params.split.val_fraction,
+        test_fraction=params.split.test_fraction,
+        seed=params.seed,
+        labels=labels,
     )
     empty = [name for name in ("train", "val", "test") if len(parts[name]) == 0]
     if empty:

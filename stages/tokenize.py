@@ -26,8 +26,10 @@ def run(params: Params, raw_dir=RAW, out_dir=TOKENIZER) -> None:
         with atomic_dir(out_dir) as tmp:
             save_adopted(tok, tmp)
         roles = ", ".join(f"{r} {i}" for r, i in tok.roles.items() if i is not None)
-        Console(stderr=True).print(f"tokenizer: adopted {params.tokenizer.pretrained} ({tok.kind}, vocab "
-                                   f"{tok.vocab_size}; {roles}; hash {tok.hash[:12]}) -> {out_dir}")
+        Console(stderr=True).print(
+            f"tokenizer: adopted {params.tokenizer.pretrained} ({tok.kind}, vocab "
+            f"{tok.vocab_size}; {roles}; hash {tok.hash[:12]}) -> {out_dir}"
+        )
         return
     raw = RawCorpus.open(raw_dir)
     texts = raw.sample_texts(params.tokenizer.max_train_bytes)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lm.config import Params, TrainConfig, parse_params
 from lm.io import require
-from lm.paths import ENCODED, MODELS, SPLIT, TOKENIZER, TRAIN_REPORTS, STAGING, staged
+from lm.paths import ENCODED, MODELS, SPLIT, STAGING, TOKENIZER, TRAIN_REPORTS, staged
 
 
 def torchrun_command(train: TrainConfig, params_path: Path, *, resume: bool = False) -> list[str]:
@@ -38,16 +38,45 @@ def torchrun_command(train: TrainConfig, params_path: Path, *, resume: bool = Fa
     if train.nnodes == 1:
         where = ["--standalone"]
     elif train.rdzv_backend == "c10d":
-        where = ["--nnodes", str(train.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", str(train.rdzv_endpoint),
-                 "--rdzv-id", "lm", "--rdzv-conf", f"is_host={int(train.node_rank == 0)}"]
+        where = [
+            "--nnodes",
+            str(train.nnodes),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            str(train.rdzv_endpoint),
+            "--rdzv-id",
+            "lm",
+            "--rdzv-conf",
+            f"is_host={int(train.node_rank == 0)}",
+        ]
     else:
         host, _, port = str(train.rdzv_endpoint).rpartition(":")
-        where = ["--nnodes", str(train.nnodes), "--node-rank", str(train.node_rank), "--rdzv-backend", "static",
-                 "--master-addr", host, "--master-port", port]
+        where = [
+            "--nnodes",
+            str(train.nnodes),
+            "--node-rank",
+            str(train.node_rank),
+            "--rdzv-backend",
+            "static",
+            "--master-addr",
+            host,
+            "--master-port",
+            port,
+        ]
     return [
-        sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={train.nproc}",
-        f"--max-restarts={train.max_restarts}", "--monitor-interval=0.5",
-        "-m", "stages.train", "--params", str(params_path), *(["--resume"] if resume else []),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *where,
+        f"--nproc-per-node={train.nproc}",
+        f"--max-restarts={train.max_restarts}",
+        "--monitor-interval=0.5",
+        "-m",
+        "stages.train",
+        "--params",
+        str(params_path),
+        *(["--resume"] if resume else []),
     ]
 
 
@@ -56,20 +85,33 @@ def launch_torchrun(train: TrainConfig, params_path: Path, *, resume: bool = Fal
 
     # workers must not share torchrun's rendezvous store: with it shared, a restarted group can read the
     # previous attempt's gloo/NCCL addresses and fail or hang (pytorch/pytorch#135712)
-    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")}
+    env = {
+        **os.environ,
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1"),
+    }
     code = subprocess.call(torchrun_command(train, params_path, resume=resume), env=env)
     if code != 0:
         machine = f" on machine {train.node_rank} of {train.nnodes}" if train.nnodes > 1 else ""
-        raise LmError(f"train: torchrun with {train.nproc} processes{machine} exited with code {code} (see the log above)")
+        raise LmError(
+            f"train: torchrun with {train.nproc} processes{machine} exited with code {code} (see the log above)"
+        )
 
 
-def run(params: Params, params_path: Path = Path("params.yaml"), out_dir=MODELS, reports_dir=TRAIN_REPORTS,
-        resume: bool = False, node_rank: int | None = None) -> None:
+def run(
+    params: Params,
+    params_path: Path = Path("params.yaml"),
+    out_dir=MODELS,
+    reports_dir=TRAIN_REPORTS,
+    resume: bool = False,
+    node_rank: int | None = None,
+) -> None:
     from lm.train.distributed import launched_externally
 
     if node_rank is not None:  # `lm train --node-rank R`: one params file shared by every machine
-        params = parse_params({**params.model_dump(), "train": {**params.train.model_dump(), "node_rank": node_rank}},
-                              params_path)
+        params = parse_params(
+            {**params.model_dump(), "train": {**params.train.model_dump(), "node_rank": node_rank}},
+            params_path,
+        )
     require(ENCODED / "meta.json", "lm encode")
     require(SPLIT / "train.npy", "lm split")
     if params.inert:
@@ -115,8 +157,13 @@ def _train_one(params: Params, out_dir: Path, reports_dir: Path, resume) -> None
     from lm.train.loop import train
 
     result = train(
-        params, encoded_dir=ENCODED, split_dir=SPLIT, tokenizer_dir=TOKENIZER, out_dir=out_dir,
-        reports_dir=reports_dir, resume=resume,
+        params,
+        encoded_dir=ENCODED,
+        split_dir=SPLIT,
+        tokenizer_dir=TOKENIZER,
+        out_dir=out_dir,
+        reports_dir=reports_dir,
+        resume=resume,
     )
     if result is not None and result.history:
         from lm.viz.plots import plot_training_curves
@@ -173,8 +220,10 @@ def _sum_member_costs(reports_dir: Path, members: int) -> None:
 
     from lm.io import atomic_write_json
 
-    summaries = [json.loads((reports_dir / ("" if k == 0 else f"members/{k}") / "metrics.json").read_text())
-                 for k in range(members)]
+    summaries = [
+        json.loads((reports_dir / ("" if k == 0 else f"members/{k}") / "metrics.json").read_text())
+        for k in range(members)
+    ]
     total = dict(summaries[0], members=members)
     total["seconds"] = round(sum(m.get("seconds", 0.0) for m in summaries), 2)
     if all("peak_memory_mb" in m for m in summaries):

@@ -11,15 +11,21 @@ from lm.labels import label_of
 from lm.paths import ATTENTION, ENCODED, MODELS, PREDICTIONS, SPLIT
 
 
-def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, out_dir=ATTENTION,
-        predictions_path=PREDICTIONS) -> None:
+def run(
+    params: Params,
+    model_dir=MODELS,
+    encoded_dir=ENCODED,
+    split_dir=SPLIT,
+    out_dir=ATTENTION,
+    predictions_path=PREDICTIONS,
+) -> None:
     import shutil
 
     from rich.console import Console
 
     from lm.data.encoded import Encoded
-    from lm.infer.predict import load_trained
     from lm.data.split import load_split
+    from lm.infer.predict import load_trained
 
     require(Path(model_dir) / "config.json", "lm train")
     trained = load_trained(Path(model_dir))
@@ -36,7 +42,9 @@ def run(params: Params, model_dir=MODELS, encoded_dir=ENCODED, split_dir=SPLIT, 
     else:
         table = _clm(params, trained, out_dir)
     atomic_write_text(predictions_path, table)
-    Console(stderr=True).print(f"visualize: {len(list(out_dir.glob('*.png')))} attention maps -> {out_dir}, table -> {predictions_path}")
+    Console(stderr=True).print(
+        f"visualize: {len(list(out_dir.glob('*.png')))} attention maps -> {out_dir}, table -> {predictions_path}"
+    )
 
 
 def _tokens(trained, ids) -> list[str]:
@@ -75,9 +83,13 @@ def _classify(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
         one = RowItems(enc, np.array([row]))
         prob = float(classifier_probs(trained.model, one, 1)[1][0])
         batch = one.batch(np.arange(1))
-        title = (f"test row {row}: target {enc.targets[row]:.2f}, predicted score {prob:.2f} "
-                 f"({label_of(prob, params.threshold, params.data.label_names)})")
-        _attention_png(trained, batch["input_ids"], batch["attention_mask"], out_dir / f"example_{k}.png", title)
+        title = (
+            f"test row {row}: target {enc.targets[row]:.2f}, predicted score {prob:.2f} "
+            f"({label_of(prob, params.threshold, params.data.label_names)})"
+        )
+        _attention_png(
+            trained, batch["input_ids"], batch["attention_mask"], out_dir / f"example_{k}.png", title
+        )
     shown = test_rows[: max(20, params.viz.n_examples)]
     items = RowItems(enc, shown)
     batch = items.batch(np.arange(len(shown)))
@@ -86,8 +98,14 @@ def _classify(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
     for j, row in enumerate(shown):
         n = int(batch["attention_mask"][j].sum())
         text = trained.tokenizer.decode(batch["input_ids"][j, :n].tolist(), skip_special=True)
-        rows.append({"text": text, "target": float(enc.targets[row]), "prob": float(probs[j]),
-                     "label": label_of(float(probs[j]), params.threshold, params.data.label_names)})
+        rows.append(
+            {
+                "text": text,
+                "target": float(enc.targets[row]),
+                "prob": float(probs[j]),
+                "label": label_of(float(probs[j]), params.threshold, params.data.label_names),
+            }
+        )
     return "# Test predictions\n\n" + classifier_predictions_markdown(rows)
 
 
@@ -95,8 +113,8 @@ def _mlm(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
     import numpy as np
     import torch
 
-    from lm.data.masking import IGNORE_INDEX
     from lm.data.batches import make_items
+    from lm.data.masking import IGNORE_INDEX
     from lm.data.objectives import make_objective
     from lm.infer.scoring import top_k_tokens
     from lm.viz.predictions import masked_predictions_markdown
@@ -114,13 +132,26 @@ def _mlm(params: Params, trained, enc, test_rows, out_dir: Path) -> str:
         ids = batch["input_ids"][j, :n]
         for pos in (batch["labels"][j, :n] != IGNORE_INDEX).nonzero().flatten().tolist():
             top5 = top_k_tokens(logits[j, pos], 5)
-            context = "".join(f"[{tok.token_str(int(t))}]" if i == pos else tok.token_str(int(t)) for i, t in enumerate(ids[1:], 1))
-            records.append({"text": context, "true": tok.token_str(int(batch["labels"][j, pos])),
-                            "pred": tok.token_str(top5[0][0]),
-                            "top5": [(tok.token_str(i), q) for i, q in top5]})
+            context = "".join(
+                f"[{tok.token_str(int(t))}]" if i == pos else tok.token_str(int(t))
+                for i, t in enumerate(ids[1:], 1)
+            )
+            records.append(
+                {
+                    "text": context,
+                    "true": tok.token_str(int(batch["labels"][j, pos])),
+                    "pred": tok.token_str(top5[0][0]),
+                    "top5": [(tok.token_str(i), q) for i, q in top5],
+                }
+            )
         if j < params.viz.n_examples:
-            _attention_png(trained, batch["input_ids"][j : j + 1, :n], batch["attention_mask"][j : j + 1, :n],
-                           out_dir / f"example_{j}.png", f"test window at token {int(batch['rows'][j])} (masked input)")
+            _attention_png(
+                trained,
+                batch["input_ids"][j : j + 1, :n],
+                batch["attention_mask"][j : j + 1, :n],
+                out_dir / f"example_{j}.png",
+                f"test window at token {int(batch['rows'][j])} (masked input)",
+            )
     return "# Masked-token predictions (test split, fixed masks)\n\n" + masked_predictions_markdown(records)
 
 
@@ -132,13 +163,31 @@ def _clm(params: Params, trained, out_dir: Path) -> str:
     v = params.viz
     items = []
     for k, prompt in enumerate(v.prompts):
-        text = trained.complete(prompt, max_new_tokens=v.max_new_tokens, temperature=v.temperature,
-                                top_k=v.top_k, top_p=v.top_p, seed=params.seed + k)
-        items.append({"prompt": prompt, "completion": text[len(prompt):], "temperature": v.temperature,
-                      "top_k": v.top_k, "top_p": v.top_p})
+        text = trained.complete(
+            prompt,
+            max_new_tokens=v.max_new_tokens,
+            temperature=v.temperature,
+            top_k=v.top_k,
+            top_p=v.top_p,
+            seed=params.seed + k,
+        )
+        items.append(
+            {
+                "prompt": prompt,
+                "completion": text[len(prompt) :],
+                "temperature": v.temperature,
+                "top_k": v.top_k,
+                "top_p": v.top_p,
+            }
+        )
         if k < v.n_examples:
             ids = trained.tokenizer.encode(text, allowed_special=set())[: trained.max_len]
             t = torch.tensor([ids])
-            _attention_png(trained, t, torch.ones_like(t, dtype=torch.bool), out_dir / f"example_{k}.png",
-                           f"sample {k}: prompt {prompt!r}")
+            _attention_png(
+                trained,
+                t,
+                torch.ones_like(t, dtype=torch.bool),
+                out_dir / f"example_{k}.png",
+                f"sample {k}: prompt {prompt!r}",
+            )
     return "# Samples\n\n" + samples_markdown(items)

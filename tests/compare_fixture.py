@@ -25,7 +25,14 @@ EXPERIMENTS = {
     "seed1": ["seed=1"],
     **{f"sweep-{seed}": [f"data.source={SWEEP_SOURCE}", f"seed={seed}"] for seed in range(3)},
 }
-CHANGED = ["task", "seed", "data.source", "model.n_layers", "model.attention", "model.attention_options.use_rope"]
+CHANGED = [
+    "task",
+    "seed",
+    "data.source",
+    "model.n_layers",
+    "model.attention",
+    "model.attention_options.use_rope",
+]
 
 DVC_YAML = """
 stages:
@@ -47,8 +54,14 @@ metrics:
 
 
 def env() -> dict:
-    out = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.com")
+    out = dict(
+        os.environ,
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
     out["PYTHONPATH"] = str(REPO) + os.pathsep + out.get("PYTHONPATH", "")
     return out
 

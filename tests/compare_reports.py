@@ -17,29 +17,52 @@ def figures(params: dict) -> dict:
     rope = bool((model.get("attention_options") or {}).get("use_rope"))
     quality = 0.01 * model["n_layers"] + 0.004 * (model["attention"] == "performer") + 0.002 * rope
     quality += 0.003 * params["seed"] + 0.005 * (params["data"]["source"] != "embedded")
-    return {"task": params["task"], "roc_auc": 0.90 + quality, "pr_auc": 0.80 + quality, "perplexity": 60.0 - 100 * quality,
-            "seconds": 100.0 + 10 * model["n_layers"] + params["seed"], "tokens_per_s": 9500.0 - 100 * model["n_layers"],
-            "peak_memory_mb": 800.0 + 50 * model["n_layers"], "n_params": 100_000 + 40_000 * model["n_layers"]}
+    return {
+        "task": params["task"],
+        "roc_auc": 0.90 + quality,
+        "pr_auc": 0.80 + quality,
+        "perplexity": 60.0 - 100 * quality,
+        "seconds": 100.0 + 10 * model["n_layers"] + params["seed"],
+        "tokens_per_s": 9500.0 - 100 * model["n_layers"],
+        "peak_memory_mb": 800.0 + 50 * model["n_layers"],
+        "n_params": 100_000 + 40_000 * model["n_layers"],
+    }
 
 
 def write_reports(f: dict, with_cost: bool) -> None:
     os.makedirs("reports/plots", exist_ok=True)
     os.makedirs("reports/train/plots/metrics", exist_ok=True)
     if f["task"] == "classify":
-        metrics = {"roc_auc": f["roc_auc"], "pr_auc": f["pr_auc"], "baseline": {"roc_auc": 0.93, "pr_auc": 0.84},
-                   "lift": {"roc_auc": f["roc_auc"] - 0.93, "pr_auc": f["pr_auc"] - 0.84}}
+        metrics = {
+            "roc_auc": f["roc_auc"],
+            "pr_auc": f["pr_auc"],
+            "baseline": {"roc_auc": 0.93, "pr_auc": 0.84},
+            "lift": {"roc_auc": f["roc_auc"] - 0.93, "pr_auc": f["pr_auc"] - 0.84},
+        }
         roc = [{"fpr": 0.0, "tpr": 0.0}, {"fpr": 0.1, "tpr": f["roc_auc"] - 0.2}, {"fpr": 1.0, "tpr": 1.0}]
-        pr = [{"recall": 0.0, "precision": 1.0}, {"recall": 0.5, "precision": f["pr_auc"]}, {"recall": 1.0, "precision": 0.2}]
+        pr = [
+            {"recall": 0.0, "precision": 1.0},
+            {"recall": 0.5, "precision": f["pr_auc"]},
+            {"recall": 1.0, "precision": 0.2},
+        ]
         loss = 0.3
     else:
-        metrics = {"loss": 4.0, "perplexity": f["perplexity"], "baseline": {"perplexity": 80.0},
-                   "lift": {"perplexity": f["perplexity"] - 80.0}}
+        metrics = {
+            "loss": 4.0,
+            "perplexity": f["perplexity"],
+            "baseline": {"perplexity": 80.0},
+            "lift": {"perplexity": f["perplexity"] - 80.0},
+        }
         roc, pr, loss = [], [], 4.0
     train = {"step": 20, "seconds": f["seconds"], "tokens_per_s": f["tokens_per_s"]}
     if with_cost:
         train.update(peak_memory_mb=f["peak_memory_mb"], n_params=f["n_params"])
-    for path, content in (("reports/metrics.json", metrics), ("reports/train/metrics.json", train),
-                          ("reports/plots/roc.json", roc), ("reports/plots/pr.json", pr)):
+    for path, content in (
+        ("reports/metrics.json", metrics),
+        ("reports/train/metrics.json", train),
+        ("reports/plots/roc.json", roc),
+        ("reports/plots/pr.json", pr),
+    ):
         with open(path, "w") as fh:
             json.dump(content, fh)
     for name, steps in (("train_loss", range(1, 21)), ("val_loss", range(5, 21, 5))):

@@ -72,16 +72,24 @@ def write_fake_encoded(root: Path, task: str, n_docs: int = 64, max_len: int = 1
         np.save(enc / "lengths.npy", lengths)
         shape = [n_docs, max_len]
     np.save(enc / "targets.npy", targets)
-    meta = {"task": task, "dtype": "uint16", "shape": shape, "n_docs": n_docs, "max_len": max_len,
-            "vocab_size": 64, "special_ids": SPECIALS, "tokenizer_hash": "fake"}
+    meta = {
+        "task": task,
+        "dtype": "uint16",
+        "shape": shape,
+        "n_docs": n_docs,
+        "max_len": max_len,
+        "vocab_size": 64,
+        "special_ids": SPECIALS,
+        "tokenizer_hash": "fake",
+    }
     (enc / "meta.json").write_text(json.dumps(meta))
     split = root / "data" / "split"
     split.mkdir(parents=True)
     idx = rng.permutation(n_docs)
     n_val = n_docs // 8
     np.save(split / "val.npy", np.sort(idx[:n_val]))
-    np.save(split / "test.npy", np.sort(idx[n_val: 2 * n_val]))
-    np.save(split / "train.npy", np.sort(idx[2 * n_val:]))
+    np.save(split / "test.npy", np.sort(idx[n_val : 2 * n_val]))
+    np.save(split / "train.npy", np.sort(idx[2 * n_val :]))
     tok = root / "data" / "tokenizer"
     tok.mkdir(parents=True)
     (tok / "special_tokens.json").write_text(json.dumps(SPECIALS))
@@ -137,9 +145,13 @@ def run_checked(args: list[str], cwd: Path, env: dict, check: bool = True, timeo
     """Run a command; on failure an AssertionError with the tail of its output."""
     import subprocess
 
-    proc = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        args, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -150,7 +162,9 @@ def project_repo(root: Path, raw_params: dict, tmp_path_factory) -> dict:
     import subprocess
     import sys
 
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for rel in files:
         if rel.startswith(("reports/", "tests/", "benchmarks/")) or not (REPO / rel).exists():
             continue

@@ -16,8 +16,10 @@ CORPUS = [
     "@user http://t.co/xyz #hashtag RT: it's   spaced    out",
 ] * 20
 _SYLLABLES = ["ka", "lo", "mi", "ne", "su", "tar", "vin", "del", "pra", "gou", "zeb", "Rho", "Qua", "fy"]
-CORPUS += [" ".join(a + b + c for a in _SYLLABLES[i:i + 4] for b in _SYLLABLES for c in _SYLLABLES[:3])
-           for i in range(0, len(_SYLLABLES), 2)]  # many made-up words: room for a few hundred merges
+CORPUS += [
+    " ".join(a + b + c for a in _SYLLABLES[i : i + 4] for b in _SYLLABLES for c in _SYLLABLES[:3])
+    for i in range(0, len(_SYLLABLES), 2)
+]  # many made-up words: room for a few hundred merges
 
 
 def bert_dir(root: Path, *, lowercase: bool = True, vocab_size: int = 400) -> Path:
@@ -26,8 +28,10 @@ def bert_dir(root: Path, *, lowercase: bool = True, vocab_size: int = 400) -> Pa
     from transformers import BertTokenizerFast
 
     tok = BertWordPieceTokenizer(lowercase=lowercase)
-    tok.train_from_iterator(CORPUS, vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    fast = BertTokenizerFast(tokenizer_object=tok._tokenizer, do_lower_case=lowercase)  # noqa: SLF001
+    tok.train_from_iterator(
+        CORPUS, vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    )
+    fast = BertTokenizerFast(tokenizer_object=tok._tokenizer, do_lower_case=lowercase)
     out = root / "bert-tokenizer"
     fast.save_pretrained(out)
     return out
@@ -40,9 +44,11 @@ def roberta_dir(root: Path, *, vocab_size: int = 400) -> Path:
     from transformers import RobertaTokenizerFast
 
     tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(CORPUS, vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    tok._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))  # noqa: SLF001
-    fast = RobertaTokenizerFast(tokenizer_object=tok._tokenizer)  # noqa: SLF001
+    tok.train_from_iterator(
+        CORPUS, vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    )
+    tok._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    fast = RobertaTokenizerFast(tokenizer_object=tok._tokenizer)
     out = root / "roberta-tokenizer"
     fast.save_pretrained(out)
     return out
@@ -55,7 +61,7 @@ def gpt2_dir(root: Path, *, vocab_size: int = 400) -> Path:
 
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(CORPUS, vocab_size=vocab_size, special_tokens=["<|endoftext|>"])
-    fast = GPT2TokenizerFast(tokenizer_object=tok._tokenizer)  # noqa: SLF001
+    fast = GPT2TokenizerFast(tokenizer_object=tok._tokenizer)
     out = root / "gpt2-tokenizer"
     fast.save_pretrained(out)
     return out

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from import_names import imported_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,8 +89,11 @@ def test_architecture_has_no_import_circle():
 
 @pytest.mark.parametrize("prefix", ["lm.eval", "lm.infer", "lm.viz", "stages.evaluate", "stages.visualize"])
 def test_architecture_evaluation_and_inference_do_not_import_training(prefix):
-    offenders = {m: sorted(i for i in deps if i.startswith("lm.train"))
-                 for m, deps in GRAPH.items() if m == prefix or m.startswith(prefix + ".")}
+    offenders = {
+        m: sorted(i for i in deps if i.startswith("lm.train"))
+        for m, deps in GRAPH.items()
+        if m == prefix or m.startswith(prefix + ".")
+    }
     assert {m: d for m, d in offenders.items() if d} == {}
 
 

@@ -15,28 +15,58 @@ from lm.attention_kinds import KINDS as KIND_SPECS
 from lm.attention_kinds import resolve_attention_options
 from lm.config import ATTENTION_KINDS, ModelConfig
 from lm.errors import LmError
-from lm.model.attention import attention_class
-from lm.model.attention.base import LinearAttention, linear_bidirectional, linear_causal_chunked, linear_quadratic
 from lm.model import build_model
+from lm.model.attention import attention_class
+from lm.model.attention.base import (
+    LinearAttention,
+    linear_bidirectional,
+    linear_causal_chunked,
+    linear_quadratic,
+)
 from lm.model.attention.slay import SlayLaplaceAttention, laguerre_nodes
 from lm.model.positions import RotaryEmbedding
 
 KINDS = list(ATTENTION_KINDS)
 LINEAR_KINDS = [k for k in KINDS if issubclass(attention_class(k), LinearAttention)]
-POSITIVE_KINDS = ["standard", "rotary", "linear", "performer", "cosformer", "yat", "yat-spherical",
-                  "slay", "slay-laplace", "slay-anchor"]  # weights >= 0 (signed: rff, slay-tensor/rm/nystrom)
-RANDOM_KINDS = ["performer", "rff", "slay", "slay-tensor", "slay-laplace", "slay-rm", "slay-nystrom", "slay-anchor"]
+POSITIVE_KINDS = [
+    "standard",
+    "rotary",
+    "linear",
+    "performer",
+    "cosformer",
+    "yat",
+    "yat-spherical",
+    "slay",
+    "slay-laplace",
+    "slay-anchor",
+]  # weights >= 0 (signed: rff, slay-tensor/rm/nystrom)
+RANDOM_KINDS = [
+    "performer",
+    "rff",
+    "slay",
+    "slay-tensor",
+    "slay-laplace",
+    "slay-rm",
+    "slay-nystrom",
+    "slay-anchor",
+]
 E, H, MAXLEN = 16, 2, 32
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def make(kind: str, seed: int = 0, d_model: int = E, n_heads: int = H, **options):
     torch.manual_seed(1234)  # parameters; buffers come from the generator
     cls = attention_class(kind)
-    return cls(d_model=d_model, n_heads=n_heads, bias=True, attention_dropout=0.0, max_len=MAXLEN,
-               options=options, generator=torch.Generator().manual_seed(seed)).eval()
+    return cls(
+        d_model=d_model,
+        n_heads=n_heads,
+        bias=True,
+        attention_dropout=0.0,
+        max_len=MAXLEN,
+        options=options,
+        generator=torch.Generator().manual_seed(seed),
+    ).eval()
 
 
 def rand_x(B=2, L=10, seed=0, dtype=torch.float32):
@@ -66,14 +96,14 @@ def linear_causal_cumsum(
     return num, den, S_t[:, :, -1], z_t[:, :, -1]
 
 
-
 # ---- registry and options ---------------------------------------------------------------------------------
 
 
 def test_registry_has_exactly_the_config_kinds():
     assert tuple(KIND_SPECS) == ATTENTION_KINDS
     assert [attention_class(kind).__name__ for kind in KIND_SPECS] == [
-        spec.implementation.rpartition(".")[2] for spec in KIND_SPECS.values()]
+        spec.implementation.rpartition(".")[2] for spec in KIND_SPECS.values()
+    ]
 
 
 def test_options_are_validated_per_kind():
@@ -93,15 +123,21 @@ def test_options_are_validated_per_kind():
 
 
 def test_options_keep_their_messages_and_defaults():
-    with pytest.raises(LmError, match=r"^model\.attention_options\.eps: must be > 0\.0 for attention 'linear' \(got 0\)$"):
+    with pytest.raises(
+        LmError, match=r"^model\.attention_options\.eps: must be > 0\.0 for attention 'linear' \(got 0\)$"
+    ):
         resolve_attention_options("linear", {"eps": 0})
-    with pytest.raises(LmError, match=r"^model\.attention_options\.kernel: must be one of relu, softmax for attention"):
+    with pytest.raises(
+        LmError, match=r"^model\.attention_options\.kernel: must be one of relu, softmax for attention"
+    ):
         resolve_attention_options("performer", {"kernel": "tanh"})
     with pytest.raises(LmError, match=r"num_features: must be an integer .*\(got 3\.0\)"):
         resolve_attention_options("slay", {"num_features": 3.0})
     with pytest.raises(LmError, match=r"nystrom_reg: must be >= 0\.0"):
         resolve_attention_options("slay-nystrom", {"nystrom_reg": -1})
-    with pytest.raises(LmError, match=r"^model\.attention_options\.bad: unknown option .*\(allowed: chunk_size, eps,"):
+    with pytest.raises(
+        LmError, match=r"^model\.attention_options\.bad: unknown option .*\(allowed: chunk_size, eps,"
+    ):
         resolve_attention_options("linear", {"bad": 1, "chunk_size": 0})  # the first bad key as written
     with pytest.raises(LmError, match=r"^model\.attention_options\.chunk_size: must be >= 1"):
         resolve_attention_options("linear", {"chunk_size": 0, "bad": 1})
@@ -109,7 +145,10 @@ def test_options_keep_their_messages_and_defaults():
         attention_class("nope")
     assert resolve_attention_options("slay", {}).num_features == 32  # slay's own default over SlayOptions' 8
     assert resolve_attention_options("slay-anchor", {}).num_features == 8
-    assert resolve_attention_options("rotary", {}).use_rope and not resolve_attention_options("standard", {}).use_rope
+    assert (
+        resolve_attention_options("rotary", {}).use_rope
+        and not resolve_attention_options("standard", {}).use_rope
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -268,7 +307,9 @@ def test_padding_invariance(kind):
         torch.testing.assert_close(long, short, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k not in ("cosformer", "rotary")])  # position-blind kinds
+@pytest.mark.parametrize(
+    "kind", [k for k in KINDS if k not in ("cosformer", "rotary")]
+)  # position-blind kinds
 def test_bidirectional_permutation_equivariance(kind):
     attn = make(kind)
     x = rand_x(L=9)
@@ -310,7 +351,9 @@ def test_incremental_state_equals_full_causal_pass(kind):
     r = attn(x[:, :5], key_mask=mask[:, :5], causal=True, use_cache=True)
     outs, state = [r.out], r.state
     for t in range(5, 11):
-        r = attn(x[:, t : t + 1], key_mask=mask[:, t : t + 1], causal=True, state=state, offset=t, use_cache=True)
+        r = attn(
+            x[:, t : t + 1], key_mask=mask[:, t : t + 1], causal=True, state=state, offset=t, use_cache=True
+        )
         outs.append(r.out)
         state = r.state
     torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=1e-4)
@@ -362,8 +405,17 @@ def test_linear_core_equals_quadratic_form(kind):
             torch.testing.assert_close(num, num_ref, rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(den, den_ref, rtol=1e-10, atol=1e-10)
         # and the module's fp32 output equals the quadratic form / stabilised denominator
-        out = attn.float().core(q.float(), k.float(), v.float(), key_mask=None, causal=causal, positions=pos,
-                                state=None, use_cache=False, return_attention=False)[0]
+        out = attn.float().core(
+            q.float(),
+            k.float(),
+            v.float(),
+            key_mask=None,
+            causal=causal,
+            positions=pos,
+            state=None,
+            use_cache=False,
+            return_attention=False,
+        )[0]
         ref = num_ref / attn.stabilize(den_ref)[..., None]
         torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
         attn.double()
@@ -374,8 +426,17 @@ def test_linear_core_equals_quadratic_form(kind):
 
 def core(attn, q, k, v, causal=False):
     pos = torch.arange(q.shape[2])
-    return attn.core(q, k, v, key_mask=None, causal=causal, positions=pos, state=None, use_cache=False,
-                     return_attention=False)[0]
+    return attn.core(
+        q,
+        k,
+        v,
+        key_mask=None,
+        causal=causal,
+        positions=pos,
+        state=None,
+        use_cache=False,
+        return_attention=False,
+    )[0]
 
 
 def qkv(L=7, d=8, heads=H, seed=0, scale=1.0):
@@ -420,7 +481,9 @@ def test_performer_relu_converges_to_arccos_kernel():
 
 @pytest.mark.parametrize("orthogonal", [False, True])
 def test_performer_softmax_mode_approximates_softmax(orthogonal):
-    attn = make("performer", d_model=16, n_heads=1, num_features=16384, kernel="softmax", orthogonal=orthogonal)
+    attn = make(
+        "performer", d_model=16, n_heads=1, num_features=16384, kernel="softmax", orthogonal=orthogonal
+    )
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, 32, 16, generator=g) * s for s in (0.25, 0.25, 1.0))
     pos = torch.arange(32)
@@ -446,8 +509,9 @@ def test_cosformer_matches_explicit_reweighting():
     default = make("cosformer")
     cosL = torch.cos((math.pi / 2) * (i[:, None] - i[None, :]) / 9)
     KL = (torch.relu(q) @ torch.relu(k).transpose(-1, -2)) * cosL
-    torch.testing.assert_close(core(default, q, k, v), (KL @ v) / (KL.sum(-1, keepdim=True) + 1e-4),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        core(default, q, k, v), (KL @ v) / (KL.sum(-1, keepdim=True) + 1e-4), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_rff_converges_to_gaussian_kernel():
@@ -483,10 +547,16 @@ def test_yat_spherical_bounds_and_invariances(normalization):
     s = attn.scores(q, k)
     assert torch.all(s >= 0) and torch.all(s <= 1 / 1e-2 + 1e-3)
     sq = torch.rand(2, H, 7, 1, generator=torch.Generator().manual_seed(1)) * 10 + 0.1
-    torch.testing.assert_close(core(attn, q * sq, k * sq.flip(2), v), core(attn, q, k, v), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        core(attn, q * sq, k * sq.flip(2), v), core(attn, q, k, v), atol=1e-5, rtol=1e-4
+    )
     x = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).transpose(-1, -2)
     ref_s = x**2 / (2.01 - 2 * x)
-    w = torch.softmax(ref_s, -1) if normalization == "softmax" else ref_s / (ref_s.sum(-1, keepdim=True) + 1e-6)
+    w = (
+        torch.softmax(ref_s, -1)
+        if normalization == "softmax"
+        else ref_s / (ref_s.sum(-1, keepdim=True) + 1e-6)
+    )
     torch.testing.assert_close(core(attn, q, k, v), w @ v, atol=1e-5, rtol=1e-4)
     if normalization == "kernel":
         scaled = make("yat-spherical", normalization="kernel", score_scale=7.0)
@@ -501,7 +571,9 @@ def test_yat_hand_written_score_gradient_equals_autograd_of_the_formula(kind):
     g = torch.Generator().manual_seed(3)
     q = torch.randn(2, H, 9, 8, generator=g, dtype=torch.float64)
     k = torch.randn(2, H, 11, 8, generator=g, dtype=torch.float64)
-    k[:, :, :3] = q[:, :, :3] + 1e-3 * torch.randn(2, H, 3, 8, generator=g, dtype=torch.float64)  # near q: tiny distances
+    k[:, :, :3] = q[:, :, :3] + 1e-3 * torch.randn(
+        2, H, 3, 8, generator=g, dtype=torch.float64
+    )  # near q: tiny distances
     if kind == "yat-spherical":
         k[:, :, 3] = q[:, :, 3] * 2.0  # cosine 1: the largest score, 1 / epsilon
 
@@ -522,8 +594,10 @@ def test_yat_hand_written_score_gradient_equals_autograd_of_the_formula(kind):
     (ref * w).sum().backward()
     torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(k1.grad, k2.grad, rtol=1e-7, atol=1e-7)
-    assert torch.autograd.gradcheck(lambda a, b: attn.scores(a, b), (q[:1, :1, :4].clone().requires_grad_(),
-                                                                     k[:1, :1, 2:6].clone().requires_grad_()))
+    assert torch.autograd.gradcheck(
+        lambda a, b: attn.scores(a, b),
+        (q[:1, :1, :4].clone().requires_grad_(), k[:1, :1, 2:6].clone().requires_grad_()),
+    )
 
 
 # ---- SLAY components -------------------------------------------------------------------------------------
@@ -536,7 +610,7 @@ def test_slay_quadrature_error(R, bound):
     """sum_r w_r x^2 e^{2 s_r x} vs x^2/(C - 2x) over |x| <= 0.5 (calibrated: .18, .024, 3.9e-4, 7.9e-8)."""
     attn = make("slay-anchor", num_quadrature_nodes=R)
     s, w = attn.nodes.double(), attn.node_weights.double()
-    t, a = laguerre_nodes(R)
+    t, _a = laguerre_nodes(R)
     torch.testing.assert_close(s, t / C)
     x = torch.linspace(-0.5, 0.5, 1001, dtype=torch.float64)
     ratio = (C - 2 * x) * (w[None] * torch.exp(2 * (t / C)[None] * x[:, None])).sum(-1)  # approx / exact
@@ -566,7 +640,10 @@ def test_slay_prf_is_unbiased(s):
     attn = make("slay-laplace", d_model=16, n_heads=1, num_features=16384, num_quadrature_nodes=1).double()
     attn.nodes.fill_(s)
     q, k = unit_pairs()
-    fq, fk = attn.prf(attn.projection(q[None, None], 0), 0)[0, 0], attn.prf(attn.projection(k[None, None], 0), 0)[0, 0]
+    fq, fk = (
+        attn.prf(attn.projection(q[None, None], 0), 0)[0, 0],
+        attn.prf(attn.projection(k[None, None], 0), 0)[0, 0],
+    )
     assert rel_err(fq @ fk.T, torch.exp(2 * s * (q @ k.T))) < 0.06
 
 
@@ -625,7 +702,7 @@ def test_slay_hadamard_features_and_their_expectation():
     # (1) the module computes Psi_r = sqrt(w_r) (proj^2 / sqrt M) * exp(clip(sqrt(2 s_r) proj - s_r)) / sqrt M
     M = 64
     attn = make("slay", d_model=16, n_heads=1, num_features=M).double()
-    q, k = unit_pairs(n=6)
+    q, _k = unit_pairs(n=6)
     parts = []
     for r in range(2):
         proj, s = q @ attn.omega[r, 0], attn.nodes[r]
@@ -640,13 +717,18 @@ def test_slay_hadamard_features_and_their_expectation():
             a, b = t[:, None], x * t[:, None] + math.sqrt(1 - x * x) * t[None, :]
             f = lambda p: p**2 * torch.exp(math.sqrt(2 * s) * p - s)  # noqa: E731
             quad = (wt[:, None] * wt[None, :] * f(a) * f(b)).sum()
-            torch.testing.assert_close(quad, hadamard_closed_form(s, torch.tensor(x, dtype=torch.float64)), rtol=1e-9, atol=0)
+            torch.testing.assert_close(
+                quad, hadamard_closed_form(s, torch.tensor(x, dtype=torch.float64)), rtol=1e-9, atol=0
+            )
     # (3) Monte Carlo through the module, independent unit vectors. The estimator is heavy-tailed
     # (p^4 e^{2 sqrt(2s) p}): over draws 0..3 the error was 0.08, 0.12, 0.24, 0.10, hence the loose bound
     big = make("slay", d_model=16, n_heads=1, num_features=200_000, num_quadrature_nodes=1).double()
     g = torch.Generator().manual_seed(7)
     u = torch.nn.functional.normalize(torch.randn(2, 8, 16, generator=g, dtype=torch.float64), dim=-1)
-    fq, fk = big.features(u[0][None, None], None, False)[0, 0], big.features(u[1][None, None], None, False)[0, 0]
+    fq, fk = (
+        big.features(u[0][None, None], None, False)[0, 0],
+        big.features(u[1][None, None], None, False)[0, 0],
+    )
     s, w = float(big.nodes[0]), float(big.node_weights[0])
     assert rel_err(fq @ fk.T, (w / 200_000) * hadamard_closed_form(s, u[0] @ u[1].T)) < 0.3
 
@@ -664,8 +746,9 @@ def test_slay_scale_invariance(kind):
     q, k, v = qkv()
     sq = torch.rand(2, H, 7, 1, generator=torch.Generator().manual_seed(1)) * 10 + 0.1
     for causal in (False, True):
-        torch.testing.assert_close(core(attn, q * sq, k * sq.flip(2), v, causal), core(attn, q, k, v, causal),
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            core(attn, q * sq, k * sq.flip(2), v, causal), core(attn, q, k, v, causal), atol=1e-5, rtol=1e-4
+        )
 
 
 def test_slay_anchor_error_to_spherical_yat_shrinks_with_features():
@@ -682,7 +765,9 @@ def test_slay_anchor_error_to_spherical_yat_shrinks_with_features():
     assert errs[4096] < errs[16]
 
 
-@pytest.mark.parametrize("kind", ["linear", "performer", "cosformer", "rff", "yat", "yat-spherical", "slay-anchor"])
+@pytest.mark.parametrize(
+    "kind", ["linear", "performer", "cosformer", "rff", "yat", "yat-spherical", "slay-anchor"]
+)
 def test_use_rope_on_other_kinds(kind):
     """RoPE before the score / feature map: cached decoding still equals the full pass, and the bidirectional
     output stops being permutation-equivariant (positions now matter)."""

@@ -67,13 +67,33 @@ def test_mean_std_is_the_sample_formula_over_the_finite_values():
 
 def test_command_line_gives_the_table_and_one_json_line(corpora, tmp_path, capsys):
     csv, txt = corpora
-    figures = bench.main(["--kinds", "standard,linear", "--seeds", "2", "--steps", "3", "--encoder-data", str(csv),
-                          "--decoder-data", str(txt), "--lengths", "64,128", "--max-length", "128",
-                          "--timing-budget", "0", "--no-save"])
+    figures = bench.main(
+        [
+            "--kinds",
+            "standard,linear",
+            "--seeds",
+            "2",
+            "--steps",
+            "3",
+            "--encoder-data",
+            str(csv),
+            "--decoder-data",
+            str(txt),
+            "--lengths",
+            "64,128",
+            "--max-length",
+            "128",
+            "--timing-budget",
+            "0",
+            "--no-save",
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     line = json.loads(out[-1])
     assert line == json.loads(json.dumps(figures))  # the JSON line is the returned figures, run info included
-    assert line["benchmark"] == "attention_kinds" and line["seeds"] == [0, 1] and line["run"]["mode"] == "full"
+    assert (
+        line["benchmark"] == "attention_kinds" and line["seeds"] == [0, 1] and line["run"]["mode"] == "full"
+    )
     assert set(line["forms"]) == {"encoder", "decoder"}
     for name, form in line["forms"].items():
         metric = form["metric"]
@@ -87,8 +107,14 @@ def test_command_line_gives_the_table_and_one_json_line(corpora, tmp_path, capsy
                 values = [run[key] for run in r["runs"]]
                 mean, std = _brute(values)
                 assert r[key]["values"] == values and r[key]["n"] == 2
-                assert r[key]["mean"] == pytest.approx(mean, rel=1e-12) and r[key]["std"] == pytest.approx(std, rel=1e-12)
-            ok = [0.0 <= v <= 1.0 for v in r[metric]["values"]] if metric == "roc_auc" else [v > 1.0 for v in r[metric]["values"]]
+                assert r[key]["mean"] == pytest.approx(mean, rel=1e-12) and r[key]["std"] == pytest.approx(
+                    std, rel=1e-12
+                )
+            ok = (
+                [0.0 <= v <= 1.0 for v in r[metric]["values"]]
+                if metric == "roc_auc"
+                else [v > 1.0 for v in r[metric]["values"]]
+            )
             assert all(ok)
             layer = r["layer"]
             assert [c["L"] for c in layer["cases"]] == [64, 128]
@@ -112,17 +138,45 @@ def test_a_run_is_reproduced_from_its_seed(corpora, tmp_path):
 
 def _figures(metric: str, higher: bool, values: dict[str, list]) -> dict:
     """Figures as main() writes them, for two kinds: per-seed metric values (None: a failed run)."""
-    layer = {"longest_fit": 1024, "capped": False, "stop": "memory at 2048: 3000 MiB",
-             "cases": [{"L": 256, "seconds": 0.0123, "peak_mib": 4.5}, {"L": 1024, "seconds": 0.25, "peak_mib": 40.0}]}
-    results = [{"kind": kind, metric: bench.mean_std(v), "tokens_per_s": bench.mean_std([1000.0] * len(v)),
-                "runs": [], "layer": layer} for kind, v in values.items()]
-    form = {"task": "t", "data_label": "d", "causal": False, "metric": metric, "higher_is_better": higher,
-            "metric_label": "m", "baseline": {"model": "b", metric: 0.5}, "results": results}
-    return {"seeds": [0, 1], "layer": {"lengths": [256, 1024, 4096], "memory_budget_mib": 2048.0, "time_cap_s": 10.0},
-            "forms": {"encoder": form}}
+    layer = {
+        "longest_fit": 1024,
+        "capped": False,
+        "stop": "memory at 2048: 3000 MiB",
+        "cases": [
+            {"L": 256, "seconds": 0.0123, "peak_mib": 4.5},
+            {"L": 1024, "seconds": 0.25, "peak_mib": 40.0},
+        ],
+    }
+    results = [
+        {
+            "kind": kind,
+            metric: bench.mean_std(v),
+            "tokens_per_s": bench.mean_std([1000.0] * len(v)),
+            "runs": [],
+            "layer": layer,
+        }
+        for kind, v in values.items()
+    ]
+    form = {
+        "task": "t",
+        "data_label": "d",
+        "causal": False,
+        "metric": metric,
+        "higher_is_better": higher,
+        "metric_label": "m",
+        "baseline": {"model": "b", metric: 0.5},
+        "results": results,
+    }
+    return {
+        "seeds": [0, 1],
+        "layer": {"lengths": [256, 1024, 4096], "memory_budget_mib": 2048.0, "time_cap_s": 10.0},
+        "forms": {"encoder": form},
+    }
 
 
-@pytest.mark.parametrize("metric, higher, best", [("roc_auc", True, "linear"), ("perplexity", False, "standard")])
+@pytest.mark.parametrize(
+    "metric, higher, best", [("roc_auc", True, "linear"), ("perplexity", False, "standard")]
+)
 def test_markdown_marks_the_best_mean_and_counts_failed_runs(metric, higher, best):
     table = bench.markdown(_figures(metric, higher, {"standard": [0.6, None], "linear": [0.7, 0.9]}))
     rows = {line.split(" | ")[0][3:-1]: line for line in table.splitlines() if line.startswith("| `")}
@@ -139,8 +193,9 @@ def test_the_docs_table_is_the_one_generated_from_the_committed_results():
     figures = json.loads(results.read_text())
     docs = bench.DOCS.read_text()
     i, j = docs.find(bench.START), docs.find(bench.END)
-    assert docs[i:j + len(bench.END)] == bench.docs_block(figures), (
-        "docs/attention.md §7 is out of date: run python benchmarks/attention_kinds.py --write-docs")
+    assert docs[i : j + len(bench.END)] == bench.docs_block(figures), (
+        "docs/attention.md §7 is out of date: run python benchmarks/attention_kinds.py --write-docs"
+    )
     assert len(figures["kinds"]) == 14 or figures["run"]["mode"] == "quick"
 
 

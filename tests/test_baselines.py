@@ -15,7 +15,13 @@ from lm.eval.baselines import ngram_statistics, tfidf_logreg_probs
 from lm.eval.ngram import KneserNey, left_contexts
 
 TOXIC = ["you are an idiot", "shut up you fool", "what a stupid idiot", "idiot idiot", "go away loser fool"]
-CLEAN = ["thank you for the article", "a thoughtful piece", "I agree with you", "nice work", "good point, thanks"]
+CLEAN = [
+    "thank you for the article",
+    "a thoughtful piece",
+    "I agree with you",
+    "nice work",
+    "good point, thanks",
+]
 
 
 def test_baseline_tfidf_equals_sklearn_run_directly():
@@ -24,7 +30,11 @@ def test_baseline_tfidf_equals_sklearn_run_directly():
     test = [TOXIC[i] + " extra" for i in range(5)] + [CLEAN[i] + " extra" for i in range(5)]
     ours = tfidf_logreg_probs(train, labels, test)
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    ref = LogisticRegression(max_iter=1000).fit(vec.fit_transform(train), labels).predict_proba(vec.transform(test))[:, 1]
+    ref = (
+        LogisticRegression(max_iter=1000)
+        .fit(vec.fit_transform(train), labels)
+        .predict_proba(vec.transform(test))[:, 1]
+    )
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
     assert roc_auc_score([1] * 5 + [0] * 5, ours) == 1.0
 
@@ -80,7 +90,7 @@ def test_baseline_kneser_ney_equals_brute_force_formula(order):
     model = KneserNey(order, V).fit(streams)
     brute = _brute_kn([s.tolist() for s in streams], order, V)
     contexts = rng.integers(-1, V, (40, order - 1))
-    contexts[:5] = [[0, 1][-(order - 1):]] * 5  # frequent contexts
+    contexts[:5] = [[0, 1][-(order - 1) :]] * 5  # frequent contexts
     ours = model.probs(contexts)
     np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-12)
     ref = np.array([[brute(w, list(ctx)) for w in range(V)] for ctx in contexts])
@@ -100,20 +110,24 @@ def test_baseline_ngram_scores_the_positions_lm_scores(tmp_path, task):
     from conftest import write_fake_encoded
 
     from lm.config import Params
-    from lm.data.encoded import Encoded
-    from lm.infer.scoring import lm_statistics
-    from lm.model import build_model
     from lm.data.batches import make_items
+    from lm.data.encoded import Encoded
     from lm.data.objectives import make_objective
     from lm.data.split import load_split
+    from lm.infer.scoring import lm_statistics
+    from lm.model import build_model
 
     write_fake_encoded(tmp_path, task, n_docs=60)
     enc = Encoded.open(tmp_path / "data/encoded")
     parts = load_split(tmp_path / "data/split")
-    params = Params.model_validate({"task": task, "model": {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_layers": 1}})
+    params = Params.model_validate(
+        {"task": task, "model": {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_layers": 1}}
+    )
     objective = make_objective(params, enc, parts["train"])
     items = make_items(enc, parts["test"], task, enc.max_len)
-    model = build_model(params.model, task=task, vocab_size=enc.vocab_size, max_len=enc.max_len, pad_id=enc.pad_id)
+    model = build_model(
+        params.model, task=task, vocab_size=enc.vocab_size, max_len=enc.max_len, pad_id=enc.pad_id
+    )
     ours = lm_statistics(model, objective, items, 8, None)
     base = ngram_statistics(enc, parts["train"], objective, items, task=task, batch_size=5, token_bytes=None)
     assert base["n_tokens"] == ours["n_tokens"] > 0

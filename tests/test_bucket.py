@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import tiny_params, write_fake_encoded
+
 from lm.config import ConfigError, TrainConfig, parse_params
 from lm.data.batches import RowItems
 from lm.train.distributed import Dist
@@ -30,10 +30,19 @@ def items(n: int = N, seed: int = 0) -> RowItems:
     return RowItems(SimpleNamespace(lengths=lengths), np.arange(n, dtype=np.int64))
 
 
-def stream(bucket: bool = True, *, seed: int = 7, batch: int = 8, accum: int = 2, rank: int = 0, world: int = 1,
-           **kw) -> TrainStream:
-    return TrainStream(items(), seed=seed, batch_size=batch, grad_accum_steps=accum, rank=rank, world_size=world,
-                       bucket_by_length=bucket, **kw)
+def stream(
+    bucket: bool = True, *, seed: int = 7, batch: int = 8, accum: int = 2, rank: int = 0, world: int = 1, **kw
+) -> TrainStream:
+    return TrainStream(
+        items(),
+        seed=seed,
+        batch_size=batch,
+        grad_accum_steps=accum,
+        rank=rank,
+        world_size=world,
+        bucket_by_length=bucket,
+        **kw,
+    )
 
 
 def epoch_steps(s: TrainStream, epoch: int) -> list[list[np.ndarray]]:
@@ -70,7 +79,9 @@ def test_bucket_order_is_deterministic_for_a_seed_and_new_every_epoch():
     assert not np.array_equal(a, flat(epoch_steps(stream(), 1)))
     assert not np.array_equal(a, flat(epoch_steps(stream(seed=8), 0)))
     # a step is a function of (seed, epoch, step) alone: a fresh stream asked for step 17 first agrees
-    assert all(np.array_equal(x, y) for x, y in zip(stream().step_indices(0, 17), epoch_steps(stream(), 0)[17]))
+    assert all(
+        np.array_equal(x, y) for x, y in zip(stream().step_indices(0, 17), epoch_steps(stream(), 0)[17])
+    )
 
 
 def test_bucket_steps_hold_rows_of_similar_length_and_padding_shrinks():
@@ -137,11 +148,14 @@ def test_bucket_ddp_ranks_take_disjoint_shares_of_the_one_process_step(world, ba
         every = np.concatenate([flat(pr) for pr in per_rank])
         assert len(np.unique(every)) == len(every)
         padded = sum(len(m) * lengths[m].max() for pr in per_rank for step in pr for m in step)
-        assert padded - lengths[every].sum() < 0.1 * (padded_tokens(stream(False, batch=batch, accum=accum), epoch)[0])
+        assert (
+            padded - lengths[every].sum()
+            < 0.1 * (padded_tokens(stream(False, batch=batch, accum=accum), epoch)[0])
+        )
 
 
 def test_bucket_with_the_weighted_sampler_reorders_the_same_draws():
-    labels = (items().lengths() > 60)
+    labels = items().lengths() > 60
     kw = dict(sampler="weighted", weights=class_weights(labels))
     b, p = flat(epoch_steps(stream(**kw), 0)), flat(epoch_steps(stream(False, **kw), 0))
     assert np.array_equal(np.sort(b), np.sort(p)) and not np.array_equal(b, p)
@@ -157,13 +171,17 @@ def test_bucket_config_key_is_off_by_default_and_only_classify_streams_bucket(tm
         parse_params(tiny_params(**{"train.bucket_by_length": "yes please"}))
     from stages.pretrain import pretrain_params
 
-    pre = pretrain_params(parse_params(tiny_params(**{"pretrain.source": "x.txt", "train.bucket_by_length": True})))
+    pre = pretrain_params(
+        parse_params(tiny_params(**{"pretrain.source": "x.txt", "train.bucket_by_length": True}))
+    )
     assert pre.task == "mlm" and pre.train.bucket_by_length is False
     with pytest.raises(ValueError, match="bucket_by_length"):
         TrainStream(SimpleNamespace(), seed=0, batch_size=2, grad_accum_steps=1, bucket_by_length=True)
     for task in ("clm", "mlm"):
         write_fake_encoded(tmp_path / task, task, n_docs=64)
-        params = parse_params(tiny_params(**{"task": task, "train.batch_size": 4, "train.bucket_by_length": True}))
+        params = parse_params(
+            tiny_params(**{"task": task, "train.batch_size": 4, "train.bucket_by_length": True})
+        )
         assert params.train.bucket_by_length
         data = open_data(params, tmp_path / task / "data/encoded", tmp_path / task / "data/split", CPU)
         assert data.stream.bucket_by_length is False

@@ -8,21 +8,37 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import subprocess_env, tiny_params, write_params
 from typer.testing import CliRunner
 
-from conftest import subprocess_env, tiny_params, write_params
 from lm.cli import app
 
 runner = CliRunner()
-COMMANDS = ["download", "tokenize", "encode", "split", "pretrain", "train", "eval", "export", "viz", "generate", "predict",
-            "bench", "serve", "compare"]
+COMMANDS = [
+    "download",
+    "tokenize",
+    "encode",
+    "split",
+    "pretrain",
+    "train",
+    "eval",
+    "export",
+    "viz",
+    "generate",
+    "predict",
+    "bench",
+    "serve",
+    "compare",
+]
 STAGES = ["download", "tokenize", "encode", "split", "train", "eval", "viz"]
 
 
 def test_help_lists_every_command_and_imports_nothing_heavy():
     """`lm --help` stays fast because importing lm.cli imports none of the heavy libraries (checked as a
     behaviour, not with a wall-clock limit that a loaded machine would break)."""
-    proc = subprocess.run([sys.executable, "-m", "lm.cli", "--help"], capture_output=True, text=True, env=subprocess_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm.cli", "--help"], capture_output=True, text=True, env=subprocess_env()
+    )
     assert proc.returncode == 0
     for command in COMMANDS:
         assert command in proc.stdout
@@ -40,7 +56,9 @@ def test_every_command_has_help(command):
 
 
 def _run(args, cwd):
-    return subprocess.run([sys.executable, "-m", "lm.cli", *args], cwd=cwd, capture_output=True, text=True, env=subprocess_env())
+    return subprocess.run(
+        [sys.executable, "-m", "lm.cli", *args], cwd=cwd, capture_output=True, text=True, env=subprocess_env()
+    )
 
 
 @pytest.mark.parametrize(
@@ -53,7 +71,10 @@ def _run(args, cwd):
         ({"split.val_fraction": 0.5, "split.test_fraction": 0.5}, "split.val_fraction"),
         ({"task": "regression"}, "task"),
         ({"bogus": 1}, "bogus"),
-        ({"model.attention": "performer", "model.attention_options": {"bogus": 1}}, "model.attention_options.bogus"),
+        (
+            {"model.attention": "performer", "model.attention_options": {"bogus": 1}},
+            "model.attention_options.bogus",
+        ),
         ({"model.attention": "rotary", "model.d_model": 30, "model.n_heads": 2}, "model.attention"),
     ],
 )
@@ -108,20 +129,33 @@ def test_bad_input_data_is_one_line_and_leaves_no_output(tmp_path, frame, overri
 
 def test_missing_source_file(tmp_path):
     proc = _download(tmp_path, tmp_path / "missing.csv")
-    assert proc.returncode == 1 and "missing.csv" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.returncode == 1 and "missing.csv" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_empty_rows_are_dropped_and_counted(tmp_path):
     path = tmp_path / "in.csv"
-    pd.DataFrame({"text": ["good", "  ", "fine", ""], "target": [0.0, 0.5, 0.9, 0.1]}).to_csv(path, index=False)
+    pd.DataFrame({"text": ["good", "  ", "fine", ""], "target": [0.0, 0.5, 0.9, 0.1]}).to_csv(
+        path, index=False
+    )
     proc = _download(tmp_path, path)
     assert proc.returncode == 0, proc.stderr
     assert "2 empty rows dropped" in proc.stderr.replace("\n", " ")
     assert len(pd.read_parquet(tmp_path / "data" / "raw" / "corpus.parquet")) == 2
 
 
-@pytest.mark.parametrize("stage, needs", [("tokenize", "data/raw"), ("encode", "data/raw"), ("split", "data/encoded"),
-                                          ("train", "data/encoded"), ("eval", "models"), ("viz", "models")])
+@pytest.mark.parametrize(
+    "stage, needs",
+    [
+        ("tokenize", "data/raw"),
+        ("encode", "data/raw"),
+        ("split", "data/encoded"),
+        ("train", "data/encoded"),
+        ("eval", "models"),
+        ("viz", "models"),
+    ],
+)
 def test_stage_before_its_inputs_says_what_to_run(tmp_path, stage, needs):
     write_params(tmp_path / "params.yaml", tiny_params())
     proc = _run([stage], tmp_path)
@@ -146,6 +180,10 @@ def test_bench_prints_one_json_line_of_throughput(tmp_path, task):
     assert figures["task"] == task and figures["steps"] == 2 and figures["tokens_per_s"] > 0
     # tokens_per_s is tokens / the unrounded seconds, which lie within 0.5 ms of the printed ones (no timing
     # tolerance: a short run's seconds may round to a few ms, so only the rounding interval is exact)
-    tokens, seconds, rate = 2 * figures["batch"] * figures["seq_len"], figures["seconds"], figures["tokens_per_s"]
+    tokens, seconds, rate = (
+        2 * figures["batch"] * figures["seq_len"],
+        figures["seconds"],
+        figures["tokens_per_s"],
+    )
     assert rate >= tokens / (seconds + 0.0005) - 0.05
     assert seconds <= 0.0005 or rate <= tokens / (seconds - 0.0005) + 0.05

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 
+import compare_fixture
 import pytest
 import yaml
+from compare_reports import figures
 from typer.testing import CliRunner
 
-import compare_fixture
-from compare_reports import figures
 from lm.cli import app
 from lm.compare.curves import read_curves
 from lm.compare.runs import read_runs
@@ -45,7 +45,7 @@ def figure(page: str, title: str) -> str:
 
 def legend(svg: str) -> list[str]:
     """The legend's entries (matplotlib keeps text as <text> with svg.fonttype none)."""
-    return re.findall(r"<text[^>]*>([^<]*)</text>", svg[svg.index('id="legend_1"'):])
+    return re.findall(r"<text[^>]*>([^<]*)</text>", svg[svg.index('id="legend_1"') :])
 
 
 @pytest.mark.slow
@@ -77,4 +77,3 @@ def test_compare_curves_are_read_at_each_experiments_revision(repo):
     assert curves["mlm"].roc.empty and curves["mlm"].task == "mlm"
     assert curves["mlm"].train_loss["train_loss"].iloc[-1] == pytest.approx(4.0 * (1 + 1 / 20))
     assert curves["deeper"].val_loss["step"].tolist() == [5, 10, 15, 20]
-

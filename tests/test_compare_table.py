@@ -10,14 +10,14 @@ import statistics
 import subprocess
 import sys
 
+import compare_fixture
 import pandas as pd
 import pytest
 import yaml
+from compare_reports import figures
+from conftest import subprocess_env
 from typer.testing import CliRunner
 
-import compare_fixture
-from conftest import subprocess_env
-from compare_reports import figures
 from lm.cli import app
 from lm.compare.command import compare
 from lm.compare.report import markdown
@@ -58,14 +58,26 @@ def row(table, run: str) -> pd.Series:
 def test_compare_table_has_only_the_changed_params_then_headline_and_cost(runs):
     table = build_table(runs, width=1000)  # room for every column
     # the model's params before the data's, seed last
-    assert table.params == ["task", "model.n_layers", "model.attention", "model.attention_options.use_rope",
-                            "data.source", "seed"]
+    assert table.params == [
+        "task",
+        "model.n_layers",
+        "model.attention",
+        "model.attention_options.use_rope",
+        "data.source",
+        "seed",
+    ]
     figures_shown = [c for c in table.cells.columns if c not in ("run", "n", *table.params)]
     assert figures_shown == list(HEADLINE + COST)
     assert set(table.cells["run"]) == {"workspace", "main +1", "sweep-0 +2", "deeper", "performer", "mlm"}
     assert row(table, "deeper")["model.n_layers"] == "6"
-    assert row(table, "performer")[["model.attention", "model.attention_options.use_rope"]].tolist() == ["performer", "true"]
-    assert row(table, "workspace")["model.attention_options.use_rope"] in ("", "null")  # HEAD: the kind's default
+    assert row(table, "performer")[["model.attention", "model.attention_options.use_rope"]].tolist() == [
+        "performer",
+        "true",
+    ]
+    assert row(table, "workspace")["model.attention_options.use_rope"] in (
+        "",
+        "null",
+    )  # HEAD: the kind's default
     assert row(table, "sweep-0 +2")["data.source"] == "…/train.csv"
 
 
@@ -74,9 +86,15 @@ def test_compare_table_puts_each_figure_in_its_task_column(repo, runs):
     table = build_table(runs, width=1000)
     deeper, mlm = row(table, "deeper"), row(table, "mlm")
     want = expected(repo, **{"model.n_layers": 6})
-    assert deeper["roc_auc"] == number(want["roc_auc"]) and deeper["lift.roc_auc"] == number(want["roc_auc"] - 0.93, True)
-    assert deeper["baseline.roc_auc"] == "0.9300" and deeper["perplexity"] == deeper["baseline.perplexity"] == ""
-    assert mlm["roc_auc"] == mlm["pr_auc"] == "" and mlm["perplexity"] == number(expected(repo, task="mlm")["perplexity"])
+    assert deeper["roc_auc"] == number(want["roc_auc"]) and deeper["lift.roc_auc"] == number(
+        want["roc_auc"] - 0.93, True
+    )
+    assert (
+        deeper["baseline.roc_auc"] == "0.9300" and deeper["perplexity"] == deeper["baseline.perplexity"] == ""
+    )
+    assert mlm["roc_auc"] == mlm["pr_auc"] == "" and mlm["perplexity"] == number(
+        expected(repo, task="mlm")["perplexity"]
+    )
     assert mlm["baseline.perplexity"] == "80.00"
     assert deeper["n_params"] == "340k" and deeper["peak_memory_mb"] == "1100" and deeper["seconds"] == "160"
 
@@ -85,10 +103,14 @@ def test_compare_table_puts_each_figure_in_its_task_column(repo, runs):
 def test_compare_table_shows_a_seed_sweep_as_mean_and_std(repo, runs):
     table = build_table(runs, width=1000)
     sweep = row(table, "sweep-0 +2")
-    aucs = [expected(repo, seed=s, **{"data.source": compare_fixture.SWEEP_SOURCE})["roc_auc"] for s in range(3)]
+    aucs = [
+        expected(repo, seed=s, **{"data.source": compare_fixture.SWEEP_SOURCE})["roc_auc"] for s in range(3)
+    ]
     assert sweep["n"] == "3" and sweep["seed"] == "0,1,2"
     assert sweep["roc_auc"] == f"{statistics.mean(aucs):.4f}±{statistics.stdev(aucs):.4f}"
-    assert row(table, "main +1")["n"] == "2" and row(table, "workspace")["n"] == "1"  # the workspace repeats main
+    assert (
+        row(table, "main +1")["n"] == "2" and row(table, "workspace")["n"] == "1"
+    )  # the workspace repeats main
     assert any("sweep-0, sweep-1, sweep-2" in note and "seed 0,1,2" in note for note in table.notes)
     per_run = build_table(runs, aggregate=False, width=1000)
     assert "n" not in per_run.cells.columns and len(per_run.cells) == 2 + len(compare_fixture.EXPERIMENTS)
@@ -102,8 +124,20 @@ def test_compare_prints_lines_of_at_most_160_characters_and_says_what_it_left_ou
     lines = result.output.splitlines()
     assert max(map(len, lines)) <= 160
     header = "\n".join(lines[:3])
-    for label in ("run", "task", "n_layers", "attention", "roc_auc", "baseline", "lift", "perplexity", "seconds",
-                  "tokens_", "memory_mb", "n_params"):
+    for label in (
+        "run",
+        "task",
+        "n_layers",
+        "attention",
+        "roc_auc",
+        "baseline",
+        "lift",
+        "perplexity",
+        "seconds",
+        "tokens_",
+        "memory_mb",
+        "n_params",
+    ):
         assert label in header
     assert "±" in result.output and "train.lr" not in result.output
     left_out = next(line for line in lines if line.startswith("left out"))
@@ -130,7 +164,12 @@ def test_compare_writes_markdown(repo, tmp_path):
     compare(md=path, cwd=repo)
     text = path.read_text()
     head, rule, *rows = text.splitlines()
-    assert head.startswith("| run") and "roc_auc" in head and "baseline.perplexity" in head and "n_params" in head
+    assert (
+        head.startswith("| run")
+        and "roc_auc" in head
+        and "baseline.perplexity" in head
+        and "n_params" in head
+    )
     assert set(rule) <= set("|:- ") and len(rows) >= 6
     assert "| deeper" in text and "±" in text and "- sweep-0 +2: mean±std" in text
     assert [p.name for p in tmp_path.iterdir()] == ["runs.md"]  # written in place, no temporary left
@@ -140,14 +179,20 @@ def test_compare_writes_markdown(repo, tmp_path):
 def test_compare_errors_are_one_line_with_the_fix(repo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["compare"])
-    assert result.exit_code == 1 and "not a DVC repository" in result.output and len(result.output.splitlines()) == 1
+    assert (
+        result.exit_code == 1
+        and "not a DVC repository" in result.output
+        and len(result.output.splitlines()) == 1
+    )
     bare = compare_fixture.init_repo(tmp_path / "bare")
     monkeypatch.chdir(bare)
     assert "no commit yet" in runner.invoke(app, ["compare"]).output
     compare_fixture.sh(bare, "git", "add", "-A")
     compare_fixture.sh(bare, "git", "commit", "-qm", "only a commit")
     result = runner.invoke(app, ["compare"])
-    assert result.exit_code == 1 and "dvc exp run -S" in result.output and len(result.output.splitlines()) == 1
+    assert (
+        result.exit_code == 1 and "dvc exp run -S" in result.output and len(result.output.splitlines()) == 1
+    )
     monkeypatch.chdir(repo)
     for args, words in ((["nope"], "no run named 'nope'"), (["--keys", "model.n_layerz"], "model.n_layerz")):
         result = runner.invoke(app, ["compare", *args])
@@ -156,17 +201,35 @@ def test_compare_errors_are_one_line_with_the_fix(repo, tmp_path, monkeypatch):
 
 def test_compare_formats_figures_and_params_short():
     assert [number(v) for v in (0.95213, 45.678, 101.2, 9535.6, 12345.0, 180000.0, 1234567.0)] == [
-        "0.9521", "45.68", "101", "9536", "12.3k", "180k", "1.23M"]
+        "0.9521",
+        "45.68",
+        "101",
+        "9536",
+        "12.3k",
+        "180k",
+        "1.23M",
+    ]
     assert number(-0.0183, signed=True) == "-0.0183" and number(0.0002, like=101.2) == "0"
     assert value_text("/home/someone/data/corpora/jigsaw/train.csv") == "…/train.csv"
     assert value_text("a-very-long-value-without-any-slash") == "a-very-long-value…"
-    assert [value_text(v) for v in (True, None, ["a", "b"], 0.002, float("nan"))] == ["true", "null", "a,b", "0.002", ""]
+    assert [value_text(v) for v in (True, None, ["a", "b"], 0.002, float("nan"))] == [
+        "true",
+        "null",
+        "a,b",
+        "0.002",
+        "",
+    ]
 
 
 def record(rev: str, name: str | None, params: dict, metrics: dict | None = None, error=None) -> dict:
     files = {"reports/metrics.json": {"data": metrics}} if metrics else {}
-    return {"rev": rev, "name": name, "error": error, "experiments": None,
-            "data": {"rev": rev, "params": {"params.yaml": {"data": params}}, "metrics": files}}
+    return {
+        "rev": rev,
+        "name": name,
+        "error": error,
+        "experiments": None,
+        "data": {"rev": rev, "params": {"params.yaml": {"data": params}}, "metrics": files},
+    }
 
 
 def test_compare_groups_runs_that_differ_only_in_seed_and_leaves_failed_ones_out():
@@ -174,12 +237,21 @@ def test_compare_groups_runs_that_differ_only_in_seed_and_leaves_failed_ones_out
     repeats a run of the sweep stays its own row, and a sweep that also changes another param is no sweep."""
     head = record("a" * 40, "main", {"seed": 0, "model": {"n_layers": 2}}, {"roc_auc": 0.90})
     head["experiments"] = [
-        {"name": "s1", "executor": None, "revs": [record("b" * 40, "s1", {"seed": 1, "model": {"n_layers": 2}},
-                                                          {"roc_auc": 0.92})]},
-        {"name": "deep", "executor": None, "revs": [record("c" * 40, "deep", {"seed": 2, "model": {"n_layers": 4}},
-                                                            {"roc_auc": 0.95})]},
-        {"name": "broken", "executor": {"state": "failed"},
-         "revs": [record("d" * 40, "broken", {"seed": 0, "model": {"n_layers": 8}}, None)]},
+        {
+            "name": "s1",
+            "executor": None,
+            "revs": [record("b" * 40, "s1", {"seed": 1, "model": {"n_layers": 2}}, {"roc_auc": 0.92})],
+        },
+        {
+            "name": "deep",
+            "executor": None,
+            "revs": [record("c" * 40, "deep", {"seed": 2, "model": {"n_layers": 4}}, {"roc_auc": 0.95})],
+        },
+        {
+            "name": "broken",
+            "executor": {"state": "failed"},
+            "revs": [record("d" * 40, "broken", {"seed": 0, "model": {"n_layers": 8}}, None)],
+        },
     ]
     workspace = record("workspace", None, {"seed": 1, "model": {"n_layers": 2}}, {"roc_auc": 0.92})
     runs = parse_exp_show([workspace, head])
@@ -197,5 +269,7 @@ def test_compare_groups_runs_that_differ_only_in_seed_and_leaves_failed_ones_out
 def test_compare_imports_no_torch():
     """`lm compare` answers at dvc's speed: nothing of lm/compare imports torch."""
     probe = "import sys, lm.compare.command, lm.compare.report; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env(), check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env(), check=True
+    )
     assert out.stdout.strip() == "False"

@@ -13,8 +13,15 @@ from lm.attention_kinds import KINDS, resolve_attention_options
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "docs" / "attention.md"
-CITING = ["lm/**/*.py", "stages/**/*.py", "tests/**/*.py", "benchmarks/**/*.py", "docs/**/*.md", "README.md",
-          "params.yaml"]
+CITING = [
+    "lm/**/*.py",
+    "stages/**/*.py",
+    "tests/**/*.py",
+    "benchmarks/**/*.py",
+    "docs/**/*.md",
+    "README.md",
+    "params.yaml",
+]
 CITATION = re.compile(r"docs/attention\.md(?:,?\s*§\s*(\d+(?:\.\d+)*)(?:\s*[-–]\s*(\d+(?:\.\d+)*))?)?")
 HEADING = re.compile(r"^(#{2,4})\s+(\d+(?:\.\d+)*)\.?\s+(.*)$", re.M)
 OPTION_ROW = re.compile(r"^\|\s*`([a-z_]+)`\s*\|\s*`([^`]*)`\s*\|", re.M)
@@ -54,16 +61,21 @@ def citations() -> list[tuple[str, int, str]]:
         for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             for m in CITATION.finditer(line):
                 if m.group(1):
-                    found += [(str(path.relative_to(ROOT)), lineno, s) for s in expand(m.group(1), m.group(2))]
+                    found += [
+                        (str(path.relative_to(ROOT)), lineno, s) for s in expand(m.group(1), m.group(2))
+                    ]
     return found
 
 
 def test_the_spec_is_in_the_repository_and_nothing_cites_the_old_one():
     assert SPEC.is_file()
     old = "ATTENTION" + ".md"  # the spec that lived outside the repository
-    stale = [f"{p.relative_to(ROOT)}:{n}" for p in citing_files()
-             for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
-             if old in line.replace("docs/attention.md", "")]
+    stale = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in citing_files()
+        for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if old in line.replace("docs/attention.md", "")
+    ]
     assert not stale, f"cite docs/attention.md instead of {old}: {stale}"
 
 
@@ -83,8 +95,11 @@ def test_the_spec_cites_only_its_own_sections():
 
 
 def kind_section(kind: str) -> tuple[str, str]:
-    found = [(num, body) for num, body in sections().items()
-             if re.match(rf"#{{2,4}}\s+{re.escape(num)}\.?\s+`{re.escape(kind)}`\s*$", body.splitlines()[0])]
+    found = [
+        (num, body)
+        for num, body in sections().items()
+        if re.match(rf"#{{2,4}}\s+{re.escape(num)}\.?\s+`{re.escape(kind)}`\s*$", body.splitlines()[0])
+    ]
     assert len(found) == 1, f"docs/attention.md needs exactly one section headed `{kind}`, found {len(found)}"
     return found[0]
 
@@ -123,8 +138,12 @@ def test_option_tables_give_the_registry_defaults(kind):
     order = [body] + [have[s] for s in re.findall(r"§(\d+(?:\.\d+)*)", body) if s in have and s != num]
     order.append(have["1.4"])
     for key, default in dict(resolve_attention_options(kind, {})).items():  # a dict or an options model
-        row = next((m.group(2) for text in order for m in OPTION_ROW.finditer(text) if m.group(1) == key), None)
-        assert row is not None, f"docs/attention.md §{num} `{kind}`: option `{key}` is not in any option table"
+        row = next(
+            (m.group(2) for text in order for m in OPTION_ROW.finditer(text) if m.group(1) == key), None
+        )
+        assert row is not None, (
+            f"docs/attention.md §{num} `{kind}`: option `{key}` is not in any option table"
+        )
         assert same(parse_default(row), default), (
             f"docs/attention.md §{num} `{kind}`: option `{key}` documented as {row!r}, the code's default is {default!r}"
         )

@@ -103,7 +103,9 @@ def test_dtype_half_precision_norms_and_rope_compute_in_fp32(dtype):
     assert out.dtype == dtype and torch.equal(out, RotaryEmbedding(12)(x.float(), pos).to(dtype))
 
 
-HALF_COMBOS = list(itertools.product(["learned", "sinusoidal", "rotary"], ["layernorm", "rmsnorm"], ["pre", "post"]))
+HALF_COMBOS = list(
+    itertools.product(["learned", "sinusoidal", "rotary"], ["layernorm", "rmsnorm"], ["pre", "post"])
+)
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
@@ -115,8 +117,14 @@ def test_dtype_half_precision_models_run_every_kind(kind, dtype):
     labels = ids(seed=1).masked_fill(mask == 0, -100)
     for positions, norm, norm_position in HALF_COMBOS:
         pos, opts = positions_options(positions)
-        c = cfg(attention=kind, attention_options=opts, positions=pos, norm=norm, norm_position=norm_position,
-                n_layers=1)
+        c = cfg(
+            attention=kind,
+            attention_options=opts,
+            positions=pos,
+            norm=norm,
+            norm_position=norm_position,
+            n_layers=1,
+        )
         for task in ("classify", "mlm", "clm"):
             model = build_model(c, task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD).to(dtype).eval()
             with torch.no_grad():
@@ -130,8 +138,9 @@ def test_dtype_half_precision_models_run_every_kind(kind, dtype):
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_dtype_half_precision_model_trains(dtype):
     """Backward through a half-precision model works and gives finite gradients in the model's dtype."""
-    model = build_model(cfg(attention="rotary", norm="layernorm"), task="clm", vocab_size=V, max_len=MAXLEN,
-                        pad_id=PAD).to(dtype)
+    model = build_model(
+        cfg(attention="rotary", norm="layernorm"), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD
+    ).to(dtype)
     run_or_skip(lambda: model(ids(), padded(), labels=ids(seed=1)).loss.backward(), dtype)
     assert all(p.grad.dtype == dtype and torch.isfinite(p.grad).all() for p in model.parameters())
 
@@ -177,15 +186,23 @@ def test_dtype_float64_model_computes_in_float64(kind):
 
 def make_attention(kind: str, **options):
     torch.manual_seed(1234)
-    return attention_class(kind)(d_model=16, n_heads=2, bias=True, max_len=MAXLEN, options=options,
-                                 generator=torch.Generator().manual_seed(0)).eval()
+    return attention_class(kind)(
+        d_model=16,
+        n_heads=2,
+        bias=True,
+        max_len=MAXLEN,
+        options=options,
+        generator=torch.Generator().manual_seed(0),
+    ).eval()
 
 
 def rope_complex(t: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
     """RoPE as llama's complex multiplication of interleaved pairs, float64. t: (B, H, L, d)."""
     L, d = t.shape[-2:]
     freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    cis = torch.polar(torch.ones(L, d // 2, dtype=torch.float64), torch.arange(L, dtype=torch.float64)[:, None] * freqs)
+    cis = torch.polar(
+        torch.ones(L, d // 2, dtype=torch.float64), torch.arange(L, dtype=torch.float64)[:, None] * freqs
+    )
     return torch.view_as_real(torch.view_as_complex(t.reshape(*t.shape[:-1], d // 2, 2)) * cis).flatten(-2)
 
 
@@ -216,7 +233,8 @@ def test_dtype_float64_attention_matches_sdpa(kind, causal):
 def test_dtype_float64_gpt2_matches_hugging_face(tmp_path):
     """A Hugging Face GPT-2 converted by load_hf_checkpoint, both cast to float64, give the same logits to
     1e-12 (plain, padded, and through lm's KV cache); lm in float32 is 1e-10 or more away."""
-    from test_hf_parity import gpt2, ids as hf_ids, right_padded
+    from test_hf_parity import gpt2, right_padded
+    from test_hf_parity import ids as hf_ids
 
     hf = gpt2(tmp_path, seed=5)
     lm, _ = load_hf_checkpoint(tmp_path)
@@ -228,7 +246,9 @@ def test_dtype_float64_gpt2_matches_hugging_face(tmp_path):
         torch.testing.assert_close(lm(x).logits, ref, **EXACT)
         assert (lm32(x).logits.double() - ref).abs().max() > 1e-10
         keep = mask.bool()
-        torch.testing.assert_close(lm(x, mask).logits[keep], hf(input_ids=x, attention_mask=mask).logits[keep], **EXACT)
+        torch.testing.assert_close(
+            lm(x, mask).logits[keep], hf(input_ids=x, attention_mask=mask).logits[keep], **EXACT
+        )
         step = lm(x[:, :4], use_cache=True)
         logits = [step.logits]
         for t in range(4, x.shape[1]):
@@ -243,11 +263,19 @@ def test_dtype_float64_gradcheck_block(kind):
     LayerNorm with RoPE, causal; post-norm RMSNorm, bidirectional with padding."""
     mask = padded(B=2, L=5).bool()
     for norm, norm_position, causal in (("layernorm", "pre", True), ("rmsnorm", "post", False)):
-        c = cfg(d_model=8, d_ff=16, attention=kind, attention_options={"use_rope": True} if causal else {},
-                norm=norm, norm_position=norm_position)
+        c = cfg(
+            d_model=8,
+            d_ff=16,
+            attention=kind,
+            attention_options={"use_rope": True} if causal else {},
+            norm=norm,
+            norm_position=norm_position,
+        )
         torch.manual_seed(0)
         block = Block(c, max_len=MAXLEN, generator=torch.Generator().manual_seed(0)).double().eval()
-        x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        x = torch.randn(
+            2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True
+        )
         key_mask = None if causal else mask
         assert torch.autograd.gradcheck(lambda t: block(t, key_mask=key_mask, causal=causal)[0], (x,))
 
@@ -256,8 +284,15 @@ def test_dtype_float64_gradcheck_block(kind):
 def test_dtype_float64_gradcheck_whole_model(task):
     """gradcheck of a tiny float64 model with respect to every parameter: the classifier's logits, the
     LMs' chunked loss (lm_loss.py's hand-written backward) on a padded batch."""
-    c = cfg(d_model=8, n_layers=1, d_ff=16, attention="rotary", positions="sinusoidal", norm="layernorm",
-            tie_embeddings=task == "mlm")
+    c = cfg(
+        d_model=8,
+        n_layers=1,
+        d_ff=16,
+        attention="rotary",
+        positions="sinusoidal",
+        norm="layernorm",
+        tie_embeddings=task == "mlm",
+    )
     model = build_model(c, task=task, vocab_size=11, max_len=8, pad_id=PAD).double().eval()
     x, mask = ids(L=6, vocab=11), padded(L=6)
     labels = ids(L=6, seed=1, vocab=11).masked_fill(mask == 0, -100)

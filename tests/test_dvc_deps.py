@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from import_names import imported_names
+
 from lm.config import Params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,8 +18,16 @@ DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 # plumbing that cannot change a stage's numbers: error types, atomic writes, path constants, the CLI wrapper,
 # progress lines;
 # lm/config.py supplies only defaults for keys that params.yaml lists (checked below), and those are params deps
-PLUMBING = {"lm/__init__.py", "lm/errors.py", "lm/io.py", "lm/paths.py", "lm/cli.py", "lm/config.py", "lm/progress.py",
-            "stages/__init__.py"}
+PLUMBING = {
+    "lm/__init__.py",
+    "lm/errors.py",
+    "lm/io.py",
+    "lm/paths.py",
+    "lm/cli.py",
+    "lm/config.py",
+    "lm/progress.py",
+    "stages/__init__.py",
+}
 
 
 def _module_file(name: str) -> Path | None:

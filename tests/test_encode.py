@@ -17,8 +17,15 @@ def _tok() -> Tokenizer:
 
 
 def _meta(tok, task, info, n):
-    return {"task": task, **info, "n_docs": n, "max_len": 16, "vocab_size": tok.vocab_size,
-            "special_ids": tok.special_ids, "tokenizer_hash": tok.hash}
+    return {
+        "task": task,
+        **info,
+        "n_docs": n,
+        "max_len": 16,
+        "vocab_size": tok.vocab_size,
+        "special_ids": tok.special_ids,
+        "tokenizer_hash": tok.hash,
+    }
 
 
 def test_rows_layout(tmp_path):
@@ -34,7 +41,7 @@ def test_rows_layout(tmp_path):
         expected = ([tok.cls_id] + tok.encode(text, disallowed="as_text"))[:16]
         assert enc.lengths[i] == len(expected)
         assert enc.tokens[i, : len(expected)].tolist() == expected
-        assert (enc.tokens[i, len(expected):] == tok.pad_id).all()
+        assert (enc.tokens[i, len(expected) :] == tok.pad_id).all()
     assert info["n_truncated"] == 1  # the long "a a a ..." row
     assert tok.pad_id not in enc.tokens[4, : enc.lengths[4]].tolist()  # special text is not a special id
 
@@ -46,6 +53,6 @@ def test_stream_layout(tmp_path):
     offsets = np.load(tmp_path / "offsets.npy")
     assert len(flat) == info["n_tokens"] == offsets[-1]
     for i, text in enumerate(TEXTS):
-        doc = flat[offsets[i]: offsets[i + 1]].tolist()
+        doc = flat[offsets[i] : offsets[i + 1]].tolist()
         assert doc == tok.encode(text, disallowed="as_text") + [tok.eot_id]
         assert tok.decode(doc[:-1]) == text

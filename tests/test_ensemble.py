@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_params, write_fake_encoded
+
 from lm.config import parse_params
 from lm.errors import LmError
 from lm.model.ensemble import ClassifierEnsemble, mean_probability_logit
@@ -16,7 +16,9 @@ from lm.model.export import load_exported
 
 
 def test_ensemble_logit_is_the_logit_of_the_mean_probability():
-    logits = torch.tensor([[-30.0, 0.0, 2.0, 40.0], [-25.0, 1.0, -3.0, 35.0], [-28.0, -1.0, 0.5, 50.0]], dtype=torch.float64)
+    logits = torch.tensor(
+        [[-30.0, 0.0, 2.0, 40.0], [-25.0, 1.0, -3.0, 35.0], [-28.0, -1.0, 0.5, 50.0]], dtype=torch.float64
+    )
     p = torch.sigmoid(logits).mean(0)
     expected = torch.log(p) - torch.log1p(-p)
     got = mean_probability_logit(logits)
@@ -26,10 +28,19 @@ def test_ensemble_logit_is_the_logit_of_the_mean_probability():
 
 
 def _ensemble_params(n: int, **overrides):
-    return parse_params(tiny_params(**{
-        "task": "classify", "train.ensemble": n, "train.batch_size": 8, "train.epochs": 1, "train.eval_every": 3,
-        "train.threads": 1, **overrides,
-    }))
+    return parse_params(
+        tiny_params(
+            **{
+                "task": "classify",
+                "train.ensemble": n,
+                "train.batch_size": 8,
+                "train.epochs": 1,
+                "train.eval_every": 3,
+                "train.threads": 1,
+                **overrides,
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -60,7 +71,9 @@ def test_ensemble_scores_are_the_mean_of_its_members(ensemble_run):
 def test_ensemble_member_zero_is_the_single_model_of_that_seed(ensemble_run):
     from stages.train import train_here
 
-    train_here(_ensemble_params(1), out_dir=ensemble_run / "single", reports_dir=ensemble_run / "single_reports")
+    train_here(
+        _ensemble_params(1), out_dir=ensemble_run / "single", reports_dir=ensemble_run / "single_reports"
+    )
     single, _ = load_exported(ensemble_run / "single")
     member, _ = load_exported(ensemble_run / "models/members/0")
     for (name, a), (_, b) in zip(single.state_dict().items(), member.state_dict().items()):
@@ -73,7 +86,9 @@ def test_ensemble_resume_skips_finished_members(ensemble_run, monkeypatch):
     done = (ensemble_run / "models/members/0/model.safetensors").read_bytes()
     calls = []
     real = stage._train_one
-    monkeypatch.setattr(stage, "_train_one", lambda p, out, rep, resume: (calls.append(p.seed), real(p, out, rep, resume)))
+    monkeypatch.setattr(
+        stage, "_train_one", lambda p, out, rep, resume: (calls.append(p.seed), real(p, out, rep, resume))
+    )
     (ensemble_run / "models/members/1/complete.json").unlink()
     stage.train_here(_ensemble_params(2), resume=True)
     assert calls == [1]
@@ -82,10 +97,13 @@ def test_ensemble_resume_skips_finished_members(ensemble_run, monkeypatch):
 
 def test_ensemble_is_inert_for_the_language_models():
     """`dvc exp run -S task=clm` from params written for an ensemble classifier trains one model, said once."""
-    params = parse_params(tiny_params(**{"task": "clm", "train.ensemble": 3, "train.select_by": "val_roc_auc"}))
+    params = parse_params(
+        tiny_params(**{"task": "clm", "train.ensemble": 3, "train.select_by": "val_roc_auc"})
+    )
     assert params.train.ensemble == 1 and params.train.select_by == "auto"
-    assert params.inert == ("train.ensemble=3, train.select_by=val_roc_auc: for task=classify only, ignored for "
-                            "task=clm")
+    assert params.inert == (
+        "train.ensemble=3, train.select_by=val_roc_auc: for task=classify only, ignored for task=clm"
+    )
     assert parse_params(tiny_params(**{"train.ensemble": 3})).inert is None
 
 
@@ -113,12 +131,14 @@ def test_an_ensemble_sums_its_members_costs_and_a_later_single_model_leaves_no_m
     train.ensemble: 1 replaces models/ whole, so no stale member (DVC-tracked megabytes) is left in it."""
     from stages.train import train_and_publish
 
-    members = [json.loads((ensemble_run / p).read_text())
-               for p in ("reports/train/members/1/metrics.json",)]
+    members = [json.loads((ensemble_run / p).read_text()) for p in ("reports/train/members/1/metrics.json",)]
     summary = json.loads((ensemble_run / "reports/train/metrics.json").read_text())
     assert summary["members"] == 2 and summary["n_params"] > members[0]["n_params"] > 0
     assert summary["seconds"] > members[0]["seconds"] and summary["peak_memory_mb"] > 0
     train_and_publish(_ensemble_params(1))
-    assert not (ensemble_run / "models/members").exists() and not (ensemble_run / "reports/train/members").exists()
+    assert (
+        not (ensemble_run / "models/members").exists()
+        and not (ensemble_run / "reports/train/members").exists()
+    )
     assert "members" not in json.loads((ensemble_run / "reports/train/metrics.json").read_text())
     assert not (ensemble_run / ".lm").exists()

@@ -12,15 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SPECIALS, tiny_params, write_fake_encoded
 from sklearn.metrics import (
-    accuracy_score, average_precision_score, brier_score_loss, confusion_matrix, f1_score, log_loss,
-    precision_score, recall_score, roc_auc_score,
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
 )
 
-from conftest import SPECIALS, tiny_params, write_fake_encoded
 from lm.config import parse_params
-from lm.data.encoded import Encoded
 from lm.data.batches import RowItems
+from lm.data.encoded import Encoded
 from lm.model.export import export_config, export_model, load_exported
 
 N_DOCS = 400
@@ -32,16 +39,22 @@ def _one_thread(one_thread):
 
 
 def _params(**overrides):
-    base = {"model.dropout": 0.0, "model.attention_dropout": 0.0, "eval.baseline": False, "eval.batch_size": 7,
-            "data.identity_columns": ["muslim"]}
+    base = {
+        "model.dropout": 0.0,
+        "model.attention_dropout": 0.0,
+        "eval.baseline": False,
+        "eval.batch_size": 7,
+        "data.identity_columns": ["muslim"],
+    }
     return parse_params(tiny_params(**{**base, **overrides}))
 
 
 def _fresh_classifier(params, vocab_size: int = 64, max_len: int = 16, pad_id: int = SPECIALS["<|pad|>"]):
     from lm.model import build_model
 
-    return build_model(params.model, task="classify", vocab_size=vocab_size, max_len=max_len, pad_id=pad_id,
-                       seed=params.seed).eval()
+    return build_model(
+        params.model, task="classify", vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, seed=params.seed
+    ).eval()
 
 
 @torch.no_grad()
@@ -85,14 +98,16 @@ def scored(tmp_path):
     muslim = np.where(rng.random(N_DOCS) < 0.5, 1.0, 0.0)
     muslim[rng.random(N_DOCS) < 0.1] = np.nan  # not annotated
     (root / "data/raw").mkdir(parents=True)
-    pd.DataFrame({"text": [f"doc {i}" for i in range(N_DOCS)], "muslim": muslim}).to_parquet(root / "data/raw/corpus.parquet")
+    pd.DataFrame({"text": [f"doc {i}" for i in range(N_DOCS)], "muslim": muslim}).to_parquet(
+        root / "data/raw/corpus.parquet"
+    )
     return root, params, enc, logits
 
 
 def test_classifier_probs_are_the_sigmoid_of_each_documents_logit(scored):
     from lm.infer.scoring import classifier_probs
 
-    root, params, enc, logits = scored
+    root, _, enc, logits = scored
     model, _ = load_exported(root / "models")
     rows = np.load(root / "data/split/test.npy")
     items = RowItems(enc, rows)
@@ -107,10 +122,17 @@ def test_evaluate_reports_sklearn_metrics_of_the_models_scores(scored):
 
     root, params, enc, logits = scored
     reports = root / "reports"
-    stages.evaluate.run(params, model_dir=root / "models", encoded_dir=root / "data/encoded",
-                        split_dir=root / "data/split", raw_dir=root / "data/raw", metrics_path=reports / "metrics.json",
-                        evaluation_path=reports / "evaluation.json",
-                        plots_dir=reports / "plots", figures_dir=reports / "figures")
+    stages.evaluate.run(
+        params,
+        model_dir=root / "models",
+        encoded_dir=root / "data/encoded",
+        split_dir=root / "data/split",
+        raw_dir=root / "data/raw",
+        metrics_path=reports / "metrics.json",
+        evaluation_path=reports / "evaluation.json",
+        plots_dir=reports / "plots",
+        figures_dir=reports / "figures",
+    )
     full = json.loads((reports / "evaluation.json").read_text())
     headline = json.loads((reports / "metrics.json").read_text())
 
@@ -120,10 +142,14 @@ def test_evaluate_reports_sklearn_metrics_of_the_models_scores(scored):
     y_pred = prob >= params.threshold
     assert 0 < y_true.sum() < len(y_true)
     expected = {
-        "roc_auc": roc_auc_score(y_true, prob), "pr_auc": average_precision_score(y_true, prob),
-        "precision": precision_score(y_true, y_pred), "recall": recall_score(y_true, y_pred),
-        "f1": f1_score(y_true, y_pred), "accuracy": accuracy_score(y_true, y_pred),
-        "brier": brier_score_loss(y_true, prob), "log_loss": log_loss(y_true, prob),
+        "roc_auc": roc_auc_score(y_true, prob),
+        "pr_auc": average_precision_score(y_true, prob),
+        "precision": precision_score(y_true, y_pred),
+        "recall": recall_score(y_true, y_pred),
+        "f1": f1_score(y_true, y_pred),
+        "accuracy": accuracy_score(y_true, y_pred),
+        "brier": brier_score_loss(y_true, prob),
+        "log_loss": log_loss(y_true, prob),
     }
     for key, value in expected.items():
         assert full[key] == pytest.approx(value, abs=1e-6), key
@@ -138,7 +164,9 @@ def test_evaluate_reports_sklearn_metrics_of_the_models_scores(scored):
 
     plots = reports / "plots"
     roc = json.loads((plots / "roc.json").read_text())
-    assert np.trapezoid([r["tpr"] for r in roc], [r["fpr"] for r in roc]) == pytest.approx(expected["roc_auc"], abs=1e-9)
+    assert np.trapezoid([r["tpr"] for r in roc], [r["fpr"] for r in roc]) == pytest.approx(
+        expected["roc_auc"], abs=1e-9
+    )
     cells = pd.DataFrame(json.loads((plots / "confusion.json").read_text())).value_counts()
     (tn, fp), (fn, tp) = confusion_matrix(y_true, y_pred)
     assert (cells[("non-toxic", "non-toxic")], cells[("non-toxic", "toxic")]) == (tn, fp)
@@ -149,7 +177,8 @@ def test_evaluate_reports_sklearn_metrics_of_the_models_scores(scored):
     subgroup = corpus["muslim"].to_numpy()[rows] >= 0.5
     assert subgroup.sum() >= 10  # bias_report's min_size
     assert full["bias"]["per_identity"]["muslim"]["subgroup_auc"] == pytest.approx(
-        roc_auc_score(y_true[subgroup], prob[subgroup]), abs=1e-9)
+        roc_auc_score(y_true[subgroup], prob[subgroup]), abs=1e-9
+    )
 
 
 def test_predict_toxicity_is_the_sigmoid_of_the_logit():
@@ -181,8 +210,14 @@ def test_predict_toxicity_is_the_sigmoid_of_the_logit():
 
 # The pipeline tests' tiny config (400 rows, 17 steps) does not learn: its test ROC-AUC ranges 0.4-0.9 with the
 # seed. This small one was measured to learn on the embedded corpus for every seed tried (see FLOOR).
-LEARNS = {"data.n_rows": 2000, "tokenizer.vocab_size": 600, "train.min_steps": 200, "train.eval_every": 50,
-          "train.batch_size": 32, "eval.baseline": False}
+LEARNS = {
+    "data.n_rows": 2000,
+    "tokenizer.vocab_size": 600,
+    "train.min_steps": 200,
+    "train.eval_every": 50,
+    "train.batch_size": 32,
+    "eval.baseline": False,
+}
 # measured over seeds 0-4: test ROC-AUC 0.93, 0.88, 0.95, 0.90, 0.88; TOXIC scored 0.87-0.90, BENIGN 0.07-0.10
 # (the old pair "you are an idiot" / "what a lovely day" is out of the corpus's style: 4 seeds of 5 scored the
 # lovely day 0.64-0.86, one of them above the idiot)
@@ -203,7 +238,14 @@ def test_embedded_pipeline_learns(in_tmp, seed):
     from lm.infer.predict import load_trained
 
     params = parse_params(tiny_params(seed=seed, **LEARNS))
-    for stage in (stages.download, stages.tokenize, stages.encode, stages.split, stages.train, stages.evaluate):
+    for stage in (
+        stages.download,
+        stages.tokenize,
+        stages.encode,
+        stages.split,
+        stages.train,
+        stages.evaluate,
+    ):
         stage.run(params)
     metrics = json.loads(Path("reports/metrics.json").read_text())
     assert metrics["roc_auc"] > FLOOR, metrics

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import SPECIALS, tiny_params, write_fake_encoded, write_params
+
 from lm.config import parse_params
 from lm.errors import LmError
 from lm.serving.backends import BACKENDS, load_scorer
@@ -23,8 +23,16 @@ SHAPES = [(1, 1), (1, 16), (4, 7), (9, 16), (3, 11)]  # the trace example is (2,
 
 
 def _params(task: str = "classify", **overrides):
-    return tiny_params(**{"task": task, "train.batch_size": 8, "train.epochs": 1, "train.eval_every": 3,
-                          "train.threads": 1, **overrides})
+    return tiny_params(
+        **{
+            "task": task,
+            "train.batch_size": 8,
+            "train.epochs": 1,
+            "train.eval_every": 3,
+            "train.threads": 1,
+            **overrides,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +107,9 @@ def test_export_artifacts_score_with_torch_alone(exported):
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["lm_modules"] == []
     eager = _scorers(root)["eager"].score(ids, mask)
@@ -132,11 +142,17 @@ def test_export_report_has_every_field(exported):
         assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"]
         assert row["roc_auc"] is not None and 0 <= row["roc_auc"] <= 1
     for name in ("torchscript", "int8"):
-        assert written[name]["roc_auc_delta"] == pytest.approx(written[name]["roc_auc"] - written["eager"]["roc_auc"])
+        assert written[name]["roc_auc_delta"] == pytest.approx(
+            written[name]["roc_auc"] - written["eager"]["roc_auc"]
+        )
     assert written["int8"]["within_tolerance"] == (abs(written["int8"]["roc_auc_delta"]) <= 0.005)
     config = json.loads((root / "serving" / "config.json").read_text())
-    assert {k: config[k] for k in ("task", "max_len", "pad_id", "cls_id")} == {"task": "classify", "max_len": 16,
-                                                                               "pad_id": PAD, "cls_id": CLS}
+    assert {k: config[k] for k in ("task", "max_len", "pad_id", "cls_id")} == {
+        "task": "classify",
+        "max_len": 16,
+        "pad_id": PAD,
+        "cls_id": CLS,
+    }
     assert config["threshold"] == 0.5
     assert (root / "serving" / "tokenizer" / "special_tokens.json").exists()
 

@@ -27,8 +27,16 @@ MAX_LEN = 16
 TOL = dict(atol=1e-5, rtol=1e-5)
 BERT = dict(norm_position="post", embed_norm=True, norm_eps=1e-12)
 GPT2 = dict(norm_position="pre")
-LLAMA = dict(attention="rotary", attention_options={"rope_theta": 500.0}, positions="none", norm="rmsnorm",
-             mlp="swiglu", bias=False, tie_embeddings=False, norm_eps=1e-6)
+LLAMA = dict(
+    attention="rotary",
+    attention_options={"rope_theta": 500.0},
+    positions="none",
+    norm="rmsnorm",
+    mlp="swiglu",
+    bias=False,
+    tie_embeddings=False,
+    norm_eps=1e-6,
+)
 
 
 pytestmark = pytest.mark.usefixtures("hf_quiet")
@@ -61,8 +69,17 @@ def lm_export(root: Path, tokenizer_dir: Path, task: str, zero_head_bias: bool =
     net = randomize(build_model(cfg, task=task, vocab_size=tok.vocab_size, max_len=MAX_LEN, pad_id=pad))
     if zero_head_bias and getattr(net, "lm_head", None) is not None and net.lm_head.bias is not None:
         torch.nn.init.zeros_(net.lm_head.bias)
-    config = {"task": task, "model": cfg.model_dump(), "vocab_size": tok.vocab_size, "max_len": MAX_LEN, "pad_id": pad,
-              "special_ids": tok.special_ids, "tokenizer_hash": tok.hash, "seed": 0, "threshold": 0.5}
+    config = {
+        "task": task,
+        "model": cfg.model_dump(),
+        "vocab_size": tok.vocab_size,
+        "max_len": MAX_LEN,
+        "pad_id": pad,
+        "special_ids": tok.special_ids,
+        "tokenizer_hash": tok.hash,
+        "seed": 0,
+        "threshold": 0.5,
+    }
     export_model(net, root / "models", config, tokenizer_dir)
     return root / "models"
 
@@ -80,7 +97,9 @@ def batch(model_dir: Path, lengths=(MAX_LEN, 5, 11), cls: bool = False):
 
 
 def load_hf(auto, out: Path):
-    hf, info = getattr(transformers, auto).from_pretrained(out, attn_implementation="eager", output_loading_info=True)
+    hf, info = getattr(transformers, auto).from_pretrained(
+        out, attn_implementation="eager", output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     return hf.float().eval()
 
@@ -88,7 +107,10 @@ def load_hf(auto, out: Path):
 def assert_same_encoder(hf, lm, ids, mask) -> None:
     """BERT's last hidden states equal lm's trunk output on every real token (not only the pooled CLS row)."""
     with torch.no_grad():
-        ref, ours = hf.bert(input_ids=ids, attention_mask=mask).last_hidden_state, lm.trunk(ids, mask.bool()).hidden
+        ref, ours = (
+            hf.bert(input_ids=ids, attention_mask=mask).last_hidden_state,
+            lm.trunk(ids, mask.bool()).hidden,
+        )
     keep = mask.bool()
     torch.testing.assert_close(ours[keep], ref[keep], **TOL)
 
@@ -120,15 +142,18 @@ def test_export_hf_bert_classifier_matches_lm(tmp_path, tokenizer_dir, positions
     ids, mask = batch(model_dir, cls=True)
     with torch.no_grad():
         ref, ours = hf(input_ids=ids, attention_mask=mask).logits, lm(ids, mask).logits
-    assert ref.shape == (3, 1) and ref.max() - ref.min() > 1e-3  # rows differ: the context reaches the CLS row
+    assert (
+        ref.shape == (3, 1) and ref.max() - ref.min() > 1e-3
+    )  # rows differ: the context reaches the CLS row
     torch.testing.assert_close(ours, ref[:, 0], **TOL)
     assert_same_encoder(hf, lm, ids, mask)
 
 
 @pytest.mark.parametrize("tie,positions", [(True, "learned"), (False, "learned"), (True, "sinusoidal")])
 def test_export_hf_gpt2_causal_lm_matches_lm(tmp_path, tokenizer_dir, tie, positions):
-    model_dir = lm_export(tmp_path, tokenizer_dir, "clm", zero_head_bias=True, tie_embeddings=tie,
-                          positions=positions, **GPT2)
+    model_dir = lm_export(
+        tmp_path, tokenizer_dir, "clm", zero_head_bias=True, tie_embeddings=tie, positions=positions, **GPT2
+    )
     assert export_hf(model_dir, tmp_path / "hf").architecture == "GPT2LMHeadModel"
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf_config["tie_word_embeddings"] is tie and hf_config["activation_function"] == "gelu"
@@ -154,8 +179,15 @@ def test_export_hf_round_trip_from_a_hugging_face_bert(tmp_path, tokenizer_dir):
     from lm.model.init_from import init_from
 
     tok = Tokenizer.load(tokenizer_dir)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=24, max_position_embeddings=MAX_LEN, type_vocab_size=2)
+    cfg = transformers.BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=MAX_LEN,
+        type_vocab_size=2,
+    )
     randomize(transformers.BertModel(cfg), seed=3).save_pretrained(tmp_path / "bert")
     spec = spec_from_hf_config(json.loads((tmp_path / "bert" / "config.json").read_text()))
     pad = tok.special_ids["<|pad|>"]
@@ -165,8 +197,16 @@ def test_export_hf_round_trip_from_a_hugging_face_bert(tmp_path, tokenizer_dir):
         for lin in (net.pooler, net.classifier):
             lin.bias.normal_(0, 0.2)
             lin.weight.normal_(0, 0.5)
-    config = {"task": "classify", "model": spec.model.model_dump(), "vocab_size": tok.vocab_size, "max_len": MAX_LEN,
-              "pad_id": pad, "special_ids": tok.special_ids, "tokenizer_hash": tok.hash, "seed": 0}
+    config = {
+        "task": "classify",
+        "model": spec.model.model_dump(),
+        "vocab_size": tok.vocab_size,
+        "max_len": MAX_LEN,
+        "pad_id": pad,
+        "special_ids": tok.special_ids,
+        "tokenizer_hash": tok.hash,
+        "seed": 0,
+    }
     export_model(net.eval(), tmp_path / "models", config, tokenizer_dir)
     export_hf(tmp_path / "models", tmp_path / "hf")
     hf = load_hf("AutoModelForSequenceClassification", tmp_path / "hf")
@@ -199,8 +239,14 @@ def test_export_hf_replaces_an_earlier_export_atomically(tmp_path, tokenizer_dir
     (tmp_path / "hf" / "stale.bin").write_text("old")
     export_hf(model_dir, tmp_path / "hf")
     names = sorted(p.name for p in (tmp_path / "hf").iterdir())
-    assert names == ["config.json", "merges.txt", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                     "vocab.json"]
+    assert names == [
+        "config.json",
+        "merges.txt",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
 
 
@@ -223,29 +269,46 @@ def test_export_hf_refuses_a_pre_norm_encoder(tmp_path, tokenizer_dir):
 
 def test_export_hf_refuses_mean_pooling(tmp_path, tokenizer_dir):
     model_dir = lm_export(tmp_path, tokenizer_dir, "classify", pooling="mean", **BERT)
-    one_line_error(model_dir, tmp_path / "hf", r"model.pooling='mean' \(BERT's pooler reads the first token; mean pooling")
+    one_line_error(
+        model_dir,
+        tmp_path / "hf",
+        r"model.pooling='mean' \(BERT's pooler reads the first token; mean pooling",
+    )
 
 
 def test_export_hf_refuses_an_ensemble(tmp_path, tokenizer_dir):
     a = lm_export(tmp_path / "a", tokenizer_dir, "classify", **BERT)
     b = lm_export(tmp_path / "b", tokenizer_dir, "classify", **BERT)
     export_ensemble([a, b], tmp_path / "ens")
-    one_line_error(tmp_path / "ens", tmp_path / "hf", "ensemble of 2 classifiers .*transformers has no ensemble class")
+    one_line_error(
+        tmp_path / "ens", tmp_path / "hf", "ensemble of 2 classifiers .*transformers has no ensemble class"
+    )
 
 
-@pytest.mark.parametrize("task,model,match", [
-    ("clm", dict(attention="performer"), "model.attention=performer does not map"),
-    ("clm", dict(attention="rotary", norm="rmsnorm", mlp="gelu", positions="none"), r"model.mlp='gelu' \(Llama's MLP is SwiGLU\)"),
-    ("clm", dict(norm_position="post"), "does not map to GPT2LMHeadModel"),
-    ("mlm", {}, "task mlm does not export"),
-])
+@pytest.mark.parametrize(
+    "task,model,match",
+    [
+        ("clm", dict(attention="performer"), "model.attention=performer does not map"),
+        (
+            "clm",
+            dict(attention="rotary", norm="rmsnorm", mlp="gelu", positions="none"),
+            r"model.mlp='gelu' \(Llama's MLP is SwiGLU\)",
+        ),
+        ("clm", dict(norm_position="post"), "does not map to GPT2LMHeadModel"),
+        ("mlm", {}, "task mlm does not export"),
+    ],
+)
 def test_export_hf_refuses_what_transformers_cannot_express(tmp_path, tokenizer_dir, task, model, match):
     one_line_error(lm_export(tmp_path, tokenizer_dir, task, **model), tmp_path / "hf", match)
 
 
 def test_export_hf_refuses_a_trained_head_bias(tmp_path, tokenizer_dir):
-    model_dir = lm_export(tmp_path, tokenizer_dir, "clm", tie_embeddings=False, **GPT2)  # random, non-zero bias
-    one_line_error(model_dir, tmp_path / "hf", "lm_head.bias is non-zero and GPT2LMHeadModel's LM head has no bias")
+    model_dir = lm_export(
+        tmp_path, tokenizer_dir, "clm", tie_embeddings=False, **GPT2
+    )  # random, non-zero bias
+    one_line_error(
+        model_dir, tmp_path / "hf", "lm_head.bias is non-zero and GPT2LMHeadModel's LM head has no bias"
+    )
 
 
 def test_export_hf_never_replaces_the_model_or_a_foreign_directory(tmp_path, tokenizer_dir):
@@ -273,13 +336,25 @@ def test_export_hf_command_writes_the_directory_and_prints_one_line(tmp_path, to
     result = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--hf", str(tmp_path / "hf")])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines() == [
-        f"wrote {tmp_path / 'hf'} (LlamaForCausalLM: transformers.AutoModelForCausalLM.from_pretrained loads it)"]
+        f"wrote {tmp_path / 'hf'} (LlamaForCausalLM: transformers.AutoModelForCausalLM.from_pretrained loads it)"
+    ]
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
-    refused = CliRunner().invoke(app, ["export", "--model", str(lm_export(tmp_path / "enc", tokenizer_dir, "classify")),
-                                       "--hf", str(tmp_path / "hf2")])
+    refused = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(lm_export(tmp_path / "enc", tokenizer_dir, "classify")),
+            "--hf",
+            str(tmp_path / "hf2"),
+        ],
+    )
     assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
-    assert refused.output.startswith("error: ") and "does not map to BertForSequenceClassification" in refused.output
+    assert (
+        refused.output.startswith("error: ")
+        and "does not map to BertForSequenceClassification" in refused.output
+    )
 
 
 def test_export_hf_command_without_hf_runs_the_serving_stage_as_before(monkeypatch):
@@ -291,4 +366,7 @@ def test_export_hf_command_without_hf_runs_the_serving_stage_as_before(monkeypat
     monkeypatch.setattr(lm.cli, "_stage", lambda name, params, **kw: calls.append((name, params, kw)))
     assert CliRunner().invoke(lm.cli.app, ["export"]).exit_code == 0
     assert CliRunner().invoke(lm.cli.app, ["export", "--model", "elsewhere"]).exit_code == 0
-    assert calls == [("export", Path("params.yaml"), {}), ("export", Path("params.yaml"), {"model_dir": Path("elsewhere")})]
+    assert calls == [
+        ("export", Path("params.yaml"), {}),
+        ("export", Path("params.yaml"), {"model_dir": Path("elsewhere")}),
+    ]

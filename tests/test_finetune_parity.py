@@ -43,21 +43,87 @@ V, MAXLEN, PAD = 200, 64, 0
 TOL = 1e-4
 WORLD = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 # lm's schedule and policy; the HF loop restates them (see the module docstring)
-TRAIN = dict(lr=3e-3, min_lr=2e-4, weight_decay=0.1, warmup_steps=4, grad_clip=0.5, batch_size=BATCH,
-             grad_accum_steps=ACCUM, epochs=1, min_steps=None, soft_labels=True, pos_weight="off", amp="none", compile=False)
+TRAIN = dict(
+    lr=3e-3,
+    min_lr=2e-4,
+    weight_decay=0.1,
+    warmup_steps=4,
+    grad_clip=0.5,
+    batch_size=BATCH,
+    grad_accum_steps=ACCUM,
+    epochs=1,
+    min_steps=None,
+    soft_labels=True,
+    pos_weight="off",
+    amp="none",
+    compile=False,
+)
 
-BERT = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=MAXLEN, hidden_act="gelu", layer_norm_eps=1e-12, type_vocab_size=2,
-            pad_token_id=PAD, initializer_range=0.1)  # larger than BERT's 0.02: gradients that need clipping
-LM_BERT = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0, attention_dropout=0.0,
-                      attention="standard", positions="learned", norm="layernorm", norm_position="post", mlp="gelu",
-                      bias=True, tie_embeddings=True, norm_eps=1e-12, embed_norm=True, token_type=True, pooling="cls")
-GPT2 = dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_inner=128, n_positions=MAXLEN, activation_function="gelu",
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5, tie_word_embeddings=True,
-            initializer_range=0.1, bos_token_id=1, eos_token_id=1)
-LM_GPT2 = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=128, dropout=0.0, attention_dropout=0.0,
-                      attention="standard", positions="learned", norm="layernorm", norm_position="pre", mlp="gelu",
-                      bias=True, tie_embeddings=True, norm_eps=1e-5)
+BERT = dict(
+    vocab_size=V,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=MAXLEN,
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+    type_vocab_size=2,
+    pad_token_id=PAD,
+    initializer_range=0.1,
+)  # larger than BERT's 0.02: gradients that need clipping
+LM_BERT = ModelConfig(
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    d_ff=64,
+    dropout=0.0,
+    attention_dropout=0.0,
+    attention="standard",
+    positions="learned",
+    norm="layernorm",
+    norm_position="post",
+    mlp="gelu",
+    bias=True,
+    tie_embeddings=True,
+    norm_eps=1e-12,
+    embed_norm=True,
+    token_type=True,
+    pooling="cls",
+)
+GPT2 = dict(
+    vocab_size=V,
+    n_embd=32,
+    n_layer=2,
+    n_head=4,
+    n_inner=128,
+    n_positions=MAXLEN,
+    activation_function="gelu",
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    layer_norm_epsilon=1e-5,
+    tie_word_embeddings=True,
+    initializer_range=0.1,
+    bos_token_id=1,
+    eos_token_id=1,
+)
+LM_GPT2 = ModelConfig(
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    d_ff=128,
+    dropout=0.0,
+    attention_dropout=0.0,
+    attention="standard",
+    positions="learned",
+    norm="layernorm",
+    norm_position="pre",
+    mlp="gelu",
+    bias=True,
+    tie_embeddings=True,
+    norm_eps=1e-5,
+)
 
 
 pytestmark = pytest.mark.usefixtures("hf_quiet")
@@ -69,23 +135,36 @@ pytestmark = pytest.mark.usefixtures("hf_quiet")
 def lm_run(task: str, model_cfg: ModelConfig, source, stream, objective):
     """Fine-tune with lm's training code from the Hugging Face directory `source`: (the trainee, the model's
     state dict before the first step, the step log rows)."""
-    params = Params(task=task, data=DataConfig(), model=model_cfg,
-                    train=TrainConfig(**TRAIN, init_from=str(source)))
+    params = Params(
+        task=task, data=DataConfig(), model=model_cfg, train=TrainConfig(**TRAIN, init_from=str(source))
+    )
     enc = SimpleNamespace(vocab_size=V, max_len=MAXLEN, pad_id=PAD, meta={})
     trainee, note = build_trainee(params, enc, STEPS, WORLD, fresh=True)
     assert "init_from=" in note
     start = {k: v.clone() for k, v in trainee.model.state_dict().items()}
     progress, log = Progress(), []
     for _ in range(STEPS):
-        log.append(train_step(trainee, objective, stream, progress, seed=params.seed, world=WORLD,
-                              grad_clip=params.train.grad_clip, amp="none"))
+        log.append(
+            train_step(
+                trainee,
+                objective,
+                stream,
+                progress,
+                seed=params.seed,
+                world=WORLD,
+                grad_clip=params.train.grad_clip,
+                amp="none",
+            )
+        )
     return trainee, start, log
 
 
 # ---- the Hugging Face side: a plain torch loop ----------------------------------------------------------------
 
 
-def lm_policy_groups(model: torch.nn.Module, weight_decay: float, no_decay_words: tuple[str, ...]) -> list[dict]:
+def lm_policy_groups(
+    model: torch.nn.Module, weight_decay: float, no_decay_words: tuple[str, ...]
+) -> list[dict]:
     """AdamW groups by lm's rule, stated by name: decay 2-D weights except embeddings; norms and biases never."""
     decay, rest = [], []
     for name, p in model.named_parameters():  # a tied weight appears once
@@ -97,19 +176,25 @@ def lm_policy_groups(model: torch.nn.Module, weight_decay: float, no_decay_words
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float):
     """lm's lr multiplier: (s+1)/warmup during warmup, then a cosine from 1 (step warmup) to min_ratio (last step)."""
+
     def factor(s: int) -> float:
         if s < warmup:
             return (s + 1) / warmup
         progress = min(1.0, (s - warmup) / (total - 1 - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return factor
 
 
-def hf_run(model: torch.nn.Module, steps: list[list[dict]], loss_of, count_of, groups: list[dict]) -> list[dict]:
+def hf_run(
+    model: torch.nn.Module, steps: list[list[dict]], loss_of, count_of, groups: list[dict]
+) -> list[dict]:
     """Train `model` on `steps` (each a list of micro-batches): per step the loss, gradient norm and lr."""
     cfg = TRAIN
     opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-8)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg["warmup_steps"], STEPS, cfg["min_lr"] / cfg["lr"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, warmup_cosine(cfg["warmup_steps"], STEPS, cfg["min_lr"] / cfg["lr"])
+    )
     model.train()
     log = []
     for micro in steps:
@@ -130,8 +215,10 @@ def hf_run(model: torch.nn.Module, steps: list[list[dict]], loss_of, count_of, g
 def assert_same_decay(lm_optimizer: torch.optim.Optimizer, groups: list[dict], unused: int = 0) -> None:
     """The HF groups decay as many weights, at the same rate, as lm's optimizer does; `unused` HF weights in the
     undecayed group have no lm counterpart and never change (BERT's segment-1 token-type row: no gradient)."""
+
     def split(gs):  # (weight_decay, elements) of each group
         return sorted((g["weight_decay"], sum(p.numel() for p in g["params"])) for g in gs)
+
     ours = split(lm_optimizer.param_groups)
     assert split(groups) == sorted((wd, n + (unused if wd == 0.0 else 0)) for wd, n in ours)
 
@@ -145,7 +232,9 @@ def assert_same_logits(ours: torch.Tensor, ref: torch.Tensor, start: torch.Tenso
 def assert_same_run(ours: list[dict], ref: list[dict]) -> None:
     assert len(ours) == len(ref) == STEPS
     assert any(r["grad_norm"] > TRAIN["grad_clip"] for r in ref)  # clipping is exercised
-    np.testing.assert_allclose([r["train_loss"] for r in ours], [r["train_loss"] for r in ref], rtol=0, atol=TOL)
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in ours], [r["train_loss"] for r in ref], rtol=0, atol=TOL
+    )
     np.testing.assert_allclose([r["grad_norm"] for r in ours], [r["grad_norm"] for r in ref], rtol=1e-4)
     np.testing.assert_allclose([r["lr"] for r in ours], [r["lr"] for r in ref], rtol=1e-12)
 
@@ -170,20 +259,29 @@ def bert_stream(n_docs: int = STEPS * BATCH * ACCUM, seed: int = 0) -> TrainStre
     where = (rng.random(n_docs) * lengths).astype(np.int64)
     tokens[marked, where[marked]] = 1
     tokens[np.arange(tokens.shape[1])[None, :] >= lengths[:, None]] = PAD
-    targets = np.where(marked, rng.uniform(0.7, 1.0, n_docs), rng.uniform(0.0, 0.3, n_docs)).astype(np.float32)
+    targets = np.where(marked, rng.uniform(0.7, 1.0, n_docs), rng.uniform(0.0, 0.3, n_docs)).astype(
+        np.float32
+    )
     enc = SimpleNamespace(tokens=tokens, lengths=lengths, targets=targets)
     return TrainStream(RowItems(enc, np.arange(n_docs)), seed=seed, batch_size=BATCH, grad_accum_steps=ACCUM)
 
 
 def bert_classifier(path) -> torch.nn.Module:
     return transformers.BertForSequenceClassification.from_pretrained(
-        path, num_labels=1, problem_type="multi_label_classification", hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, attn_implementation="sdpa")
+        path,
+        num_labels=1,
+        problem_type="multi_label_classification",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="sdpa",
+    )
 
 
 def bert_loss(model, b: dict) -> torch.Tensor:
     """BertForSequenceClassification's own loss: BCEWithLogitsLoss (mean) on (B, 1) logits."""
-    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(), labels=b["labels"][:, None]).loss
+    return model(
+        input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(), labels=b["labels"][:, None]
+    ).loss
 
 
 def bert_pair(tmp_path):
@@ -272,8 +370,12 @@ def gpt2_steps(L: int = 16, seed: int = 0) -> list[list[dict]]:
 
 def gpt2_loss(model, b: dict) -> torch.Tensor:
     """GPT2LMHeadModel's own loss: labels shifted inside, mean cross-entropy over the labelled positions."""
-    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(), labels=b["hf_labels"],
-                 use_cache=False).loss
+    return model(
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"].long(),
+        labels=b["hf_labels"],
+        use_cache=False,
+    ).loss
 
 
 def test_finetune_parity_gpt2_causal_lm_loss_step_by_step(tmp_path):

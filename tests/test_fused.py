@@ -27,8 +27,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def make(kind: str, dropout: float = 0.0) -> Attention:
     torch.manual_seed(1234)
-    return attention_class(kind)(d_model=E, n_heads=H, bias=True, attention_dropout=dropout, max_len=MAXLEN,
-                                 options={}, generator=torch.Generator().manual_seed(0)).eval()
+    return attention_class(kind)(
+        d_model=E,
+        n_heads=H,
+        bias=True,
+        attention_dropout=dropout,
+        max_len=MAXLEN,
+        options={},
+        generator=torch.Generator().manual_seed(0),
+    ).eval()
 
 
 def explicit(layer: Attention) -> Attention:
@@ -193,8 +200,14 @@ def test_fused_kv_cache_equals_explicit_and_recompute(kind):
             res = net(x[:, :5], key_mask=key_mask[:, :5], causal=True, use_cache=True)
             outs, state = [res.out], res.state
             for t in range(5, 12):
-                res = net(x[:, t : t + 1], key_mask=key_mask[:, t : t + 1], causal=True, state=state, offset=t,
-                          use_cache=True)
+                res = net(
+                    x[:, t : t + 1],
+                    key_mask=key_mask[:, t : t + 1],
+                    causal=True,
+                    state=state,
+                    offset=t,
+                    use_cache=True,
+                )
                 outs.append(res.out)
                 state = res.state
             steps.append(torch.cat(outs, 1))
@@ -206,7 +219,9 @@ def test_fused_kv_cache_equals_explicit_and_recompute(kind):
 def test_fused_generation_equals_explicit(kind):
     """Greedy generation with the cache: the fused decoder picks the same tokens with the same logits as the
     same decoder on the explicit path."""
-    cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0, attention=kind, tie_embeddings=False)
+    cfg = ModelConfig(
+        d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0, attention=kind, tie_embeddings=False
+    )
     model = build_model(cfg, task="clm", vocab_size=30, max_len=24, pad_id=0, seed=1)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -40,7 +40,9 @@ def recompute_greedy(model, prompt, n):
     return ids[len(prompt) :]
 
 
-@pytest.mark.parametrize("kind", ["standard", "rotary", "linear", "performer", "cosformer", "yat-spherical", "slay"])
+@pytest.mark.parametrize(
+    "kind", ["standard", "rotary", "linear", "performer", "cosformer", "yat-spherical", "slay"]
+)
 def test_cached_greedy_equals_recompute(kind):
     model = lm(kind, seed=1)
     prompt = [3, 7, 1, 4]
@@ -105,7 +107,10 @@ def test_greedy_and_top1():
     "kw,expected",
     [
         (dict(temperature=1.0), [0.05, 0.5, 0.15, 0.3]),
-        (dict(temperature=0.5), [0.0025 / 0.365, 0.25 / 0.365, 0.0225 / 0.365, 0.09 / 0.365]),  # p^2 renormalised
+        (
+            dict(temperature=0.5),
+            [0.0025 / 0.365, 0.25 / 0.365, 0.0225 / 0.365, 0.09 / 0.365],
+        ),  # p^2 renormalised
         (dict(temperature=1.0, top_k=2), [0.0, 0.5 / 0.8, 0.0, 0.3 / 0.8]),
         (dict(temperature=1.0, top_p=0.8), [0.0, 0.5 / 0.8, 0.0, 0.3 / 0.8]),  # 0.5 + 0.3 reaches 0.8
         (dict(temperature=1.0, top_p=0.81), [0.0, 0.5 / 0.95, 0.15 / 0.95, 0.3 / 0.95]),

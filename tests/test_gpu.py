@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REPO, subprocess_env, tiny_params, write_fake_encoded
+
 from lm.config import parse_params
 from lm.model import build_model
 from lm.model.attention import attention_class
@@ -30,12 +30,29 @@ CUDA = torch.device("cuda", 0)
 
 
 def _train(root: Path, out: str, **overrides):
-    params = parse_params(tiny_params(**{
-        "task": "clm", "train.batch_size": 8, "train.epochs": 1, "train.eval_every": 3, "train.warmup_steps": 1,
-        "train.device": "cuda", "model.dropout": 0.0, "model.attention_dropout": 0.0, **overrides,
-    }))
-    return train(params, encoded_dir=root / "data/encoded", split_dir=root / "data/split",
-                 tokenizer_dir=root / "data/tokenizer", out_dir=root / out, reports_dir=root / "reports" / out)
+    params = parse_params(
+        tiny_params(
+            **{
+                "task": "clm",
+                "train.batch_size": 8,
+                "train.epochs": 1,
+                "train.eval_every": 3,
+                "train.warmup_steps": 1,
+                "train.device": "cuda",
+                "model.dropout": 0.0,
+                "model.attention_dropout": 0.0,
+                **overrides,
+            }
+        )
+    )
+    return train(
+        params,
+        encoded_dir=root / "data/encoded",
+        split_dir=root / "data/split",
+        tokenizer_dir=root / "data/tokenizer",
+        out_dir=root / out,
+        reports_dir=root / "reports" / out,
+    )
 
 
 def test_gpu_amp_bf16_and_fp16_train_close_to_fp32_with_a_scaler_for_fp16_only(tmp_path):
@@ -44,7 +61,9 @@ def test_gpu_amp_bf16_and_fp16_train_close_to_fp32_with_a_scaler_for_fp16_only(t
     first = {amp: r.step_log[0]["train_loss"] for amp, r in runs.items()}
     for amp in ("bf16", "fp16"):
         log = runs[amp].step_log
-        assert len(log) == len(runs["none"].step_log) >= 4 and all(math.isfinite(r["train_loss"]) for r in log)
+        assert len(log) == len(runs["none"].step_log) >= 4 and all(
+            math.isfinite(r["train_loss"]) for r in log
+        )
         assert abs(first[amp] - first["none"]) < 0.05  # the same model and batch, half-precision rounding
         assert log[-1]["train_loss"] < log[0]["train_loss"]  # it learns
     assert load_checkpoint(tmp_path / "bf16" / CHECKPOINT)["scaler"] == {}
@@ -55,7 +74,9 @@ def test_gpu_amp_bf16_and_fp16_train_close_to_fp32_with_a_scaler_for_fp16_only(t
 def _sdpa_reference(attn, x: torch.Tensor, key_mask: torch.Tensor, causal: bool) -> torch.Tensor:
     """The layer's own projections and RoPE around F.scaled_dot_product_attention (whatever path lm takes)."""
     B, L, E = x.shape
-    q, k, v = (t.view(B, L, attn.n_heads, attn.head_dim).transpose(1, 2) for t in attn.qkv(x).split(E, dim=-1))
+    q, k, v = (
+        t.view(B, L, attn.n_heads, attn.head_dim).transpose(1, 2) for t in attn.qkv(x).split(E, dim=-1)
+    )
     if attn.rope is not None:
         positions = torch.arange(L, device=x.device)
         q, k = attn.rope(q, positions), attn.rope(k, positions)
@@ -79,11 +100,14 @@ def test_gpu_softmax_attention_matches_scaled_dot_product_attention_on_cuda(kind
     real = key_mask[..., None]  # padded query rows are never read
     assert torch.allclose(out * real, ref * real, atol=1e-4), (out - ref).mul(real).abs().max()
     assert torch.allclose(explicit.out * real, ref * real, atol=1e-4)
-    grad, = torch.autograd.grad((out * real).sum(), x)
-    grad_ref, = torch.autograd.grad((ref * real).sum(), x)
+    (grad,) = torch.autograd.grad((out * real).sum(), x)
+    (grad_ref,) = torch.autograd.grad((ref * real).sum(), x)
     assert torch.allclose(grad, grad_ref, atol=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16):  # as training runs it: bf16 projections
-        half, half_ref = attn(x, key_mask=key_mask, causal=causal).out, _sdpa_reference(attn, x, key_mask, causal)
+        half, half_ref = (
+            attn(x, key_mask=key_mask, causal=causal).out,
+            _sdpa_reference(attn, x, key_mask, causal),
+        )
     assert torch.allclose(half.float() * real, half_ref.float() * real, atol=3e-2)
 
 
@@ -103,8 +127,9 @@ def test_gpu_nccl_ddp_of_one_process_steps_like_the_plain_model():
     cfg = parse_params(tiny_params(**{"model.dropout": 0.0})).model
     plain = build_model(cfg, task="clm", vocab_size=64, max_len=32, pad_id=61, seed=0).to(CUDA)
     model = copy.deepcopy(plain)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                            device_id=CUDA)
+    dist.init_process_group(
+        "nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, device_id=CUDA
+    )
     try:
         assert dist.get_backend() == "nccl"
         t = torch.tensor([1.5, 2.0], dtype=torch.float64, device=CUDA)
@@ -127,7 +152,10 @@ def test_gpu_nccl_ddp_of_one_process_steps_like_the_plain_model():
 
 def test_gpu_compiled_training_matches_eager(tmp_path):
     write_fake_encoded(tmp_path, "clm", n_docs=72)
-    runs = {c: _train(tmp_path, f"compile_{c}", **{"train.compile": c, "train.max_steps": 4}) for c in (False, True)}
+    runs = {
+        c: _train(tmp_path, f"compile_{c}", **{"train.compile": c, "train.max_steps": 4})
+        for c in (False, True)
+    }
     eager = load_checkpoint(tmp_path / "compile_False" / CHECKPOINT)["model"]
     compiled = load_checkpoint(tmp_path / "compile_True" / CHECKPOINT)["model"]
     assert compiled.keys() == eager.keys() and not any("_orig_mod" in k for k in compiled)
@@ -138,9 +166,25 @@ def test_gpu_compiled_training_matches_eager(tmp_path):
 
 
 def test_gpu_train_step_benchmark_reports_mfu():
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--device", "cuda", "--batch",
-                          "2", "--steps", "1", "--repeats", "1", "--no-save"],
-                         capture_output=True, text=True, timeout=600, env=subprocess_env())
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_step.py"),
+            "--device",
+            "cuda",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--no-save",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=subprocess_env(),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     (row,) = figures["results"]

@@ -32,26 +32,49 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for name, p in model.named_parameters():
             r = torch.randn(p.shape, generator=g)
             if p.dim() == 1:
-                p.copy_(1.0 + 0.2 * r if ("ln" in name or "norm" in name) and name.endswith("weight") else 0.2 * r)
+                p.copy_(
+                    1.0 + 0.2 * r if ("ln" in name or "norm" in name) and name.endswith("weight") else 0.2 * r
+                )
             else:
                 p.copy_(r / math.sqrt(p.shape[-1]))
     return model.eval()
 
 
 def gpt2(tmp_path, *, tie=True, activation="gelu", attn="eager", seed=0):
-    cfg = transformers.GPT2Config(vocab_size=V, n_embd=16, n_layer=2, n_head=2, n_positions=MAXLEN,
-                                  activation_function=activation, layer_norm_epsilon=1e-5, tie_word_embeddings=tie,
-                                  bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        vocab_size=V,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=MAXLEN,
+        activation_function=activation,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=tie,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     hf = randomize(transformers.GPT2LMHeadModel._from_config(cfg, attn_implementation=attn), seed)
     hf.save_pretrained(tmp_path)
     return hf
 
 
 def llama(tmp_path, *, kv_heads=2, tie=False, bias=False, theta=500.0, shard=None, attn="eager", seed=0):
-    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=kv_heads, max_position_embeddings=MAXLEN,
-                                   rms_norm_eps=1e-6, rope_theta=theta, tie_word_embeddings=tie, attention_bias=bias,
-                                   mlp_bias=bias, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=MAXLEN,
+        rms_norm_eps=1e-6,
+        rope_theta=theta,
+        tie_word_embeddings=tie,
+        attention_bias=bias,
+        mlp_bias=bias,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     hf = randomize(transformers.LlamaForCausalLM._from_config(cfg, attn_implementation=attn), seed)
     hf.save_pretrained(tmp_path, **({"max_shard_size": shard} if shard else {}))
     return hf
@@ -102,10 +125,18 @@ def test_gpt2_same_logits(tmp_path, tie):
     lm, cfg = load_hf_checkpoint(tmp_path)
     assert isinstance(lm, CausalLM) and not lm.training
     assert (cfg.attention, cfg.positions, cfg.norm, cfg.mlp, cfg.bias, cfg.tie_embeddings) == (
-        "standard", "learned", "layernorm", "gelu", True, tie)
+        "standard",
+        "learned",
+        "layernorm",
+        "gelu",
+        True,
+        tie,
+    )
     assert (lm.vocab_size, lm.max_len) == (V, MAXLEN)
     assert (lm.lm_head.weight is lm.trunk.tok_emb.weight) == tie
-    assert sum(p.numel() for p in lm.parameters()) == sum(p.numel() for p in hf.parameters()) + (0 if tie else V)
+    assert sum(p.numel() for p in lm.parameters()) == sum(p.numel() for p in hf.parameters()) + (
+        0 if tie else V
+    )
     x = ids()
     assert_parity(hf, lm, x)
     assert_parity(hf, lm, x, right_padded())
@@ -140,7 +171,13 @@ def test_llama_same_logits(tmp_path, kv_heads, tie, bias):
     hf = llama(tmp_path, kv_heads=kv_heads, tie=tie, bias=bias)
     lm, cfg = load_hf_checkpoint(tmp_path)
     assert (cfg.attention, cfg.positions, cfg.norm, cfg.mlp, cfg.bias, cfg.tie_embeddings) == (
-        "rotary", "none", "rmsnorm", "swiglu", bias, tie)
+        "rotary",
+        "none",
+        "rmsnorm",
+        "swiglu",
+        bias,
+        tie,
+    )
     assert cfg.attention_options["rope_theta"] == 500.0 and cfg.norm_eps == 1e-6 and cfg.d_ff == 24
     x = ids()
     assert_parity(hf, lm, x)
@@ -151,7 +188,9 @@ def test_llama_same_logits(tmp_path, kv_heads, tie, bias):
 def test_llama_sdpa_reference_and_sharded_checkpoint(tmp_path):
     """HF's SDPA attention as the reference, and a checkpoint split into shards with an index file."""
     hf = llama(tmp_path, shard="4KB", attn="sdpa", seed=5)
-    assert (tmp_path / "model.safetensors.index.json").exists() and len(list(tmp_path.glob("*.safetensors"))) > 1
+    assert (tmp_path / "model.safetensors.index.json").exists() and len(
+        list(tmp_path.glob("*.safetensors"))
+    ) > 1
     lm, _ = load_hf_checkpoint(tmp_path)
     assert_parity(hf, lm, ids(seed=6))
 
@@ -196,8 +235,14 @@ def test_llama_needs_the_rope_permutation(tmp_path):
 def test_unsupported_checkpoints_raise_lm_errors(tmp_path):
     with pytest.raises(LmError, match="config.json"):
         load_hf_checkpoint(tmp_path)
-    base = transformers.LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-                                    num_attention_heads=2, max_position_embeddings=MAXLEN).to_dict()
+    base = transformers.LlamaConfig(
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=MAXLEN,
+    ).to_dict()
     spec_from_hf_config(base)  # fine as it is
     for change, match in (
         ({"model_type": "t5"}, "model_type"),
@@ -208,7 +253,9 @@ def test_unsupported_checkpoints_raise_lm_errors(tmp_path):
     ):
         with pytest.raises(LmError, match=match):
             spec_from_hf_config({**base, **change})
-    gpt = transformers.GPT2Config(vocab_size=V, n_embd=16, n_layer=1, n_head=2, activation_function="gelu").to_dict()
+    gpt = transformers.GPT2Config(
+        vocab_size=V, n_embd=16, n_layer=1, n_head=2, activation_function="gelu"
+    ).to_dict()
     spec_from_hf_config(gpt)
     for change, match in (
         ({"n_head": 3}, r"n_heads \(3\) must divide"),

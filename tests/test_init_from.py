@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_params, write_fake_encoded
+
 from lm.config import parse_params
 from lm.errors import LmError
 from lm.model import build_model
@@ -32,8 +32,14 @@ def _params(task: str, **overrides):
 
 
 def _train(root: Path, params) -> loop.TrainResult:
-    return loop.train(params, encoded_dir=root / "data/encoded", split_dir=root / "data/split",
-                      tokenizer_dir=root / "data/tokenizer", out_dir=root / "models", reports_dir=root / "reports")
+    return loop.train(
+        params,
+        encoded_dir=root / "data/encoded",
+        split_dir=root / "data/split",
+        tokenizer_dir=root / "data/tokenizer",
+        out_dir=root / "models",
+        reports_dir=root / "reports",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +145,16 @@ def test_init_from_a_hugging_face_gpt2_directory(tmp_path):
     transformers = pytest.importorskip("transformers")
     from lm.model.hf import load_hf_checkpoint
 
-    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=32, n_inner=64,
-                                  activation_function="gelu", tie_word_embeddings=True)
+    cfg = transformers.GPT2Config(
+        vocab_size=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        n_positions=32,
+        n_inner=64,
+        activation_function="gelu",
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
     reference, _ = load_hf_checkpoint(tmp_path / "gpt2")
@@ -155,8 +169,13 @@ def test_init_from_a_hugging_face_gpt2_directory(tmp_path):
         else:
             assert torch.equal(v, ref[k]), k
     with pytest.raises(LmError, match="vocabulary of 64 tokens"):
-        init_from(build_model(params.model, task="clm", vocab_size=65, max_len=16, pad_id=61), tmp_path / "gpt2",
-                  task="clm", vocab_size=65, tokenizer_hash="fake")
+        init_from(
+            build_model(params.model, task="clm", vocab_size=65, max_len=16, pad_id=61),
+            tmp_path / "gpt2",
+            task="clm",
+            vocab_size=65,
+            tokenizer_hash="fake",
+        )
     shutil.rmtree(tmp_path / "gpt2")
 
 
@@ -164,12 +183,24 @@ def _encoder(transformers, arch: str):
     """A tiny randomly initialised Hugging Face encoder with the sizes of lm's fake corpus (vocab 64)."""
     common = dict(vocab_size=64, max_position_embeddings=40)
     if arch == "bert":
-        cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
-                                      type_vocab_size=2, **common)
+        cfg = transformers.BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=48,
+            type_vocab_size=2,
+            **common,
+        )
         return transformers.BertForMaskedLM(cfg)
     if arch == "roberta":
-        cfg = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=48, pad_token_id=1, **common)
+        cfg = transformers.RobertaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=48,
+            pad_token_id=1,
+            **common,
+        )
         return transformers.RobertaForMaskedLM(cfg)
     cfg = transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=48, **common)
     return transformers.DistilBertForMaskedLM(cfg)
@@ -191,7 +222,9 @@ def test_init_from_a_hugging_face_encoder_gives_its_hidden_states(tmp_path, arch
     spec = spec_from_hf_config(json.loads((tmp_path / arch / "config.json").read_text()))
     model = build_model(spec.model, task="classify", vocab_size=64, max_len=16, pad_id=1)
     report = init_from(model, tmp_path / arch, task="classify", vocab_size=64, tokenizer_hash=None)
-    assert report.kind == arch and sorted(report.fresh) == sorted(k for k in model.state_dict() if not k.startswith("trunk."))
+    assert report.kind == arch and sorted(report.fresh) == sorted(
+        k for k in model.state_dict() if not k.startswith("trunk.")
+    )
 
     ids = torch.randint(3, 64, (3, 12))
     mask = torch.ones(3, 12, dtype=torch.long)

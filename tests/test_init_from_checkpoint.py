@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import tiny_params
 from hf_tokenizers import bert_dir, gpt2_dir
+
 from lm.config import ConfigError, ModelConfig, parse_params
 from lm.errors import LmError
 from lm.model import build_model
@@ -32,8 +32,14 @@ def bert_checkpoint(tmp_path_factory):
     """A tiny random BERT saved with its own WordPiece tokenizer in one directory, as on the hub."""
     root = tmp_path_factory.mktemp("bert")
     directory = bert_dir(root)
-    cfg = transformers.BertConfig(vocab_size=_vocab(directory), hidden_size=32, num_hidden_layers=3,
-                                  num_attention_heads=2, intermediate_size=48, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        vocab_size=_vocab(directory),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     transformers.BertModel(cfg).save_pretrained(directory)
     return directory
@@ -43,8 +49,15 @@ def bert_checkpoint(tmp_path_factory):
 def gpt2_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpt2")
     directory = gpt2_dir(root)
-    cfg = transformers.GPT2Config(vocab_size=_vocab(directory), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                                  n_inner=64, activation_function="gelu")
+    cfg = transformers.GPT2Config(
+        vocab_size=_vocab(directory),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        n_inner=64,
+        activation_function="gelu",
+    )
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(directory)
     return directory
@@ -53,8 +66,16 @@ def gpt2_checkpoint(tmp_path_factory):
 def _finetune(checkpoint, **overrides):
     """tiny_params with the model section back at lm's defaults (params.yaml's), which mean: the checkpoint's."""
     defaults = {f"model.{k}": v for k, v in ModelConfig().model_dump().items()}
-    return parse_params(tiny_params(**{**defaults, "tokenizer.pretrained": str(checkpoint),
-                                       "train.init_from": str(checkpoint), **overrides}))
+    return parse_params(
+        tiny_params(
+            **{
+                **defaults,
+                "tokenizer.pretrained": str(checkpoint),
+                "train.init_from": str(checkpoint),
+                **overrides,
+            }
+        )
+    )
 
 
 def test_init_from_takes_the_architecture_and_recipe_from_the_checkpoint(bert_checkpoint):
@@ -84,8 +105,9 @@ def test_init_from_a_checkpoint_without_tokenizer_pretrained_names_it(bert_check
 def test_init_from_refuses_another_tokenizer_of_the_same_size(bert_checkpoint, tmp_path):
     """Same vocabulary size, other content: a cased WordPiece, and lm's own BPE, are refused by init_from with
     one line naming tokenizer.pretrained; the checkpoint's own tokenizer is accepted."""
-    from lm.tokenizer import Tokenizer, train_bpe
     from hf_tokenizers import CORPUS
+
+    from lm.tokenizer import Tokenizer, train_bpe
 
     vocab = _vocab(bert_checkpoint)
     cased = adopt(str(bert_dir(tmp_path, lowercase=False, vocab_size=vocab)))
@@ -99,8 +121,13 @@ def test_init_from_refuses_another_tokenizer_of_the_same_size(bert_checkpoint, t
             init_from(model, bert_checkpoint, task="classify", vocab_size=vocab, tokenizer_hash=other.hash)
         assert "\n" not in str(err.value) and "another tokenizer" in str(err.value)
     model = build_model(params.model, task="classify", vocab_size=vocab, max_len=32, pad_id=0)
-    report = init_from(model, bert_checkpoint, task="classify", vocab_size=vocab,
-                       tokenizer_hash=adopt(str(bert_checkpoint)).hash)
+    report = init_from(
+        model,
+        bert_checkpoint,
+        task="classify",
+        vocab_size=vocab,
+        tokenizer_hash=adopt(str(bert_checkpoint)).hash,
+    )
     assert report.kind == "bert" and report.loaded > 0
 
 
@@ -132,8 +159,16 @@ def test_init_from_fine_tunes_a_bert_classifier_end_to_end(bert_checkpoint, in_t
     import stages.train
     from lm.infer.predict import load_trained
 
-    params = _finetune(bert_checkpoint, **{"data.n_rows": 200, "finetune.epochs": 1, "finetune.lr": 1e-3,
-                                           "train.max_steps": 6, "eval.baseline": False})
+    params = _finetune(
+        bert_checkpoint,
+        **{
+            "data.n_rows": 200,
+            "finetune.epochs": 1,
+            "finetune.lr": 1e-3,
+            "train.max_steps": 6,
+            "eval.baseline": False,
+        },
+    )
     _run(params, stages.download, stages.tokenize, stages.encode, stages.split, stages.train, stages.evaluate)
     config = json.loads(open("models/config.json").read())
     assert config["model"]["n_layers"] == 3 and config["model"]["norm_position"] == "post"
@@ -175,8 +210,16 @@ def test_init_from_fine_tunes_a_gpt2_decoder_end_to_end(gpt2_checkpoint, in_tmp)
     import stages.train
     from lm.infer.predict import load_trained
 
-    params = _finetune(gpt2_checkpoint, **{"task": "clm", "data.n_rows": 120, "finetune.epochs": 1,
-                                           "train.max_steps": 4, "model.pooling": "mean"})
+    params = _finetune(
+        gpt2_checkpoint,
+        **{
+            "task": "clm",
+            "data.n_rows": 120,
+            "finetune.epochs": 1,
+            "train.max_steps": 4,
+            "model.pooling": "mean",
+        },
+    )
     _run(params, stages.download, stages.tokenize, stages.encode, stages.split, stages.train)
     trained = load_trained("models")
     assert trained.config["model"]["n_layers"] == 2 and trained.tokenizer.kind == "hf"
@@ -198,8 +241,9 @@ def test_init_from_continues_masked_lm_training_of_a_bert(bert_checkpoint, in_tm
     from lm.data.objectives import special_of
     from lm.infer.predict import load_trained
 
-    params = _finetune(bert_checkpoint, **{"task": "mlm", "data.n_rows": 120, "finetune.epochs": 1,
-                                           "train.max_steps": 4})
+    params = _finetune(
+        bert_checkpoint, **{"task": "mlm", "data.n_rows": 120, "finetune.epochs": 1, "train.max_steps": 4}
+    )
     _run(params, stages.download, stages.tokenize, stages.encode, stages.split, stages.train)
     enc = Encoded.open("data/encoded")
     tok = adopt(str(bert_checkpoint))

@@ -14,11 +14,36 @@ from lm.model import build_model  # noqa: E402
 from lm.model.init_from import init_from  # noqa: E402
 
 V, MAXLEN, PAD = 120, 40, 0
-BERT = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=MAXLEN, hidden_act="gelu", type_vocab_size=2, pad_token_id=PAD)
-LM_BERT = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0, attention_dropout=0.0,
-                      attention="standard", positions="learned", norm="layernorm", norm_position="post", mlp="gelu",
-                      bias=True, tie_embeddings=True, norm_eps=1e-12, embed_norm=True, token_type=True, pooling="cls")
+BERT = dict(
+    vocab_size=V,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=MAXLEN,
+    hidden_act="gelu",
+    type_vocab_size=2,
+    pad_token_id=PAD,
+)
+LM_BERT = ModelConfig(
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    d_ff=64,
+    dropout=0.0,
+    attention_dropout=0.0,
+    attention="standard",
+    positions="learned",
+    norm="layernorm",
+    norm_position="post",
+    mlp="gelu",
+    bias=True,
+    tie_embeddings=True,
+    norm_eps=1e-12,
+    embed_norm=True,
+    token_type=True,
+    pooling="cls",
+)
 
 
 pytestmark = pytest.mark.usefixtures("hf_quiet")
@@ -62,7 +87,8 @@ def test_init_from_bert_classifier_gives_bert_for_sequence_classification_logits
     model = build_model(LM_BERT, task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=3).eval()
     init_from(model, tmp_path, task="classify", vocab_size=V, tokenizer_hash=None)
     hf = transformers.BertForSequenceClassification.from_pretrained(
-        tmp_path, num_labels=1, problem_type="multi_label_classification").eval()
+        tmp_path, num_labels=1, problem_type="multi_label_classification"
+    ).eval()
     with torch.no_grad():  # both classifiers are fresh: give HF lm's
         hf.classifier.weight.copy_(model.classifier.weight)
         hf.classifier.bias.copy_(model.classifier.bias)

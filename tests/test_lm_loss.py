@@ -33,7 +33,9 @@ def _grads(loss, tensors):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("ignore_every", [0, 3])
 def test_loss_and_gradients_equal_the_plain_route(bias, ignore_every, monkeypatch):
-    monkeypatch.setattr(lm_loss, "_chunk_rows", lambda vocab, device: 64)  # 300 rows -> 5 chunks, the last one short
+    monkeypatch.setattr(
+        lm_loss, "_chunk_rows", lambda vocab, device: 64
+    )  # 300 rows -> 5 chunks, the last one short
     h, w, b, t = _problem(bias=bias, ignore_every=ignore_every)
     ref = F.cross_entropy(F.linear(h, w, b).float(), t, ignore_index=IGNORE_INDEX, reduction="sum")
     got = linear_cross_entropy_sum(h, w, b, t, IGNORE_INDEX)

@@ -25,6 +25,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # ---------------------------------------------------------------- classification_report
 
+
 def test_report_hand_computed():
     y_score = np.array([0.9, 0.7, 0.2, 0.1, 0.6, 0.4])  # truth: 1 1 0 0 1 0
     y_prob = np.array([0.8, 0.3, 0.6, 0.1, 0.9, 0.2])  # pred:  1 0 1 0 1 0 -> TP 2, FN 1, FP 1, TN 2
@@ -101,6 +102,7 @@ def test_report_bad_input(score, prob, message):
 
 # ---------------------------------------------------------------- curve_rows
 
+
 def test_curve_rows_small_data_is_sklearn_exactly():
     y_true = np.array([0, 1, 1, 0, 1, 0, 0, 1], dtype=bool)
     y_prob = np.array([0.1, 0.8, 0.35, 0.4, 0.9, 0.05, 0.6, 0.7])
@@ -151,6 +153,7 @@ def test_thin_indices_keeps_ends_and_budget():
 
 
 # ---------------------------------------------------------------- bias_report
+
 
 def _brute_force_bias(df, identities, y_col, p_col, overall_auc, thr=0.5, p=-5, w=0.25, min_size=10):
     per, values = {}, {"subgroup_auc": [], "bpsn_auc": [], "bnsp_auc": []}
@@ -232,7 +235,12 @@ def test_bias_report_hand_checkable():
     # BNSP: subgroup pos {0.9, 0.4} vs background neg {0.6, 0.2} -> 3 of 4
     assert ident == {"size": 4, "subgroup_auc": 0.75, "bpsn_auc": 1.0, "bnsp_auc": 0.75}
     # "other" (rows 0, 1, 4, 5) is all positive: listed with its size, skipped in the means
-    assert rep["per_identity"]["other"] == {"size": 4, "subgroup_auc": None, "bpsn_auc": None, "bnsp_auc": None}
+    assert rep["per_identity"]["other"] == {
+        "size": 4,
+        "subgroup_auc": None,
+        "bpsn_auc": None,
+        "bnsp_auc": None,
+    }
     assert rep["power_mean"] == {"subgroup_auc": 0.75, "bpsn_auc": 1.0, "bnsp_auc": 0.75}
     assert rep["final_score"] == pytest.approx(0.25 * 0.8 + 0.25 * (0.75 + 1.0 + 0.75))
 
@@ -281,6 +289,7 @@ def test_bias_report_on_real_civil_comments_rows():
 
 
 # ---------------------------------------------------------------- LmAccumulator
+
 
 def test_lm_accumulator_matches_torch_on_concatenated_batches():
     torch.manual_seed(0)

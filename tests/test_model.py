@@ -25,7 +25,6 @@ V, MAXLEN, PAD = 40, 24, 0
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def cfg(**kw) -> ModelConfig:
     base = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0)
     base.update(kw)
@@ -61,7 +60,9 @@ def test_norms_match_torch():
 def test_mlps_match_formulas():
     x = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(0))
     g = GeluMLP(8, 16)
-    torch.testing.assert_close(g(x), g.fc_out.bias + F.gelu(x @ g.fc_in.weight.T + g.fc_in.bias) @ g.fc_out.weight.T)
+    torch.testing.assert_close(
+        g(x), g.fc_out.bias + F.gelu(x @ g.fc_in.weight.T + g.fc_in.bias) @ g.fc_out.weight.T
+    )
     s = SwiGLU(8, 16)
     w1, w3 = s.fc_in.weight[:16], s.fc_in.weight[16:]
     torch.testing.assert_close(s(x), (F.silu(x @ w1.T) * (x @ w3.T)) @ s.fc_out.weight.T)
@@ -89,7 +90,8 @@ def test_pre_and_post_norm_blocks(norm_position):
     x = torch.randn(2, 6, 16) * 4 + 2
     y, _, _ = block(x, key_mask=None, causal=False)
     normalised = torch.allclose(y.mean(-1), torch.zeros(2, 6), atol=1e-4) and torch.allclose(
-        y.var(-1, unbiased=False), torch.ones(2, 6), atol=1e-3)
+        y.var(-1, unbiased=False), torch.ones(2, 6), atol=1e-3
+    )
     assert normalised == (norm_position == "post")
     if norm_position == "pre":  # h = x + attn(norm1(x)); y = h + mlp(norm2(h))
         h = x + block.attn(block.norm1(x)).out
@@ -104,14 +106,31 @@ def test_pre_and_post_norm_blocks(norm_position):
 
 # ---- every option combination ---------------------------------------------------------------------------
 
-COMBOS = list(itertools.product(["learned", "sinusoidal", "none"], ["layernorm", "rmsnorm"], ["pre", "post"],
-                                ["gelu", "swiglu"], ["cls", "mean"]))
+COMBOS = list(
+    itertools.product(
+        ["learned", "sinusoidal", "none"],
+        ["layernorm", "rmsnorm"],
+        ["pre", "post"],
+        ["gelu", "swiglu"],
+        ["cls", "mean"],
+    )
+)
 
 
 @pytest.mark.parametrize("positions,norm,norm_position,mlp,pooling", COMBOS)
 def test_every_option_combination_runs_forward_and_backward(positions, norm, norm_position, mlp, pooling):
-    c = cfg(positions=positions, norm=norm, norm_position=norm_position, mlp=mlp, pooling=pooling, n_layers=1,
-            dropout=0.1, attention_dropout=0.1, bias=pooling == "cls", tie_embeddings=mlp == "gelu")
+    c = cfg(
+        positions=positions,
+        norm=norm,
+        norm_position=norm_position,
+        mlp=mlp,
+        pooling=pooling,
+        n_layers=1,
+        dropout=0.1,
+        attention_dropout=0.1,
+        bias=pooling == "cls",
+        tie_embeddings=mlp == "gelu",
+    )
     x = ids(L=8)
     mask = torch.ones_like(x)
     mask[1, 5:] = 0
@@ -131,7 +150,9 @@ def test_every_option_combination_runs_forward_and_backward(positions, norm, nor
 
 @pytest.mark.parametrize("kind", ATTENTION_KINDS)
 def test_kv_cache_equals_recompute(kind):
-    model = build_model(cfg(attention=kind), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=3).eval()
+    model = build_model(
+        cfg(attention=kind), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=3
+    ).eval()
     x = ids(L=12)
     with torch.no_grad():
         full = model(x).logits
@@ -148,8 +169,9 @@ def test_kv_cache_equals_recompute(kind):
 
 @pytest.mark.parametrize("kind", ["standard", "rotary", "linear", "cosformer", "yat", "slay-anchor"])
 def test_causal_lm_output_at_t_ignores_later_tokens(kind):
-    model = build_model(cfg(attention=kind, positions="learned"), task="clm", vocab_size=V, max_len=MAXLEN,
-                        pad_id=PAD).eval()
+    model = build_model(
+        cfg(attention=kind, positions="learned"), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD
+    ).eval()
     x = ids(L=12)
     y = x.clone()
     y[:, 7:] = ids(L=5, seed=9)
@@ -174,8 +196,9 @@ def test_cache_rejects_overflow_and_encoders():
 @pytest.mark.parametrize("kind", ATTENTION_KINDS)
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_padding_changes_nothing_for_the_classifier(kind, pooling):
-    model = build_model(cfg(attention=kind, pooling=pooling), task="classify", vocab_size=V, max_len=MAXLEN,
-                        pad_id=PAD).eval()
+    model = build_model(
+        cfg(attention=kind, pooling=pooling), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD
+    ).eval()
     x = ids(L=12)
     mask = torch.ones_like(x)
     mask[0, 6:] = 0
@@ -198,8 +221,13 @@ def test_padding_changes_nothing_for_the_classifier(kind, pooling):
 def test_cls_classifier_computing_only_row_0_in_the_last_block_equals_the_full_trunk(kind, norm_position):
     """The CLS classifier runs the last block for position 0 only; asking for the attention maps runs every
     row (the plain trunk), and logits and gradients must agree."""
-    model = build_model(cfg(attention=kind, norm_position=norm_position, pooling="cls"), task="classify",
-                        vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+    model = build_model(
+        cfg(attention=kind, norm_position=norm_position, pooling="cls"),
+        task="classify",
+        vocab_size=V,
+        max_len=MAXLEN,
+        pad_id=PAD,
+    )
     x = ids(B=3, L=12)
     mask = torch.ones_like(x)
     mask[0, 7:] = 0
@@ -228,12 +256,16 @@ def test_padding_changes_nothing_for_mlm_and_clm():
         y = torch.where(mask.bool(), x, ids(L=10, seed=5))
         with torch.no_grad():
             torch.testing.assert_close(model(x, mask).logits[:, :7], model(y, mask).logits[:, :7])
-            torch.testing.assert_close(model(x[:, :7]).logits, model(x, mask).logits[:, :7], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                model(x[:, :7]).logits, model(x, mask).logits[:, :7], atol=1e-5, rtol=1e-5
+            )
 
 
 def test_returned_attentions_per_layer():
     for kind in ("standard", "slay-anchor"):
-        model = build_model(cfg(attention=kind, n_layers=3), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+        model = build_model(
+            cfg(attention=kind, n_layers=3), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD
+        )
         x = ids(L=9)
         mask = torch.ones_like(x)
         mask[1, 6:] = 0
@@ -262,7 +294,9 @@ def test_tied_embeddings_share_storage():
         assert untied.lm_head.weight.data_ptr() != untied.trunk.tok_emb.weight.data_ptr()
         assert sum(p.numel() for p in untied.parameters()) == n_tied + V * 16 + V  # untied head has a bias
         assert tied.lm_head.bias is None and untied.lm_head.bias is not None
-    assert isinstance(build_model(cfg(), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD), SequenceClassifier)
+    assert isinstance(
+        build_model(cfg(), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD), SequenceClassifier
+    )
 
 
 def test_build_is_seeded_and_leaves_the_global_rng_alone():
@@ -278,8 +312,12 @@ def test_build_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_state_dict_round_trip_with_random_buffers():
-    a = build_model(cfg(attention="slay-nystrom"), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=1)
-    b = build_model(cfg(attention="slay-nystrom"), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=2)
+    a = build_model(
+        cfg(attention="slay-nystrom"), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=1
+    )
+    b = build_model(
+        cfg(attention="slay-nystrom"), task="classify", vocab_size=V, max_len=MAXLEN, pad_id=PAD, seed=2
+    )
     x = ids()
     a.eval(), b.eval()
     assert not torch.allclose(a(x).logits, b(x).logits)
@@ -372,9 +410,16 @@ def test_bias_switch_reaches_every_linear_and_layernorm(norm):
     """bias=True: every nn.Linear and LayerNorm has a bias (the tied LM head excepted); bias=False: none."""
     for task in ("classify", "mlm", "clm"):
         for tie in (True, False):
-            on = build_model(cfg(norm=norm, tie_embeddings=tie), task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD)
-            off = build_model(cfg(norm=norm, tie_embeddings=tie, bias=False), task=task, vocab_size=V,
-                              max_len=MAXLEN, pad_id=PAD)
+            on = build_model(
+                cfg(norm=norm, tie_embeddings=tie), task=task, vocab_size=V, max_len=MAXLEN, pad_id=PAD
+            )
+            off = build_model(
+                cfg(norm=norm, tie_embeddings=tie, bias=False),
+                task=task,
+                vocab_size=V,
+                max_len=MAXLEN,
+                pad_id=PAD,
+            )
             assert not _count_biases(off)
             for name, mod in on.named_modules():
                 if isinstance(mod, (nn.Linear, LayerNorm)):
@@ -387,7 +432,9 @@ def test_bias_switch_reaches_every_linear_and_layernorm(norm):
 
 def test_norm_eps_reaches_every_norm():
     for norm in ("layernorm", "rmsnorm"):
-        model = build_model(cfg(norm=norm, norm_eps=3e-3), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
+        model = build_model(
+            cfg(norm=norm, norm_eps=3e-3), task="clm", vocab_size=V, max_len=MAXLEN, pad_id=PAD
+        )
         eps = [m.eps for m in model.modules() if isinstance(m, (LayerNorm, RMSNorm))]
         assert len(eps) == 2 * 2 + 1 and set(eps) == {3e-3}
 

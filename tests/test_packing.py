@@ -10,8 +10,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import SPECIALS, tiny_params, write_fake_encoded
+
 from lm.config import parse_params
 from lm.data.batches import make_items
 from lm.data.encoded import Encoded
@@ -88,8 +88,12 @@ def test_packing_mlm_encode_keeps_every_token(tmp_path):
     pd.DataFrame({"id": [0, 1, 2], "text": texts, "target": [np.nan] * 3}).to_parquet(raw / "corpus.parquet")
     tok = Tokenizer(train_bpe(texts, 300, list(SPECIALS)), list(SPECIALS))
     tok.save(tmp_path / "tokenizer")
-    encode.run(parse_params(tiny_params(task="mlm")), raw_dir=raw, tokenizer_dir=tmp_path / "tokenizer",
-               out_dir=tmp_path / "encoded")
+    encode.run(
+        parse_params(tiny_params(task="mlm")),
+        raw_dir=raw,
+        tokenizer_dir=tmp_path / "tokenizer",
+        out_dir=tmp_path / "encoded",
+    )
     meta = json.loads((tmp_path / "encoded" / "meta.json").read_text())
     assert meta["layout"] == "stream" and meta["n_truncated"] == 0
     expected = sum(len(tok.encode(t)) + 1 for t in texts)

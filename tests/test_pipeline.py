@@ -31,8 +31,17 @@ def _stages_run(output: str) -> set[str]:
 def test_repro_writes_reports_and_reruns_only_what_changed(repo):
     root, env = repo
     first = _sh(["dvc", "repro"], root, env)
-    assert _stages_run(first.stdout) == {"download", "tokenizer", "encode", "split", "pretrain", "train", "evaluate",
-                                         "visualize", "export"}
+    assert _stages_run(first.stdout) == {
+        "download",
+        "tokenizer",
+        "encode",
+        "split",
+        "pretrain",
+        "train",
+        "evaluate",
+        "visualize",
+        "export",
+    }
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     details = json.loads((root / "reports" / "evaluation.json").read_text())
     for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "accuracy"):
@@ -42,7 +51,9 @@ def test_repro_writes_reports_and_reruns_only_what_changed(repo):
     assert json.loads((root / "reports" / "plots" / "roc_baseline.json").read_text())
     assert "final_score" in metrics["bias"] and details["bias"]["per_identity"]
     assert "per_identity" not in metrics["bias"]  # per-identity tables: evaluation.json and the bias plot
-    assert {r["identity"] for r in json.loads((root / "reports/plots/bias.json").read_text())} == set(details["bias"]["per_identity"])
+    assert {r["identity"] for r in json.loads((root / "reports/plots/bias.json").read_text())} == set(
+        details["bias"]["per_identity"]
+    )
     for name in ("roc.json", "pr.json", "confusion.json"):
         assert (root / "reports" / "plots" / name).stat().st_size > 0
     for name in ("roc.png", "pr.png", "confusion.png", "calibration.png"):
@@ -64,8 +75,14 @@ def test_repro_writes_reports_and_reruns_only_what_changed(repo):
     params = tiny_params(**{"model.n_layers": 2})
     write_params(root / "params.yaml", params)
     changed = _sh(["dvc", "repro"], root, env)
-    assert _stages_run(changed.stdout) == {"download", "pretrain", "train", "evaluate", "visualize",
-                                           "export"}  # pretrain: off
+    assert _stages_run(changed.stdout) == {
+        "download",
+        "pretrain",
+        "train",
+        "evaluate",
+        "visualize",
+        "export",
+    }  # pretrain: off
     shown = _sh(["dvc", "metrics", "show", "--json"], root, env)
     assert "roc_auc" in shown.stdout
     _sh(["git", "add", "-A"], root, env)
@@ -94,7 +111,9 @@ def _assert_scores_are_the_models(root: Path, texts: list[str]) -> None:
     with torch.no_grad():
         for text in texts:
             ids = torch.tensor([([tok.cls_id] + tok.encode(text))[: trained.max_len]])  # (1, n)
-            expected.append(float(torch.sigmoid(trained.model(ids, torch.ones_like(ids, dtype=torch.bool)).logits[0])))
+            expected.append(
+                float(torch.sigmoid(trained.model(ids, torch.ones_like(ids, dtype=torch.bool)).logits[0]))
+            )
     assert table["text"].tolist() == texts
     np.testing.assert_allclose(table["score"].to_numpy(), expected, atol=6e-5)  # written to 4 decimals
     threshold = trained.config["threshold"]
@@ -104,8 +123,12 @@ def _assert_scores_are_the_models(root: Path, texts: list[str]) -> None:
 def _digest(root: Path, *dirs: str) -> dict[str, str]:
     import hashlib
 
-    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for d in dirs for f in sorted((root / d).rglob("*")) if f.is_file()}
+    return {
+        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for d in dirs
+        for f in sorted((root / d).rglob("*"))
+        if f.is_file()
+    }
 
 
 def test_a_params_typo_keeps_models_and_reports_and_pos_weight_off_runs(repo):
@@ -124,14 +147,20 @@ def test_a_params_typo_keeps_models_and_reports_and_pos_weight_off_runs(repo):
     assert _digest(root, "models", "reports/train") == before
     (root / "params.yaml").write_text(good)
     _sh(["dvc", "exp", "run", "-S", "train.pos_weight=off"], root, env)
-    assert "pos_weight: off" in (root / "params.yaml").read_text() or "pos_weight: false" in (root / "params.yaml").read_text()
+    assert (
+        "pos_weight: off" in (root / "params.yaml").read_text()
+        or "pos_weight: false" in (root / "params.yaml").read_text()
+    )
     (root / "params.yaml").write_text(good)
 
 
-@pytest.mark.parametrize("task, keys", [
-    ("mlm", ["masked_accuracy", "top5_accuracy", "perplexity"]),
-    ("clm", ["perplexity", "bits_per_byte"]),
-])
+@pytest.mark.parametrize(
+    "task, keys",
+    [
+        ("mlm", ["masked_accuracy", "top5_accuracy", "perplexity"]),
+        ("clm", ["perplexity", "bits_per_byte"]),
+    ],
+)
 def test_exp_run_switches_task(repo, task, keys):
     root, env = repo
     if not (root / "dvc.lock").exists():

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import tiny_params
+
 from lm.config import parse_params
 
 
@@ -29,9 +28,16 @@ def labelled(tmp_path_factory):
     unlabelled = pd.DataFrame({"body": [" ".join(rng.choice(words, 30)) + f" {i}" for i in range(300)]})
     unlabelled.loc[5, "body"] = ""  # a blemish: an empty cell is dropped, not pretrained on
     unlabelled.to_csv(root / "unlabelled.csv", index=False)
-    raw = tiny_params(**{"pretrain.source": str(root / "unlabelled.csv"), "pretrain.text_column": "body",
-                         "pretrain.max_steps": 4, "pretrain.tokens_per_epoch": 2000, "data.shard_mb": 0.002,
-                         "train.threads": 1})
+    raw = tiny_params(
+        **{
+            "pretrain.source": str(root / "unlabelled.csv"),
+            "pretrain.text_column": "body",
+            "pretrain.max_steps": 4,
+            "pretrain.tokens_per_epoch": 2000,
+            "data.shard_mb": 0.002,
+            "train.threads": 1,
+        }
+    )
     params = parse_params(raw)
     cwd = os.getcwd()
     os.chdir(root)
@@ -55,7 +61,9 @@ def test_pretrain_corpus_is_streamed_into_shards_with_the_train_texts_only(label
     got = pd.read_parquet(dest)
     train_rows = np.load(root / "data/split/train.npy")
     labelled_texts = pd.read_parquet(root / "data/raw/corpus.parquet", columns=["text"])["text"]
-    expected = [t for t in unlabelled["body"].fillna("") if t.strip()] + labelled_texts.iloc[train_rows].tolist()
+    expected = [t for t in unlabelled["body"].fillna("") if t.strip()] + labelled_texts.iloc[
+        train_rows
+    ].tolist()
     assert got["text"].tolist() == expected  # source order, then the train split's texts; no val/test text
     assert (n_source, n_labelled) == (299, len(train_rows))
     assert got["id"].tolist() == [str(i) for i in range(len(expected))] and got["target"].isna().all()

@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, tiny_params
+from hf_tokenizers import bert_dir, gpt2_dir, roberta_dir, tiktoken_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SHARED_DATA, tiny_params
-from hf_tokenizers import bert_dir, gpt2_dir, roberta_dir, tiktoken_file
 from lm.config import parse_params
 from lm.errors import LmError
 from lm.tokenizer import load_tokenizer
@@ -38,8 +38,12 @@ def _real_texts(limit: int = 200) -> list[str]:
     import pandas as pd
 
     texts: list[str] = []
-    texts += pd.read_csv(SHARED_DATA / "davidson" / "labeled_tweets.csv", nrows=limit)["text"].astype(str).tolist()
-    texts += pd.read_csv(SHARED_DATA / "civil_comments" / "train_head.csv")["comment_text"].astype(str).tolist()
+    texts += (
+        pd.read_csv(SHARED_DATA / "davidson" / "labeled_tweets.csv", nrows=limit)["text"].astype(str).tolist()
+    )
+    texts += (
+        pd.read_csv(SHARED_DATA / "civil_comments" / "train_head.csv")["comment_text"].astype(str).tolist()
+    )
     for name in ("tinystories/validation.txt", "wikitext-2/wiki.valid.tokens"):
         lines = (SHARED_DATA / name).read_text(encoding="utf-8").splitlines()
         texts += [line for line in lines[:limit] if line.strip()]
@@ -68,7 +72,9 @@ def test_pretrained_tokenizer_ids_equal_autotokenizer_on_real_texts(hf_dirs, kin
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_pretrained_tokenizer_ids_equal_autotokenizer_on_generated_text(hf_dirs, kind):
-    specials = st.sampled_from(["[CLS]", "[SEP]", "[MASK]", "<s>", "</s>", "<mask>", "<|endoftext|>", " ", "\n"])
+    specials = st.sampled_from(
+        ["[CLS]", "[SEP]", "[MASK]", "<s>", "</s>", "<mask>", "<|endoftext|>", " ", "\n"]
+    )
     text = st.lists(st.one_of(st.text(max_size=40), specials), max_size=6).map("".join)
 
     @settings(max_examples=150)
@@ -89,8 +95,11 @@ def test_pretrained_tokenizer_roles_and_rows_follow_the_family(hf_dirs):
     assert row == [vocab["[CLS]"], *range(10, 16), vocab["[SEP]"]]
     assert (roberta.row_prefix, roberta.row_suffix) == ([0], [2]) and roberta.mask_token == "<mask>"
     assert gpt2.row_prefix == [] and gpt2.roles["cls"] is None and gpt2.roles["mask"] is None
-    assert gpt2.eot_id == gpt2.pad_id == json.loads((hf_dirs["gpt2-bpe"] / "tokenizer.json").read_text())[
-        "model"]["vocab"]["<|endoftext|>"]
+    assert (
+        gpt2.eot_id
+        == gpt2.pad_id
+        == json.loads((hf_dirs["gpt2-bpe"] / "tokenizer.json").read_text())["model"]["vocab"]["<|endoftext|>"]
+    )
     assert bert.token_str(vocab["[MASK]"]) == "[MASK]"
     assert bert.decode(bert.encode("the quick brown fox")) == "the quick brown fox"
 
@@ -102,8 +111,9 @@ def test_pretrained_tokenizer_tiktoken_file_equals_tiktoken(tmp_path):
 
     path, ranks = tiktoken_file(tmp_path)
     tok = adopt(str(path))
-    ref = tiktoken.Encoding("ref", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                            special_tokens={"<|endoftext|>": len(ranks)})
+    ref = tiktoken.Encoding(
+        "ref", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)}
+    )
     texts = ["The quick brown fox", "a<|endoftext|>b", "", "naïve 数字 🙂\r\n\t  x"]
     if SHARED_DATA.is_dir():
         texts += _real_texts(50)
@@ -111,8 +121,11 @@ def test_pretrained_tokenizer_tiktoken_file_equals_tiktoken(tmp_path):
         assert tok.encode(text, disallowed="as_text") == ref.encode_ordinary(text)
         assert tok.encode(text, allowed_special="all") == ref.encode(text, allowed_special="all")
     # lm's missing roles come after tiktoken's ids; <|endoftext|> keeps tiktoken's own id
-    assert tok.eot_id == len(ranks) and [tok.pad_id, tok.cls_id, tok.mask_id] == [len(ranks) + 1, len(ranks) + 2,
-                                                                                    len(ranks) + 3]
+    assert tok.eot_id == len(ranks) and [tok.pad_id, tok.cls_id, tok.mask_id] == [
+        len(ranks) + 1,
+        len(ranks) + 2,
+        len(ranks) + 3,
+    ]
     assert tok.vocab_size == len(ranks) + 4 and tok.row([5, 6], 8) == [tok.cls_id, 5, 6]
     with pytest.raises(LmError, match="special token"):
         tok.encode("a<|endoftext|>b")
@@ -131,8 +144,9 @@ def test_pretrained_tokenizer_saves_and_reloads_with_its_hash(hf_dirs, tmp_path)
         out = save_adopted(tok, tmp_path / "saved" / str(abs(hash(source))))
         again = load_tokenizer(out)
         assert again.hash == tok.hash and again.roles == tok.roles and again.vocab_size == tok.vocab_size
-        assert again.encode("The quick brown fox!", allowed_special="all") == tok.encode("The quick brown fox!",
-                                                                                          allowed_special="all")
+        assert again.encode("The quick brown fox!", allowed_special="all") == tok.encode(
+            "The quick brown fox!", allowed_special="all"
+        )
     edited = tmp_path / "saved" / str(abs(hash(str(hf_dirs["wordpiece"])))) / "tokenizer_config.json"
     config = json.loads(edited.read_text())
     edited.write_text(json.dumps({**config, "cls_token": "[SEP]"}))
@@ -178,20 +192,23 @@ def test_pretrained_tokenizer_through_tokenize_and_encode_stages(hf_dirs, in_tmp
     from lm.data.raw import RawCorpus
 
     directory = hf_dirs["wordpiece"]
-    params = parse_params(tiny_params(**{"data.n_rows": 60, "tokenizer.pretrained": str(directory),
-                                         "encode.max_len": 24}))
+    params = parse_params(
+        tiny_params(**{"data.n_rows": 60, "tokenizer.pretrained": str(directory), "encode.max_len": 24})
+    )
     for stage in (stages.download, stages.tokenize, stages.encode):
         stage.run(params)
     enc = Encoded.open("data/encoded")
     tok = load_tokenizer("data/tokenizer")
     assert enc.meta["tokenizer_hash"] == tok.hash == adopt(str(directory)).hash
     assert enc.roles["cls"] == tok.cls_id and enc.pad_id == tok.pad_id
-    texts = [t for table in RawCorpus.open("data/raw").iter_shards(["text"]) for t in table.column(0).to_pylist()]
+    texts = [
+        t for table in RawCorpus.open("data/raw").iter_shards(["text"]) for t in table.column(0).to_pylist()
+    ]
     ref = _reference(directory, split_special_tokens=True)
     for i, text in enumerate(texts):
         expected = ref(text, truncation=True, max_length=24)["input_ids"]
         assert enc.tokens[i, : enc.lengths[i]].tolist() == expected
-        assert (np.asarray(enc.tokens[i, enc.lengths[i]:]) == tok.pad_id).all()
+        assert (np.asarray(enc.tokens[i, enc.lengths[i] :]) == tok.pad_id).all()
 
 
 def test_pretrained_tokenizer_without_a_mask_token_stops_mlm_with_one_line(hf_dirs, in_tmp):
@@ -199,8 +216,9 @@ def test_pretrained_tokenizer_without_a_mask_token_stops_mlm_with_one_line(hf_di
     import stages.encode
     import stages.tokenize
 
-    params = parse_params(tiny_params(**{"task": "mlm", "data.n_rows": 30, "tokenizer.pretrained": str(
-        hf_dirs["gpt2-bpe"])}))
+    params = parse_params(
+        tiny_params(**{"task": "mlm", "data.n_rows": 30, "tokenizer.pretrained": str(hf_dirs["gpt2-bpe"])})
+    )
     stages.download.run(params)
     stages.tokenize.run(params)
     with pytest.raises(LmError, match="no mask token"):

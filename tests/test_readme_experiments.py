@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, project_repo, run_checked, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
@@ -44,11 +43,10 @@ def readme_commands() -> list[str]:
 
 def _stand_ins(root: Path) -> None:
     """The data and checkpoint the README's placeholders name, and the baseline's data outside the repo."""
-    import pandas as pd
     import torch
     import transformers
-
     from hf_tokenizers import bert_dir
+
     from lm.data.synthetic import generate_corpus
 
     corpus = generate_corpus(400, seed=0, identities=[])
@@ -56,15 +54,23 @@ def _stand_ins(root: Path) -> None:
     outside.mkdir()
     corpus[["text", "target"]].to_csv(outside / "comments.csv", index=False)
     (root / "path/to").mkdir(parents=True)
-    corpus[["text"]].rename(columns={"text": "comment_text"}).to_csv(root / "path/to/unlabelled.csv", index=False)
+    corpus[["text"]].rename(columns={"text": "comment_text"}).to_csv(
+        root / "path/to/unlabelled.csv", index=False
+    )
     stories = root / "roneneldan/TinyStories"
     stories.mkdir(parents=True)
     (stories / "train.txt").write_text("\n".join(corpus["text"]) + "\n")
     checkpoint = bert_dir(root / "path/to")
     checkpoint.rename(root / "path/to/checkpoint")
     vocab = json.loads((root / "path/to/checkpoint/tokenizer.json").read_text())["model"]["vocab"]
-    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     transformers.BertModel(cfg).save_pretrained(root / "path/to/checkpoint")
 
@@ -72,10 +78,14 @@ def _stand_ins(root: Path) -> None:
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("readme") / "repo"
-    raw = tiny_params(**{"data.source": "../outside/comments.csv", "data.identity_columns": [], "train.threads": 1})
+    raw = tiny_params(
+        **{"data.source": "../outside/comments.csv", "data.identity_columns": [], "train.threads": 1}
+    )
     env = project_repo(root, raw, tmp_path_factory)
     _stand_ins(root)
-    with open(root / ".git/info/exclude", "a") as exclude:  # the stand-ins are the user's files, not the project's
+    with open(
+        root / ".git/info/exclude", "a"
+    ) as exclude:  # the stand-ins are the user's files, not the project's
         exclude.write("path/\nroneneldan/\n")
     run_checked(["dvc", "repro"], root, env)
     run_checked(["git", "add", "-A"], root, env)

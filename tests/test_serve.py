@@ -8,8 +8,8 @@ bad bodies get 4xx with a message naming the field; /metrics has the histograms;
 
 from __future__ import annotations
 
-import json
 import asyncio
+import json
 import random
 import threading
 import time
@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_params
+
 from lm.config import ConfigError, ServeConfig, parse_params
 from lm.serving.app import create_app
 
@@ -178,7 +178,9 @@ def test_serve_overload_gives_503_and_stays_up(model_dir, one_thread):
 
     async def go():
         async with serving(model_dir, scorer, max_queue=4, max_batch=2, max_wait_ms=0) as (client, _):
-            burst = await asyncio.gather(*(client.post("/v1/score", json={"texts": TEXTS[:2]}) for _ in range(12)))
+            burst = await asyncio.gather(
+                *(client.post("/v1/score", json={"texts": TEXTS[:2]}) for _ in range(12))
+            )
             after = await client.post("/v1/score", json={"texts": TEXTS[:2]})
             return burst, after, await client.get("/healthz")
 
@@ -190,19 +192,22 @@ def test_serve_overload_gives_503_and_stays_up(model_dir, one_thread):
     assert after.status_code == 200 and health.status_code == 200
 
 
-@pytest.mark.parametrize(("body", "status", "words"), [
-    (b"not json", 422, "not valid JSON"),
-    (b'["a"]', 422, "texts: required"),
-    (b'{"text": ["a"]}', 422, "texts: required"),
-    (b'{"texts": "a"}', 422, "texts: expected a list"),
-    (b'{"texts": []}', 422, "texts: empty list"),
-    (b'{"texts": ["ok", 3]}', 422, "texts[1]: expected a string"),
-    (b'{"texts": ["ok", ""]}', 422, "texts[1]: empty string"),
-    (b'{"texts": ["ok"], "x": 1}', 422, "x: unknown field"),
-    (b'{"texts": ["a", "b", "c", "d"]}', 422, "max_texts"),
-    (b'{"texts": ["' + b"a" * 101 + b'"]}', 422, "texts[0]: 101 characters"),
-    (b'{"texts": ["' + b"a" * 300 + b'"]}', 413, "max_body_bytes"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"not json", 422, "not valid JSON"),
+        (b'["a"]', 422, "texts: required"),
+        (b'{"text": ["a"]}', 422, "texts: required"),
+        (b'{"texts": "a"}', 422, "texts: expected a list"),
+        (b'{"texts": []}', 422, "texts: empty list"),
+        (b'{"texts": ["ok", 3]}', 422, "texts[1]: expected a string"),
+        (b'{"texts": ["ok", ""]}', 422, "texts[1]: empty string"),
+        (b'{"texts": ["ok"], "x": 1}', 422, "x: unknown field"),
+        (b'{"texts": ["a", "b", "c", "d"]}', 422, "max_texts"),
+        (b'{"texts": ["' + b"a" * 101 + b'"]}', 422, "texts[0]: 101 characters"),
+        (b'{"texts": ["' + b"a" * 300 + b'"]}', 413, "max_body_bytes"),
+    ],
+)
 def test_serve_bad_bodies_get_4xx_with_a_message(model_dir, one_thread, body, status, words):
     async def go():
         async with serving(model_dir, max_texts=3, max_chars=100, max_body_bytes=200) as (client, _):
@@ -225,7 +230,9 @@ def test_serve_scorer_failure_is_a_500_not_a_dead_worker(model_dir, one_thread):
 
     async def go():
         async with serving(model_dir, Flaky(model_dir)) as (client, _):
-            return await client.post("/v1/score", json={"texts": ["a"]}), await client.post("/v1/score", json={"texts": ["a"]})
+            return await client.post("/v1/score", json={"texts": ["a"]}), await client.post(
+                "/v1/score", json={"texts": ["a"]}
+            )
 
     first, second = run(go())
     assert first.status_code == 500 and "boom" in first.json()["error"]
@@ -257,9 +264,13 @@ def test_serve_graceful_shutdown_answers_queued_requests(model_dir, one_thread, 
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://lm") as client:
             async with app.router.lifespan_context(app):
                 pending = [asyncio.create_task(client.post("/v1/score", json={"texts": [t]})) for t in TEXTS]
-                while app.state.served.batcher.depth < queued:  # every request in, whatever the machine's load
+                while (
+                    app.state.served.batcher.depth < queued
+                ):  # every request in, whatever the machine's load
                     await asyncio.sleep(0.001)
-                asyncio.get_running_loop().call_later(0.05, scorer.gate.set)  # scoring goes on during shutdown
+                asyncio.get_running_loop().call_later(
+                    0.05, scorer.gate.set
+                )  # scoring goes on during shutdown
             late = await client.post("/v1/score", json={"texts": ["late"]})
             return await asyncio.gather(*pending), late
 
@@ -276,7 +287,9 @@ def test_serve_naive_scores_one_request_at_a_time(model_dir, one_thread):
     async def go():
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://lm") as client:
-                return await asyncio.gather(*(client.post("/v1/score", json={"texts": TEXTS[:3]}) for _ in range(6)))
+                return await asyncio.gather(
+                    *(client.post("/v1/score", json={"texts": TEXTS[:3]}) for _ in range(6))
+                )
 
     answers = run(go())
     assert all(r.status_code == 200 for r in answers)
@@ -329,11 +342,14 @@ def test_serve_a_missing_artifact_is_one_line_before_the_server_starts(model_dir
 
     from lm.cli import app
 
-    result = CliRunner().invoke(app, ["serve", "--backend", "int8", "--model", str(model_dir),
-                                      "--export-dir", str(tmp_path / "none")])
+    result = CliRunner().invoke(
+        app, ["serve", "--backend", "int8", "--model", str(model_dir), "--export-dir", str(tmp_path / "none")]
+    )
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "model.int8.pt not found" in lines[0] and "lm export" in lines[0], result.output
+    assert len(lines) == 1 and "model.int8.pt not found" in lines[0] and "lm export" in lines[0], (
+        result.output
+    )
 
 
 def test_predict_file_keeps_the_id_column_and_leaves_empty_texts_unscored_as_serve_does(model_dir, tmp_path):
@@ -381,11 +397,28 @@ def test_class_names_come_from_the_params_in_every_output(tmp_path, monkeypatch,
     reviews = generate_corpus(300, seed=0, identities=[])[["text", "target"]]
     reviews.to_csv(tmp_path / "reviews.csv", index=False)
     monkeypatch.chdir(tmp_path)
-    params = parse_params(tiny_params(**{
-        "data.source": "reviews.csv", "data.identity_columns": [], "data.label_names": ["fresh", "rotten"],
-        "train.max_steps": 6, "train.threads": 1, "eval.baseline": False, "viz.n_examples": 1}))
-    for stage in (stages.download, stages.tokenize, stages.encode, stages.split, stages.train, stages.evaluate,
-                  stages.visualize):
+    params = parse_params(
+        tiny_params(
+            **{
+                "data.source": "reviews.csv",
+                "data.identity_columns": [],
+                "data.label_names": ["fresh", "rotten"],
+                "train.max_steps": 6,
+                "train.threads": 1,
+                "eval.baseline": False,
+                "viz.n_examples": 1,
+            }
+        )
+    )
+    for stage in (
+        stages.download,
+        stages.tokenize,
+        stages.encode,
+        stages.split,
+        stages.train,
+        stages.evaluate,
+        stages.visualize,
+    ):
         stage.run(params)
 
     texts = ["a fine film", "the worst", "ok"]
@@ -402,10 +435,17 @@ def test_class_names_come_from_the_params_in_every_output(tmp_path, monkeypatch,
     assert body["labels"] == labels
     confusion = json.loads(Path("reports/plots/confusion.json").read_text())
     assert {row["actual"] for row in confusion} <= {"fresh", "rotten"}
-    outputs = [Path("reports/predictions.md").read_text(), Path("reports/plots/confusion.json").read_text(),
-               json.dumps(body), table.to_csv()]
+    outputs = [
+        Path("reports/predictions.md").read_text(),
+        Path("reports/plots/confusion.json").read_text(),
+        json.dumps(body),
+        table.to_csv(),
+    ]
     assert not any("toxic" in text for text in outputs)
-    assert parse_params(tiny_params(**{"data.source": "reviews.csv"})).data.label_names == ["negative", "positive"]
+    assert parse_params(tiny_params(**{"data.source": "reviews.csv"})).data.label_names == [
+        "negative",
+        "positive",
+    ]
     assert parse_params(tiny_params()).data.label_names == ["non-toxic", "toxic"]
     with pytest.raises(ConfigError, match="data.label_names"):
         parse_params(tiny_params(**{"data.label_names": ["same", "same"]}))

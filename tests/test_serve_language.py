@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import tiny_params
+
 from lm.config import ServeConfig, parse_params
 from lm.serving.app import create_app
 
@@ -22,7 +22,9 @@ def _train(root: Path, task: str) -> Path:
     import stages.tokenize
     import stages.train
 
-    params = parse_params(tiny_params(**{"task": task, "train.max_steps": 6, "train.threads": 1, "eval.baseline": False}))
+    params = parse_params(
+        tiny_params(**{"task": task, "train.max_steps": 6, "train.threads": 1, "eval.baseline": False})
+    )
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -50,8 +52,10 @@ async def _calls(app, *calls):
 
 
 def _app(model_dir: Path, **cfg):
-    return create_app(ServeConfig(model_dir=str(model_dir), **cfg),
-                      defaults={"max_new_tokens": 5, "temperature": 0.8, "top_k": 40, "top_p": 0.95})
+    return create_app(
+        ServeConfig(model_dir=str(model_dir), **cfg),
+        defaults={"max_new_tokens": 5, "temperature": 0.8, "top_k": 40, "top_p": 0.95},
+    )
 
 
 def test_serve_generate_answers_what_lm_generate_writes(clm_dir, one_thread):
@@ -59,17 +63,24 @@ def test_serve_generate_answers_what_lm_generate_writes(clm_dir, one_thread):
 
     trained = load_trained(clm_dir)
     prompts = ["The", "Once upon a time"]
-    expected = [trained.continuation(p, max_new_tokens=6, temperature=0.0, top_k=None, top_p=None, seed=None)
-                for p in prompts]
+    expected = [
+        trained.continuation(p, max_new_tokens=6, temperature=0.0, top_k=None, top_p=None, seed=None)
+        for p in prompts
+    ]
     sampled = trained.continuation("The", max_new_tokens=5, temperature=0.8, top_k=40, top_p=0.95, seed=3)
-    greedy, seeded, ready, score = asyncio.run(_calls(
-        _app(clm_dir),
-        ("POST", "/v1/generate", {"prompts": prompts, "max_new_tokens": 6, "temperature": 0, "top_k": None,
-                                  "top_p": None}),
-        ("POST", "/v1/generate", {"prompts": ["The"], "seed": 3}),  # the rest from the defaults (viz:)
-        ("GET", "/readyz", None),
-        ("POST", "/v1/score", {"texts": ["a"]}),
-    ))
+    greedy, seeded, ready, score = asyncio.run(
+        _calls(
+            _app(clm_dir),
+            (
+                "POST",
+                "/v1/generate",
+                {"prompts": prompts, "max_new_tokens": 6, "temperature": 0, "top_k": None, "top_p": None},
+            ),
+            ("POST", "/v1/generate", {"prompts": ["The"], "seed": 3}),  # the rest from the defaults (viz:)
+            ("GET", "/readyz", None),
+            ("POST", "/v1/score", {"texts": ["a"]}),
+        )
+    )
     assert greedy.status_code == 200, greedy.text
     assert greedy.json() == {"completions": expected}
     assert seeded.json() == {"completions": [sampled]}
@@ -77,17 +88,28 @@ def test_serve_generate_answers_what_lm_generate_writes(clm_dir, one_thread):
     assert score.status_code == 404 and "/v1/generate" in score.json()["error"]
 
 
-@pytest.mark.parametrize(("body", "words"), [
-    ({"prompts": ["a"], "max_new_tokens": 0}, "max_new_tokens: input should be greater than or equal to 1"),
-    ({"prompts": ["a"], "max_new_tokens": 300}, "more than serve.max_new_tokens (256)"),
-    ({"prompts": ["a"], "temperature": "hot"}, "temperature:"),
-    ({"prompts": ["a"], "beam": 4}, "beam: unknown field"),
-    ({"texts": ["a"]}, "prompts: required"),
-    ({"prompts": [""]}, "prompts[0]: empty string"),
-])
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (
+            {"prompts": ["a"], "max_new_tokens": 0},
+            "max_new_tokens: input should be greater than or equal to 1",
+        ),
+        ({"prompts": ["a"], "max_new_tokens": 300}, "more than serve.max_new_tokens (256)"),
+        ({"prompts": ["a"], "temperature": "hot"}, "temperature:"),
+        ({"prompts": ["a"], "beam": 4}, "beam: unknown field"),
+        ({"texts": ["a"]}, "prompts: required"),
+        ({"prompts": [""]}, "prompts[0]: empty string"),
+    ],
+)
 def test_serve_generate_bad_options_get_422_naming_the_field(clm_dir, one_thread, body, words):
-    bad, good = asyncio.run(_calls(_app(clm_dir), ("POST", "/v1/generate", body),
-                                   ("POST", "/v1/generate", {"prompts": ["still up"], "max_new_tokens": 2})))
+    bad, good = asyncio.run(
+        _calls(
+            _app(clm_dir),
+            ("POST", "/v1/generate", body),
+            ("POST", "/v1/generate", {"prompts": ["still up"], "max_new_tokens": 2}),
+        )
+    )
     assert bad.status_code == 422 and words in bad.json()["error"], bad.text
     assert good.status_code == 200
 
@@ -97,12 +119,14 @@ def test_serve_fill_answers_what_lm_predict_fills(mlm_dir, one_thread):
 
     texts = ["The <|mask|> sat on the mat", "I <|mask|> it, <|mask|> you"]
     expected = [load_trained(mlm_dir).fills(t, 3) for t in texts]
-    fill, no_mask, generate = asyncio.run(_calls(
-        _app(mlm_dir),
-        ("POST", "/v1/fill", {"texts": texts, "top_k": 3}),
-        ("POST", "/v1/fill", {"texts": ["no mask here"]}),
-        ("POST", "/v1/generate", {"prompts": ["The"]}),
-    ))
+    fill, no_mask, generate = asyncio.run(
+        _calls(
+            _app(mlm_dir),
+            ("POST", "/v1/fill", {"texts": texts, "top_k": 3}),
+            ("POST", "/v1/fill", {"texts": ["no mask here"]}),
+            ("POST", "/v1/generate", {"prompts": ["The"]}),
+        )
+    )
     assert fill.status_code == 200, fill.text
     got = fill.json()["fills"]
     assert [[f["position"] for f in row] for row in got] == [[p for p, _ in row] for row in expected]

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from lm.config import DEFAULT_IDENTITIES, DataConfig
-from lm.data.synthetic import generate_corpus
 from lm.data.sources import CorpusStats, load_corpus
+from lm.data.synthetic import generate_corpus
 from lm.errors import LmError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -24,7 +24,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # A small table in a foreign layout: the text is in "body", the score in "tox", one identity column, ids.
 ROWS = {
     "uid": ["a1", "a2", "a3", "a4", "a5", "a6"],
-    "body": ["first comment", "   ", "multi\nline, with \"quotes\"", "NA", "", "last one 🙂"],
+    "body": ["first comment", "   ", 'multi\nline, with "quotes"', "NA", "", "last one 🙂"],
     "tox": [0.0, 0.9, 0.25, 1.0, 0.5, 0.6],
     "muslim": [np.nan, 1.0, 0.0, np.nan, 0.0, 0.8],
     "other": ["x", "y", "z", "w", "v", "u"],
@@ -33,19 +33,25 @@ KEPT = [0, 2, 3, 5]  # rows 1 (whitespace) and 4 (empty) are dropped
 
 
 def _cfg(source: str | Path, **kw) -> DataConfig:
-    base = {"text_column": "body", "target_column": "tox", "id_column": "uid",
-            "identity_columns": ["muslim", "black"]}
+    base = {
+        "text_column": "body",
+        "target_column": "tox",
+        "id_column": "uid",
+        "identity_columns": ["muslim", "black"],
+    }
     base.update(kw)
     return DataConfig(source=str(source), **base)
 
 
 def _expected(rows: list[int]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [ROWS["uid"][i] for i in rows],
-        "text": [ROWS["body"][i] for i in rows],
-        "target": np.array([ROWS["tox"][i] for i in rows], dtype=np.float64),
-        "muslim": np.array([ROWS["muslim"][i] for i in rows], dtype=np.float64),
-    })
+    return pd.DataFrame(
+        {
+            "id": [ROWS["uid"][i] for i in rows],
+            "text": [ROWS["body"][i] for i in rows],
+            "target": np.array([ROWS["tox"][i] for i in rows], dtype=np.float64),
+            "muslim": np.array([ROWS["muslim"][i] for i in rows], dtype=np.float64),
+        }
+    )
 
 
 def _check_frame(df: pd.DataFrame, expected: pd.DataFrame) -> None:
@@ -139,7 +145,7 @@ def test_parquet_max_rows_across_row_groups(tmp_path):
     frame = pd.DataFrame({"text": [f"doc {i}" for i in range(n)], "target": np.linspace(0, 1, n)})
     path = tmp_path / "big.parquet"
     frame.to_parquet(path, index=False, row_group_size=64)
-    df, stats = load_corpus(DataConfig(source=str(path), max_rows=300), task="classify", seed=0)
+    df, _stats = load_corpus(DataConfig(source=str(path), max_rows=300), task="classify", seed=0)
     assert df["text"].tolist() == frame["text"].tolist()[:300]
     np.testing.assert_array_equal(df["target"].to_numpy(), frame["target"].to_numpy()[:300])
     assert df["id"].tolist() == [str(i) for i in range(300)]
@@ -176,7 +182,7 @@ def test_real_tinystories_sample_as_txt():
     path = SHARED / "tinystories" / "validation.txt"
     if not path.exists():
         pytest.skip("shared data samples absent")
-    df, stats = load_corpus(DataConfig(source=str(path), max_rows=50), task="clm", seed=0)
+    df, _stats = load_corpus(DataConfig(source=str(path), max_rows=50), task="clm", seed=0)
     ref = [p.strip("\n") for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()][:50]
     assert df["text"].tolist() == ref
 
@@ -218,7 +224,9 @@ def test_hf_save_to_disk_dataset_and_dict(tmp_path, hf_offline):
 
     df, _ = load_corpus(_cfg(f"hf:{tmp_path / 'dict'}", hf_split="test"), task="classify", seed=0)
     _check_frame(df, _expected(KEPT))
-    df, stats = load_corpus(_cfg(f"hf:{tmp_path / 'dict'}", hf_split="test", max_rows=3), task="classify", seed=0)
+    df, stats = load_corpus(
+        _cfg(f"hf:{tmp_path / 'dict'}", hf_split="test", max_rows=3), task="classify", seed=0
+    )
     _check_frame(df, _expected([0, 2]))
     assert stats.details["streaming"] is True and stats.n_read == 3
 
@@ -259,8 +267,9 @@ def test_hf_config_suffix_is_split_off(tmp_path, hf_offline, monkeypatch):
         return datasets.Dataset.from_dict({"text": ["a", "b"], "target": [0.0, 1.0]})
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
-    df, stats = load_corpus(DataConfig(source="hf:wikitext:wikitext-2-raw-v1", hf_split="validation"),
-                            task="classify", seed=0)
+    df, stats = load_corpus(
+        DataConfig(source="hf:wikitext:wikitext-2-raw-v1", hf_split="validation"), task="classify", seed=0
+    )
     assert seen == [("wikitext", "wikitext-2-raw-v1", "validation", False)]
     assert df["text"].tolist() == ["a", "b"] and stats.details["config"] == "wikitext-2-raw-v1"
     load_corpus(DataConfig(source="hf:google/civil_comments"), task="classify", seed=0)
@@ -337,7 +346,9 @@ def test_identity_columns_must_be_numeric_fractions(tmp_path):
     msg = _error(_cfg(_write(tmp_path, "csv", rows)))
     assert "identity column 'muslim' is not numeric at row 2 (id a3)" in msg
     rows = dict(ROWS, muslim=[0.0, 1.0, 0.0, 2.0, 0.0, 0.5])
-    assert "identity column 'muslim' is outside [0, 1] at row 3" in _error(_cfg(_write(tmp_path, "parquet", rows)))
+    assert "identity column 'muslim' is outside [0, 1] at row 3" in _error(
+        _cfg(_write(tmp_path, "parquet", rows))
+    )
 
 
 def test_bad_ids_and_bad_json(tmp_path):
@@ -363,8 +374,13 @@ def test_a_queued_experiment_reads_relative_paths_from_the_users_repository(tmp_
     (copy / "own.csv").write_text("text,target\nx,1\n")
     monkeypatch.chdir(copy)
     monkeypatch.setenv("DVC_ROOT", str(repo))
-    params = parse_params({"data": {"source": "../../shared/set.csv", "identity_columns": []},
-                           "pretrain": {"source": "own.csv"}, "train": {"init_from": "pretrained"}})
+    params = parse_params(
+        {
+            "data": {"source": "../../shared/set.csv", "identity_columns": []},
+            "pretrain": {"source": "own.csv"},
+            "train": {"init_from": "pretrained"},
+        }
+    )
     assert Path(params.data.source) == repo / "../../shared/set.csv"
     assert params.pretrain.source == "own.csv" and params.train.init_from == "pretrained"
     frame, _ = load_corpus(params.data, task="classify", seed=0)

@@ -37,8 +37,17 @@ def test_split_refuses_when_no_training_rows_or_one_class():
 
 
 def _masks(ids, mask, rows, epoch, seed=0):
-    return mask_tokens(ids, mask, mask_prob=0.15, mask_id=63, special_ids=[60, 61, 62, 63], n_ordinary=60,
-                       rows=rows, seed=seed, epoch=epoch)
+    return mask_tokens(
+        ids,
+        mask,
+        mask_prob=0.15,
+        mask_id=63,
+        special_ids=[60, 61, 62, 63],
+        n_ordinary=60,
+        rows=rows,
+        seed=seed,
+        epoch=epoch,
+    )
 
 
 def _rows_batch(B=400, L=64, seed=0):

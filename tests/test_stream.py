@@ -116,7 +116,9 @@ def test_stream_is_lazy_and_checks_its_input(tok: Tokenizer) -> None:
 
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(
-    text=st.lists(st.sampled_from(ATOMS) | st.text(st.characters(codec="utf-8"), max_size=3), max_size=30).map("".join),
+    text=st.lists(
+        st.sampled_from(ATOMS) | st.text(st.characters(codec="utf-8"), max_size=3), max_size=30
+    ).map("".join),
     cuts=st.lists(st.integers(0, 200), max_size=8),
     chunk_chars=st.integers(1, 6),
     mode=st.sampled_from([("all", "raise"), (None, "as_text"), (None, "raise"), ({"<|a|>"}, "as_text")]),
@@ -142,7 +144,13 @@ def test_tokenizer_files_have_the_umask_mode(tok: Tokenizer, tmp_path: Path) -> 
     expected = stat.S_IMODE(plain.stat().st_mode)
     directory = tok.save(tmp_path / "tok")
     names = sorted(os.listdir(directory))
-    assert names == ["merges.txt", "special_tokens.json", "tokenizer.json", "tokenizer_config.json", "vocab.json"]
+    assert names == [
+        "merges.txt",
+        "special_tokens.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
     modes = {name: oct(stat.S_IMODE((directory / name).stat().st_mode)) for name in names}
     assert modes == {name: oct(expected) for name in names}
     assert Tokenizer.load(directory) == tok

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import tiny_params
+
 from lm.config import DataConfig, parse_params
 from lm.data import hub_cache, sources
 from lm.data.raw import CORPUS, RawCorpus
@@ -27,8 +27,33 @@ from lm.data.sources import load_corpus
 from lm.errors import LmError
 from stages import download, encode, tokenize
 
-WORDS = ("the cat sat on a mat while rain fell over quiet hills and people talked about taxes roads "
-         "schools music football weather prices coffee trains").split()
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "rain",
+    "fell",
+    "over",
+    "quiet",
+    "hills",
+    "and",
+    "people",
+    "talked",
+    "about",
+    "taxes",
+    "roads",
+    "schools",
+    "music",
+    "football",
+    "weather",
+    "prices",
+    "coffee",
+    "trains",
+]
 
 
 def _docs(n: int, seed: int = 0, words: int = 40) -> list[str]:
@@ -40,8 +65,14 @@ def _table(n: int, seed: int = 0, words: int = 40) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     muslim = rng.random(n).round(3)
     muslim[rng.random(n) < 0.5] = np.nan
-    return pd.DataFrame({"uid": [f"u{i}" for i in range(n)], "body": _docs(n, seed, words),
-                         "tox": rng.random(n).round(4), "muslim": muslim})
+    return pd.DataFrame(
+        {
+            "uid": [f"u{i}" for i in range(n)],
+            "body": _docs(n, seed, words),
+            "tox": rng.random(n).round(4),
+            "muslim": muslim,
+        }
+    )
 
 
 def _write(path: Path, frame: pd.DataFrame) -> Path:
@@ -58,10 +89,18 @@ def _write(path: Path, frame: pd.DataFrame) -> Path:
 
 
 def _params(source: Path, shard_mb: float, task: str = "classify", **over):
-    raw = tiny_params(task=task, **{"data.source": str(source), "data.text_column": "body",
-                                    "data.target_column": "tox" if task == "classify" else None,
-                                    "data.id_column": "uid" if task == "classify" else None,
-                                    "data.identity_columns": ["muslim"], "data.shard_mb": shard_mb, **over})
+    raw = tiny_params(
+        task=task,
+        **{
+            "data.source": str(source),
+            "data.text_column": "body",
+            "data.target_column": "tox" if task == "classify" else None,
+            "data.id_column": "uid" if task == "classify" else None,
+            "data.identity_columns": ["muslim"],
+            "data.shard_mb": shard_mb,
+            **over,
+        },
+    )
     return parse_params(raw)
 
 
@@ -102,25 +141,38 @@ def test_stream_shards_chunked_reading_keeps_stats_and_row_numbers(tmp_path, mon
     frame = _table(300)
     frame.loc[[10, 150], "body"] = "  "  # dropped, counted
     path = _write(tmp_path / "in.csv", frame)
-    cfg = DataConfig(source=str(path), text_column="body", target_column="tox", id_column="uid",
-                     identity_columns=["muslim"])
+    cfg = DataConfig(
+        source=str(path),
+        text_column="body",
+        target_column="tox",
+        id_column="uid",
+        identity_columns=["muslim"],
+    )
     whole, whole_stats = load_corpus(cfg, task="classify", seed=0)
     monkeypatch.setattr(sources, "READ_ROWS", 7)
     chunked, stats = load_corpus(cfg, task="classify", seed=0)
     pd.testing.assert_frame_equal(chunked, whole)
     assert stats.n_dropped_empty == 2 and stats.n_positive == whole_stats.n_positive
     assert stats.target_mean == pytest.approx(whole_stats.target_mean, rel=1e-12)
-    assert stats.n_identity_annotated == whole_stats.n_identity_annotated == int(frame["muslim"].drop([10, 150]).notna().sum())
+    assert (
+        stats.n_identity_annotated
+        == whole_stats.n_identity_annotated
+        == int(frame["muslim"].drop([10, 150]).notna().sum())
+    )
 
     bad = frame.copy()
     bad["tox"] = bad["tox"].astype(object)
     bad.loc[200, "tox"] = "high"
     with pytest.raises(LmError, match=r"not numeric at row 200 \(id u200\)"):
-        load_corpus(cfg.model_copy(update={"source": str(_write(tmp_path / "bad.csv", bad))}), task="classify", seed=0)
+        load_corpus(
+            cfg.model_copy(update={"source": str(_write(tmp_path / "bad.csv", bad))}), task="classify", seed=0
+        )
     dup = frame.copy()
     dup.loc[250, "uid"] = "u3"  # a duplicate 35 chunks after the first
     with pytest.raises(LmError, match="duplicate value 'u3'"):
-        load_corpus(cfg.model_copy(update={"source": str(_write(tmp_path / "dup.csv", dup))}), task="classify", seed=0)
+        load_corpus(
+            cfg.model_copy(update={"source": str(_write(tmp_path / "dup.csv", dup))}), task="classify", seed=0
+        )
 
 
 def test_stream_shards_download_memory_does_not_grow_with_the_corpus(tmp_path, monkeypatch):
@@ -154,7 +206,9 @@ def test_stream_shards_tokenizer_and_encode_equal_the_single_shard_result(tmp_pa
             params = _params(source, shard_mb, task)
             download.run(params, out_dir=root / "raw")
             tokenize.run(params, raw_dir=root / "raw", out_dir=root / "tokenizer")
-            encode.run(params, raw_dir=root / "raw", tokenizer_dir=root / "tokenizer", out_dir=root / "encoded")
+            encode.run(
+                params, raw_dir=root / "raw", tokenizer_dir=root / "tokenizer", out_dir=root / "encoded"
+            )
             outs[name] = root
         one, many = outs["one"], outs["many"]
         assert RawCorpus.open(one / "raw").n_shards == 1 and RawCorpus.open(many / "raw").n_shards > 10
@@ -215,7 +269,9 @@ def fake_hub(tmp_path, monkeypatch):
     """A hub dataset of 4 Parquet data files (same shape as a hub dataset's) served from a local folder."""
     remote = tmp_path / "remote"
     names = [f"data/train-{k:05d}-of-00004.parquet" for k in range(4)]
-    frames = [_table(150, seed=k).assign(uid=lambda f, k=k: [f"{k}-{i}" for i in range(len(f))]) for k in range(4)]
+    frames = [
+        _table(150, seed=k).assign(uid=lambda f, k=k: [f"{k}-{i}" for i in range(len(f))]) for k in range(4)
+    ]
     for name, frame in zip(names, frames):
         (remote / name).parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(remote / name, index=False)
@@ -237,8 +293,15 @@ def fake_hub(tmp_path, monkeypatch):
 def test_stream_shards_hub_cache_streams_every_file_and_evicts_least_recently_used(tmp_path, fake_hub):
     names, frames, fetched, remote = fake_hub
     size = max((remote / n).stat().st_size for n in names)
-    cfg = DataConfig(source="hf:owner/corpus", text_column="body", target_column="tox", id_column="uid",
-                     identity_columns=["muslim"], cache_dir=str(tmp_path / "cache"), cache_max_gb=2.5 * size / 1e9)
+    cfg = DataConfig(
+        source="hf:owner/corpus",
+        text_column="body",
+        target_column="tox",
+        id_column="uid",
+        identity_columns=["muslim"],
+        cache_dir=str(tmp_path / "cache"),
+        cache_max_gb=2.5 * size / 1e9,
+    )
     df, stats = load_corpus(cfg, task="classify", seed=0)
     whole = pd.concat(frames, ignore_index=True)
     assert df["text"].tolist() == whole["body"].tolist() and df["id"].tolist() == whole["uid"].tolist()
@@ -262,7 +325,9 @@ def test_stream_shards_hub_cache_keeps_the_file_in_use_even_when_too_big(tmp_pat
     b = cache.get("ds/main/b.parquet", lambda dest: dest.write_bytes(b"y" * 5))
     assert not a.exists() and cache.files() == [b]
     calls = []
-    assert cache.get("ds/main/b.parquet", lambda dest: calls.append(dest)) == b and calls == []  # a hit: no fetch
+    assert (
+        cache.get("ds/main/b.parquet", lambda dest: calls.append(dest)) == b and calls == []
+    )  # a hit: no fetch
 
 
 def test_stream_shards_hub_files_without_a_column(tmp_path, fake_hub):
@@ -270,8 +335,14 @@ def test_stream_shards_hub_files_without_a_column(tmp_path, fake_hub):
     target column: one line naming the file and the column."""
     names, frames, _, remote = fake_hub
     frames[2].drop(columns=["muslim"]).to_parquet(remote / names[2], index=False)
-    cfg = DataConfig(source="hf:owner/corpus", text_column="body", target_column="tox", id_column="uid",
-                     identity_columns=["muslim"], cache_dir=str(tmp_path / "cache"))
+    cfg = DataConfig(
+        source="hf:owner/corpus",
+        text_column="body",
+        target_column="tox",
+        id_column="uid",
+        identity_columns=["muslim"],
+        cache_dir=str(tmp_path / "cache"),
+    )
     df, _ = load_corpus(cfg, task="classify", seed=0)
     third = df["id"].str.startswith("2-")
     assert third.sum() == 150 and df.loc[third, "muslim"].isna().all()
@@ -285,8 +356,9 @@ def test_stream_shards_download_reads_a_streamed_hub_dataset_into_shards(tmp_pat
     """download of an hf: source through the cache writes the same sharded corpus as the files read locally."""
     names, frames, _, _ = fake_hub
     monkeypatch.setattr("lm.data.fingerprint.hub_revision", lambda dataset, revision: "abc123")
-    params = _params(Path("unused"), 0.003, **{"data.source": "hf:owner/corpus",
-                                               "data.cache_dir": str(tmp_path / "cache")})
+    params = _params(
+        Path("unused"), 0.003, **{"data.source": "hf:owner/corpus", "data.cache_dir": str(tmp_path / "cache")}
+    )
     download.run(params, out_dir=tmp_path / "raw")
     got = pd.read_parquet(tmp_path / "raw" / CORPUS)
     assert got["id"].tolist() == pd.concat(frames)["uid"].tolist()
@@ -325,10 +397,14 @@ def test_on_the_fly_gives_the_same_batches_as_memmap_for_the_same_seed(tmp_path,
     from lm.data.batches import make_items
     from lm.train.stream import TrainStream
 
-    params, memmap, fly, parts = _both_modes(tmp_path, task)
+    _, memmap, fly, parts = _both_modes(tmp_path, task)
     assert not (fly.root / "tokens.bin").exists() and fly.meta["mode"] == "on_the_fly"
-    streams = [TrainStream(make_items(enc, parts["train"], task, enc.max_len), seed=3, batch_size=8, grad_accum_steps=2)
-               for enc in (memmap, fly)]
+    streams = [
+        TrainStream(
+            make_items(enc, parts["train"], task, enc.max_len), seed=3, batch_size=8, grad_accum_steps=2
+        )
+        for enc in (memmap, fly)
+    ]
     steps = 0
     for epoch in range(2):
         for step in range(streams[0].steps_in_epoch(epoch)):
@@ -406,7 +482,9 @@ def test_tokens_per_epoch_draws_a_fresh_window_sample_of_that_size_each_epoch(tm
     assert whole.steps_in_epoch(0) == len(whole.epoch_items(0)) // 4
     drawn = []
     for epoch in range(3):
-        idx = np.concatenate([np.concatenate(capped.step_indices(epoch, s)) for s in range(capped.steps_in_epoch(epoch))])
+        idx = np.concatenate(
+            [np.concatenate(capped.step_indices(epoch, s)) for s in range(capped.steps_in_epoch(epoch))]
+        )
         full = np.concatenate([np.concatenate(whole.step_indices(epoch, s)) for s in range(10)])
         np.testing.assert_array_equal(idx, full)  # the same seeded order, cut after T tokens
         assert len(set(idx.tolist())) == len(idx) == 40
@@ -429,12 +507,21 @@ def test_stream_shards_hf_streaming_reads_a_dataset_in_streaming_mode(tmp_path, 
     frame.to_json(folder / "train.jsonl", orient="records", lines=True, force_ascii=False)
     calls = []
     real = datasets.load_dataset
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(k["streaming"]) or real(*a, **k))
-    cfg = DataConfig(source=f"hf:{folder}", text_column="body", target_column="tox", id_column="uid",
-                     identity_columns=["muslim"])
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda *a, **k: calls.append(k["streaming"]) or real(*a, **k)
+    )
+    cfg = DataConfig(
+        source=f"hf:{folder}",
+        text_column="body",
+        target_column="tox",
+        id_column="uid",
+        identity_columns=["muslim"],
+    )
     streamed, stats = load_corpus(cfg.model_copy(update={"hf_streaming": True}), task="classify", seed=0)
     stored, _ = load_corpus(cfg, task="classify", seed=0)
-    capped, _ = load_corpus(cfg.model_copy(update={"hf_streaming": False, "max_rows": 30}), task="classify", seed=0)
+    capped, _ = load_corpus(
+        cfg.model_copy(update={"hf_streaming": False, "max_rows": 30}), task="classify", seed=0
+    )
     assert calls == [True, False, False] and stats.details["streaming"] is True
     assert streamed["text"].tolist() == stored["text"].tolist() == frame["body"].tolist()
     np.testing.assert_array_equal(streamed["target"].to_numpy(), frame["tox"].to_numpy())

@@ -44,7 +44,9 @@ def _labels(df: pd.DataFrame) -> np.ndarray:
 def _tfidf_lr_scores(texts: pd.Series, y: np.ndarray) -> np.ndarray:
     """Out-of-fold scores of a TF-IDF (word 1-2 grams) + logistic regression model for every row."""
     X = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit_transform(texts)
-    return cross_val_predict(LogisticRegression(C=4.0, max_iter=2000), X, y, cv=3, method="predict_proba")[:, 1]
+    return cross_val_predict(LogisticRegression(C=4.0, max_iter=2000), X, y, cv=3, method="predict_proba")[
+        :, 1
+    ]
 
 
 def _bpsn_auc(y: np.ndarray, scores: np.ndarray, in_subgroup: np.ndarray) -> float:
@@ -70,7 +72,9 @@ def test_prefix_stable_and_texts_independent_of_identity_selection():
     head = generate_corpus(150, seed=3, identities=list(DEFAULT_IDENTITIES))
     pd.testing.assert_frame_equal(full.iloc[:150].reset_index(drop=True), head)
     some = generate_corpus(400, seed=3, identities=["black"])
-    pd.testing.assert_frame_equal(some[["id", "text", "target", "black"]], full[["id", "text", "target", "black"]])
+    pd.testing.assert_frame_equal(
+        some[["id", "text", "target", "black"]], full[["id", "text", "target", "black"]]
+    )
 
 
 # --- schema -----------------------------------------------------------------------------------------------
@@ -122,7 +126,7 @@ def test_text_is_varied_comment_shaped(corpus):
     n_sent = texts.str.count(r"[.?!](?:\s|$)")
     assert n_sent.min() >= 1 and n_sent.max() <= 8
     assert 1.5 <= n_sent.mean() <= 4.0
-    assert 0.85 <= (texts.str.len() <= 400).mean()
+    assert (texts.str.len() <= 400).mean() >= 0.85
     assert len(set(texts)) > 0.9 * len(texts)
     has_emoji = texts.map(lambda t: any(ord(ch) > 0x2000 for ch in t))
     shouted = texts.str.contains(r"\b[A-Z]{4,} [A-Z]{3,}\b")
@@ -138,8 +142,11 @@ def test_marker_context_changes_toxicity(corpus):
     direct = text.str.contains(r"(?i)\b(?:you are an? |shut up, you |go read a book, you )", regex=True)
     negated = text.str.contains("Nobody here is |No need to call people |I'm not calling anyone ")
     quoted = text.str.contains('He called .* in the interview|Calling people "|told protesters to "')
-    markers = {w for m in (emb.NP_INSULT, emb.N_INSULT, emb.ADJ_INSULT, emb.DISMISS, emb.OBSCENE, emb.THREAT, emb.WTF)
-               for w in m.words}
+    markers = {
+        w
+        for m in (emb.NP_INSULT, emb.N_INSULT, emb.ADJ_INSULT, emb.DISMISS, emb.OBSCENE, emb.THREAT, emb.WTF)
+        for w in m.words
+    }
     any_marker = "|".join(re.escape(w) for w in sorted(markers, key=len, reverse=True))
     unmarked = ~text.str.lower().str.contains(rf"(?<![a-z])(?:{any_marker})(?![a-z])", regex=True)
     biased = (corpus[list(BIASED_IDENTITIES)] >= 0.5).any(axis=1)
@@ -189,8 +196,12 @@ def test_identity_coverage_and_nan_share(corpus):
 
 def test_identity_annotations_match_the_text(corpus):
     """A row annotated with an identity mentions it; rows annotated 0 everywhere mention none."""
-    words = {name: {w for phrase in ident.self_ + ident.group + ident.person for w in re.findall(r"[a-z]+", phrase)}
-             for name, ident in IDENTITIES.items()}
+    words = {
+        name: {
+            w for phrase in ident.self_ + ident.group + ident.person for w in re.findall(r"[a-z]+", phrase)
+        }
+        for name, ident in IDENTITIES.items()
+    }
     keys = {
         "male": r"\b(?:man|father|guy|men|fathers|guys|husband|dad|brother|son)\b",
         "female": r"\b(?:woman|mother|mom|women|mothers|female|wife|sister|daughter)\b",

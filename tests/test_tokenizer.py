@@ -186,7 +186,9 @@ def test_real_slices_match_brute_force(name: str) -> None:
     text = real_texts()[name]
     start = len(text) // 3
     sample = text[start : start + 12_000]
-    assert train_bpe([sample], 256 + 4 + 150, SPECIALS) == reference_train_bpe([sample], 256 + 4 + 150, SPECIALS)
+    assert train_bpe([sample], 256 + 4 + 150, SPECIALS) == reference_train_bpe(
+        [sample], 256 + 4 + 150, SPECIALS
+    )
 
 
 def test_tinystories_vocab_1000() -> None:

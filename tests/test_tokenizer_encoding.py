@@ -71,9 +71,13 @@ def hf_fast(saved: Path) -> transformers.PreTrainedTokenizerFast:
 
 
 # Text that stresses the pre-tokenizer: mixes scripts, digits, whitespace kinds and special-token shapes.
-ALPHABET = st.sampled_from(list("ab éü日🙂0٣ \n\t\r'.-<|>!\u00a0\u3000\x1c\u2028") + SPECIALS + [" the", "'s", "  "])
+ALPHABET = st.sampled_from(
+    list("ab éü日🙂0٣ \n\t\r'.-<|>!\u00a0\u3000\x1c\u2028") + SPECIALS + [" the", "'s", "  "]
+)
 TEXTS = st.one_of(st.text(max_size=80), st.lists(ALPHABET, max_size=40).map("".join))
-HYPOTHESIS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+HYPOTHESIS = settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 # ---------------------------------------------------------------------------------------------- ids
@@ -89,7 +93,9 @@ def test_vocab_layout(tok: Tokenizer) -> None:
 
 
 @pytest.mark.parametrize("text", TRICKY)
-def test_tiktoken_ids_equal_hugging_face(tok: Tokenizer, hf: tokenizers.Tokenizer, hf_fast, text: str) -> None:
+def test_tiktoken_ids_equal_hugging_face(
+    tok: Tokenizer, hf: tokenizers.Tokenizer, hf_fast, text: str
+) -> None:
     ids = tok.encode(text, allowed_special="all")
     assert hf.encode(text).ids == ids
     assert hf_fast(text)["input_ids"] == ids
@@ -282,7 +288,13 @@ def test_gpt2_byte_mapping() -> None:
 
 def test_save_load_round_trip(tok: Tokenizer, saved: Path) -> None:
     names = {p.name for p in saved.iterdir()}
-    assert {"vocab.json", "merges.txt", "special_tokens.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert {
+        "vocab.json",
+        "merges.txt",
+        "special_tokens.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names
     assert not [n for n in names if n.endswith(".tmp")]
     lines = (saved / "merges.txt").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "#version: 0.2" and len(lines) == 1 + len(tok.merges)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SPECIALS, tiny_params, write_fake_encoded
+
 from lm.config import Params, TrainConfig, parse_params
 from lm.data.batches import make_items
 from lm.data.encoded import Encoded
@@ -22,11 +22,11 @@ from lm.data.split import load_split
 from lm.errors import LmError
 from lm.train import loop
 from lm.train.checkpoint import CHECKPOINT, load_checkpoint
-from lm.train.stream import TrainStream, class_weights
 from lm.train.distributed import Dist
 from lm.train.optim import build_optimizer, build_scheduler, param_groups
 from lm.train.plan import epochs_for, min_steps_for
 from lm.train.step import autocast_ctx, optimizer_step
+from lm.train.stream import TrainStream, class_weights
 from lm.train.validation import validate
 
 CPU = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -34,8 +34,14 @@ CPU = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 def _params(task: str, **overrides) -> Params:
     base = {
-        "task": task, "train.batch_size": 8, "train.epochs": 2, "train.eval_every": 3, "train.warmup_steps": 1,
-        "train.threads": 1, "model.dropout": 0.0, "model.attention_dropout": 0.0,
+        "task": task,
+        "train.batch_size": 8,
+        "train.epochs": 2,
+        "train.eval_every": 3,
+        "train.warmup_steps": 1,
+        "train.threads": 1,
+        "model.dropout": 0.0,
+        "model.attention_dropout": 0.0,
     }
     return parse_params(tiny_params(**{**base, **overrides}))
 
@@ -55,8 +61,13 @@ def _data(root: Path, task: str, n_docs: int = 72) -> Path:
 
 def _train(root: Path, params: Params, resume=False, out: str = "models") -> loop.TrainResult:
     return loop.train(
-        params, encoded_dir=root / "data/encoded", split_dir=root / "data/split", tokenizer_dir=root / "data/tokenizer",
-        out_dir=root / out, reports_dir=root / "reports" / out, resume=resume,
+        params,
+        encoded_dir=root / "data/encoded",
+        split_dir=root / "data/split",
+        tokenizer_dir=root / "data/tokenizer",
+        out_dir=root / out,
+        reports_dir=root / "reports" / out,
+        resume=resume,
     )
 
 
@@ -67,7 +78,9 @@ def _weights(root: Path, out: str = "models") -> dict[str, torch.Tensor]:
 def _assert_close(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     for name in a:
-        assert torch.allclose(a[name], b[name], atol=atol, rtol=0), f"{name}: max diff {(a[name] - b[name]).abs().max()}"
+        assert torch.allclose(a[name], b[name], atol=atol, rtol=0), (
+            f"{name}: max diff {(a[name] - b[name]).abs().max()}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- accumulation
@@ -79,9 +92,15 @@ def test_grad_accum_4_of_batch_2_equals_one_batch_of_8(tmp_path, task):
     big = _train(root, _params(task, **{"train.batch_size": 8}), out="big")
     acc = _train(root, _params(task, **{"train.batch_size": 2, "train.grad_accum_steps": 4}), out="acc")
     assert big.steps == acc.steps >= 8 and big.best_step == acc.best_step
-    _assert_close(_weights(root, "big"), _weights(root, "acc"), atol=3e-5)  # Adam amplifies float32 summation order
-    np.testing.assert_allclose([r["train_loss"] for r in big.step_log], [r["train_loss"] for r in acc.step_log], rtol=1e-5)
-    np.testing.assert_allclose([r["grad_norm"] for r in big.step_log], [r["grad_norm"] for r in acc.step_log], rtol=1e-4)
+    _assert_close(
+        _weights(root, "big"), _weights(root, "acc"), atol=3e-5
+    )  # Adam amplifies float32 summation order
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in big.step_log], [r["train_loss"] for r in acc.step_log], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        [r["grad_norm"] for r in big.step_log], [r["grad_norm"] for r in acc.step_log], rtol=1e-4
+    )
     assert big.step_log[0]["train_loss"] != big.step_log[-1]["train_loss"]  # it trained
 
 
@@ -97,8 +116,14 @@ def _micro_batches(root: Path, params: Params, batch: int, accum: int):
 def _model(params: Params, enc_vocab: int = 64, max_len: int = 16):
     from lm.model import build_model
 
-    return build_model(params.model, task=params.task, vocab_size=enc_vocab, max_len=max_len,
-                       pad_id=SPECIALS["<|pad|>"], seed=params.seed)
+    return build_model(
+        params.model,
+        task=params.task,
+        vocab_size=enc_vocab,
+        max_len=max_len,
+        pad_id=SPECIALS["<|pad|>"],
+        seed=params.seed,
+    )
 
 
 @pytest.mark.parametrize("task", ["classify", "mlm"])
@@ -119,8 +144,18 @@ def test_clipping_sees_the_whole_accumulated_gradient(tmp_path, task):
     model = _model(params)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-    stats = optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, world=CPU,
-                                optimizer=sgd, scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=clip, amp="none")
+    stats = optimizer_step(
+        model=model,
+        wrapped=model,
+        ddp=None,
+        objective=objective,
+        micro=micro,
+        world=CPU,
+        optimizer=sgd,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        grad_clip=clip,
+        amp="none",
+    )
     assert stats.grad_norm == pytest.approx(g_norm, rel=1e-5)
     assert stats.count == full["count"]
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
@@ -140,7 +175,9 @@ class SimulatedRank(Dist):
 
 @pytest.mark.parametrize("task", ["classify", "mlm"])
 @pytest.mark.parametrize("world, accum", [(1, 4), (2, 2), (4, 1), (2, 1)])
-def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradient(tmp_path, task, world, accum):
+def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradient(
+    tmp_path, task, world, accum
+):
     """Plain SGD(lr=1) shows the gradient's scale (Adam would hide it): the update of each simulated rank is its
     gradient, and DDP averages the ranks' gradients. That average must be the gradient of the mean loss over
     the whole global batch of 8, whatever its split into ranks x micro-batches (mlm: ranks hold different
@@ -153,9 +190,20 @@ def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradien
 
     enc = Encoded.open(root / "data/encoded")
     items = make_items(enc, np.load(root / "data/split/train.npy"), task, enc.max_len)
-    per_rank = [[objective.prepare(b, train=True, epoch=0) for b in TrainStream(
-        items, seed=params.seed, batch_size=8 // (world * accum), grad_accum_steps=accum, rank=r, world_size=world,
-    ).micro_batches(0, 0)] for r in range(world)]
+    per_rank = [
+        [
+            objective.prepare(b, train=True, epoch=0)
+            for b in TrainStream(
+                items,
+                seed=params.seed,
+                batch_size=8 // (world * accum),
+                grad_accum_steps=accum,
+                rank=r,
+                world_size=world,
+            ).micro_batches(0, 0)
+        ]
+        for r in range(world)
+    ]
     counts = [float(sum(b["count"] for b in micro)) for micro in per_rank]
     assert sum(counts) == full["count"]
     if task == "mlm" and world > 1:
@@ -164,17 +212,35 @@ def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradien
     for r, micro in enumerate(per_rank):
         model = _model(params)
         before = [p.detach().clone() for p in model.parameters()]
-        d = SimulatedRank(rank=r, world_size=world, local_rank=r, device=torch.device("cpu"),
-                          others=(sum(counts) - counts[r],))
-        optimizer_step(model=model, wrapped=model, ddp=None, objective=objective, micro=micro, world=d,
-                            optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-                            scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=None, amp="none")
+        d = SimulatedRank(
+            rank=r,
+            world_size=world,
+            local_rank=r,
+            device=torch.device("cpu"),
+            others=(sum(counts) - counts[r],),
+        )
+        optimizer_step(
+            model=model,
+            wrapped=model,
+            ddp=None,
+            objective=objective,
+            micro=micro,
+            world=d,
+            optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            grad_clip=None,
+            amp="none",
+        )
         updates.append([b - p.detach() for b, p in zip(before, model.parameters())])
     for i, q in enumerate(ref.parameters()):
         ddp_average = sum(u[i] for u in updates) / world
         expected = q.grad if q.grad is not None else torch.zeros_like(q)
-        assert torch.allclose(ddp_average, expected, atol=1e-6, rtol=1e-5), f"parameter {i}: max diff {(ddp_average - expected).abs().max()}"
-    assert max(float(q.grad.abs().max()) for q in ref.parameters() if q.grad is not None) > 1e-3  # not vacuous
+        assert torch.allclose(ddp_average, expected, atol=1e-6, rtol=1e-5), (
+            f"parameter {i}: max diff {(ddp_average - expected).abs().max()}"
+        )
+    assert (
+        max(float(q.grad.abs().max()) for q in ref.parameters() if q.grad is not None) > 1e-3
+    )  # not vacuous
 
 
 def test_no_sync_on_all_micro_steps_but_the_last(tmp_path):
@@ -192,11 +258,21 @@ def test_no_sync_on_all_micro_steps_but_the_last(tmp_path):
             def ctx():
                 entered.append(True)
                 yield
+
             return ctx()
 
-    optimizer_step(model=model, wrapped=model, ddp=FakeDDP(), objective=objective, micro=micro, world=CPU,
-                        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                        scaler=torch.amp.GradScaler("cpu", enabled=False), grad_clip=None, amp="none")
+    optimizer_step(
+        model=model,
+        wrapped=model,
+        ddp=FakeDDP(),
+        objective=objective,
+        micro=micro,
+        world=CPU,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        grad_clip=None,
+        amp="none",
+    )
     assert len(entered) == 3
 
 
@@ -209,7 +285,9 @@ def test_param_groups_decay_only_weight_matrices(tie):
     model = _model(params)
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    names = {id(p): n for n, p in model.named_parameters()}  # tied weights appear once, under their first name
+    names = {
+        id(p): n for n, p in model.named_parameters()
+    }  # tied weights appear once, under their first name
     d_names = {names[id(p)] for p in decay["params"]}
     n_names = {names[id(p)] for p in no_decay["params"]}
     assert not d_names & n_names and d_names | n_names == set(names.values())
@@ -219,8 +297,11 @@ def test_param_groups_decay_only_weight_matrices(tie):
         assert isinstance(owner, torch.nn.Linear) and name.endswith("weight"), name
     for name in n_names:
         owner = modules[name.rsplit(".", 1)[0]]
-        assert (name.endswith("bias") or isinstance(owner, torch.nn.Embedding)
-                or type(owner).__name__.endswith("Norm")), name
+        assert (
+            name.endswith("bias")
+            or isinstance(owner, torch.nn.Embedding)
+            or type(owner).__name__.endswith("Norm")
+        ), name
     assert "trunk.tok_emb.weight" in n_names
     assert ("lm_head.weight" in d_names) == (not tie)  # a tied head is the embedding: not decayed
 
@@ -254,9 +335,11 @@ def test_schedule_is_linear_warmup_then_cosine_to_min_lr():
 
 
 def test_warmup_is_a_fraction_of_the_run_unless_steps_are_given():
-    for cfg, total, warm in ((TrainConfig(lr=1e-3, warmup_fraction=0.1), 200, 20),
-                             (TrainConfig(lr=1e-3, warmup_fraction=0.1), 30, 3),
-                             (TrainConfig(lr=1e-3, warmup_fraction=0.1, warmup_steps=7), 200, 7)):
+    for cfg, total, warm in (
+        (TrainConfig(lr=1e-3, warmup_fraction=0.1), 200, 20),
+        (TrainConfig(lr=1e-3, warmup_fraction=0.1), 30, 3),
+        (TrainConfig(lr=1e-3, warmup_fraction=0.1, warmup_steps=7), 200, 7),
+    ):
         lrs = _lr_trace(cfg, total)
         assert int(np.argmax(lrs)) == warm - 1 and lrs[warm - 1] == pytest.approx(1e-3)
 
@@ -308,7 +391,9 @@ def test_pos_weight_auto_number_off_and_loss_matches_formula(tmp_path):
     auto = make_objective(_params("classify", **{"train.soft_labels": False}), enc, minority)
     assert auto.pos_weight == pytest.approx((~y).sum() / 5)
     majority = np.concatenate([rows[y], rows[~y][:5]])  # a majority-positive set is not weighted further
-    assert make_objective(_params("classify", **{"train.soft_labels": False}), enc, majority).pos_weight is None
+    assert (
+        make_objective(_params("classify", **{"train.soft_labels": False}), enc, majority).pos_weight is None
+    )
     assert make_objective(_params("classify"), enc, minority).pos_weight is None  # soft labels: no weighting
     assert make_objective(_params("classify", **{"train.pos_weight": 2.5}), enc, rows).pos_weight == 2.5
     assert make_objective(_params("classify", **{"train.pos_weight": "off"}), enc, rows).pos_weight is None
@@ -320,10 +405,17 @@ def test_pos_weight_auto_number_off_and_loss_matches_formula(tmp_path):
     class Fixed(torch.nn.Module):
         def forward(self, ids, mask):
             from lm.model import ModelOutput
+
             return ModelOutput(logits=logits)
 
-    batch = auto.prepare({"input_ids": torch.zeros(3, 2, dtype=torch.long), "attention_mask": torch.ones(3, 2),
-                          "targets": torch.tensor([0.9, 0.1, 0.5])}, train=True)
+    batch = auto.prepare(
+        {
+            "input_ids": torch.zeros(3, 2, dtype=torch.long),
+            "attention_mask": torch.ones(3, 2),
+            "targets": torch.tensor([0.9, 0.1, 0.5]),
+        },
+        train=True,
+    )
     p = torch.sigmoid(logits)
     lab = torch.tensor([1.0, 0.0, 1.0])
     expected = -(auto.pos_weight * lab * torch.log(p) + (1 - lab) * torch.log(1 - p)).sum()
@@ -340,7 +432,9 @@ def test_min_steps_adds_epochs_to_a_small_corpus_only(tmp_path):
     assert sum(stream.schedule(epochs, None)) >= 10 * per > sum(stream.schedule(epochs - 1, None))
     assert epochs_for(stream, 2, per, None) == 2  # already enough: unchanged
     assert epochs_for(stream, 2, None, None) == 2
-    assert sum(stream.schedule(epochs_for(stream, 1, 10 * per, 3 * per), 3 * per)) == 3 * per  # max_steps caps
+    assert (
+        sum(stream.schedule(epochs_for(stream, 1, 10 * per, 3 * per), 3 * per)) == 3 * per
+    )  # max_steps caps
 
 
 def test_soft_labels_are_bce_against_the_target_score():
@@ -352,10 +446,17 @@ def test_soft_labels_are_bce_against_the_target_score():
     class Fixed(torch.nn.Module):
         def forward(self, ids, mask):
             from lm.model import ModelOutput
+
             return ModelOutput(logits=logits)
 
-    batch = objective.prepare({"input_ids": torch.zeros(4, 2, dtype=torch.long), "attention_mask": torch.ones(4, 2),
-                               "targets": targets}, train=True)
+    batch = objective.prepare(
+        {
+            "input_ids": torch.zeros(4, 2, dtype=torch.long),
+            "attention_mask": torch.ones(4, 2),
+            "targets": targets,
+        },
+        train=True,
+    )
     assert torch.equal(batch["positive"], torch.tensor([1.0, 0.0, 1.0, 0.0]))
     p = torch.sigmoid(logits)
     expected = -(2.0 * targets * torch.log(p) + (1 - targets) * torch.log(1 - p)).sum()
@@ -373,9 +474,19 @@ def test_weighted_sampler_draws_classes_equally_and_deterministically():
             return 1000
 
     def drawn(epoch, rank=0, world=1, accum=4):
-        s = TrainStream(Items(), seed=3, batch_size=25, grad_accum_steps=accum, rank=rank, world_size=world,
-                        sampler="weighted", weights=class_weights(labels))
-        return np.concatenate([np.concatenate(s.step_indices(epoch, i)) for i in range(s.steps_in_epoch(epoch))])
+        s = TrainStream(
+            Items(),
+            seed=3,
+            batch_size=25,
+            grad_accum_steps=accum,
+            rank=rank,
+            world_size=world,
+            sampler="weighted",
+            weights=class_weights(labels),
+        )
+        return np.concatenate(
+            [np.concatenate(s.step_indices(epoch, i)) for i in range(s.steps_in_epoch(epoch))]
+        )
 
     e0 = drawn(0)
     assert len(e0) == 1000 and abs(labels[e0].mean() - 0.5) < 0.05
@@ -391,7 +502,9 @@ def test_stream_shards_one_global_step_over_ranks_and_micro_batches():
             return 203
 
     one = TrainStream(Items(), seed=1, batch_size=8, grad_accum_steps=1)
-    ranks = [TrainStream(Items(), seed=1, batch_size=2, grad_accum_steps=2, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [
+        TrainStream(Items(), seed=1, batch_size=2, grad_accum_steps=2, rank=r, world_size=2) for r in (0, 1)
+    ]
     assert one.steps_in_epoch(0) == ranks[0].steps_in_epoch(0) == 203 // 8
     for epoch in (0, 1):
         seen = []
@@ -423,8 +536,10 @@ def test_clm_windows_predict_every_target_once_for_any_grid_offset(tmp_path):
         assert sorted(covered) == sorted(targets), offset
         batch = items.batch(np.arange(len(items)))
         assert int((batch["labels"] != -100).sum()) == len(targets)
-        assert torch.equal(batch["labels"][batch["labels"] != -100].sort().values,
-                           torch.from_numpy(np.asarray(enc.tokens[sorted(targets)], dtype=np.int64)).sort().values)
+        assert torch.equal(
+            batch["labels"][batch["labels"] != -100].sort().values,
+            torch.from_numpy(np.asarray(enc.tokens[sorted(targets)], dtype=np.int64)).sort().values,
+        )
     assert not np.array_equal(base.with_offset(3).starts, base.starts)
     stream = TrainStream(base, seed=0, batch_size=2, grad_accum_steps=1)
     assert len({stream.window_offset(e) for e in range(8)}) > 1  # the grid moves between epochs
@@ -445,9 +560,16 @@ def test_early_stopping_keeps_and_exports_the_best_weights(tmp_path, monkeypatch
         return {"val_loss": next(script), "val_roc_auc": 0.5}
 
     monkeypatch.setattr("lm.train.validation.validate", fake_eval)
-    result = _train(root, _params("classify", **{"train.eval_every": 1, "train.patience": 2, "train.epochs": 3,
-                                                 "train.select_by": "val_loss"}))
-    assert result.stopped_early and result.steps == 4 and result.best_step == 2 and result.best_val_loss == 2.0
+    result = _train(
+        root,
+        _params(
+            "classify",
+            **{"train.eval_every": 1, "train.patience": 2, "train.epochs": 3, "train.select_by": "val_loss"},
+        ),
+    )
+    assert (
+        result.stopped_early and result.steps == 4 and result.best_step == 2 and result.best_val_loss == 2.0
+    )
     ck = load_checkpoint(root / "models" / CHECKPOINT)
     assert ck["progress"]["best"] == {"value": 2.0, "step": 2, "bad_evals": 2}
     best = snapshots[1]
@@ -473,7 +595,9 @@ def test_classifier_selects_by_validation_roc_auc_not_loss(tmp_path, monkeypatch
         return {"val_loss": loss, "val_roc_auc": auc}
 
     monkeypatch.setattr("lm.train.validation.validate", fake_eval)
-    result = _train(root, _params("classify", **{"train.eval_every": 1, "train.patience": 3, "train.epochs": 3}))
+    result = _train(
+        root, _params("classify", **{"train.eval_every": 1, "train.patience": 3, "train.epochs": 3})
+    )
     assert result.select_by == "val_roc_auc"
     assert result.best_step == 2 and result.best_val_roc_auc == 0.80 and result.best_val_loss == 1.5
     assert result.stopped_early and result.steps == 5
@@ -495,7 +619,9 @@ def test_validation_roc_auc_equals_sklearn_on_the_val_split(tmp_path):
     parts = load_split(root / "data/split")
     items = make_items(enc, parts["val"], "classify", enc.max_len)
     objective = make_objective(params, enc, parts["train"])
-    model = build_model(params.model, task="classify", vocab_size=enc.vocab_size, max_len=enc.max_len, pad_id=enc.pad_id)
+    model = build_model(
+        params.model, task="classify", vocab_size=enc.vocab_size, max_len=enc.max_len, pad_id=enc.pad_id
+    )
     with distributed("cpu", "auto") as d:
         val = validate(model, objective, items, 3, d, "none")
     model.eval()
@@ -510,8 +636,19 @@ def test_checkpoint_holds_the_whole_state_and_loads_weights_only(tmp_path):
     root = _data(tmp_path, "mlm")
     _train(root, _params("mlm"))
     ck = torch.load(root / "models" / CHECKPOINT, map_location="cpu", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "data_position", "rng", "params",
-                "progress", "best_model"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "step",
+        "epoch",
+        "data_position",
+        "rng",
+        "params",
+        "progress",
+        "best_model",
+    ):
         assert key in ck, key
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
     assert ck["optimizer"]["state"] and ck["scheduler"]["last_epoch"] == ck["step"]
@@ -534,11 +671,14 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("task, extra", [
-    ("classify", {"train.sampler": "weighted", "train.pos_weight": "off", "train.ema_decay": 0.9}),
-    ("mlm", {"train.grad_accum_steps": 2, "train.batch_size": 4}),
-    ("clm", {"train.patience": 2}),
-])
+@pytest.mark.parametrize(
+    "task, extra",
+    [
+        ("classify", {"train.sampler": "weighted", "train.pos_weight": "off", "train.ema_decay": 0.9}),
+        ("mlm", {"train.grad_accum_steps": 2, "train.batch_size": 4}),
+        ("clm", {"train.patience": 2}),
+    ],
+)
 def test_crash_and_resume_is_bit_identical_and_does_not_replay_data(tmp_path, monkeypatch, task, extra):
     root = _data(tmp_path, task)
     params = _params(task, **{"model.dropout": 0.1, "train.epochs": 3, "train.checkpoint_every": 2, **extra})
@@ -580,7 +720,9 @@ def test_token_dropout_applies_to_training_batches_only(tmp_path):
     objective = make_objective(_params("classify", **{"train.token_dropout": 0.3}), enc, rows)
     batch = make_items(enc, rows, "classify", enc.max_len).batch(np.arange(16))
     trained = objective.prepare(batch, train=True, epoch=0)["input_ids"]
-    assert (trained != batch["input_ids"]).any() and (trained[trained != batch["input_ids"]] == SPECIALS["<|mask|>"]).all()
+    assert (trained != batch["input_ids"]).any() and (
+        trained[trained != batch["input_ids"]] == SPECIALS["<|mask|>"]
+    ).all()
     assert torch.equal(objective.prepare(batch, train=False)["input_ids"], batch["input_ids"])
 
 
@@ -612,7 +754,9 @@ def test_ema_run_validates_and_exports_the_average(tmp_path):
     _train(root, _params("classify", **{"train.ema_decay": 0.9, "train.eval_every": 2}))
     ck = load_checkpoint(root / "models" / CHECKPOINT)
     exported = load_file(str(root / "models" / "model.safetensors"))
-    assert not torch.equal(exported["classifier.weight"], ck["model"]["classifier.weight"])  # not the raw weights
+    assert not torch.equal(
+        exported["classifier.weight"], ck["model"]["classifier.weight"]
+    )  # not the raw weights
     if ck["progress"]["best"]["step"] == ck["step"]:  # the last average was the best: it is what was exported
         assert any(torch.equal(exported["classifier.weight"], t) for t in ck["ema"])
 

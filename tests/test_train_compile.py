@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_params, write_fake_encoded
+
 from lm.config import parse_params
 from lm.train.checkpoint import CHECKPOINT, load_checkpoint
 from lm.train.loop import train
@@ -22,14 +22,28 @@ def test_compiled_training_matches_eager_and_checkpoints_plain_names(tmp_path):
     results = {}
     try:
         for compiled in (False, True):
-            params = parse_params(tiny_params(**{
-                "task": "clm", "train.batch_size": 8, "train.max_steps": 3, "train.eval_every": 3,
-                "train.warmup_steps": 1, "train.threads": 1, "train.compile": compiled, "model.dropout": 0.0,
-            }))
+            params = parse_params(
+                tiny_params(
+                    **{
+                        "task": "clm",
+                        "train.batch_size": 8,
+                        "train.max_steps": 3,
+                        "train.eval_every": 3,
+                        "train.warmup_steps": 1,
+                        "train.threads": 1,
+                        "train.compile": compiled,
+                        "model.dropout": 0.0,
+                    }
+                )
+            )
             out = tmp_path / f"models_{compiled}"
             results[compiled] = train(
-                params, encoded_dir=tmp_path / "data/encoded", split_dir=tmp_path / "data/split",
-                tokenizer_dir=tmp_path / "data/tokenizer", out_dir=out, reports_dir=tmp_path / f"reports_{compiled}",
+                params,
+                encoded_dir=tmp_path / "data/encoded",
+                split_dir=tmp_path / "data/split",
+                tokenizer_dir=tmp_path / "data/tokenizer",
+                out_dir=out,
+                reports_dir=tmp_path / f"reports_{compiled}",
             )
     finally:
         torch.set_num_threads(threads)

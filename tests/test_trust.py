@@ -8,10 +8,9 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
+from conftest import tiny_params, write_params
 from typer.testing import CliRunner
 
-from conftest import tiny_params, write_params
 from lm.cli import app
 from lm.config import ConfigError, DataConfig, load_params, parse_params
 from lm.data.sources import load_corpus
@@ -74,7 +73,9 @@ def test_latin1_csv_is_read_and_the_encoding_is_stated(tmp_path):
     df, stats = load_corpus(DataConfig(source=str(path), identity_columns=[]), task="classify", seed=0)
     assert df["text"].tolist() == frame["text"].tolist()
     assert stats.details["encoding"] == "cp1252"
-    df, stats = load_corpus(DataConfig(source=str(path), identity_columns=[], encoding="latin-1"), task="classify", seed=0)
+    df, stats = load_corpus(
+        DataConfig(source=str(path), identity_columns=[], encoding="latin-1"), task="classify", seed=0
+    )
     assert df["text"].tolist() == frame["text"].tolist() and stats.details["encoding"] == "latin-1"
     bom = tmp_path / "bom.csv"
     bom.write_bytes("\ufefftext,target\nx,0.1\n".encode("utf-8"))
@@ -89,14 +90,18 @@ def test_unknown_encoding_is_one_line(tmp_path):
     from lm.errors import LmError
 
     with pytest.raises(LmError, match="data.encoding 'klingon' is not a known text encoding"):
-        load_corpus(DataConfig(source=str(path), encoding="klingon", identity_columns=[]), task="classify", seed=0)
+        load_corpus(
+            DataConfig(source=str(path), encoding="klingon", identity_columns=[]), task="classify", seed=0
+        )
 
 
 def test_download_warns_about_identity_columns_the_data_lacks(tmp_path, monkeypatch):
     source = tmp_path / "in.csv"
     pd.DataFrame({"text": ["a", "b"], "target": [0.1, 0.8], "male": [0.0, 1.0]}).to_csv(source, index=False)
-    write_params(tmp_path / "params.yaml", tiny_params(**{"data.source": str(source),
-                                                           "data.identity_columns": ["male", "female", "jewish"]}))
+    write_params(
+        tmp_path / "params.yaml",
+        tiny_params(**{"data.source": str(source), "data.identity_columns": ["male", "female", "jewish"]}),
+    )
     result = _run(["download"], tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert "warning" in result.output and "['female', 'jewish']" in result.output
@@ -108,21 +113,30 @@ def test_download_warns_about_identity_columns_the_data_lacks(tmp_path, monkeypa
 def test_download_rereads_a_changed_source_and_skips_an_unchanged_one(tmp_path, monkeypatch):
     source = tmp_path / "in.csv"
     pd.DataFrame({"text": [f"row {i}" for i in range(30)], "target": [0.1] * 30}).to_csv(source, index=False)
-    write_params(tmp_path / "params.yaml", tiny_params(**{"data.source": str(source), "data.identity_columns": []}))
+    write_params(
+        tmp_path / "params.yaml", tiny_params(**{"data.source": str(source), "data.identity_columns": []})
+    )
     assert _run(["download"], tmp_path, monkeypatch).exit_code == 0
     corpus = tmp_path / "data/raw/corpus.parquet"
     before = corpus.stat().st_mtime_ns
     again = _run(["download"], tmp_path, monkeypatch)
     assert again.exit_code == 0 and "up to date" in again.output
-    assert corpus.stat().st_mtime_ns == before  # untouched: DVC sees the same output, later stages stay cached
+    assert (
+        corpus.stat().st_mtime_ns == before
+    )  # untouched: DVC sees the same output, later stages stay cached
     pd.DataFrame({"text": [f"row {i}" for i in range(12)], "target": [0.1] * 12}).to_csv(source, index=False)
     changed = _run(["download"], tmp_path, monkeypatch)
     assert changed.exit_code == 0 and "12 rows" in changed.output
     assert len(pd.read_parquet(corpus)) == 12
     manifest = json.loads((tmp_path / "data/raw/manifest.json").read_text())
-    assert manifest["fingerprint"]["source"]["kind"] == "file" and len(manifest["fingerprint"]["source"]["sha256"]) == 64
-    write_params(tmp_path / "params.yaml", tiny_params(**{"data.source": str(source), "data.identity_columns": [],
-                                                           "data.max_rows": 5}))
+    assert (
+        manifest["fingerprint"]["source"]["kind"] == "file"
+        and len(manifest["fingerprint"]["source"]["sha256"]) == 64
+    )
+    write_params(
+        tmp_path / "params.yaml",
+        tiny_params(**{"data.source": str(source), "data.identity_columns": [], "data.max_rows": 5}),
+    )
     assert "5 rows" in _run(["download"], tmp_path, monkeypatch).output  # a params change re-reads too
 
 
@@ -130,7 +144,9 @@ def test_download_records_the_hub_revision(monkeypatch):
     from lm.data import fingerprint
 
     monkeypatch.setattr(fingerprint, "hub_revision", lambda dataset, revision: f"sha-of-{dataset}-{revision}")
-    fp = fingerprint.source_fingerprint(DataConfig(source="hf:owner/name", hf_revision="v1"), task="classify", seed=0)
+    fp = fingerprint.source_fingerprint(
+        DataConfig(source="hf:owner/name", hf_revision="v1"), task="classify", seed=0
+    )
     assert fp["source"] == {"kind": "hf", "dataset": "owner/name", "revision": "sha-of-owner/name-v1"}
 
 

@@ -56,7 +56,9 @@ def test_plot_attention_grid_layout(tmp_path):
     rng = np.random.default_rng(0)
     tokens = ["<|cls|>", " the", " cost", " is", " $5", "\n", "$x$", ""]  # $ must stay literal
     one = plot_attention(tokens, [_softmax_maps(rng, 4, 8)], tmp_path / "one.png", title="1 layer: $ok$ | x")
-    three = plot_attention(tokens, [_softmax_maps(rng, 4, 8) for _ in range(3)], tmp_path / "three.png", title="t")
+    three = plot_attention(
+        tokens, [_softmax_maps(rng, 4, 8) for _ in range(3)], tmp_path / "three.png", title="t"
+    )
     img1, img3 = _png(one), _png(three)
     assert img1.shape[1] > img1.shape[0]  # 4 heads side by side in one row: wide
     assert img3.shape[0] > 2 * img1.shape[0]  # one row per layer
@@ -67,8 +69,12 @@ def test_plot_attention_grid_layout(tmp_path):
 def test_plot_attention_long_sequence_thins_labels(tmp_path):
     rng = np.random.default_rng(1)
     length = 150
-    path = plot_attention([f"t{i}" for i in range(length)], [_softmax_maps(rng, 2, length)] * 2,
-                          tmp_path / "sub" / "long.png", title="long")
+    path = plot_attention(
+        [f"t{i}" for i in range(length)],
+        [_softmax_maps(rng, 2, length)] * 2,
+        tmp_path / "sub" / "long.png",
+        title="long",
+    )
     _png(path)  # parent folder created on demand
     ticks = tick_positions(length, 40)
     assert ticks[0] == 0 and len(ticks) <= 40 and len(set(np.diff(ticks))) == 1
@@ -89,7 +95,9 @@ def test_attention_maps_label_every_token_or_write_the_text_beside(tmp_path):
     assert long.text_beside and long.ticks[0] == 0 and len(long.ticks) < 600
     assert numbered_text(["<|cls|>", " the", "\n"]) == "0:<|cls|>  1:\u2423the  2:\u21b5"
     rng = np.random.default_rng(2)
-    path = plot_attention([f"t{i}" for i in range(600)], [_softmax_maps(rng, 2, 600)] * 2, tmp_path / "x.png", title="t")
+    path = plot_attention(
+        [f"t{i}" for i in range(600)], [_softmax_maps(rng, 2, 600)] * 2, tmp_path / "x.png", title="t"
+    )
     _png(path)
 
 
@@ -130,13 +138,18 @@ def test_confusion_cells_match_sklearn_and_plot(tmp_path):
 
 
 def test_training_curves(tmp_path):
-    history = [{"step": s, "train_loss": 3.0 / (1 + 0.1 * s), "lr": 1e-3 * min(1, s / 10)} for s in range(1, 60)]
+    history = [
+        {"step": s, "train_loss": 3.0 / (1 + 0.1 * s), "lr": 1e-3 * min(1, s / 10)} for s in range(1, 60)
+    ]
     for row in history[9::10]:
         row["val_loss"] = row["train_loss"] + 0.1
     history[5]["val_loss"] = None  # an eval that was not run
     with_lr = _png(plot_training_curves(history, tmp_path / "with_lr.png"))
-    no_lr = _png(plot_training_curves([{k: v for k, v in r.items() if k != "lr"} for r in history],
-                                      tmp_path / "no_lr.png"))
+    no_lr = _png(
+        plot_training_curves(
+            [{k: v for k, v in r.items() if k != "lr"} for r in history], tmp_path / "no_lr.png"
+        )
+    )
     assert with_lr.shape[0] > no_lr.shape[0]  # the learning-rate panel adds height
     with pytest.raises(Exception, match="no training history"):
         plot_training_curves([], tmp_path / "empty.png")
@@ -152,13 +165,17 @@ def test_failed_write_leaves_nothing_and_keeps_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        plot_roc([{"fpr": 0.0, "tpr": 0.0, "threshold": 1.0}, {"fpr": 1.0, "tpr": 1.0, "threshold": 0.0}],
-                 target, auc=0.5)
+        plot_roc(
+            [{"fpr": 0.0, "tpr": 0.0, "threshold": 1.0}, {"fpr": 1.0, "tpr": 1.0, "threshold": 0.0}],
+            target,
+            auc=0.5,
+        )
     assert target.read_bytes() == b"old"  # the previous output survives a failed write
     _only(tmp_path, "roc.png")
 
 
 # ---------------------------------------------------------------- markdown
+
 
 def _cells(line: str) -> list[str]:
     """Split a markdown table row on unescaped pipes."""
@@ -177,8 +194,12 @@ def test_escape_cell():
 
 def test_masked_predictions_markdown():
     items = [
-        {"text": "the cat | sat\non the <|mask|>", "true": " mat", "pred": " mat",
-         "top5": [(" mat", 0.5), (" floor", 0.25), ("|", 0.1), ("", 0.05), ("\n", 0.01)]},
+        {
+            "text": "the cat | sat\non the <|mask|>",
+            "true": " mat",
+            "pred": " mat",
+            "top5": [(" mat", 0.5), (" floor", 0.25), ("|", 0.1), ("", 0.05), ("\n", 0.01)],
+        },
         {"text": "a b", "true": "c", "pred": "d", "top5": [("d", 0.9)]},
     ]
     md = masked_predictions_markdown(items)
@@ -194,16 +215,26 @@ def test_masked_predictions_markdown():
 
 
 def test_samples_and_classifier_markdown():
-    md = samples_markdown([
-        {"prompt": "Once", "completion": " upon | a\ntime", "temperature": 0.8, "top_k": 40, "top_p": None},
-    ])
+    md = samples_markdown(
+        [
+            {
+                "prompt": "Once",
+                "completion": " upon | a\ntime",
+                "temperature": 0.8,
+                "top_k": 40,
+                "top_p": None,
+            },
+        ]
+    )
     lines = md.strip().split("\n")
     assert _cells(lines[2]) == ["1", "Once", "upon \\| a<br>time", "0.80", "40", "off"]
 
-    md = classifier_predictions_markdown([
-        {"text": "you are *awful*", "target": 0.8, "prob": 0.91234, "label": True},
-        {"text": "nice", "target": 0.0, "prob": 0.1, "label": "non-toxic"},
-    ])
+    md = classifier_predictions_markdown(
+        [
+            {"text": "you are *awful*", "target": 0.8, "prob": 0.91234, "label": True},
+            {"text": "nice", "target": 0.0, "prob": 0.1, "label": "non-toxic"},
+        ]
+    )
     lines = md.strip().split("\n")
     assert _cells(lines[2]) == ["1", "you are \\*awful\\*", "0.800", "0.912", "true"]
     assert _cells(lines[3]) == ["2", "nice", "0.000", "0.100", "non-toxic"]

@@ -43,8 +43,9 @@ def read_at(rev: str, path: Path, cwd: str | Path = ".") -> str | None:
     if rev == "workspace":
         file = Path(cwd) / path
         return file.read_text() if file.is_file() else None
-    proc = subprocess.run(["git", "show", f"{rev}:./{path.as_posix()}"], cwd=cwd, capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        ["git", "show", f"{rev}:./{path.as_posix()}"], cwd=cwd, capture_output=True, text=True, check=False
+    )
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -54,21 +55,30 @@ def read_curves(runs: pd.DataFrame, cwd: str | Path = ".") -> list[RunCurves]:
     for _, run in runs[runs["run", "state"] == "done"].iterrows():
         rev = run["run", "rev"]
         task = run.get(("param", "task"))
-        out.append(RunCurves(
-            name=str(run["run", "name"]), task=task if isinstance(task, str) else "classify",  # lm's default
-            roc=_json_rows(read_at(rev, ROC, cwd)), pr=_json_rows(read_at(rev, PR, cwd)),
-            train_loss=_tsv(read_at(rev, LOSS / "train_loss.tsv", cwd)),
-            val_loss=_tsv(read_at(rev, LOSS / "val_loss.tsv", cwd)),
-        ))
+        out.append(
+            RunCurves(
+                name=str(run["run", "name"]),
+                task=task if isinstance(task, str) else "classify",  # lm's default
+                roc=_json_rows(read_at(rev, ROC, cwd)),
+                pr=_json_rows(read_at(rev, PR, cwd)),
+                train_loss=_tsv(read_at(rev, LOSS / "train_loss.tsv", cwd)),
+                val_loss=_tsv(read_at(rev, LOSS / "val_loss.tsv", cwd)),
+            )
+        )
     return out
 
 
 def figures(curves: list[RunCurves]) -> list[tuple[str, str]]:
     """(title, inline SVG) of each plot that some run has data for; a run keeps its colour in all of them."""
-    colours = {c.name: f"C{n % 10}" if len(curves) <= 10 else matplotlib.colormaps["tab20"](n % 20)
-               for n, c in enumerate(curves)}
+    colours = {
+        c.name: f"C{n % 10}" if len(curves) <= 10 else matplotlib.colormaps["tab20"](n % 20)
+        for n, c in enumerate(curves)
+    }
     out = []
-    for title, column, (x, y) in (("ROC", "roc", ("fpr", "tpr")), ("Precision-recall", "pr", ("recall", "precision"))):
+    for title, column, (x, y) in (
+        ("ROC", "roc", ("fpr", "tpr")),
+        ("Precision-recall", "pr", ("recall", "precision")),
+    ):
         drawn = [c for c in curves if {x, y} <= set(getattr(c, column).columns)]
         if drawn:
             fig, ax = _axes(title, x, y)
@@ -87,8 +97,14 @@ def figures(curves: list[RunCurves]) -> list[tuple[str, str]]:
                 label = c.name  # one legend entry per run, on its first line
                 for frame, style in ((c.train_loss, "-"), (c.val_loss, "--")):
                     if not frame.empty:
-                        ax.plot(frame["step"], frame.iloc[:, 1], style, color=colours[c.name], linewidth=1.2,
-                                label=label)
+                        ax.plot(
+                            frame["step"],
+                            frame.iloc[:, 1],
+                            style,
+                            color=colours[c.name],
+                            linewidth=1.2,
+                            label=label,
+                        )
                         label = None
             out.append((title, _svg(fig, ax, len(out))))
     return out
@@ -108,9 +124,11 @@ def _svg(fig: Figure, ax, n: int) -> str:
     ax.legend(fontsize=8)
     buffer = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"lm-compare-{n}"}):
-        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+        fig.savefig(
+            buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None}
+        )
     text = buffer.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def _json_rows(text: str | None) -> pd.DataFrame:

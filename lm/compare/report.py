@@ -40,10 +40,12 @@ def html(table: Table, plots: list[tuple[str, str]]) -> str:
     rows = table.cells.to_html(index=False, classes="runs", escape=True)
     notes = "".join(f"<li>{escape(note)}</li>" for note in table.notes)
     shown = "".join(f'<figure aria-label="{escape(title)}">{svg}</figure>' for title, svg in plots)
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>lm compare</title>\n"
-            f"<style>{CSS}</style>\n</head>\n<body>\n<h1>Experiments</h1>\n{rows}\n"
-            f"<ul class=\"notes\">{notes}</ul>\n<h2>Curves</h2>\n<div class=\"figures\">{shown}</div>\n"
-            "</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>lm compare</title>\n'
+        f"<style>{CSS}</style>\n</head>\n<body>\n<h1>Experiments</h1>\n{rows}\n"
+        f'<ul class="notes">{notes}</ul>\n<h2>Curves</h2>\n<div class="figures">{shown}</div>\n'
+        "</body>\n</html>\n"
+    )
 
 
 def write_markdown(table: Table, path: str | Path) -> None:

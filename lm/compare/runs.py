@@ -47,8 +47,10 @@ def read_runs(all_commits: bool = False, num: int = 1, cwd: str | Path = ".") ->
     if proc.returncode != 0:
         message = (proc.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("ERROR: ")
         if "not inside of a DVC repository" in message:
-            raise LmError(f"{Path(cwd).resolve()} is not a DVC repository: run `lm compare` in the project "
-                          "(where dvc.yaml is)")
+            raise LmError(
+                f"{Path(cwd).resolve()} is not a DVC repository: run `lm compare` in the project "
+                "(where dvc.yaml is)"
+            )
         raise LmError(f"`dvc exp show` failed: {message}; run it by hand to see why")
     try:
         records = json.loads(proc.stdout)
@@ -67,7 +69,9 @@ def parse_exp_show(records: list[dict]) -> pd.DataFrame:
         rows.append(_row(commit, kind, "done"))
         for experiment in commit.get("experiments") or []:
             state = (experiment.get("executor") or {}).get("state") or "done"
-            rows += [_row(rev, "experiment", "done" if state == "success" else state) for rev in experiment["revs"]]
+            rows += [
+                _row(rev, "experiment", "done" if state == "success" else state) for rev in experiment["revs"]
+            ]
     frame = pd.DataFrame(rows, dtype=object)  # object: a param that some runs lack stays 6, not 6.0
     if frame.empty:
         return frame
@@ -85,8 +89,12 @@ def _row(record: dict, kind: str, state: str) -> dict[tuple[str, str], Any]:
     data = record.get("data")
     if record.get("error") or not data:
         state = "error" if state == "done" else state
-    row: dict[tuple[str, str], Any] = {("run", "name"): name, ("run", "rev"): rev, ("run", "kind"): kind,
-                                       ("run", "state"): state}
+    row: dict[tuple[str, str], Any] = {
+        ("run", "name"): name,
+        ("run", "rev"): rev,
+        ("run", "kind"): kind,
+        ("run", "state"): state,
+    }
     if not data:
         return row
     for file, content in (data.get("params") or {}).items():
@@ -107,7 +115,8 @@ def select(runs: pd.DataFrame, names: list[str]) -> pd.DataFrame:
         hit = runs.index[(runs["run", "name"] == name) | by_sha].tolist()
         if not hit:
             known = ", ".join(runs["run", "name"])
-            raise LmError(f"no run named {name!r} (there are: {known}); experiments of other commits need "
-                          "--all-commits")
+            raise LmError(
+                f"no run named {name!r} (there are: {known}); experiments of other commits need --all-commits"
+            )
         picked += [i for i in hit if i not in picked]
     return runs.loc[picked].reset_index(drop=True)

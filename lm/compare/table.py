@@ -41,30 +41,43 @@ class Table:
     notes: list[str] = field(default_factory=list)  # lines printed under the table
 
 
-def build_table(runs: pd.DataFrame, keys: list[str] | None = None, aggregate: bool = True,
-                width: int = WIDTH) -> Table:
+def build_table(
+    runs: pd.DataFrame, keys: list[str] | None = None, aggregate: bool = True, width: int = WIDTH
+) -> Table:
     """The table of `runs` (from lm.compare.runs): param columns `keys`, or those that differ and fit in
     `width`; seed sweeps as one row unless `aggregate` is false."""
     done = runs[runs["run", "state"] == "done"].reset_index(drop=True)
-    notes = [f"no results (left out): {r['run', 'name']} ({r['run', 'state']})"
-             for _, r in runs[runs["run", "state"] != "done"].iterrows()]
+    notes = [
+        f"no results (left out): {r['run', 'name']} ({r['run', 'state']})"
+        for _, r in runs[runs["run", "state"] != "done"].iterrows()
+    ]
     if done.empty:
         raise LmError("no run has results yet: run `dvc repro` or `dvc exp run` first")
     groups = seed_groups(done) if aggregate else [[i] for i in done.index]
     base = pd.DataFrame({"run": [_label(done, g) for g in groups]})
     if any(len(g) > 1 for g in groups):
         base["n"] = [str(len(g)) for g in groups]
-        notes += [f"{_label(done, g)}: mean±std over {', '.join(done.loc[g, ('run', 'name')])} "
-                  f"(seed {_seeds(done, g)})" for g in groups if len(g) > 1]
-    figures = pd.DataFrame({key: [_stat(done.loc[g, column], key) for g in groups] for column, key in _figures(done)})
+        notes += [
+            f"{_label(done, g)}: mean±std over {', '.join(done.loc[g, ('run', 'name')])} "
+            f"(seed {_seeds(done, g)})"
+            for g in groups
+            if len(g) > 1
+        ]
+    figures = pd.DataFrame(
+        {key: [_stat(done.loc[g, column], key) for g in groups] for column, key in _figures(done)}
+    )
     candidates = keys if keys is not None else sorted(changed_params(done), key=_importance)
-    params = pd.DataFrame({key: [_param_cell(done, g, key) for g in groups] for key in _check_keys(done, candidates)})
+    params = pd.DataFrame(
+        {key: [_param_cell(done, g, key) for g in groups] for key in _check_keys(done, candidates)}
+    )
     chosen = list(params.columns)
     if keys is None:
         chosen, left_out = _fit(base, params, figures, width)
         if left_out:
-            notes.append(f"left out to fit {width} columns: {', '.join(left_out)} (choose the param columns "
-                         f"with --keys KEY,KEY,...)")
+            notes.append(
+                f"left out to fit {width} columns: {', '.join(left_out)} (choose the param columns "
+                f"with --keys KEY,KEY,...)"
+            )
     return Table(pd.concat([base, params[chosen], figures], axis=1), chosen, notes)
 
 
@@ -91,7 +104,9 @@ def seed_groups(runs: pd.DataFrame) -> list[list[int]]:
     A run whose seed is already in its sweep (the workspace left as the last experiment) stays on its own."""
     params = _params(runs)
     others = [k for k in params.columns if k != "seed"]
-    setting = params[others].map(_identity).agg("|".join, axis=1) if others else pd.Series("", index=runs.index)
+    setting = (
+        params[others].map(_identity).agg("|".join, axis=1) if others else pd.Series("", index=runs.index)
+    )
     seeds = params["seed"] if "seed" in params else pd.Series(math.nan, index=runs.index)
     seed = seeds.map(_identity)
     workspace_last = sorted(runs.index, key=lambda i: runs.loc[i, ("run", "kind")] == "workspace")
@@ -112,7 +127,9 @@ def seed_groups(runs: pd.DataFrame) -> list[list[int]]:
 
 def to_text(table: Table, width: int = WIDTH) -> str:
     """The table and its notes as plain text, no line longer than `width`."""
-    console = Console(width=width, file=io.StringIO(), color_system=None, force_terminal=False, highlight=False)
+    console = Console(
+        width=width, file=io.StringIO(), color_system=None, force_terminal=False, highlight=False
+    )
     console.print(_rich(table.cells, table.params))
     for note in table.notes:
         console.print(note, markup=False)
@@ -130,8 +147,14 @@ def number(value: float, signed: bool = False, like: float | None = None) -> str
 
 
 # (from this size, divide by, suffix, decimals)
-_SCALES = ((1e9, 1e9, "G", 2), (1e6, 1e6, "M", 2), (1e5, 1e3, "k", 0), (1e4, 1e3, "k", 1), (100, 1.0, "", 0),
-           (1, 1.0, "", 2))
+_SCALES = (
+    (1e9, 1e9, "G", 2),
+    (1e6, 1e6, "M", 2),
+    (1e5, 1e3, "k", 0),
+    (1e4, 1e3, "k", 1),
+    (100, 1.0, "", 0),
+    (1, 1.0, "", 2),
+)
 
 
 def value_text(value: Any) -> str:
@@ -186,14 +209,20 @@ def _label(runs: pd.DataFrame, group: list[int]) -> str:
 def _check_keys(runs: pd.DataFrame, keys: list[str]) -> list[str]:
     unknown = [k for k in keys if ("param", k) not in runs.columns]
     if unknown:
-        raise LmError(f"--keys: no run has the param {unknown[0]!r}; give dotted keys of params.yaml such as "
-                      "model.n_layers")
+        raise LmError(
+            f"--keys: no run has the param {unknown[0]!r}; give dotted keys of params.yaml such as "
+            "model.n_layers"
+        )
     return keys
 
 
-def _fit(base: pd.DataFrame, params: pd.DataFrame, figures: pd.DataFrame, width: int) -> tuple[list[str], list[str]]:
+def _fit(
+    base: pd.DataFrame, params: pd.DataFrame, figures: pd.DataFrame, width: int
+) -> tuple[list[str], list[str]]:
     """Param columns in order, each kept when the table still fits in `width` with it."""
-    console = Console(width=10 * width, file=io.StringIO(), color_system=None)  # measures are capped at its width
+    console = Console(
+        width=10 * width, file=io.StringIO(), color_system=None
+    )  # measures are capped at its width
     chosen, left_out = [], []
     for key in params.columns:
         trial = pd.concat([base, params[chosen + [key]], figures], axis=1)

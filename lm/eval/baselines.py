@@ -23,7 +23,9 @@ TFIDF = dict(ngram_range=(1, 2), sublinear_tf=True)
 LOGREG = dict(max_iter=1000)
 
 
-def tfidf_logreg_probs(train_texts: Sequence[str], train_labels: np.ndarray, test_texts: Sequence[str]) -> np.ndarray:
+def tfidf_logreg_probs(
+    train_texts: Sequence[str], train_labels: np.ndarray, test_texts: Sequence[str]
+) -> np.ndarray:
     """P(positive) for each test text from TF-IDF (word 1-2 grams, sublinear tf) + logistic regression."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -38,8 +40,16 @@ def tfidf_logreg_probs(train_texts: Sequence[str], train_labels: np.ndarray, tes
 
 
 def ngram_statistics(
-    enc, train_docs: np.ndarray, objective, items, *, task: str, batch_size: int,
-    token_bytes: np.ndarray | None, order: int = NGRAM_ORDER, top_k: int = 5,
+    enc,
+    train_docs: np.ndarray,
+    objective,
+    items,
+    *,
+    task: str,
+    batch_size: int,
+    token_bytes: np.ndarray | None,
+    order: int = NGRAM_ORDER,
+    top_k: int = 5,
 ) -> dict[str, Any]:
     """Kneser-Ney n-gram loss / perplexity / accuracy / top-k (/ bits per byte) over exactly the positions
     `lm_statistics` scores: the same items, prepared by the same objective (mlm: the same fixed masks; the
@@ -49,7 +59,9 @@ def ngram_statistics(
     from lm.eval.ngram import KneserNey, left_contexts
 
     runs = zip(*doc_runs(enc, train_docs))
-    model = KneserNey(order, enc.vocab_size).fit(np.asarray(enc.tokens[lo:hi], dtype=np.int64) for lo, hi in runs)
+    model = KneserNey(order, enc.vocab_size).fit(
+        np.asarray(enc.tokens[lo:hi], dtype=np.int64) for lo, hi in runs
+    )
     acc = LmAccumulator(top_k=top_k)
     for lo in range(0, len(items), batch_size):
         batch = objective.prepare(items.batch(np.arange(lo, min(lo + batch_size, len(items)))), train=False)
@@ -71,5 +83,8 @@ def ngram_statistics(
 
 def lift(model: dict[str, Any], baseline: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
     """lm minus baseline for each headline metric both have (positive = lm higher)."""
-    return {k: float(model[k]) - float(baseline[k]) for k in keys
-            if model.get(k) is not None and baseline.get(k) is not None}
+    return {
+        k: float(model[k]) - float(baseline[k])
+        for k in keys
+        if model.get(k) is not None and baseline.get(k) is not None
+    }

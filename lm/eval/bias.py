@@ -91,7 +91,9 @@ def bias_report(
     needed = [y_true_col, y_prob_col, *identities]
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise LmError(f"bias metrics: column(s) {missing} not in the evaluation frame (check data.identity_columns)")
+        raise LmError(
+            f"bias metrics: column(s) {missing} not in the evaluation frame (check data.identity_columns)"
+        )
 
     y = _binary_labels(df[y_true_col], y_true_col)  # bool [N]
     prob = df[y_prob_col].to_numpy(dtype=np.float64)  # [N]

@@ -137,15 +137,21 @@ def curve_rows(
     if 0 < n_pos < truth.size:
         fpr, tpr, thr = roc_curve(truth, prob, drop_intermediate=True)
         keep = thin_indices(fpr, tpr, max_points)
-        roc = [{"fpr": float(fpr[i]), "tpr": float(tpr[i]), "threshold": _finite_threshold(thr[i])} for i in keep]
+        roc = [
+            {"fpr": float(fpr[i]), "tpr": float(tpr[i]), "threshold": _finite_threshold(thr[i])} for i in keep
+        ]
 
         precision, recall, _ = precision_recall_curve(truth, prob, drop_intermediate=True)
-        precision, recall = precision[::-1], recall[::-1]  # sklearn lists recall high -> low; plot low -> high
+        precision, recall = (
+            precision[::-1],
+            recall[::-1],
+        )  # sklearn lists recall high -> low; plot low -> high
         keep = thin_indices(recall, precision, max_points)
         pr = [{"recall": float(recall[i]), "precision": float(precision[i])} for i in keep]
 
     frac_pos, mean_pred = calibration_curve(truth, prob, n_bins=n_bins, strategy="uniform")
     calibration = [
-        {"mean_predicted": float(m), "fraction_positive": float(f)} for m, f in zip(mean_pred, frac_pos, strict=True)
+        {"mean_predicted": float(m), "fraction_positive": float(f)}
+        for m, f in zip(mean_pred, frac_pos, strict=True)
     ]
     return {"roc": roc, "pr": pr, "calibration": calibration}

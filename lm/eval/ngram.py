@@ -72,7 +72,9 @@ class KneserNey:
         if order < 2:
             raise ValueError(f"order must be >= 2, got {order}")
         if vocab_size ** (order - 1) >= 2**62 // vocab_size:
-            raise ValueError(f"order {order} with a vocabulary of {vocab_size} does not fit 64-bit n-gram keys")
+            raise ValueError(
+                f"order {order} with a vocabulary of {vocab_size} does not fit 64-bit n-gram keys"
+            )
         self.order, self.vocab_size = order, vocab_size
         self.unigram: np.ndarray | None = None  # (V,) lowest-order distribution
         self.levels: list[_Level] = []  # context length 1 .. order-1
@@ -88,7 +90,9 @@ class KneserNey:
             for k in range(1, n + 1):
                 if len(s) >= k:
                     grams[k].append(sliding_window_view(s, k))
-        stacked = {k: (np.concatenate(grams[k]) if grams[k] else np.zeros((0, k), np.int64)) for k in range(1, n + 1)}
+        stacked = {
+            k: (np.concatenate(grams[k]) if grams[k] else np.zeros((0, k), np.int64)) for k in range(1, n + 1)
+        }
         if len(stacked[1]) == 0:
             raise ValueError("no training tokens for the n-gram baseline")
 
@@ -145,7 +149,9 @@ class KneserNey:
         return p
 
 
-def left_contexts(input_ids: np.ndarray, positions: tuple[np.ndarray, np.ndarray], width: int, *, inclusive: bool) -> np.ndarray:
+def left_contexts(
+    input_ids: np.ndarray, positions: tuple[np.ndarray, np.ndarray], width: int, *, inclusive: bool
+) -> np.ndarray:
     """The `width` tokens before each (row, col) position of `input_ids` (B, L), oldest first, -1 before the
     row's start. inclusive=True ends the context at the position itself (next-token prediction: the input at
     j precedes the label at j); False ends it just before (masked prediction of the token at j)."""

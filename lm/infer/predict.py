@@ -18,13 +18,14 @@ from lm.errors import LmError
 from lm.labels import TOXICITY_NAMES, labels_of
 
 
-
 def read_texts(path: Path, text_column: str = "text") -> list[str]:
     """The texts of `read_table`."""
     return read_table(path, text_column)[0]
 
 
-def read_table(path: Path, text_column: str = "text", id_column: str | None = None) -> tuple[list[str], list[str] | None]:
+def read_table(
+    path: Path, text_column: str = "text", id_column: str | None = None
+) -> tuple[list[str], list[str] | None]:
     """(texts, ids): ids are the `id_column` cells as text when the table has that column (None otherwise), so an
     output can carry each input row's key. Texts from a .txt (one per non-empty line) or a .csv/.parquet/.jsonl table's text column, one per row:
     an empty or missing cell is the empty text (its row is kept, so output rows line up with input rows), and a
@@ -51,10 +52,15 @@ def read_table(path: Path, text_column: str = "text", id_column: str | None = No
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise LmError(f"{path}: not a readable {suffix[1:]} file ({first})") from None
     if text_column not in frame.columns:
-        raise LmError(f"{path}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); pass --text-column")
+        raise LmError(
+            f"{path}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); pass --text-column"
+        )
     texts = ["" if _missing(v) else str(v) for v in frame[text_column].tolist()]
-    ids = (["" if _missing(v) else str(v) for v in frame[id_column].tolist()]
-           if id_column and id_column in frame.columns else None)
+    ids = (
+        ["" if _missing(v) else str(v) for v in frame[id_column].tolist()]
+        if id_column and id_column in frame.columns
+        else None
+    )
     return texts, ids
 
 
@@ -107,7 +113,9 @@ class Trained:
                 ids, mask = self._rows([texts[i] for i in part], set())
                 probs[part] = torch.sigmoid(self.model(ids, mask).logits.float()).numpy()
             names = self.config.get("label_names", TOXICITY_NAMES)
-            return pd.DataFrame({"text": texts, "score": np.round(probs, 4), "label": labels_of(probs, threshold, names)})
+            return pd.DataFrame(
+                {"text": texts, "score": np.round(probs, 4), "label": labels_of(probs, threshold, names)}
+            )
         if self.task == "mlm":
             return self._fill_masks(texts, top_k)
         return self._next_tokens(texts, top_k)
@@ -122,55 +130,98 @@ class Trained:
         """mlm: for each <|mask|> of text, its token position and the top_k (token, probability) candidates."""
         ids, mask = self._rows([text], {self.tokenizer.mask_token})
         logits = self.model(ids, mask).logits[0]  # (L, V)
-        return [(pos, self._candidates(logits[pos], top_k))
-                for pos in (ids[0] == self.tokenizer.mask_id).nonzero().flatten().tolist()]
+        return [
+            (pos, self._candidates(logits[pos], top_k))
+            for pos in (ids[0] == self.tokenizer.mask_id).nonzero().flatten().tolist()
+        ]
 
     def _fill_masks(self, texts: list[str], top_k: int) -> pd.DataFrame:
         records = []
         for row, text in enumerate(texts):
             mask_token = self.tokenizer.mask_token
             if mask_token not in text:
-                raise LmError(f"mlm predict: text {row + 1} has no {mask_token}; put one where a token should be filled in: {text[:60]!r}")
+                raise LmError(
+                    f"mlm predict: text {row + 1} has no {mask_token}; put one where a token should be filled in: {text[:60]!r}"
+                )
             for pos, cands in self.fills(text, top_k):
-                records.append({"text": text, "position": pos, "prediction": cands[0][0],
-                                "top": ", ".join(f"{t!r} {q:.1%}" for t, q in cands)})
+                records.append(
+                    {
+                        "text": text,
+                        "position": pos,
+                        "prediction": cands[0][0],
+                        "top": ", ".join(f"{t!r} {q:.1%}" for t, q in cands),
+                    }
+                )
         return pd.DataFrame(records)
 
     def _next_tokens(self, texts: list[str], top_k: int) -> pd.DataFrame:
         records = []
         for text in texts:
-            ids = self.tokenizer.encode(text, allowed_special=set(), disallowed="as_text")[-self.max_len :] or [self.tokenizer.eot_id]
+            ids = self.tokenizer.encode(text, allowed_special=set(), disallowed="as_text")[
+                -self.max_len :
+            ] or [self.tokenizer.eot_id]
             logits = self.model(torch.tensor([ids])).logits[0, -1]
             cands = self._candidates(logits, top_k)
-            records.append({"text": text, "next": cands[0][0], "top": ", ".join(f"{t!r} {q:.1%}" for t, q in cands)})
+            records.append(
+                {"text": text, "next": cands[0][0], "top": ", ".join(f"{t!r} {q:.1%}" for t, q in cands)}
+            )
         return pd.DataFrame(records)
 
-    def complete(self, text: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
-                 top_p: float | None, seed: int | None) -> str:
+    def complete(
+        self,
+        text: str,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+    ) -> str:
         """text and its continuation (see `continuation`)."""
-        return text + self.continuation(text, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                        top_p=top_p, seed=seed)
+        return text + self.continuation(
+            text, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+        )
 
-    def continuation(self, text: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
-                     top_p: float | None, seed: int | None) -> str:
+    def continuation(
+        self,
+        text: str,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+    ) -> str:
         """clm: the text the decoder writes after `text` (up to max_new_tokens, stopping at <|endoftext|>)."""
         from lm.infer.generate import generate
 
         if self.task != "clm":
-            raise LmError(f"generate needs a decoder trained with task=clm; {self.config.get('task')} model given")
+            raise LmError(
+                f"generate needs a decoder trained with task=clm; {self.config.get('task')} model given"
+            )
         tok = self.tokenizer
         prompt = tok.encode(text, allowed_special=set(), disallowed="as_text") or [tok.eot_id]
-        new = generate(self.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_k=top_k, top_p=top_p, eos_id=tok.eot_id, seed=seed)
+        new = generate(
+            self.model,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=tok.eot_id,
+            seed=seed,
+        )
         return tok.decode([i for i in new if i != tok.eot_id])
 
 
 def load_trained(model_dir: Path) -> Trained:
-    from lm.tokenizer import load_tokenizer
     from lm.model.export import load_exported
+    from lm.tokenizer import load_tokenizer
 
     model, config = load_exported(Path(model_dir))
     tok = load_tokenizer(Path(model_dir) / "tokenizer")
     if tok.hash != config["tokenizer_hash"]:
-        raise LmError(f"{model_dir}/tokenizer does not match the model (hash differs): re-export with `lm train`")
+        raise LmError(
+            f"{model_dir}/tokenizer does not match the model (hash differs): re-export with `lm train`"
+        )
     return Trained(model, config, tok)

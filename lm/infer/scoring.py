@@ -37,8 +37,15 @@ def classifier_probs(model: nn.Module, items, batch_size: int, meter=None) -> tu
 
 
 @torch.no_grad()
-def lm_statistics(model: nn.Module, objective, items, batch_size: int, token_bytes: np.ndarray | None, top_k: int = 5,
-                  meter=None) -> dict:
+def lm_statistics(
+    model: nn.Module,
+    objective,
+    items,
+    batch_size: int,
+    token_bytes: np.ndarray | None,
+    top_k: int = 5,
+    meter=None,
+) -> dict:
     """Loss / perplexity / accuracy / top-k (and bits per byte when token_bytes is given) over items, plus
     `by_position`: the mean loss at each window position (how much a decoder gains from context)."""
     import torch.nn.functional as F
@@ -65,6 +72,8 @@ def lm_statistics(model: nn.Module, objective, items, batch_size: int, token_byt
         if meter is not None:
             meter.advance(int(keep.shape[0]))
     out = acc.result()
-    out["by_position"] = [{"position": int(i), "loss": float(loss_at[i] / count_at[i]), "n_tokens": int(count_at[i])}
-                          for i in np.flatnonzero(count_at)]
+    out["by_position"] = [
+        {"position": int(i), "loss": float(loss_at[i] / count_at[i]), "n_tokens": int(count_at[i])}
+        for i in np.flatnonzero(count_at)
+    ]
     return out

@@ -50,8 +50,15 @@ class Block(nn.Module):
         rows: keep only these positions of the output (every position still serves as a key): a classifier
         reading the CLS token needs just row 0 of the last block, which skips its output projection and MLP
         for the other positions."""
-        kw = dict(key_mask=key_mask, causal=causal, state=state, offset=offset, use_cache=use_cache,
-                  return_attention=return_attention, rows=rows)
+        kw = dict(
+            key_mask=key_mask,
+            causal=causal,
+            state=state,
+            offset=offset,
+            use_cache=use_cache,
+            return_attention=return_attention,
+            rows=rows,
+        )
         residual = x if rows is None else x[:, rows]
         if self.pre_norm:
             a = self.attn(self.norm1(x), **kw)

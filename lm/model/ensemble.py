@@ -35,13 +35,23 @@ class ClassifierEnsemble(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
         first = members[0]
-        self.config, self.max_len, self.pad_id, self.vocab_size = first.config, first.max_len, first.pad_id, first.vocab_size
+        self.config, self.max_len, self.pad_id, self.vocab_size = (
+            first.config,
+            first.max_len,
+            first.pad_id,
+            first.vocab_size,
+        )
 
     @property
     def trunk(self) -> nn.Module:
         return self.members[0].trunk
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False) -> ModelOutput:
-        outputs = [m(input_ids, attention_mask, return_attention=return_attention and i == 0) for i, m in enumerate(self.members)]
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False
+    ) -> ModelOutput:
+        outputs = [
+            m(input_ids, attention_mask, return_attention=return_attention and i == 0)
+            for i, m in enumerate(self.members)
+        ]
         logits = mean_probability_logit(torch.stack([o.logits for o in outputs]))
         return ModelOutput(logits=logits, attentions=outputs[0].attentions)

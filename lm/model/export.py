@@ -96,7 +96,9 @@ def file_sha256(path: Path) -> str:
 def read_export_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / EXPORT_CONFIG
     if not path.exists():
-        raise LmError(f"{path} not found: train a model first (`lm train` or `dvc repro`), or pass --model DIR")
+        raise LmError(
+            f"{path} not found: train a model first (`lm train` or `dvc repro`), or pass --model DIR"
+        )
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -113,8 +115,12 @@ def build_exported(config: dict[str, Any]) -> nn.Module:
 
     def member(seed: int) -> nn.Module:
         return build_model(
-            ModelConfig.model_validate(config["model"]), task=config["task"], vocab_size=config["vocab_size"],
-            max_len=config["max_len"], pad_id=config["pad_id"], seed=seed,
+            ModelConfig.model_validate(config["model"]),
+            task=config["task"],
+            vocab_size=config["vocab_size"],
+            max_len=config["max_len"],
+            pad_id=config["pad_id"],
+            seed=seed,
         )
 
     ensemble = config.get("ensemble")
@@ -134,18 +140,24 @@ def load_exported(model_dir: Path, device: str | torch.device = "cpu") -> tuple[
     try:
         model = build_exported(config)
     except (KeyError, TypeError, ValueError) as err:
-        raise LmError(f"{model_dir / EXPORT_CONFIG} does not describe an lm model ({err}): re-run `lm train`") from None
+        raise LmError(
+            f"{model_dir / EXPORT_CONFIG} does not describe an lm model ({err}): re-run `lm train`"
+        ) from None
     weights = model_dir / EXPORT_WEIGHTS
     if not weights.exists():
         raise LmError(f"{weights} not found: re-run `lm train`")
     expected = config.get("weights_sha256")
     if expected and file_sha256(weights) != expected:
-        raise LmError(f"{weights} is damaged or partly written (its sha256 differs from config.json's): re-run `lm train`")
+        raise LmError(
+            f"{weights} is damaged or partly written (its sha256 differs from config.json's): re-run `lm train`"
+        )
     try:
         load_model(model, str(weights), strict=True)
     except Exception as err:  # safetensors raises several types for a damaged or foreign file
-        raise LmError(f"{weights} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:120]}): "
-                      "re-run `lm train`") from None
+        raise LmError(
+            f"{weights} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:120]}): "
+            "re-run `lm train`"
+        ) from None
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise LmError(f"{weights} holds non-finite weights (NaN/inf): re-run `lm train`")
     model.to(device).eval()

@@ -62,8 +62,9 @@ class HfSpec:
     n_kv_heads: int
 
 
-def spec_from_hf_config(cfg: dict[str, Any], *, source: Path = Path("config.json"),
-                        allow_approximate_gelu: bool = False) -> HfSpec:
+def spec_from_hf_config(
+    cfg: dict[str, Any], *, source: Path = Path("config.json"), allow_approximate_gelu: bool = False
+) -> HfSpec:
     """Map a Hugging Face config.json (as a dict) to lm's ModelConfig; reject what lm cannot reproduce."""
     keys = hf_model_keys(cfg, source=source, allow_approximate_gelu=allow_approximate_gelu)
     model = keys["model"]
@@ -73,14 +74,31 @@ def spec_from_hf_config(cfg: dict[str, Any], *, source: Path = Path("config.json
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         msg = first["msg"].removeprefix("Value error, ")
-        raise LmError(f"{source}: cannot be expressed as an lm model ({where + ': ' if where else ''}{msg})") from None
-    return HfSpec(arch=keys["arch"], model=model_cfg, vocab_size=keys["vocab_size"], max_len=keys["max_len"],
-                  pad_id=keys["pad_id"], n_kv_heads=keys["n_kv_heads"])
+        raise LmError(
+            f"{source}: cannot be expressed as an lm model ({where + ': ' if where else ''}{msg})"
+        ) from None
+    return HfSpec(
+        arch=keys["arch"],
+        model=model_cfg,
+        vocab_size=keys["vocab_size"],
+        max_len=keys["max_len"],
+        pad_id=keys["pad_id"],
+        n_kv_heads=keys["n_kv_heads"],
+    )
 
 
 _ENCODER_PREFIXES = ("bert.", "roberta.", "distilbert.")
-_ENCODER_HEADS = ("cls.", "lm_head.", "pooler.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.",
-                  "pre_classifier.", "classifier.", "qa_outputs.")  # task heads: init_from takes the trunk only
+_ENCODER_HEADS = (
+    "cls.",
+    "lm_head.",
+    "pooler.",
+    "vocab_transform.",
+    "vocab_layer_norm.",
+    "vocab_projector.",
+    "pre_classifier.",
+    "classifier.",
+    "qa_outputs.",
+)  # task heads: init_from takes the trunk only
 
 
 # ---- weights ------------------------------------------------------------------------------------------------
@@ -97,8 +115,10 @@ def read_hf_weights(path: Path) -> dict[str, Tensor]:
             return load_file(str(file))
         return torch.load(file, map_location="cpu", weights_only=True)
 
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
         if (path / single).exists():
             return load(path / single)
         if (path / index).exists():
@@ -107,7 +127,9 @@ def read_hf_weights(path: Path) -> dict[str, Tensor]:
             for shard in shards:
                 weights.update(load(path / shard))
             return weights
-    raise LmError(f"{path}: no model.safetensors or pytorch_model.bin (write the checkpoint with save_pretrained)")
+    raise LmError(
+        f"{path}: no model.safetensors or pytorch_model.bin (write the checkpoint with save_pretrained)"
+    )
 
 
 def interleave_rope_rows(w: Tensor, n_heads: int) -> Tensor:
@@ -126,24 +148,41 @@ def _repeat_kv(w: Tensor, n_kv: int, n_heads: int) -> Tensor:
 
 
 def _strip(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in weights.items()
-            if not k.endswith(_IGNORED_SUFFIXES)}
+    return {
+        (k[len(prefix) :] if k.startswith(prefix) else k): v
+        for k, v in weights.items()
+        if not k.endswith(_IGNORED_SUFFIXES)
+    }
 
 
 def _gpt2_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
     w = _strip(w, "transformer.")
-    out = {"trunk.tok_emb.weight": w.pop("wte.weight"), "trunk.positions.table.weight": w.pop("wpe.weight"),
-           "trunk.final_norm.weight": w.pop("ln_f.weight"), "trunk.final_norm.bias": w.pop("ln_f.bias")}
-    conv = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.fc_in", "mlp.c_proj": "mlp.fc_out"}
+    out = {
+        "trunk.tok_emb.weight": w.pop("wte.weight"),
+        "trunk.positions.table.weight": w.pop("wpe.weight"),
+        "trunk.final_norm.weight": w.pop("ln_f.weight"),
+        "trunk.final_norm.bias": w.pop("ln_f.bias"),
+    }
+    conv = {
+        "attn.c_attn": "attn.qkv",
+        "attn.c_proj": "attn.proj",
+        "mlp.c_fc": "mlp.fc_in",
+        "mlp.c_proj": "mlp.fc_out",
+    }
     for i in range(spec.model.n_layers):
         h, b = f"h.{i}.", f"trunk.blocks.{i}."
         for hf, lm in (("ln_1", "norm1"), ("ln_2", "norm2")):
-            out[b + lm + ".weight"], out[b + lm + ".bias"] = w.pop(h + hf + ".weight"), w.pop(h + hf + ".bias")
+            out[b + lm + ".weight"], out[b + lm + ".bias"] = (
+                w.pop(h + hf + ".weight"),
+                w.pop(h + hf + ".bias"),
+            )
         for hf, lm in conv.items():  # Conv1D keeps (in, out) weights
             out[b + lm + ".weight"] = w.pop(h + hf + ".weight").T.contiguous()
             out[b + lm + ".bias"] = w.pop(h + hf + ".bias")
     lm_head = w.pop("lm_head.weight", None)
-    if not spec.model.tie_embeddings:  # GPT2LMHeadModel's head has no bias; lm's untied head with bias=True has
+    if (
+        not spec.model.tie_embeddings
+    ):  # GPT2LMHeadModel's head has no bias; lm's untied head with bias=True has
         out["lm_head.weight"] = lm_head if lm_head is not None else out["trunk.tok_emb.weight"].clone()
         out["lm_head.bias"] = torch.zeros(spec.vocab_size)  # one, which stays zero
     _no_leftovers(w)
@@ -163,7 +202,10 @@ def _llama_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
             return torch.zeros(shape)
         raise LmError(f"checkpoint: weight {key!r} is missing")
 
-    out = {"trunk.tok_emb.weight": w.pop("embed_tokens.weight"), "trunk.final_norm.weight": w.pop("norm.weight")}
+    out = {
+        "trunk.tok_emb.weight": w.pop("embed_tokens.weight"),
+        "trunk.final_norm.weight": w.pop("norm.weight"),
+    }
     d = E // H
     for i in range(cfg.n_layers):
         h, b = f"layers.{i}.", f"trunk.blocks.{i}."
@@ -177,12 +219,16 @@ def _llama_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
             v = take(h + f"self_attn.v_proj.{kind}", (n_kv * d, *cols))
             k, v = _repeat_kv(k, n_kv, H), _repeat_kv(v, n_kv, H)
             out[b + f"attn.qkv.{kind}"] = torch.cat([q, k, v], dim=0)
-            out[b + f"attn.proj.{kind}"] = take(h + f"self_attn.o_proj.{kind}", (E, E) if kind == "weight" else (E,))
+            out[b + f"attn.proj.{kind}"] = take(
+                h + f"self_attn.o_proj.{kind}", (E, E) if kind == "weight" else (E,)
+            )
             ff = cfg.d_ff
             gate = take(h + f"mlp.gate_proj.{kind}", (ff, E) if kind == "weight" else (ff,))
             up = take(h + f"mlp.up_proj.{kind}", (ff, E) if kind == "weight" else (ff,))
             out[b + f"mlp.fc_in.{kind}"] = torch.cat([gate, up], dim=0)
-            out[b + f"mlp.fc_out.{kind}"] = take(h + f"mlp.down_proj.{kind}", (E, ff) if kind == "weight" else (E,))
+            out[b + f"mlp.fc_out.{kind}"] = take(
+                h + f"mlp.down_proj.{kind}", (E, ff) if kind == "weight" else (E,)
+            )
     lm_head = w.pop("lm_head.weight", None)
     if not cfg.tie_embeddings:
         if lm_head is None:
@@ -201,33 +247,65 @@ def _encoder_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
     classifies from) becomes lm's `pooler.*`; the other task heads are dropped."""
     prefix = next((p for p in _ENCODER_PREFIXES if any(k.startswith(p) for k in w)), "")
     w = _strip(w, prefix)
-    pooler = {f"pooler.{kind}": w.pop(f"pooler.dense.{kind}") for kind in ("weight", "bias")
-              if f"pooler.dense.{kind}" in w}
+    pooler = {
+        f"pooler.{kind}": w.pop(f"pooler.dense.{kind}")
+        for kind in ("weight", "bias")
+        if f"pooler.dense.{kind}" in w
+    }
     w = {k: v for k, v in w.items() if not k.startswith(_ENCODER_HEADS)}
     w = {k.removeprefix("embeddings."): v for k, v in w.items()}
     w.pop("position_ids", None)  # a buffer older versions saved
     positions = w.pop("position_embeddings.weight")
-    positions = positions[positions.shape[0] - spec.max_len :]  # RoBERTa: drop the rows before padding_idx + 1
-    out = {"trunk.tok_emb.weight": w.pop("word_embeddings.weight"), "trunk.positions.table.weight": positions,
-           "trunk.embed_norm.weight": w.pop("LayerNorm.weight"), "trunk.embed_norm.bias": w.pop("LayerNorm.bias")}
+    positions = positions[
+        positions.shape[0] - spec.max_len :
+    ]  # RoBERTa: drop the rows before padding_idx + 1
+    out = {
+        "trunk.tok_emb.weight": w.pop("word_embeddings.weight"),
+        "trunk.positions.table.weight": positions,
+        "trunk.embed_norm.weight": w.pop("LayerNorm.weight"),
+        "trunk.embed_norm.bias": w.pop("LayerNorm.bias"),
+    }
     token_type = w.pop("token_type_embeddings.weight", None)
     if spec.model.token_type:  # segment 0, its own weight (trained as transformers trains it)
-        out["trunk.type_emb.weight"] = (token_type[:1] if token_type is not None
-                                        else torch.zeros(1, spec.model.d_model))
+        out["trunk.type_emb.weight"] = (
+            token_type[:1] if token_type is not None else torch.zeros(1, spec.model.d_model)
+        )
     distil = spec.arch == "distilbert"
-    names = ({"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin", "proj": "attention.out_lin",
-              "norm1": "sa_layer_norm", "fc_in": "ffn.lin1", "fc_out": "ffn.lin2", "norm2": "output_layer_norm"}
-             if distil else
-             {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-              "proj": "attention.output.dense", "norm1": "attention.output.LayerNorm", "fc_in": "intermediate.dense",
-              "fc_out": "output.dense", "norm2": "output.LayerNorm"})
+    names = (
+        {
+            "q": "attention.q_lin",
+            "k": "attention.k_lin",
+            "v": "attention.v_lin",
+            "proj": "attention.out_lin",
+            "norm1": "sa_layer_norm",
+            "fc_in": "ffn.lin1",
+            "fc_out": "ffn.lin2",
+            "norm2": "output_layer_norm",
+        }
+        if distil
+        else {
+            "q": "attention.self.query",
+            "k": "attention.self.key",
+            "v": "attention.self.value",
+            "proj": "attention.output.dense",
+            "norm1": "attention.output.LayerNorm",
+            "fc_in": "intermediate.dense",
+            "fc_out": "output.dense",
+            "norm2": "output.LayerNorm",
+        }
+    )
     layer = "transformer.layer" if distil else "encoder.layer"
     for i in range(spec.model.n_layers):
         h, b = f"{layer}.{i}.", f"trunk.blocks.{i}."
         for kind in ("weight", "bias"):
             out[b + f"attn.qkv.{kind}"] = torch.cat([w.pop(h + names[x] + f".{kind}") for x in "qkv"], dim=0)
-            for lm_name, target in (("attn.proj", "proj"), ("norm1", "norm1"), ("mlp.fc_in", "fc_in"),
-                                    ("mlp.fc_out", "fc_out"), ("norm2", "norm2")):
+            for lm_name, target in (
+                ("attn.proj", "proj"),
+                ("norm1", "norm1"),
+                ("mlp.fc_in", "fc_in"),
+                ("mlp.fc_out", "fc_out"),
+                ("norm2", "norm2"),
+            ):
                 out[b + f"{lm_name}.{kind}"] = w.pop(h + names[target] + f".{kind}")
     _no_leftovers(w)
     return {**out, **pooler}
@@ -236,7 +314,9 @@ def _encoder_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
 def _no_leftovers(w: dict[str, Tensor]) -> None:
     if w:
         keys = ", ".join(sorted(w)[:4])
-        raise LmError(f"checkpoint: weights lm cannot place ({keys}{', ...' if len(w) > 4 else ''}); unsupported variant")
+        raise LmError(
+            f"checkpoint: weights lm cannot place ({keys}{', ...' if len(w) > 4 else ''}); unsupported variant"
+        )
 
 
 def convert_hf_state_dict(weights: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
@@ -249,7 +329,9 @@ def convert_hf_state_dict(weights: dict[str, Tensor], spec: HfSpec) -> dict[str,
         raise LmError(f"checkpoint: weight {err.args[0]!r} is missing for a {spec.arch} model") from None
 
 
-def load_hf_checkpoint(path: str | Path, *, allow_approximate_gelu: bool = False) -> tuple[torch.nn.Module, ModelConfig]:
+def load_hf_checkpoint(
+    path: str | Path, *, allow_approximate_gelu: bool = False
+) -> tuple[torch.nn.Module, ModelConfig]:
     """Build lm's CausalLM from a Hugging Face GPT-2 / Llama `save_pretrained` directory; returns the model
     (float32, eval mode) and its ModelConfig. Vocabulary size, max_len and pad id are on the model
     (`model.vocab_size`, `model.max_len`, `model.pad_id`)."""
@@ -267,7 +349,9 @@ def load_hf_checkpoint(path: str | Path, *, allow_approximate_gelu: bool = False
     if spec.arch in ENCODERS:
         raise LmError(f"{path}: a {spec.arch} encoder is not a causal LM; fine-tune it with train.init_from")
     state = convert_hf_state_dict(read_hf_weights(path), spec)
-    model = build_model(spec.model, task="clm", vocab_size=spec.vocab_size, max_len=spec.max_len, pad_id=spec.pad_id)
+    model = build_model(
+        spec.model, task="clm", vocab_size=spec.vocab_size, max_len=spec.max_len, pad_id=spec.pad_id
+    )
     if spec.model.tie_embeddings:
         state["lm_head.weight"] = state["trunk.tok_emb.weight"]  # the same Parameter in lm
     expected = model.state_dict()
@@ -276,6 +360,8 @@ def load_hf_checkpoint(path: str | Path, *, allow_approximate_gelu: bool = False
         raise LmError(f"{path}: checkpoint lacks {', '.join(missing[:4])}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise LmError(f"{path}: {key} has shape {tuple(value.shape)}, lm expects {tuple(expected[key].shape)}")
+            raise LmError(
+                f"{path}: {key} has shape {tuple(value.shape)}, lm expects {tuple(expected[key].shape)}"
+            )
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval(), spec.model

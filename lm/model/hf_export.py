@@ -34,8 +34,14 @@ from lm.model.export import EXPORT_CONFIG, load_exported, read_export_config
 from lm.model.positions import sinusoidal_table
 from lm.special_tokens import EOT
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
 HF_WEIGHTS = "model.safetensors"
 
 
@@ -50,27 +56,42 @@ class HfExport:
 
 # ---- which architecture -------------------------------------------------------------------------------------
 
-_AUTO = {"bert": ("BertForSequenceClassification", "AutoModelForSequenceClassification"),
-         "gpt2": ("GPT2LMHeadModel", "AutoModelForCausalLM"),
-         "llama": ("LlamaForCausalLM", "AutoModelForCausalLM")}
+_AUTO = {
+    "bert": ("BertForSequenceClassification", "AutoModelForSequenceClassification"),
+    "gpt2": ("GPT2LMHeadModel", "AutoModelForCausalLM"),
+    "llama": ("LlamaForCausalLM", "AutoModelForCausalLM"),
+}
 
 # per target: (ModelConfig field, the value it needs, why) -- the value of attention is checked apart (RoPE)
 _NEEDS = {
-    "bert": [("norm_position", "post", "BERT normalises after each residual sum; a pre-norm encoder has no BERT "
-              "counterpart"),
-             ("embed_norm", True, "BERT normalises the embeddings"),
-             ("norm", "layernorm", "BERT uses LayerNorm"),
-             ("mlp", "gelu", "BERT's MLP is GELU"),
-             ("pooling", "cls", "BERT's pooler reads the first token; mean pooling has no transformers counterpart")],
-    "gpt2": [("norm_position", "pre", "GPT-2 normalises before each sublayer"),
-             ("embed_norm", False, "GPT-2 has no norm after the embeddings"),
-             ("norm", "layernorm", "GPT-2 uses LayerNorm"),
-             ("mlp", "gelu", "GPT-2's MLP is GELU")],
-    "llama": [("norm_position", "pre", "Llama normalises before each sublayer"),
-              ("embed_norm", False, "Llama has no norm after the embeddings"),
-              ("norm", "rmsnorm", "Llama uses RMSNorm"),
-              ("mlp", "swiglu", "Llama's MLP is SwiGLU"),
-              ("positions", "none", "Llama has no absolute position table (RoPE only)")],
+    "bert": [
+        (
+            "norm_position",
+            "post",
+            "BERT normalises after each residual sum; a pre-norm encoder has no BERT counterpart",
+        ),
+        ("embed_norm", True, "BERT normalises the embeddings"),
+        ("norm", "layernorm", "BERT uses LayerNorm"),
+        ("mlp", "gelu", "BERT's MLP is GELU"),
+        (
+            "pooling",
+            "cls",
+            "BERT's pooler reads the first token; mean pooling has no transformers counterpart",
+        ),
+    ],
+    "gpt2": [
+        ("norm_position", "pre", "GPT-2 normalises before each sublayer"),
+        ("embed_norm", False, "GPT-2 has no norm after the embeddings"),
+        ("norm", "layernorm", "GPT-2 uses LayerNorm"),
+        ("mlp", "gelu", "GPT-2's MLP is GELU"),
+    ],
+    "llama": [
+        ("norm_position", "pre", "Llama normalises before each sublayer"),
+        ("embed_norm", False, "Llama has no norm after the embeddings"),
+        ("norm", "rmsnorm", "Llama uses RMSNorm"),
+        ("mlp", "swiglu", "Llama's MLP is SwiGLU"),
+        ("positions", "none", "Llama has no absolute position table (RoPE only)"),
+    ],
 }
 
 
@@ -78,17 +99,24 @@ def hf_architecture(cfg: ModelConfig, task: str, where: Path) -> str:
     """The transformers architecture ("bert", "gpt2" or "llama") that computes what this lm model computes, or
     an LmError naming every setting that does not map."""
     if task == "mlm":
-        raise LmError(f"{where}: task mlm does not export to Hugging Face (its masked-LM heads put a dense + GELU + "
-                      "LayerNorm transform before the decoder, which lm's MaskedLM lacks); export a classify or clm model")
+        raise LmError(
+            f"{where}: task mlm does not export to Hugging Face (its masked-LM heads put a dense + GELU + "
+            "LayerNorm transform before the decoder, which lm's MaskedLM lacks); export a classify or clm model"
+        )
     if task not in ("classify", "clm"):
         raise LmError(f"{where}: task {task!r} does not export to Hugging Face (classify and clm do)")
     opts = resolve_attention_options(cfg.attention, cfg.attention_options)
     if cfg.attention not in ("standard", "rotary"):
-        raise LmError(f"{where}: model.attention={cfg.attention} does not map to Hugging Face (transformers has no "
-                      "such attention; only softmax attention, standard or rotary, exports)")
+        raise LmError(
+            f"{where}: model.attention={cfg.attention} does not map to Hugging Face (transformers has no "
+            "such attention; only softmax attention, standard or rotary, exports)"
+        )
     arch = "bert" if task == "classify" else ("llama" if opts.use_rope else "gpt2")
-    problems = [f"model.{field}={getattr(cfg, field)!r} ({why})" for field, value, why in _NEEDS[arch]
-                if getattr(cfg, field) != value]
+    problems = [
+        f"model.{field}={getattr(cfg, field)!r} ({why})"
+        for field, value, why in _NEEDS[arch]
+        if getattr(cfg, field) != value
+    ]
     if arch == "bert" and opts.use_rope:
         problems.insert(0, "RoPE (BERT has learned absolute positions only)")
     if problems:
@@ -144,30 +172,43 @@ def _token_types(trunk: nn.Module, E: int) -> Tensor:
 
 def _bert_weights(model: nn.Module) -> dict[str, Tensor]:
     trunk, E = model.trunk, model.config.d_model
-    out = {"bert.embeddings.word_embeddings.weight": trunk.tok_emb.weight.detach(),
-           "bert.embeddings.position_embeddings.weight": _position_table(trunk),
-           "bert.embeddings.token_type_embeddings.weight": _token_types(trunk, E),
-           **_norm("bert.embeddings.LayerNorm", trunk.embed_norm)}
+    out = {
+        "bert.embeddings.word_embeddings.weight": trunk.tok_emb.weight.detach(),
+        "bert.embeddings.position_embeddings.weight": _position_table(trunk),
+        "bert.embeddings.token_type_embeddings.weight": _token_types(trunk, E),
+        **_norm("bert.embeddings.LayerNorm", trunk.embed_norm),
+    }
     for i, block in enumerate(trunk.blocks):
         h = f"bert.encoder.layer.{i}."
         qkv_w, qkv_b = block.attn.qkv.weight.detach(), _bias(block.attn.qkv, 3 * E)
         for name, w, b in zip(("query", "key", "value"), qkv_w.chunk(3), qkv_b.chunk(3)):
             out[f"{h}attention.self.{name}.weight"], out[f"{h}attention.self.{name}.bias"] = w, b
-        out |= _linear(h + "attention.output.dense", block.attn.proj) | _norm(h + "attention.output.LayerNorm", block.norm1)
-        out |= _linear(h + "intermediate.dense", block.mlp.fc_in) | _linear(h + "output.dense", block.mlp.fc_out)
+        out |= _linear(h + "attention.output.dense", block.attn.proj) | _norm(
+            h + "attention.output.LayerNorm", block.norm1
+        )
+        out |= _linear(h + "intermediate.dense", block.mlp.fc_in) | _linear(
+            h + "output.dense", block.mlp.fc_out
+        )
         out |= _norm(h + "output.LayerNorm", block.norm2)
     return out | _linear("bert.pooler.dense", model.pooler) | _linear("classifier", model.classifier)
 
 
 def _gpt2_weights(model: nn.Module) -> dict[str, Tensor]:
     trunk = model.trunk
-    out = {"transformer.wte.weight": trunk.tok_emb.weight.detach(), "transformer.wpe.weight": _position_table(trunk),
-           **_norm("transformer.ln_f", trunk.final_norm)}
+    out = {
+        "transformer.wte.weight": trunk.tok_emb.weight.detach(),
+        "transformer.wpe.weight": _position_table(trunk),
+        **_norm("transformer.ln_f", trunk.final_norm),
+    }
     for i, block in enumerate(trunk.blocks):
         h = f"transformer.h.{i}."
         out |= _norm(h + "ln_1", block.norm1) | _norm(h + "ln_2", block.norm2)
-        for hf_name, layer in (("attn.c_attn", block.attn.qkv), ("attn.c_proj", block.attn.proj),
-                               ("mlp.c_fc", block.mlp.fc_in), ("mlp.c_proj", block.mlp.fc_out)):
+        for hf_name, layer in (
+            ("attn.c_attn", block.attn.qkv),
+            ("attn.c_proj", block.attn.proj),
+            ("mlp.c_fc", block.mlp.fc_in),
+            ("mlp.c_proj", block.mlp.fc_out),
+        ):
             out |= _linear(h + hf_name, layer, transpose=True)
     return out
 
@@ -175,7 +216,10 @@ def _gpt2_weights(model: nn.Module) -> dict[str, Tensor]:
 def _llama_weights(model: nn.Module) -> dict[str, Tensor]:
     trunk, cfg = model.trunk, model.config
     H = cfg.n_heads
-    out = {"model.embed_tokens.weight": trunk.tok_emb.weight.detach(), "model.norm.weight": trunk.final_norm.weight.detach()}
+    out = {
+        "model.embed_tokens.weight": trunk.tok_emb.weight.detach(),
+        "model.norm.weight": trunk.final_norm.weight.detach(),
+    }
     for i, block in enumerate(trunk.blocks):
         h = f"model.layers.{i}."
         out[h + "input_layernorm.weight"] = block.norm1.weight.detach()
@@ -199,8 +243,10 @@ def _lm_head(model: nn.Module, arch: str, where: Path) -> dict[str, Tensor]:
         return {}
     bias = model.lm_head.bias
     if bias is not None and bool(bias.detach().ne(0).any()):
-        raise LmError(f"{where}: lm_head.bias is non-zero and {_AUTO[arch][0]}'s LM head has no bias (train with "
-                      "model.tie_embeddings: true or model.bias: false to export it)")
+        raise LmError(
+            f"{where}: lm_head.bias is non-zero and {_AUTO[arch][0]}'s LM head has no bias (train with "
+            "model.tie_embeddings: true or model.bias: false to export it)"
+        )
     return {"lm_head.weight": model.lm_head.weight.detach()}
 
 
@@ -210,29 +256,71 @@ def _lm_head(model: nn.Module, arch: str, where: Path) -> dict[str, Tensor]:
 def _hf_config(arch: str, cfg: ModelConfig, config: dict[str, Any]) -> dict[str, Any]:
     """The transformers config.json for `arch`, from lm's ModelConfig and export config."""
     eot = (config.get("special_ids") or {}).get(EOT)
-    common = {"architectures": [_AUTO[arch][0]], "model_type": arch, "vocab_size": config["vocab_size"],
-              "pad_token_id": config["pad_id"], "bos_token_id": eot, "eos_token_id": eot,
-              "dtype": "float32", "torch_dtype": "float32"}  # torch_dtype: the key of transformers 4.x
+    common = {
+        "architectures": [_AUTO[arch][0]],
+        "model_type": arch,
+        "vocab_size": config["vocab_size"],
+        "pad_token_id": config["pad_id"],
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "dtype": "float32",
+        "torch_dtype": "float32",
+    }  # torch_dtype: the key of transformers 4.x
     if arch == "bert":
-        return {**common, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-                "intermediate_size": cfg.d_ff, "hidden_act": "gelu", "hidden_dropout_prob": cfg.dropout,
-                "attention_probs_dropout_prob": cfg.attention_dropout, "max_position_embeddings": config["max_len"],
-                "type_vocab_size": 2, "layer_norm_eps": cfg.norm_eps, "position_embedding_type": "absolute",
-                "classifier_dropout": None, "problem_type": "multi_label_classification",
-                "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+        return {
+            **common,
+            "hidden_size": cfg.d_model,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "intermediate_size": cfg.d_ff,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": cfg.dropout,
+            "attention_probs_dropout_prob": cfg.attention_dropout,
+            "max_position_embeddings": config["max_len"],
+            "type_vocab_size": 2,
+            "layer_norm_eps": cfg.norm_eps,
+            "position_embedding_type": "absolute",
+            "classifier_dropout": None,
+            "problem_type": "multi_label_classification",
+            "id2label": {"0": "LABEL_0"},
+            "label2id": {"LABEL_0": 0},
+        }
     if arch == "gpt2":
-        return {**common, "n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": cfg.d_ff,
-                "n_positions": config["max_len"], "n_ctx": config["max_len"], "activation_function": "gelu",
-                "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.attention_dropout,
-                "layer_norm_epsilon": cfg.norm_eps, "scale_attn_weights": True,
-                "tie_word_embeddings": cfg.tie_embeddings}
+        return {
+            **common,
+            "n_embd": cfg.d_model,
+            "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads,
+            "n_inner": cfg.d_ff,
+            "n_positions": config["max_len"],
+            "n_ctx": config["max_len"],
+            "activation_function": "gelu",
+            "resid_pdrop": cfg.dropout,
+            "embd_pdrop": cfg.dropout,
+            "attn_pdrop": cfg.attention_dropout,
+            "layer_norm_epsilon": cfg.norm_eps,
+            "scale_attn_weights": True,
+            "tie_word_embeddings": cfg.tie_embeddings,
+        }
     theta = resolve_attention_options(cfg.attention, cfg.attention_options).rope_theta
-    return {**common, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-            "num_key_value_heads": cfg.n_heads, "head_dim": cfg.d_model // cfg.n_heads, "intermediate_size": cfg.d_ff,
-            "hidden_act": "silu", "max_position_embeddings": config["max_len"], "rms_norm_eps": cfg.norm_eps,
-            "rope_parameters": {"rope_type": "default", "rope_theta": theta}, "rope_theta": theta,  # 5.x, 4.x
-            "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": cfg.attention_dropout,
-            "tie_word_embeddings": cfg.tie_embeddings}
+    return {
+        **common,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_heads,
+        "head_dim": cfg.d_model // cfg.n_heads,
+        "intermediate_size": cfg.d_ff,
+        "hidden_act": "silu",
+        "max_position_embeddings": config["max_len"],
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "rope_theta": theta,  # 5.x, 4.x
+        "attention_bias": cfg.bias,
+        "mlp_bias": cfg.bias,
+        "attention_dropout": cfg.attention_dropout,
+        "tie_word_embeddings": cfg.tie_embeddings,
+    }
 
 
 # ---- the directory ------------------------------------------------------------------------------------------
@@ -250,7 +338,10 @@ def _check_destination(model_dir: Path, out_dir: Path) -> None:
 def _is_hf_dir(path: Path) -> bool:
     """A directory whose config.json names a model_type (lm's own export config has none)."""
     try:
-        return isinstance(config := json.loads((path / EXPORT_CONFIG).read_text()), dict) and "model_type" in config
+        return (
+            isinstance(config := json.loads((path / EXPORT_CONFIG).read_text()), dict)
+            and "model_type" in config
+        )
     except (OSError, ValueError):
         return False
 
@@ -268,7 +359,9 @@ def _rows_as_lm_builds_them(out: Path, tokenizer_dir: Path, config: dict[str, An
         tok = Tokenizer.from_file(str(out / "tokenizer.json"))
         cls_id = int(meta_roles(config)["cls"])
         cls = tok.id_to_token(cls_id)
-        tok.post_processor = TemplateProcessing(single=f"{cls} $A", pair=f"{cls} $A $B", special_tokens=[(cls, cls_id)])
+        tok.post_processor = TemplateProcessing(
+            single=f"{cls} $A", pair=f"{cls} $A $B", special_tokens=[(cls, cls_id)]
+        )
         tok.save(str(out / "tokenizer.json"))
     settings = out / "tokenizer_config.json"
     if settings.is_file():
@@ -284,8 +377,10 @@ def export_hf(model_dir: Path, out_dir: Path) -> HfExport:
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = read_export_config(model_dir)
     if config.get("ensemble"):
-        raise LmError(f"{model_dir}: an ensemble of {config['ensemble'].get('members', 'several')} classifiers does "
-                      "not export to Hugging Face (transformers has no ensemble class); train with train.ensemble: 1")
+        raise LmError(
+            f"{model_dir}: an ensemble of {config['ensemble'].get('members', 'several')} classifiers does "
+            "not export to Hugging Face (transformers has no ensemble class); train with train.ensemble: 1"
+        )
     cfg = ModelConfig.model_validate(config["model"])
     arch = hf_architecture(cfg, config["task"], model_dir)
     _check_destination(model_dir, out_dir)

@@ -37,7 +37,9 @@ class InitReport:
     fresh: list[str]  # parameters left at their initialisation (the new task head)
 
 
-def _check_checkpoint_tokenizer(path: Path, checkpoint_vocab: int, *, vocab_size: int, tokenizer_hash: str | None) -> None:
+def _check_checkpoint_tokenizer(
+    path: Path, checkpoint_vocab: int, *, vocab_size: int, tokenizer_hash: str | None
+) -> None:
     """A Hugging Face checkpoint's embeddings mean its own tokenizer's ids: the run's tokenizer must be that
     tokenizer by content (the hash of its tokenizer.json and roles), not merely of the same size. A checkpoint
     directory without tokenizer.json can only be checked by size."""
@@ -49,19 +51,27 @@ def _check_checkpoint_tokenizer(path: Path, checkpoint_vocab: int, *, vocab_size
 
         theirs = open_hf(path).hash
         if theirs != tokenizer_hash:
-            raise LmError(f"train.init_from: {path} was pretrained with another tokenizer than this run's (tokenizer "
-                          f"{theirs[:12]}, this run {str(tokenizer_hash)[:12]}): {fix}")
+            raise LmError(
+                f"train.init_from: {path} was pretrained with another tokenizer than this run's (tokenizer "
+                f"{theirs[:12]}, this run {str(tokenizer_hash)[:12]}): {fix}"
+            )
     elif checkpoint_vocab != vocab_size:
-        raise LmError(f"train.init_from: {path} has a vocabulary of {checkpoint_vocab} tokens, this run's tokenizer "
-                      f"has {vocab_size}: {fix}")
+        raise LmError(
+            f"train.init_from: {path} has a vocabulary of {checkpoint_vocab} tokens, this run's tokenizer "
+            f"has {vocab_size}: {fix}"
+        )
 
 
-def _source_state(path: Path, *, vocab_size: int, tokenizer_hash: str | None) -> tuple[dict[str, torch.Tensor], dict, str, str]:
+def _source_state(
+    path: Path, *, vocab_size: int, tokenizer_hash: str | None
+) -> tuple[dict[str, torch.Tensor], dict, str, str]:
     """(state dict in lm's names, model config dict, source task, kind) of an lm export or a HF directory."""
     config_file = path / "config.json"
     if not config_file.exists():
-        raise LmError(f"train.init_from: {path} has no config.json (give an lm model directory such as models/, "
-                      "or a Hugging Face save_pretrained directory)")
+        raise LmError(
+            f"train.init_from: {path} has no config.json (give an lm model directory such as models/, "
+            "or a Hugging Face save_pretrained directory)"
+        )
     try:
         raw = json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
@@ -70,7 +80,9 @@ def _source_state(path: Path, *, vocab_size: int, tokenizer_hash: str | None) ->
         from lm.model.hf import convert_hf_state_dict, read_hf_weights, spec_from_hf_config
 
         spec = spec_from_hf_config(raw, source=config_file, allow_approximate_gelu=True)
-        _check_checkpoint_tokenizer(path, spec.vocab_size, vocab_size=vocab_size, tokenizer_hash=tokenizer_hash)
+        _check_checkpoint_tokenizer(
+            path, spec.vocab_size, vocab_size=vocab_size, tokenizer_hash=tokenizer_hash
+        )
         from lm.model.hf import ENCODERS
 
         state = convert_hf_state_dict(read_hf_weights(path), spec)
@@ -82,8 +94,12 @@ def _source_state(path: Path, *, vocab_size: int, tokenizer_hash: str | None) ->
 
     for key in ("task", "model", "vocab_size", "max_len"):
         if key not in raw:
-            raise LmError(f"train.init_from: {config_file} lacks {key!r}: not an lm model export (re-run `lm train`)")
-    if raw["vocab_size"] != vocab_size or (tokenizer_hash is not None and raw.get("tokenizer_hash") != tokenizer_hash):
+            raise LmError(
+                f"train.init_from: {config_file} lacks {key!r}: not an lm model export (re-run `lm train`)"
+            )
+    if raw["vocab_size"] != vocab_size or (
+        tokenizer_hash is not None and raw.get("tokenizer_hash") != tokenizer_hash
+    ):
         raise LmError(
             f"train.init_from: {path} was trained with another vocabulary ({raw['vocab_size']} tokens, tokenizer "
             f"{str(raw.get('tokenizer_hash'))[:12]}) than this run ({vocab_size} tokens, tokenizer "
@@ -95,7 +111,9 @@ def _source_state(path: Path, *, vocab_size: int, tokenizer_hash: str | None) ->
     try:
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises several types for a damaged file
-        raise LmError(f"train.init_from: {weights} is not a readable safetensors file ({type(err).__name__})") from None
+        raise LmError(
+            f"train.init_from: {weights} is not a readable safetensors file ({type(err).__name__})"
+        ) from None
     if raw.get("ensemble"):  # an ensemble's members share one architecture: start from the first
         state = {k.removeprefix("members.0."): v for k, v in state.items() if k.startswith("members.0.")}
     return state, {**raw["model"], "max_len": raw["max_len"]}, raw["task"], "lm"
@@ -119,13 +137,17 @@ def _check_architecture(model: nn.Module, source_cfg: dict, path: Path) -> None:
 
 
 @torch.no_grad()
-def init_from(model: nn.Module, path: str | Path, *, task: str, vocab_size: int, tokenizer_hash: str | None) -> InitReport:
+def init_from(
+    model: nn.Module, path: str | Path, *, task: str, vocab_size: int, tokenizer_hash: str | None
+) -> InitReport:
     """Copy pretrained weights into `model` in place (see the module docstring); returns what was loaded.
     A classifier started from a Hugging Face encoder also takes its pretrained pooler, when it has one."""
     path = Path(path)
     if not path.is_dir():
         raise LmError(f"train.init_from: {path} is not a directory (give a trained model directory)")
-    state, source_cfg, source_task, kind = _source_state(path, vocab_size=vocab_size, tokenizer_hash=tokenizer_hash)
+    state, source_cfg, source_task, kind = _source_state(
+        path, vocab_size=vocab_size, tokenizer_hash=tokenizer_hash
+    )
     _check_architecture(model, source_cfg, path)
     if source_cfg.get("tie_embeddings"):  # safetensors stores a shared tensor under one of its names only
         for a, b in (("trunk.tok_emb.weight", "lm_head.weight"), ("lm_head.weight", "trunk.tok_emb.weight")):
@@ -147,7 +169,9 @@ def init_from(model: nn.Module, path: str | Path, *, task: str, vocab_size: int,
         if name == "trunk.positions.table.weight" and value.shape[0] > tensor.shape[0]:
             value = value[: tensor.shape[0]]  # a shorter context keeps the first positions
         if tuple(value.shape) != tuple(tensor.shape):
-            raise LmError(f"train.init_from: {name} is {tuple(value.shape)} in {path}, {tuple(tensor.shape)} here")
+            raise LmError(
+                f"train.init_from: {name} is {tuple(value.shape)} in {path}, {tuple(tensor.shape)} here"
+            )
         tensor.copy_(value.to(tensor.dtype))
         loaded.add(name)
     fresh = [n for n in target if n not in loaded]

@@ -38,8 +38,15 @@ def _chunk_rows(vocab: int, device: torch.device) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, dtype: torch.dtype,
-                grads: bool):
+    def forward(
+        ctx,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        targets: Tensor,
+        dtype: torch.dtype,
+        grads: bool,
+    ):
         N, V = hidden.shape[0], weight.shape[0]
         acc = at_least_fp32(hidden.dtype)  # softmax / loss precision
         want_h, want_w = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]

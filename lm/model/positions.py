@@ -47,7 +47,9 @@ class AbsolutePositions(nn.Module):
             return x
         L = x.shape[1]
         if offset + L > self.max_len:
-            raise LmError(f"sequence of {offset + L} tokens exceeds the model's max_len {self.max_len}; crop the input")
+            raise LmError(
+                f"sequence of {offset + L} tokens exceeds the model's max_len {self.max_len}; crop the input"
+            )
         if self.kind == "learned":
             pos = torch.arange(offset, offset + L, device=x.device)
             return x + self.table(pos)[None]

@@ -15,6 +15,7 @@ embeddings never has one (GPT-2's convention), so the bias follows `bias and not
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -24,6 +25,7 @@ from lm.errors import LmError
 from lm.model.dropout import Dropout
 from lm.model.lm_loss import linear_cross_entropy_sum
 from lm.model.transformer import KVCache, Transformer
+
 
 @dataclass
 class ModelOutput:
@@ -45,7 +47,9 @@ def _key_mask(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None
 
 
 class _TaskModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, causal: bool, seed: int):
+    def __init__(
+        self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, causal: bool, seed: int
+    ):
         super().__init__()
         self.config, self.max_len, self.pad_id, self.vocab_size = cfg, max_len, pad_id, vocab_size
         self.trunk = Transformer(cfg, vocab_size=vocab_size, max_len=max_len, causal=causal, seed=seed)
@@ -66,8 +70,12 @@ class _TaskModel(nn.Module):
         if labels is None:
             return self.lm_head(hidden), None
         if labels.shape != hidden.shape[:-1]:
-            raise LmError(f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(hidden.shape[:-1])}")
-        return None, linear_cross_entropy_sum(hidden, self.lm_head.weight, self.lm_head.bias, labels, IGNORE_INDEX)
+            raise LmError(
+                f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(hidden.shape[:-1])}"
+            )
+        return None, linear_cross_entropy_sum(
+            hidden, self.lm_head.weight, self.lm_head.bias, labels, IGNORE_INDEX
+        )
 
 
 class SequenceClassifier(_TaskModel):
@@ -81,7 +89,9 @@ class SequenceClassifier(_TaskModel):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False) -> ModelOutput:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_attention: bool = False
+    ) -> ModelOutput:
         mask = _key_mask(attention_mask, input_ids)
         cls = self.config.pooling == "cls"
         # CLS pooling reads position 0 only, so the last block computes that row alone (not when the full
@@ -92,7 +102,9 @@ class SequenceClassifier(_TaskModel):
         if cls:
             pooled = h[:, 0]
         else:
-            m = (mask if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)).to(h.dtype)[..., None]
+            m = (mask if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)).to(h.dtype)[
+                ..., None
+            ]
             pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, E) mean over real tokens
         logits = self.classifier(self.drop(torch.tanh(self.pooler(pooled)))).squeeze(-1)  # (B,)
         return ModelOutput(logits=logits, attentions=t.attentions)
@@ -104,7 +116,11 @@ class MaskedLM(_TaskModel):
         self.lm_head = self._lm_head()
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, labels: Tensor | None = None,
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        labels: Tensor | None = None,
         return_attention: bool = False,
     ) -> ModelOutput:
         """labels: (B, L) token ids to predict, IGNORE_INDEX elsewhere -> out.loss (sum) instead of logits."""
@@ -131,10 +147,17 @@ class CausalLM(_TaskModel):
         """With `use_cache`, returns `out.cache`; pass it back with the next tokens (cache=None starts one).
         attention_mask may cover the new tokens only, or the cached plus the new tokens. labels: (B, L) next
         token of each position (already shifted), IGNORE_INDEX where none -> out.loss (sum) instead of logits."""
-        if attention_mask is not None and cache is not None and attention_mask.shape[1] == cache.length + input_ids.shape[1]:
+        if (
+            attention_mask is not None
+            and cache is not None
+            and attention_mask.shape[1] == cache.length + input_ids.shape[1]
+        ):
             attention_mask = attention_mask[:, cache.length :]
         t = self.trunk(
-            input_ids, _key_mask(attention_mask, input_ids), cache=cache, use_cache=use_cache,
+            input_ids,
+            _key_mask(attention_mask, input_ids),
+            cache=cache,
+            use_cache=use_cache,
             return_attention=return_attention,
         )
         logits, loss = self._head_output(t.hidden, labels)

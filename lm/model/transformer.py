@@ -41,23 +41,32 @@ class TrunkOutput:
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, causal: bool, seed: int = 0) -> None:
+    def __init__(
+        self, cfg: ModelConfig, *, vocab_size: int, max_len: int, causal: bool, seed: int = 0
+    ) -> None:
         super().__init__()
         self.config, self.max_len, self.causal = cfg, max_len, causal
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.positions = AbsolutePositions(cfg.positions, max_len, cfg.d_model)
         # BERT's token-type embedding of segment 0, which every token of a single-segment input gets
         self.type_emb = nn.Embedding(1, cfg.d_model) if cfg.token_type else None
-        self.embed_norm = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.embed_norm else nn.Identity()
+        self.embed_norm = (
+            make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+            if cfg.embed_norm
+            else nn.Identity()
+        )
         self.drop = Dropout(cfg.dropout)
         # random feature buffers of every layer come from this generator, drawn once, in layer order
         generator = torch.Generator().manual_seed(int(seed) + 0x5EED)
         attention = resolve_attention_options(cfg.attention, cfg.attention_options)  # once, for every block
         self.blocks = nn.ModuleList(
-            Block(cfg, max_len=max_len, generator=generator, attention_options=attention) for _ in range(cfg.n_layers)
+            Block(cfg, max_len=max_len, generator=generator, attention_options=attention)
+            for _ in range(cfg.n_layers)
         )
         self.final_norm = (
-            make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.norm_position == "pre" else nn.Identity()
+            make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+            if cfg.norm_position == "pre"
+            else nn.Identity()
         )
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self._init_weights()
@@ -93,19 +102,29 @@ class Transformer(nn.Module):
         L = input_ids.shape[1]
         offset = cache.length if cache is not None else 0
         if offset + L > self.max_len:
-            raise LmError(f"sequence of {offset + L} tokens exceeds the model's max_len {self.max_len}; crop the input")
+            raise LmError(
+                f"sequence of {offset + L} tokens exceeds the model's max_len {self.max_len}; crop the input"
+            )
         x = self.tok_emb(input_ids)
         if self.type_emb is not None:
             x = x + self.type_emb.weight[0]
         x = self.drop(self.embed_norm(self.positions(x, offset)))  # (B, L, E)
-        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
+        recompute = (
+            self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
+        )
         attentions: list[Tensor] | None = [] if return_attention else None
         states = []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            kw = dict(key_mask=key_mask, causal=self.causal, state=cache.states[i] if cache is not None else None,
-                      offset=offset, use_cache=use_cache, return_attention=return_attention,
-                      rows=final_rows if i == last else None)
+            kw = dict(
+                key_mask=key_mask,
+                causal=self.causal,
+                state=cache.states[i] if cache is not None else None,
+                offset=offset,
+                use_cache=use_cache,
+                return_attention=return_attention,
+                rows=final_rows if i == last else None,
+            )
             if recompute:
                 x, w, st = checkpoint(block, x, use_reentrant=False, **kw)
             else:

@@ -14,7 +14,6 @@ from lm.tokenizer.encoding import Tokenizer
 from lm.tokenizer.train import learn_merges, limit_bytes, train_bpe, train_tokenizer
 
 
-
 def load_tokenizer(directory: str | Path):
     """The tokenizer saved in directory: a pretrained one (pretrained.json) or lm's BPE."""
     from lm.tokenizer.pretrained import RECORD, PretrainedTokenizer
@@ -24,4 +23,4 @@ def load_tokenizer(directory: str | Path):
     return Tokenizer.load(directory)
 
 
-__all__ = ["Tokenizer", "load_tokenizer", "learn_merges", "limit_bytes", "train_bpe", "train_tokenizer"]
+__all__ = ["Tokenizer", "learn_merges", "limit_bytes", "load_tokenizer", "train_bpe", "train_tokenizer"]

@@ -89,7 +89,9 @@ class Tokenizer:
         )
         # tiktoken picks among special tokens that match at one place in arbitrary order; when one special
         # token is a prefix of another we cut the text ourselves so that the longest one wins.
-        self._prefix_clash = any(s != t and t.startswith(s) for s in self.special_tokens for t in self.special_tokens)
+        self._prefix_clash = any(
+            s != t and t.startswith(s) for s in self.special_tokens for t in self.special_tokens
+        )
         self._splitters: dict[frozenset[str], re.Pattern[str] | None] = {}
 
     # ------------------------------------------------------------------ identity and sizes
@@ -139,8 +141,15 @@ class Tokenizer:
     @property
     def roles(self) -> dict[str, int | None]:
         """The pipeline's roles -> ids (lm's BPE has no separator: a classifier row is <|cls|> + text)."""
-        return {"cls": self.special_ids.get(CLS), "sep": None, "pad": self.special_ids.get(PAD),
-                "mask": self.special_ids.get(MASK), "eot": self.special_ids.get(EOT), "bos": None, "unk": None}
+        return {
+            "cls": self.special_ids.get(CLS),
+            "sep": None,
+            "pad": self.special_ids.get(PAD),
+            "mask": self.special_ids.get(MASK),
+            "eot": self.special_ids.get(EOT),
+            "bos": None,
+            "unk": None,
+        }
 
     @property
     def row_prefix(self) -> list[int]:
@@ -177,7 +186,9 @@ class Tokenizer:
         if allowed_special == "all":
             return frozenset(self.special_tokens)
         if isinstance(allowed_special, str):
-            raise LmError(f"allowed_special must be 'all', a set of special tokens or None, got {allowed_special!r}")
+            raise LmError(
+                f"allowed_special must be 'all', a set of special tokens or None, got {allowed_special!r}"
+            )
         allowed = frozenset(allowed_special)
         unknown = allowed - set(self.special_tokens)
         if unknown:
@@ -390,7 +401,9 @@ class Tokenizer:
             return self.special_tokens[i - 256 - len(self.merges)]
         text = self._id_to_bytes[i].decode("utf-8", errors="backslashreplace")
         return "".join(
-            ch if ch == " " or unicodedata.category(ch)[0] not in "CZ" else ch.encode("unicode_escape").decode("ascii")
+            ch
+            if ch == " " or unicodedata.category(ch)[0] not in "CZ"
+            else ch.encode("unicode_escape").decode("ascii")
             for ch in text
         )
 
@@ -399,8 +412,12 @@ class Tokenizer:
     def save(self, directory: str | Path) -> Path:
         """Write vocab.json, merges.txt, special_tokens.json, tokenizer.json, tokenizer_config.json."""
         return save_tokenizer(
-            Path(directory), merges=self.merges, special_tokens=self.special_tokens,
-            mergeable_ranks=self.mergeable_ranks, special_ids=self.special_ids, hash=self.hash,
+            Path(directory),
+            merges=self.merges,
+            special_tokens=self.special_tokens,
+            mergeable_ranks=self.mergeable_ranks,
+            special_ids=self.special_ids,
+            hash=self.hash,
         )
 
     @classmethod

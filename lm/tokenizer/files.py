@@ -18,7 +18,13 @@ from typing import Any
 
 from lm.errors import LmError
 from lm.io import atomic_write_text
-from lm.tokenizer.hf_export import from_unicode, gpt2_vocab, hf_tokenizer_config, hf_tokenizer_json, to_unicode
+from lm.tokenizer.hf_export import (
+    from_unicode,
+    gpt2_vocab,
+    hf_tokenizer_config,
+    hf_tokenizer_json,
+    to_unicode,
+)
 
 VOCAB, MERGES, SPECIAL, HF_JSON, HF_CONFIG = (
     "vocab.json",
@@ -61,7 +67,9 @@ def save_tokenizer(
 
 def _read(path: Path) -> str:
     if not path.is_file():
-        raise LmError(f"{path}: tokenizer file not found (run `lm tokenize` or point at a saved tokenizer directory)")
+        raise LmError(
+            f"{path}: tokenizer file not found (run `lm tokenize` or point at a saved tokenizer directory)"
+        )
     return path.read_text(encoding="utf-8")
 
 
@@ -76,7 +84,9 @@ class SavedTokenizer:
     vocab_text: str
     recorded_hash: str | None
 
-    def check(self, *, mergeable_ranks: Mapping[bytes, int], special_ids: Mapping[str, int], hash: str) -> None:
+    def check(
+        self, *, mergeable_ranks: Mapping[bytes, int], special_ids: Mapping[str, int], hash: str
+    ) -> None:
         """LmError naming the file unless vocab.json and the recorded hash match the tokenizer built from the
         merges and special tokens."""
         vocab_path, special_path = self.directory / VOCAB, self.directory / SPECIAL
@@ -85,9 +95,13 @@ class SavedTokenizer:
         except json.JSONDecodeError as err:
             raise LmError(f"{vocab_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
         if vocab != gpt2_vocab(mergeable_ranks, special_ids):
-            raise LmError(f"{vocab_path}: does not match {MERGES} and {SPECIAL} (files from different tokenizers?)")
+            raise LmError(
+                f"{vocab_path}: does not match {MERGES} and {SPECIAL} (files from different tokenizers?)"
+            )
         if self.recorded_hash is not None and self.recorded_hash != hash:
-            raise LmError(f"{special_path}: hash {self.recorded_hash[:12]} does not match the merges ({hash[:12]})")
+            raise LmError(
+                f"{special_path}: hash {self.recorded_hash[:12]} does not match the merges ({hash[:12]})"
+            )
 
 
 def read_tokenizer(directory: Path) -> SavedTokenizer:

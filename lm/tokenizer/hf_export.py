@@ -66,7 +66,9 @@ def gpt2_vocab(mergeable_ranks: Mapping[bytes, int], special_ids: Mapping[str, i
 
 
 def hf_tokenizer_json(
-    merges: Sequence[tuple[bytes, bytes]], mergeable_ranks: Mapping[bytes, int], special_ids: Mapping[str, int]
+    merges: Sequence[tuple[bytes, bytes]],
+    mergeable_ranks: Mapping[bytes, int],
+    special_ids: Mapping[str, int],
 ) -> dict[str, Any]:
     """The Hugging Face ``tokenizers`` serialization of a tokenizer (format version 1.0)."""
     return {
@@ -89,7 +91,12 @@ def hf_tokenizer_json(
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated", "invert": False},
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": GPT2_PATTERN},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
                 {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
             ],
         },

@@ -148,7 +148,9 @@ def count_chunk(pieces: list[str]) -> tuple[dict[str, int], int]:
     return dict(count_units(pieces)), _utf8_len(pieces)
 
 
-def iter_work(texts: Iterable[str], special_tokens: Sequence[str], size: int = CHUNK_CHARS) -> Iterator[list[str]]:
+def iter_work(
+    texts: Iterable[str], special_tokens: Sequence[str], size: int = CHUNK_CHARS
+) -> Iterator[list[str]]:
     """Batch texts into lists of special-free pieces of about `size` characters in total.
 
     Each text is pre-tokenized on its own (a text boundary is a pre-token boundary), special tokens are
@@ -188,8 +190,13 @@ def prune_rarest(units: Counter[str], max_units: int | None) -> None:
         threshold += 1
 
 
-def count_pretokens(work: Iterable[list[str]], *, workers: int = 1, on_bytes: Progress | None = None,
-                    max_units: int | None = None) -> dict[str, int]:
+def count_pretokens(
+    work: Iterable[list[str]],
+    *,
+    workers: int = 1,
+    on_bytes: Progress | None = None,
+    max_units: int | None = None,
+) -> dict[str, int]:
     """Pre-token counts over batches of special-free pieces, counted in `workers` processes.
 
     Workers count units; the parent sums them and pre-tokenizes each distinct unit once. Counts are exact

@@ -34,8 +34,16 @@ from lm.io import atomic_write_text
 from lm.special_tokens import CLS, EOT, MASK, PAD
 
 RECORD = "pretrained.json"
-HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-            "merges.txt", "tokenizer.model", "added_tokens.json")
+HF_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 TIKTOKEN_FILE = "encoding.tiktoken"
 ROLES = ("cls", "sep", "pad", "mask", "eot", "bos", "unk")
 LM_ROLE_TOKENS = {"eot": EOT, "pad": PAD, "cls": CLS, "mask": MASK}  # what a tiktoken encoding gets appended
@@ -45,8 +53,17 @@ class PretrainedTokenizer:
     """The encoding side of a pretrained tokenizer, with the same calls the pipeline makes on lm's Tokenizer
     (encode, encode_batch, encode_documents, decode, token_str, the role ids, hash, save)."""
 
-    def __init__(self, kind: str, backend: Any, roles: dict[str, int | None], specials: dict[str, int],
-                 hash: str, *, text_backend: Any = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        backend: Any,
+        roles: dict[str, int | None],
+        specials: dict[str, int],
+        hash: str,
+        *,
+        text_backend: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.kind = kind  # "hf" or "tiktoken"
         self._backend = backend  # tokenizers.Tokenizer or tiktoken.Encoding
         self._text_backend = text_backend  # hf: the same tokenizer reading special-token strings as text
@@ -70,14 +87,19 @@ class PretrainedTokenizer:
     def _role(self, role: str) -> int:
         value = self.roles.get(role)
         if value is None:
-            raise LmError(f"tokenizer.pretrained: the tokenizer has no {role} token ({self._role_help(role)})")
+            raise LmError(
+                f"tokenizer.pretrained: the tokenizer has no {role} token ({self._role_help(role)})"
+            )
         return value
 
     @staticmethod
     def _role_help(role: str) -> str:
-        return {"mask": "task=mlm needs one: use a BERT/RoBERTa tokenizer",
-                "cls": "a classifier pools it: set model.pooling: mean",
-                "pad": "padding needs one", "eot": "documents are joined by it"}.get(role, "needed here")
+        return {
+            "mask": "task=mlm needs one: use a BERT/RoBERTa tokenizer",
+            "cls": "a classifier pools it: set model.pooling: mean",
+            "pad": "padding needs one",
+            "eot": "documents are joined by it",
+        }.get(role, "needed here")
 
     @property
     def pad_id(self) -> int:
@@ -112,7 +134,9 @@ class PretrainedTokenizer:
         for start in range(len(full) - len(plain) + 1):
             if full[start : start + len(plain)] == plain:
                 return full[:start], full[start + len(plain) :]
-        raise LmError("tokenizer.pretrained: its post-processor changes the text's own tokens; lm cannot build rows")
+        raise LmError(
+            "tokenizer.pretrained: its post-processor changes the text's own tokens; lm cannot build rows"
+        )
 
     def row(self, ids: Sequence[int], max_len: int) -> list[int]:
         """A classifier row: prefix + the first tokens that fit + suffix (as AutoTokenizer's truncation)."""
@@ -127,32 +151,49 @@ class PretrainedTokenizer:
         allowed = set(allowed_special or ())
         for token in self.special_tokens:
             if token not in allowed and token in text:
-                raise LmError(f"text contains special token {token!r}; pass allowed_special={{{token!r}}} "
-                              "(or 'all') to encode it as a special token, or disallowed='as_text' to encode it as text")
+                raise LmError(
+                    f"text contains special token {token!r}; pass allowed_special={{{token!r}}} "
+                    "(or 'all') to encode it as a special token, or disallowed='as_text' to encode it as text"
+                )
 
     def encode(self, text: str, *, allowed_special: Any = None, disallowed: str = "raise") -> list[int]:
         """Ids of text without the row's special tokens. Special-token strings in text become special ids when
         allowed (`allowed_special`), else raise or stay text (`disallowed="as_text"`), as in lm's Tokenizer."""
         return self.encode_batch([text], allowed_special=allowed_special, disallowed=disallowed)[0]
 
-    def encode_batch(self, texts: Sequence[str], *, allowed_special: Any = None, disallowed: str = "raise",
-                     num_threads: int | None = None) -> list[list[int]]:
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        allowed_special: Any = None,
+        disallowed: str = "raise",
+        num_threads: int | None = None,
+    ) -> list[list[int]]:
         texts = list(texts)
         for text in texts:
             self._check_disallowed(text, allowed_special, disallowed)
         as_special = allowed_special == "all" or bool(allowed_special)
         if self.kind == "tiktoken":
-            allowed = (set(self.special_tokens) if allowed_special == "all" else set(allowed_special or ())) & set(
-                self.special_tokens)
+            allowed = (
+                set(self.special_tokens) if allowed_special == "all" else set(allowed_special or ())
+            ) & set(self.special_tokens)
             if not allowed:
                 return self._backend.encode_ordinary_batch(texts, num_threads=num_threads or 1)
-            return self._backend.encode_batch(texts, allowed_special=allowed, disallowed_special=(),
-                                              num_threads=num_threads or 1)
+            return self._backend.encode_batch(
+                texts, allowed_special=allowed, disallowed_special=(), num_threads=num_threads or 1
+            )
         backend = self._backend if as_special else self._text_backend
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
-    def encode_documents(self, texts: Iterable[str], *, batch_size: int = 1024, allowed_special: Any = None,
-                         disallowed: str = "raise", num_threads: int | None = None) -> Iterator[list[int]]:
+    def encode_documents(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int = 1024,
+        allowed_special: Any = None,
+        disallowed: str = "raise",
+        num_threads: int | None = None,
+    ) -> Iterator[list[int]]:
         it = iter(texts)
         while batch := list(islice(it, batch_size)):
             yield from self.encode_batch(batch, allowed_special=allowed_special, disallowed=disallowed)
@@ -201,8 +242,13 @@ class PretrainedTokenizer:
         source = Path(self.extra["files_dir"])
         for name in self.extra["files"]:
             shutil.copyfile(source / name, directory / name)
-        record = {"kind": self.kind, "roles": self.roles, "special_ids": self.special_ids, "hash": self.hash,
-                  **{k: v for k, v in self.extra.items() if k not in ("files_dir",)}}
+        record = {
+            "kind": self.kind,
+            "roles": self.roles,
+            "special_ids": self.special_ids,
+            "hash": self.hash,
+            **{k: v for k, v in self.extra.items() if k not in ("files_dir",)},
+        }
         atomic_write_text(directory / RECORD, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         return directory
 
@@ -214,11 +260,16 @@ class PretrainedTokenizer:
             record = json.loads((directory / RECORD).read_text())
         except (OSError, json.JSONDecodeError):
             raise LmError(f"{directory / RECORD}: not readable: re-run `lm tokenize`") from None
-        tok = (open_hf(directory) if record["kind"] == "hf"
-               else open_tiktoken(directory / TIKTOKEN_FILE, name=record.get("name")))
+        tok = (
+            open_hf(directory)
+            if record["kind"] == "hf"
+            else open_tiktoken(directory / TIKTOKEN_FILE, name=record.get("name"))
+        )
         if tok.hash != record["hash"]:
-            raise LmError(f"{directory}: the tokenizer files changed since `lm tokenize` (hash {tok.hash[:12]}, "
-                          f"recorded {record['hash'][:12]}): re-run `lm tokenize`")
+            raise LmError(
+                f"{directory}: the tokenizer files changed since `lm tokenize` (hash {tok.hash[:12]}, "
+                f"recorded {record['hash'][:12]}): re-run `lm tokenize`"
+            )
         return tok
 
 
@@ -242,9 +293,15 @@ def _hf_roles(directory: Path, backend: Any) -> dict[str, int | None]:
                 value = value.get("content")
             if isinstance(value, str) and role not in named:
                 named[role] = value
-    guesses = {"cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"), "pad": ("[PAD]", "<pad>"),
-               "mask": ("[MASK]", "<mask>"), "eos": ("</s>", "<|endoftext|>"), "bos": ("<s>", "<|endoftext|>"),
-               "unk": ("[UNK]", "<unk>")}
+    guesses = {
+        "cls": ("[CLS]", "<s>"),
+        "sep": ("[SEP]", "</s>"),
+        "pad": ("[PAD]", "<pad>"),
+        "mask": ("[MASK]", "<mask>"),
+        "eos": ("</s>", "<|endoftext|>"),
+        "bos": ("<s>", "<|endoftext|>"),
+        "unk": ("[UNK]", "<unk>"),
+    }
     ids: dict[str, int | None] = {}
     for role, names in guesses.items():
         for token in ([named[role]] if role in named else []) + list(names):
@@ -256,9 +313,15 @@ def _hf_roles(directory: Path, backend: Any) -> dict[str, int | None]:
             ids[role] = None
     # the pipeline's roles: documents end with eos (GPT-2/RoBERTa/Llama) or [SEP] (BERT); padding falls back to
     # eos (never attended); a classifier row starts with cls (or bos when the family has no cls, e.g. Llama)
-    return {"cls": ids["cls"], "sep": ids["sep"], "pad": ids["pad"] if ids["pad"] is not None else ids["eos"],
-            "mask": ids["mask"], "eot": ids["eos"] if ids["eos"] is not None else ids["sep"], "bos": ids["bos"],
-            "unk": ids["unk"]}
+    return {
+        "cls": ids["cls"],
+        "sep": ids["sep"],
+        "pad": ids["pad"] if ids["pad"] is not None else ids["eos"],
+        "mask": ids["mask"],
+        "eot": ids["eos"] if ids["eos"] is not None else ids["sep"],
+        "bos": ids["bos"],
+        "unk": ids["unk"],
+    }
 
 
 def open_hf(path: Path) -> PretrainedTokenizer:
@@ -269,13 +332,17 @@ def open_hf(path: Path) -> PretrainedTokenizer:
     directory = path if path.is_dir() else path.parent
     file = directory / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
-        raise LmError(f"tokenizer.pretrained: {directory} has no tokenizer.json (write it with "
-                      "`AutoTokenizer.from_pretrained(D).save_pretrained(D)`, which converts vocab.txt / merges.txt)")
+        raise LmError(
+            f"tokenizer.pretrained: {directory} has no tokenizer.json (write it with "
+            "`AutoTokenizer.from_pretrained(D).save_pretrained(D)`, which converts vocab.txt / merges.txt)"
+        )
     try:
         backend = RustTokenizer.from_file(str(file))
     except Exception as err:  # the Rust side raises a plain Exception for any bad file
-        raise LmError(f"tokenizer.pretrained: {file} is not a Hugging Face tokenizer.json "
-                      f"({str(err).splitlines()[0][:100]})") from None
+        raise LmError(
+            f"tokenizer.pretrained: {file} is not a Hugging Face tokenizer.json "
+            f"({str(err).splitlines()[0][:100]})"
+        ) from None
     backend.no_truncation()
     backend.no_padding()
     text_backend = RustTokenizer.from_str(backend.to_str())
@@ -287,9 +354,13 @@ def open_hf(path: Path) -> PretrainedTokenizer:
             specials[backend.id_to_token(i)] = i
     h = hashlib.sha256(b"lm-hf-tokenizer-v1\n" + backend.to_str().encode() + b"\n")
     h.update(json.dumps(roles, sort_keys=True).encode())
-    files = [name for name in HF_FILES if (directory / name).is_file()] if path.is_dir() else ["tokenizer.json"]
+    files = (
+        [name for name in HF_FILES if (directory / name).is_file()] if path.is_dir() else ["tokenizer.json"]
+    )
     extra = {"files_dir": str(directory), "files": files}
-    return PretrainedTokenizer("hf", backend, roles, specials, h.hexdigest(), text_backend=text_backend, extra=extra)
+    return PretrainedTokenizer(
+        "hf", backend, roles, specials, h.hexdigest(), text_backend=text_backend, extra=extra
+    )
 
 
 # ---------------------------------------------------------------------- tiktoken encodings
@@ -298,7 +369,7 @@ def open_hf(path: Path) -> PretrainedTokenizer:
 def _registry(name: str) -> dict[str, Any] | None:
     """tiktoken's constructor for a named encoding, run without reading its rank file: its pattern, special
     tokens and the address of the rank file (None when tiktoken has no such name)."""
-    from tiktoken.registry import _find_constructors, ENCODING_CONSTRUCTORS  # noqa: PLC2701
+    from tiktoken.registry import ENCODING_CONSTRUCTORS, _find_constructors
 
     _find_constructors()
     constructor = (ENCODING_CONSTRUCTORS or {}).get(name)
@@ -335,10 +406,14 @@ def _tiktoken_spec(source: str) -> tuple[dict[bytes, int], str, dict[str, int], 
         try:
             ranks = load_tiktoken_bpe(str(path))
         except Exception as err:
-            raise LmError(f"tokenizer.pretrained: {path} is not a tiktoken rank file ({str(err)[:80]})") from None
+            raise LmError(
+                f"tokenizer.pretrained: {path} is not a tiktoken rank file ({str(err)[:80]})"
+            ) from None
         expected = spec.get("expected_hash")
         if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-            raise LmError(f"tokenizer.pretrained: {path} is named {name} but is not tiktoken's {name} file (sha256 differs)")
+            raise LmError(
+                f"tokenizer.pretrained: {path} is named {name} but is not tiktoken's {name} file (sha256 differs)"
+            )
         from lm.tokenizer.pretokenize import GPT2_PATTERN
 
         pattern = spec.get("pat_str", GPT2_PATTERN)  # an unknown name: GPT-2's pre-tokenizer
@@ -346,14 +421,18 @@ def _tiktoken_spec(source: str) -> tuple[dict[bytes, int], str, dict[str, int], 
         return ranks, pattern, specials, name
     spec = _registry(source)
     if spec is None:
-        raise LmError(f"tokenizer.pretrained: {source!r} is neither a path nor a tiktoken encoding name "
-                      f"({', '.join(tiktoken.list_encoding_names())})")
+        raise LmError(
+            f"tokenizer.pretrained: {source!r} is neither a path nor a tiktoken encoding name "
+            f"({', '.join(tiktoken.list_encoding_names())})"
+        )
     try:
         encoding = tiktoken.get_encoding(source)  # tiktoken's cache (TIKTOKEN_CACHE_DIR), else a download
     except Exception:
-        raise LmError(f"tokenizer.pretrained: tiktoken's {source} is not in its cache and cannot be fetched: download "
-                      f"{spec['url']} on a connected machine and set tokenizer.pretrained to the file's path") from None
-    return encoding._mergeable_ranks, encoding._pat_str, dict(encoding._special_tokens), source  # noqa: SLF001
+        raise LmError(
+            f"tokenizer.pretrained: tiktoken's {source} is not in its cache and cannot be fetched: download "
+            f"{spec['url']} on a connected machine and set tokenizer.pretrained to the file's path"
+        ) from None
+    return encoding._mergeable_ranks, encoding._pat_str, dict(encoding._special_tokens), source
 
 
 def open_tiktoken(source: str | Path, *, name: str | None = None) -> PretrainedTokenizer:
@@ -367,11 +446,13 @@ def open_tiktoken(source: str | Path, *, name: str | None = None) -> PretrainedT
         pattern = spec.get("pat_str", pattern)
         specials = dict(spec.get("special_tokens", specials))
     next_id = max([*ranks.values(), *specials.values()]) + 1
-    for role, token in LM_ROLE_TOKENS.items():
+    for token in LM_ROLE_TOKENS.values():
         if token not in specials:
             specials[token] = next_id
             next_id += 1
-    encoding = tiktoken.Encoding(f"lm-{name}", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+    encoding = tiktoken.Encoding(
+        f"lm-{name}", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials
+    )
     roles = {role: specials[token] for role, token in LM_ROLE_TOKENS.items()}
     roles.update(sep=None, bos=None, unk=None)
     h = hashlib.sha256(b"lm-tiktoken-v1\n" + pattern.encode() + b"\n")
@@ -383,8 +464,10 @@ def open_tiktoken(source: str | Path, *, name: str | None = None) -> PretrainedT
 
 
 def _save_tiktoken(tok: PretrainedTokenizer, directory: Path) -> None:
-    lines = [base64.b64encode(t).decode() + f" {r}" for t, r in
-             sorted(tok._backend._mergeable_ranks.items(), key=lambda kv: kv[1])]  # noqa: SLF001
+    lines = [
+        base64.b64encode(t).decode() + f" {r}"
+        for t, r in sorted(tok._backend._mergeable_ranks.items(), key=lambda kv: kv[1])
+    ]
     atomic_write_text(directory / TIKTOKEN_FILE, "\n".join(lines) + "\n")
 
 

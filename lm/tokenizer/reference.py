@@ -61,7 +61,9 @@ def reference_merges(word_counts: dict[bytes, int], n_merges: int) -> list[tuple
     return merges
 
 
-def reference_train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> list[tuple[bytes, bytes]]:
+def reference_train_bpe(
+    texts: Iterable[str], vocab_size: int, special_tokens: list[str]
+) -> list[tuple[bytes, bytes]]:
     """The whole of training, brute force: same contract as `lm.tokenizer.train_bpe`."""
     counts = reference_pretoken_counts(texts, special_tokens)
     return reference_merges(counts, vocab_size - 256 - len(special_tokens))

@@ -112,7 +112,9 @@ def _words_as_strings(word_counts: dict[bytes, int] | dict[str, int]) -> tuple[l
     return words, freqs
 
 
-def _count_pairs(words: list[str], freqs: list[int]) -> tuple[defaultdict[str, int], defaultdict[str, set[int]]]:
+def _count_pairs(
+    words: list[str], freqs: list[int]
+) -> tuple[defaultdict[str, int], defaultdict[str, set[int]]]:
     """Weighted count of every adjacent pair, and the indices of the words that contain it."""
     pair_counts: defaultdict[str, int] = defaultdict(int)
     where: defaultdict[str, set[int]] = defaultdict(set)
@@ -202,12 +204,23 @@ def train_bpe(
     for any `workers` (processes used for pre-tokenization).
     """
     n_merges = check_vocab_args(vocab_size, special_tokens)
-    return _train(iter_work(texts, special_tokens), n_merges, workers=workers, progress=progress, total_bytes=None,
-                  max_words=max_words)
+    return _train(
+        iter_work(texts, special_tokens),
+        n_merges,
+        workers=workers,
+        progress=progress,
+        total_bytes=None,
+        max_words=max_words,
+    )
 
 
 def _train(
-    work: Iterable[list[str]], n_merges: int, *, workers: int, progress: bool, total_bytes: int | None,
+    work: Iterable[list[str]],
+    n_merges: int,
+    *,
+    workers: int,
+    progress: bool,
+    total_bytes: int | None,
     max_words: int | None = None,
 ) -> list[Merge]:
     if workers < 1:

@@ -19,7 +19,9 @@ def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) ->
     vocab = vocab_size or params.tokenizer.vocab_size
     L, B = params.encode.max_len, params.train.batch_size
     torch.manual_seed(params.seed)
-    model = build_model(params.model, task=params.task, vocab_size=vocab, max_len=L, pad_id=1, seed=params.seed)
+    model = build_model(
+        params.model, task=params.task, vocab_size=vocab, max_len=L, pad_id=1, seed=params.seed
+    )
     opt = build_optimizer(model, params.train)
     g = torch.Generator().manual_seed(params.seed)
     ids = torch.randint(4, vocab, (B, L), generator=g)
@@ -34,7 +36,11 @@ def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) ->
     from lm.data.objectives import CausalLMObjective, ClassifyObjective
 
     # the training objectives' own losses (mlm and clm share one: cross-entropy over the labelled positions)
-    objective = ClassifyObjective(threshold=0.5, pos_weight=None) if params.task == "classify" else CausalLMObjective()
+    objective = (
+        ClassifyObjective(threshold=0.5, pos_weight=None)
+        if params.task == "classify"
+        else CausalLMObjective()
+    )
     batch = {"input_ids": ids, "attention_mask": mask, "labels": y if params.task == "classify" else labels}
     count = B if params.task == "classify" else int((labels != IGNORE_INDEX).sum().clamp_min(1))
 
@@ -50,8 +56,16 @@ def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) ->
     for _ in range(steps):
         step()
     seconds = time.perf_counter() - started
-    return json.dumps({
-        "task": params.task, "attention": params.model.attention, "params": sum(p.numel() for p in model.parameters()),
-        "batch": B, "seq_len": L, "steps": steps, "seconds": round(seconds, 3),
-        "tokens_per_s": round(steps * B * L / seconds, 1), "threads": torch.get_num_threads(),
-    })
+    return json.dumps(
+        {
+            "task": params.task,
+            "attention": params.model.attention,
+            "params": sum(p.numel() for p in model.parameters()),
+            "batch": B,
+            "seq_len": L,
+            "steps": steps,
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(steps * B * L / seconds, 1),
+            "threads": torch.get_num_threads(),
+        }
+    )

@@ -35,8 +35,13 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": int(version), "internal": list(internal), "gauss": gauss},
     }
     if torch.cuda.is_available():
@@ -47,7 +52,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -70,7 +77,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
-        raise LmError(f"{path} is not a readable lm checkpoint ({type(err).__name__}); train again without --resume") from None
+        raise LmError(
+            f"{path} is not a readable lm checkpoint ({type(err).__name__}); train again without --resume"
+        ) from None
 
 
 def remove_stale_temporaries(out_dir: Path) -> None:
@@ -82,8 +91,16 @@ def remove_stale_temporaries(out_dir: Path) -> None:
 
 
 # params that may differ between a run and its resumption: they change how, not what, is computed
-RUNTIME_KEYS = ("train.threads", "train.max_restarts", "train.backend", "train.device", "train.compile",
-                "train.node_rank", "train.rdzv_endpoint", "train.rdzv_backend")
+RUNTIME_KEYS = (
+    "train.threads",
+    "train.max_restarts",
+    "train.backend",
+    "train.device",
+    "train.compile",
+    "train.node_rank",
+    "train.rdzv_endpoint",
+    "train.rdzv_backend",
+)
 
 
 def resume_signature(params_dump: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +117,9 @@ def resume_signature(params_dump: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def first_difference(ckpt: dict[str, Any], params_dump: dict[str, Any],
-                     data_fingerprint: dict[str, Any]) -> tuple[str, str, Any, Any] | None:
+def first_difference(
+    ckpt: dict[str, Any], params_dump: dict[str, Any], data_fingerprint: dict[str, Any]
+) -> tuple[str, str, Any, Any] | None:
     """("params" or "data", key, the checkpoint's value, the run's value) of the first thing a checkpoint does
     not share with this run, or None when it may be resumed."""
     saved, now = resume_signature(ckpt.get("params", {})), resume_signature(params_dump)
@@ -115,7 +133,9 @@ def first_difference(ckpt: dict[str, Any], params_dump: dict[str, Any],
     return None
 
 
-def check_resumable(ckpt: dict[str, Any], params_dump: dict[str, Any], data_fingerprint: dict[str, Any], path: Path) -> None:
+def check_resumable(
+    ckpt: dict[str, Any], params_dump: dict[str, Any], data_fingerprint: dict[str, Any], path: Path
+) -> None:
     """Refuse to resume a checkpoint written with other params or data: the continuation would not be the
     run those params describe."""
     difference = first_difference(ckpt, params_dump, data_fingerprint)
@@ -123,13 +143,19 @@ def check_resumable(ckpt: dict[str, Any], params_dump: dict[str, Any], data_fing
         return
     what, key, saved, now = difference
     if what == "params":
-        raise LmError(f"{path} was written with {key}={saved!r} but the params say {now!r}: "
-                      "restore that value to resume, or train from scratch (without --resume)")
-    raise LmError(f"{path} was trained on other data ({key} {saved!r} != {now!r}): "
-                  "train from scratch (without --resume)")
+        raise LmError(
+            f"{path} was written with {key}={saved!r} but the params say {now!r}: "
+            "restore that value to resume, or train from scratch (without --resume)"
+        )
+    raise LmError(
+        f"{path} was trained on other data ({key} {saved!r} != {now!r}): "
+        "train from scratch (without --resume)"
+    )
 
 
-def why_not_resumable(path: Path, params_dump: dict[str, Any], data_fingerprint: dict[str, Any]) -> str | None:
+def why_not_resumable(
+    path: Path, params_dump: dict[str, Any], data_fingerprint: dict[str, Any]
+) -> str | None:
     """None when the checkpoint at `path` can be resumed with these params and data, else what differs
     (`params (train.lr)`, `data`, or an unreadable file)."""
     try:
@@ -147,8 +173,15 @@ class Checkpointer:
     train.checkpoint_every steps and at the end); at the start every rank restores them (resume) or the
     previous run's checkpoint is deleted (a fresh start)."""
 
-    def __init__(self, path: Path, trainee: Trainee, params: Params, data_fingerprint: dict[str, Any],
-                 global_batch: int, world: Dist):
+    def __init__(
+        self,
+        path: Path,
+        trainee: Trainee,
+        params: Params,
+        data_fingerprint: dict[str, Any],
+        global_batch: int,
+        world: Dist,
+    ):
         self.path, self.trainee, self.world = path, trainee, world
         self.params_dump, self.seed = params.model_dump(), params.seed
         self.data_fingerprint, self.global_batch = data_fingerprint, global_batch
@@ -175,9 +208,21 @@ class Checkpointer:
         if not self.world.is_main:
             return
         t = self.trainee
-        save_checkpoint(self.path, TrainingState(
-            model=t.model.state_dict(), optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
-            scaler=t.scaler.state_dict(), rng=rng_state(), progress=progress, best_model=best,
-            ema=t.average.state() if t.average is not None else None, seed=self.seed,
-            global_batch=self.global_batch, finished=finished, params=self.params_dump, data=self.data_fingerprint,
-        ).to_dict())
+        save_checkpoint(
+            self.path,
+            TrainingState(
+                model=t.model.state_dict(),
+                optimizer=t.optimizer.state_dict(),
+                scheduler=t.scheduler.state_dict(),
+                scaler=t.scaler.state_dict(),
+                rng=rng_state(),
+                progress=progress,
+                best_model=best,
+                ema=t.average.state() if t.average is not None else None,
+                seed=self.seed,
+                global_batch=self.global_batch,
+                finished=finished,
+                params=self.params_dump,
+                data=self.data_fingerprint,
+            ).to_dict(),
+        )

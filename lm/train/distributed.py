@@ -80,7 +80,9 @@ class Placement:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
-    master: tuple[str, int] | None = None  # where the process group meets, when the launcher did not say (SLURM)
+    master: tuple[str, int] | None = (
+        None  # where the process group meets, when the launcher did not say (SLURM)
+    )
 
 
 def placement(env: Mapping[str, str] | None = None, endpoint: str | None = None) -> Placement:
@@ -102,9 +104,18 @@ def placement(env: Mapping[str, str] | None = None, endpoint: str | None = None)
                 host, _, port = endpoint.rpartition(":")
                 master = (host, int(port))
             else:
-                master = (first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")), SLURM_PORT)
-        return Placement("slurm", int(env["SLURM_PROCID"]), tasks, int(env.get("SLURM_LOCALID", "0")),
-                         -(-tasks // nodes), master)
+                master = (
+                    first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")),
+                    SLURM_PORT,
+                )
+        return Placement(
+            "slurm",
+            int(env["SLURM_PROCID"]),
+            tasks,
+            int(env.get("SLURM_LOCALID", "0")),
+            -(-tasks // nodes),
+            master,
+        )
     return Placement(None)
 
 
@@ -125,8 +136,10 @@ def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list: 'gpu[03-05,09],cpu1' -> 'gpu03'."""
     m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
     if not m:
-        raise LmError("running under srun with no node list (SLURM_STEP_NODELIST): set train.rdzv_endpoint to "
-                      "host:port of the first task's machine")
+        raise LmError(
+            "running under srun with no node list (SLURM_STEP_NODELIST): set train.rdzv_endpoint to "
+            "host:port of the first task's machine"
+        )
     prefix, ranges = m.groups()
     return prefix + (ranges.split(",")[0].split("-")[0] if ranges else "")
 
@@ -143,16 +156,24 @@ def pick_device(requested: str, local_rank: int, world_size: int = 1) -> torch.d
         requested = "cuda" if cuda else "mps" if mps and world_size == 1 else "cpu"
     if requested == "cuda":
         if not cuda:
-            raise LmError("train.device=cuda but torch sees no CUDA GPU (torch.cuda.is_available() is False): set "
-                          "train.device: auto or cpu, or install a CUDA build of torch")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())  # a launcher may show one GPU per task
+            raise LmError(
+                "train.device=cuda but torch sees no CUDA GPU (torch.cuda.is_available() is False): set "
+                "train.device: auto or cpu, or install a CUDA build of torch"
+            )
+        return torch.device(
+            "cuda", local_rank % torch.cuda.device_count()
+        )  # a launcher may show one GPU per task
     if requested == "mps":
         if not mps:
-            raise LmError("train.device=mps but this machine has no Apple MPS device "
-                          "(torch.backends.mps.is_available() is False): set train.device: auto or cpu")
+            raise LmError(
+                "train.device=mps but this machine has no Apple MPS device "
+                "(torch.backends.mps.is_available() is False): set train.device: auto or cpu"
+            )
         if world_size > 1:
-            raise LmError("train.device=mps trains in one process (no distributed backend runs on MPS): set "
-                          "train.nproc: 1, or train.device: cpu")
+            raise LmError(
+                "train.device=mps trains in one process (no distributed backend runs on MPS): set "
+                "train.nproc: 1, or train.device: cpu"
+            )
         return torch.device("mps")
     return torch.device("cpu")
 
@@ -175,7 +196,9 @@ def float64_buffers_to_float32(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextmanager
-def distributed(device_request: str = "auto", backend: str = "auto", endpoint: str | None = None) -> Iterator[Dist]:
+def distributed(
+    device_request: str = "auto", backend: str = "auto", endpoint: str | None = None
+) -> Iterator[Dist]:
     """Initialise the process group when launched by torchrun or a SLURM step (gloo on CPU, NCCL on GPU); tear
     it down. `endpoint`: train.rdzv_endpoint (only a SLURM step without MASTER_ADDR reads it)."""
     place = placement(endpoint=endpoint)
@@ -186,14 +209,23 @@ def distributed(device_request: str = "auto", backend: str = "auto", endpoint: s
     if place.world_size > 1 and not dist.is_initialized():
         chosen = backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
         if chosen == "nccl" and device.type != "cuda":
-            raise LmError(f"train.backend=nccl needs CUDA GPUs but this process runs on {device.type}: set "
-                          "train.backend: gloo (or auto)")
+            raise LmError(
+                f"train.backend=nccl needs CUDA GPUs but this process runs on {device.type}: set "
+                "train.backend: gloo (or auto)"
+            )
         init = f"tcp://{place.master[0]}:{place.master[1]}" if place.master else "env://"
-        dist.init_process_group(backend=chosen, init_method=init, rank=place.rank, world_size=place.world_size)
+        dist.init_process_group(
+            backend=chosen, init_method=init, rank=place.rank, world_size=place.world_size
+        )
         started = True
     try:
-        yield Dist(rank=place.rank, world_size=place.world_size, local_rank=place.local_rank, device=device,
-                   local_world_size=place.local_world_size)
+        yield Dist(
+            rank=place.rank,
+            world_size=place.world_size,
+            local_rank=place.local_rank,
+            device=device,
+            local_world_size=place.local_world_size,
+        )
     finally:
         if started and dist.is_initialized():
             dist.destroy_process_group()

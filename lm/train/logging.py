@@ -54,7 +54,9 @@ class StepLog:
 class TrainLogger:
     """dvclive + progress bar when `enabled` (rank 0); a no-op elsewhere."""
 
-    def __init__(self, enabled: bool, out_dir: Path, total_steps: int, console, replay: StepLog | None = None):
+    def __init__(
+        self, enabled: bool, out_dir: Path, total_steps: int, console, replay: StepLog | None = None
+    ):
         self.live = None
         self.progress = None
         self.heartbeat = None
@@ -62,12 +64,18 @@ class TrainLogger:
         if not enabled:
             return
         from dvclive import Live
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         # resume=False wipes the previous curves; the replay below restores them up to the checkpoint
         self.live = Live(dir=str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-        for row in (replay.rows if replay else []):
+        for row in replay.rows if replay else []:
             self._live_row(row)
         done = replay.rows[-1]["step"] if replay and replay.rows else 0
         if not console.is_terminal:  # under DVC / CI rich draws nothing: a line every 10 s with rate and ETA
@@ -77,8 +85,14 @@ class TrainLogger:
             self.heartbeat.done = done
             return
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
         )
         self.task = self.progress.add_task("train", total=total_steps, completed=done, loss="")
         self.progress.start()

@@ -59,23 +59,35 @@ class TrainResult:
     def of(cls, progress: Progress, select_by: str, resumed_from: int | None) -> TrainResult:
         best_row = next((h for h in progress.history if h["step"] == progress.best_step), None)
         return cls(
-            steps=progress.step, epochs_run=progress.epoch + (1 if progress.step_in_epoch else 0),
+            steps=progress.step,
+            epochs_run=progress.epoch + (1 if progress.step_in_epoch else 0),
             best_val_loss=None if best_row is None else best_row["val_loss"],
-            best_val_roc_auc=None if best_row is None else best_row.get("val_roc_auc"), select_by=select_by,
+            best_val_roc_auc=None if best_row is None else best_row.get("val_roc_auc"),
+            select_by=select_by,
             final_train_loss=progress.history[-1]["train_loss"] if progress.history else None,
-            seconds=progress.seconds, tokens_per_s=progress.tokens_seen / max(progress.seconds, 1e-9),
-            history=list(progress.history), stopped_early=progress.stopped_early, best_step=progress.best_step,
-            step_log=list(progress.log.rows), resumed_from=resumed_from,
+            seconds=progress.seconds,
+            tokens_per_s=progress.tokens_seen / max(progress.seconds, 1e-9),
+            history=list(progress.history),
+            stopped_early=progress.stopped_early,
+            best_step=progress.best_step,
+            step_log=list(progress.log.rows),
+            resumed_from=resumed_from,
         )
 
     def summary(self) -> dict[str, Any]:
         """reports/train/metrics.json."""
         return {
-            "select_by": self.select_by, "best_val_loss": self.best_val_loss, "best_step": self.best_step,
+            "select_by": self.select_by,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
             **({"best_val_roc_auc": self.best_val_roc_auc} if self.best_val_roc_auc is not None else {}),
-            "final_train_loss": self.final_train_loss, "steps": self.steps,
-            "stopped_early": self.stopped_early, "tokens_per_s": round(self.tokens_per_s, 1),
-            "seconds": round(self.seconds, 2), "n_params": self.n_params, "peak_memory_mb": self.peak_memory_mb,
+            "final_train_loss": self.final_train_loss,
+            "steps": self.steps,
+            "stopped_early": self.stopped_early,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "seconds": round(self.seconds, 2),
+            "n_params": self.n_params,
+            "peak_memory_mb": self.peak_memory_mb,
         }
 
 
@@ -116,7 +128,9 @@ class _Run:
     logger: TrainLogger
 
 
-def _run_steps(run: _Run, progress: Progress, best: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+def _run_steps(
+    run: _Run, progress: Progress, best: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor] | None:
     """Step until the plan is done or early stopping: validate when due, log, checkpoint when due. Returns the
     weights to export: the best validated so far on rank 0 (None on the other ranks, which export nothing)."""
     cfg, world, data = run.params.train, run.world, run.data
@@ -126,22 +140,39 @@ def _run_steps(run: _Run, progress: Progress, best: dict[str, torch.Tensor] | No
         if progress.step_in_epoch >= data.plan[progress.epoch]:  # the epoch is done
             progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
             continue
-        row = train_step(run.trainee, data.objective, data.stream, progress, seed=run.params.seed, world=world,
-                         grad_clip=cfg.grad_clip, amp=cfg.amp)
-        if run.validator.due(progress.step):
-            if run.validator.validate(run.trainee, progress, row) and world.is_main:
-                best = exported_state(run.trainee.model, run.trainee.average)
+        row = train_step(
+            run.trainee,
+            data.objective,
+            data.stream,
+            progress,
+            seed=run.params.seed,
+            world=world,
+            grad_clip=cfg.grad_clip,
+            amp=cfg.amp,
+        )
+        improved = run.validator.due(progress.step) and run.validator.validate(run.trainee, progress, row)
+        if improved and world.is_main:
+            best = exported_state(run.trainee.model, run.trainee.average)
         progress.log.append(row)
         run.logger.log(row)
         progress.seconds = seconds_before + time.perf_counter() - started
-        if progress.step % checkpoint_every == 0 and progress.step < data.total_steps and not progress.stopped_early:
+        if (
+            progress.step % checkpoint_every == 0
+            and progress.step < data.total_steps
+            and not progress.stopped_early
+        ):
             run.checkpointer.save(progress, best, finished=False)
     progress.seconds = seconds_before + time.perf_counter() - started
     return best
 
 
-def export_best(trainee: Trainee, best: dict[str, torch.Tensor] | None, out_dir: Path, config: dict[str, Any],
-                tokenizer_dir: Path) -> None:
+def export_best(
+    trainee: Trainee,
+    best: dict[str, torch.Tensor] | None,
+    out_dir: Path,
+    config: dict[str, Any],
+    tokenizer_dir: Path,
+) -> None:
     """The export phase (rank 0): the selected weights (the last ones when validation never picked any)."""
     if best is not None:
         trainee.model.load_state_dict(best)
@@ -150,9 +181,11 @@ def export_best(trainee: Trainee, best: dict[str, torch.Tensor] | None, out_dir:
 
 def _header(params: Params, data: TrainData, trainee: Trainee, world: Dist) -> str:
     cfg = params.train
-    return (f"[bold]train[/] task={params.task} attention={params.model.attention} "
-            f"params={parameter_count(trainee.model):,} items={len(data.train_items)} "
-            f"steps={data.total_steps} processes={world.world_size}{_machines(world)} device={world.device} amp={cfg.amp}")
+    return (
+        f"[bold]train[/] task={params.task} attention={params.model.attention} "
+        f"params={parameter_count(trainee.model):,} items={len(data.train_items)} "
+        f"steps={data.total_steps} processes={world.world_size}{_machines(world)} device={world.device} amp={cfg.amp}"
+    )
 
 
 def _machines(world: Dist) -> str:
@@ -194,16 +227,23 @@ def train(
                 resuming = stale is None
             resuming, stale = world.from_main((resuming, stale))
         trainee, init_note = build_trainee(params, data.enc, data.total_steps, world, fresh=not resuming)
-        checkpointer = Checkpointer(checkpoint, trainee, params, data.fingerprint(), data.stream.global_batch, world)
+        checkpointer = Checkpointer(
+            checkpoint, trainee, params, data.fingerprint(), data.stream.global_batch, world
+        )
         progress, best = checkpointer.begin(resuming)
         resumed_from = progress.step if resuming else None
         trainee.distribute(world, cfg.compile)  # after every rank has loaded the same weights
 
         console = Console(stderr=True, quiet=not world.is_main)
-        logger = TrainLogger(world.is_main, reports_dir, data.total_steps, console, replay=progress.log if resuming else None)
-        logger.print(_header(params, data, trainee, world)
-                     + (f" resumed at step {resumed_from}" if resuming else "") + init_note
-                     + (f" (afresh: the interrupted run's checkpoint is of other {stale})" if stale else ""))
+        logger = TrainLogger(
+            world.is_main, reports_dir, data.total_steps, console, replay=progress.log if resuming else None
+        )
+        logger.print(
+            _header(params, data, trainee, world)
+            + (f" resumed at step {resumed_from}" if resuming else "")
+            + init_note
+            + (f" (afresh: the interrupted run's checkpoint is of other {stale})" if stale else "")
+        )
         validator = Validator(params, data.objective, data.val_items, world, logger, data.total_steps)
         run = _Run(params, world, data, trainee, checkpointer, validator, logger)
         summary = None  # reports/train/metrics.json, once the run is complete

@@ -16,7 +16,9 @@ from lm.config import TrainConfig
 
 
 def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)) or type(module).__name__.endswith("Norm")
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)) or type(module).__name__.endswith(
+        "Norm"
+    )
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -53,7 +55,9 @@ def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     wanted = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_fraction * total_steps)
     warmup = min(wanted, max(0, total_steps - 1))
     min_ratio = cfg.min_lr / cfg.lr

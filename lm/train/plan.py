@@ -16,8 +16,8 @@ from lm.data.encoded import Encoded
 from lm.data.objectives import make_objective, train_labels
 from lm.data.split import load_split
 from lm.errors import LmError
-from lm.train.stream import TrainStream, class_weights
 from lm.train.distributed import Dist
+from lm.train.stream import TrainStream, class_weights
 
 # train.min_steps: auto. A language model keeps improving for thousands of steps on a small corpus
 # (TinyStories clm: perplexity 53 after 634 steps, 36 after 2040); a masked LM learns from only mask_prob of
@@ -63,7 +63,7 @@ class TrainData:
         return {
             "tokenizer_hash": str(self.enc.meta.get("tokenizer_hash")),
             "n_docs": self.enc.n_docs,
-            "n_train": int(len(self.train_rows)),
+            "n_train": len(self.train_rows),
             "train_rows_sum": int(np.asarray(self.train_rows, dtype=np.int64).sum()),
         }
 
@@ -78,13 +78,22 @@ def open_data(params: Params, encoded_dir: Path, split_dir: Path, world: Dist) -
     val_items = make_items(enc, parts["val"], params.task, enc.max_len)
     objective = make_objective(params, enc, parts["train"])
     stream = TrainStream(
-        train_items, seed=params.seed, batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps,
-        rank=world.rank, world_size=world.world_size, sampler=cfg.sampler,
-        weights=class_weights(train_labels(params, enc, parts["train"])) if cfg.sampler == "weighted" else None,
+        train_items,
+        seed=params.seed,
+        batch_size=cfg.batch_size,
+        grad_accum_steps=cfg.grad_accum_steps,
+        rank=world.rank,
+        world_size=world.world_size,
+        sampler=cfg.sampler,
+        weights=class_weights(train_labels(params, enc, parts["train"]))
+        if cfg.sampler == "weighted"
+        else None,
         bucket_by_length=cfg.bucket_by_length and params.task == "classify",  # windows are never padded
         tokens_per_epoch=cfg.tokens_per_epoch if params.task in ("clm", "mlm") else None,
     )
-    plan = stream.schedule(epochs_for(stream, cfg.epochs, min_steps_for(params), cfg.max_steps), cfg.max_steps)
+    plan = stream.schedule(
+        epochs_for(stream, cfg.epochs, min_steps_for(params), cfg.max_steps), cfg.max_steps
+    )
     if sum(plan) == 0:
         raise LmError(
             f"train: {len(train_items)} training items are fewer than one step of train.batch_size x "

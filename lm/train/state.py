@@ -24,7 +24,9 @@ class Progress:
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
-    best_val: float = math.inf  # the selection metric's best value, lower is better (val_loss or -val_roc_auc)
+    best_val: float = (
+        math.inf
+    )  # the selection metric's best value, lower is better (val_loss or -val_roc_auc)
     best_step: int | None = None
     bad_evals: int = 0
     stopped_early: bool = False
@@ -40,20 +42,33 @@ class Progress:
 
     def state(self) -> dict[str, Any]:
         return {
-            "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
             "best": {"value": self.best_value, "step": self.best_step, "bad_evals": self.bad_evals},
-            "stopped_early": self.stopped_early, "tokens_seen": self.tokens_seen, "seconds": self.seconds,
-            "running": list(self.running), "history": list(self.history), "log": self.log.state(),
+            "stopped_early": self.stopped_early,
+            "tokens_seen": self.tokens_seen,
+            "seconds": self.seconds,
+            "running": list(self.running),
+            "history": list(self.history),
+            "log": self.log.state(),
         }
 
     @classmethod
     def from_state(cls, ck: dict[str, Any]) -> Progress:
         best = ck["best"]
         return cls(
-            step=ck["step"], epoch=ck["epoch"], step_in_epoch=ck["step_in_epoch"],
-            best_val=math.inf if best["value"] is None else best["value"], best_step=best["step"],
-            bad_evals=best["bad_evals"], stopped_early=ck["stopped_early"], tokens_seen=ck["tokens_seen"],
-            seconds=ck["seconds"], running=list(ck["running"]), history=list(ck["history"]),
+            step=ck["step"],
+            epoch=ck["epoch"],
+            step_in_epoch=ck["step_in_epoch"],
+            best_val=math.inf if best["value"] is None else best["value"],
+            best_step=best["step"],
+            bad_evals=best["bad_evals"],
+            stopped_early=ck["stopped_early"],
+            tokens_seen=ck["tokens_seen"],
+            seconds=ck["seconds"],
+            running=list(ck["running"]),
+            history=list(ck["history"]),
             log=StepLog.from_state(ck["log"]),
         )
 
@@ -89,8 +104,12 @@ class TrainingState:
             "scaler": self.scaler,
             "step": p.step,
             "epoch": p.epoch,
-            "data_position": {"epoch": p.epoch, "step_in_epoch": p.step_in_epoch,
-                              "seed": self.seed, "global_batch": self.global_batch},
+            "data_position": {
+                "epoch": p.epoch,
+                "step_in_epoch": p.step_in_epoch,
+                "seed": self.seed,
+                "global_batch": self.global_batch,
+            },
             "rng": self.rng,
             "progress": p.state(),
             "best_model": self.best_model,
@@ -105,8 +124,17 @@ class TrainingState:
     def from_dict(cls, ck: dict[str, Any]) -> TrainingState:
         position = ck["data_position"]
         return cls(
-            model=ck["model"], optimizer=ck["optimizer"], scheduler=ck["scheduler"], scaler=ck["scaler"],
-            rng=ck["rng"], progress=Progress.from_state(ck["progress"]), best_model=ck["best_model"],
-            ema=ck["ema"], seed=position["seed"], global_batch=position["global_batch"], finished=ck["finished"],
-            params=ck["params"], data=ck["data"],
+            model=ck["model"],
+            optimizer=ck["optimizer"],
+            scheduler=ck["scheduler"],
+            scaler=ck["scaler"],
+            rng=ck["rng"],
+            progress=Progress.from_state(ck["progress"]),
+            best_model=ck["best_model"],
+            ema=ck["ema"],
+            seed=position["seed"],
+            global_batch=position["global_batch"],
+            finished=ck["finished"],
+            params=ck["params"],
+            data=ck["data"],
         )

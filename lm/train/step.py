@@ -21,8 +21,8 @@ from torch import nn
 
 from lm.data.objectives import to_device
 from lm.errors import LmError
-from lm.train.stream import TrainStream, step_seed
 from lm.train.distributed import Dist
+from lm.train.stream import TrainStream, step_seed
 
 if TYPE_CHECKING:
     from lm.train.state import Progress
@@ -45,21 +45,29 @@ def check_amp(device: torch.device, amp: str) -> None:
         return
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     if not torch.amp.is_autocast_available(device.type):
-        raise LmError(f"train.amp={amp}: this torch has no autocast on {device.type}: set train.amp: none, or upgrade torch")
+        raise LmError(
+            f"train.amp={amp}: this torch has no autocast on {device.type}: set train.amp: none, or upgrade torch"
+        )
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise LmError(f"train.amp=bf16 needs a GPU with bfloat16 (Ampere or newer), not "
-                      f"{torch.cuda.get_device_name(device)}: set train.amp: fp16")
+        raise LmError(
+            f"train.amp=bf16 needs a GPU with bfloat16 (Ampere or newer), not "
+            f"{torch.cuda.get_device_name(device)}: set train.amp: fp16"
+        )
     if amp == "bf16" and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
         raise LmError("train.amp=bf16 on MPS needs macOS 14 or newer: set train.amp: fp16 or none")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.autocast(device_type=device.type, dtype=dtype)
     if any("Disabling autocast" in str(w.message) for w in caught):
-        raise LmError(f"train.amp={amp}: this torch's autocast on {device.type} does not support {dtype}: set "
-                      "train.amp: none or the other half-precision type")
+        raise LmError(
+            f"train.amp={amp}: this torch's autocast on {device.type} does not support {dtype}: set "
+            "train.amp: none or the other half-precision type"
+        )
     if amp == "fp16" and device.type == "mps" and not _grad_scaler_works(device):
-        raise LmError("train.amp=fp16 on MPS needs a GradScaler there (torch 2.8 or newer): set train.amp: bf16 or "
-                      "none, or upgrade torch")
+        raise LmError(
+            "train.amp=fp16 on MPS needs a GradScaler there (torch 2.8 or newer): set train.amp: bf16 or "
+            "none, or upgrade torch"
+        )
 
 
 def _grad_scaler_works(device: torch.device) -> bool:
@@ -103,7 +111,7 @@ def optimizer_step(
         batch = to_device(batch, world.device)
         tokens += int(batch["attention_mask"].sum())
         last = m == len(micro) - 1
-        with (ddp.no_sync() if ddp is not None and not last else nullcontext()):  # sync once, on the last
+        with ddp.no_sync() if ddp is not None and not last else nullcontext():  # sync once, on the last
             with autocast_ctx(world.device, amp):
                 part = objective.loss_sum(wrapped, batch)
             scaler.scale(part * world.world_size / max(global_count, 1.0)).backward()
@@ -116,18 +124,37 @@ def optimizer_step(
     return StepStats(loss_sum, global_count, tokens, float(norm))
 
 
-def train_step(trainee: Trainee, objective, stream: TrainStream, progress: Progress, *, seed: int, world: Dist,
-               grad_clip: float | None, amp: str) -> dict[str, Any]:
+def train_step(
+    trainee: Trainee,
+    objective,
+    stream: TrainStream,
+    progress: Progress,
+    *,
+    seed: int,
+    world: Dist,
+    grad_clip: float | None,
+    amp: str,
+) -> dict[str, Any]:
     """The step at `progress`'s position: its batches, the update, the schedule and the weight average;
     advances `progress` and returns the step's log row (train_loss over all ranks)."""
     t0 = time.perf_counter()
     torch.manual_seed(step_seed(seed, progress.step, world.rank))  # dropout: a function of the step
-    micro = [objective.prepare(b, train=True, epoch=progress.epoch)
-             for b in stream.micro_batches(progress.epoch, progress.step_in_epoch)]
+    micro = [
+        objective.prepare(b, train=True, epoch=progress.epoch)
+        for b in stream.micro_batches(progress.epoch, progress.step_in_epoch)
+    ]
     lr = trainee.optimizer.param_groups[0]["lr"]
     stats = optimizer_step(
-        model=trainee.model, wrapped=trainee.wrapped, ddp=trainee.ddp, objective=objective, micro=micro, world=world,
-        optimizer=trainee.optimizer, scaler=trainee.scaler, grad_clip=grad_clip, amp=amp,
+        model=trainee.model,
+        wrapped=trainee.wrapped,
+        ddp=trainee.ddp,
+        objective=objective,
+        micro=micro,
+        world=world,
+        optimizer=trainee.optimizer,
+        scaler=trainee.scaler,
+        grad_clip=grad_clip,
+        amp=amp,
     )
     trainee.scheduler.step()
     progress.step += 1
@@ -139,6 +166,9 @@ def train_step(trainee: Trainee, objective, stream: TrainStream, progress: Progr
     train_loss = loss_all / max(stats.count, 1.0)
     progress.running.append(train_loss)
     return {
-        "step": progress.step, "train_loss": train_loss, "lr": lr, "grad_norm": stats.grad_norm,
+        "step": progress.step,
+        "train_loss": train_loss,
+        "lr": lr,
+        "grad_norm": stats.grad_norm,
         "tokens_per_s": tokens_all / max(time.perf_counter() - t0, 1e-9),
     }

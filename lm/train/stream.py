@@ -45,8 +45,13 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed & _M64, _STEP, step, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def bucket_order(order: np.ndarray, lengths: np.ndarray, group: int, rng: np.random.Generator,
-                 chunk_groups: int = BUCKET_STEPS) -> np.ndarray:
+def bucket_order(
+    order: np.ndarray,
+    lengths: np.ndarray,
+    group: int,
+    rng: np.random.Generator,
+    chunk_groups: int = BUCKET_STEPS,
+) -> np.ndarray:
     """`order` (item indices) rearranged so that each run of `group` items has similar lengths, with the same
     items: the first len // group * group items are cut into chunks of `chunk_groups` groups, each chunk is
     sorted by length (stable: equal lengths keep their random order), cut into groups, and the groups of the
@@ -148,7 +153,9 @@ class TrainStream:
             else:
                 order = rng.permutation(len(items))[: self.items_in_epoch(epoch)]
             if self.bucket_by_length:
-                order = bucket_order(order, items.lengths(), self.global_batch, _rng(self.seed, _BUCKET, epoch))
+                order = bucket_order(
+                    order, items.lengths(), self.global_batch, _rng(self.seed, _BUCKET, epoch)
+                )
             self._cached = (epoch, items, order.astype(np.int64))
         return self._cached[1], self._cached[2]
 

@@ -47,31 +47,48 @@ class Trainee:
         """Wrap the model for the steps: DDP when there are several processes, then torch.compile."""
         if world.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+                self.model, device_ids=[world.device.index] if world.device.type == "cuda" else None
+            )
             self.wrapped = self.ddp
         if compile:
             self.wrapped = torch.compile(self.wrapped)
 
 
-def build_trainee(params: Params, enc: Encoded, total_steps: int, world: Dist, *, fresh: bool) -> tuple[Trainee, str]:
+def build_trainee(
+    params: Params, enc: Encoded, total_steps: int, world: Dist, *, fresh: bool
+) -> tuple[Trainee, str]:
     """The trainee for `params` on `enc`'s vocabulary, and a note on the weights it starts from.
     train.init_from loads pretrained weights into a fresh run only: a resumed run takes every weight from its
     checkpoint."""
     from lm.model import build_model
 
     cfg = params.train
-    model = to_device(build_model(
-        params.model, task=params.task, vocab_size=enc.vocab_size, max_len=enc.max_len,
-        pad_id=enc.pad_id, seed=params.seed,
-    ), world.device)
+    model = to_device(
+        build_model(
+            params.model,
+            task=params.task,
+            vocab_size=enc.vocab_size,
+            max_len=enc.max_len,
+            pad_id=enc.pad_id,
+            seed=params.seed,
+        ),
+        world.device,
+    )
     model.train()
     note = ""
     if cfg.init_from and fresh:
         from lm.model.init_from import init_from
 
-        report = init_from(model, cfg.init_from, task=params.task, vocab_size=enc.vocab_size,
-                           tokenizer_hash=enc.meta.get("tokenizer_hash"))
-        note = f" init_from={report.source} ({report.kind}, {report.loaded} tensors; new: {len(report.fresh)})"
+        report = init_from(
+            model,
+            cfg.init_from,
+            task=params.task,
+            vocab_size=enc.vocab_size,
+            tokenizer_hash=enc.meta.get("tokenizer_hash"),
+        )
+        note = (
+            f" init_from={report.source} ({report.kind}, {report.loaded} tensors; new: {len(report.fresh)})"
+        )
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     scaler = torch.amp.GradScaler(world.device.type, enabled=cfg.amp == "fp16")

@@ -93,8 +93,18 @@ class Validator:
 
     def __init__(self, params: Params, objective, items, world: Dist, logger: TrainLogger, total_steps: int):
         self.metric = selection_metric(params)
-        self.objective, self.items, self.world, self.logger, self.total_steps = objective, items, world, logger, total_steps
-        self.batch_size, self.amp, self.patience = params.eval.batch_size, params.train.amp, params.train.patience
+        self.objective, self.items, self.world, self.logger, self.total_steps = (
+            objective,
+            items,
+            world,
+            logger,
+            total_steps,
+        )
+        self.batch_size, self.amp, self.patience = (
+            params.eval.batch_size,
+            params.train.amp,
+            params.train.patience,
+        )
         self.every = params.train.eval_every
 
     def due(self, step: int) -> bool:
@@ -104,17 +114,23 @@ class Validator:
     def validate(self, trainee: Trainee, progress: Progress, row: dict[str, Any]) -> bool:
         """One validation pass after the step of `row`; True when it is the best so far."""
         with trainee.average.swapped_in() if trainee.average is not None else nullcontext():
-            val = (validate(trainee.wrapped, self.objective, self.items, self.batch_size, self.world, self.amp)
-                   if len(self.items) else {"val_loss": float("nan")})
+            val = (
+                validate(trainee.wrapped, self.objective, self.items, self.batch_size, self.world, self.amp)
+                if len(self.items)
+                else {"val_loss": float("nan")}
+            )
         lr = row["lr"]
         avg = float(np.mean(progress.running))
         progress.running.clear()
         row.update(val, train_loss_avg=avg)
-        progress.history.append({"step": progress.step, "epoch": progress.epoch, "train_loss": avg, **val, "lr": lr})
+        progress.history.append(
+            {"step": progress.step, "epoch": progress.epoch, "train_loss": avg, **val, "lr": lr}
+        )
         auc = val.get("val_roc_auc")
         self.logger.print(
             f"step {progress.step:>5}/{self.total_steps} epoch {progress.epoch} train_loss {avg:.4f} "
-            f"val_loss {val['val_loss']:.4f}" + (f" val_roc_auc {auc:.4f}" if auc is not None else "")
+            f"val_loss {val['val_loss']:.4f}"
+            + (f" val_roc_auc {auc:.4f}" if auc is not None else "")
             + f" lr {lr:.2e}"
         )
         # lower is better: the loss, or minus the AUC (a one-class validation split falls back to the loss)

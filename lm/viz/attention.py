@@ -77,7 +77,9 @@ def plot_attention(tokens: list[str], attentions: list[np.ndarray], path: str | 
     n_heads = maps[0].shape[0]
     for i, a in enumerate(maps):
         if a.ndim != 3 or a.shape != (n_heads, seq_len, seq_len):
-            raise ValueError(f"layer {i}: expected attention [H={n_heads}, L={seq_len}, L={seq_len}], got {a.shape}")
+            raise ValueError(
+                f"layer {i}: expected attention [H={n_heads}, L={seq_len}, L={seq_len}], got {a.shape}"
+            )
     n_layers = len(maps)
 
     lo = min(0.0, min(float(a.min()) for a in maps))
@@ -88,7 +90,11 @@ def plot_attention(tokens: list[str], attentions: list[np.ndarray], path: str | 
     layout = label_layout(seq_len, n_layers, n_heads)
     cell, fontsize, ticks = layout.cell, layout.fontsize, layout.ticks
     labels = [token_label(tokens[t]) for t in ticks]
-    beside = numbered_text(tokens, width=max(60, int((cell * n_heads + 1.2) * 72 / (fontsize * 0.62)))) if layout.text_beside else ""
+    beside = (
+        numbered_text(tokens, width=max(60, int((cell * n_heads + 1.2) * 72 / (fontsize * 0.62))))
+        if layout.text_beside
+        else ""
+    )
     text_inches = (beside.count("\n") + 2) * fontsize * 1.3 / 72 if beside else 0.0
 
     fig = new_figure(cell * n_heads + 1.2, cell * n_layers + 0.6 + text_inches)
@@ -97,7 +103,9 @@ def plot_attention(tokens: list[str], attentions: list[np.ndarray], path: str | 
     for layer, a in enumerate(maps):
         for head in range(n_heads):
             ax = axes[layer][head]
-            image = ax.imshow(a[head], cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest", aspect="equal")
+            image = ax.imshow(
+                a[head], cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest", aspect="equal"
+            )
             ax.set_xticks(ticks)
             ax.set_yticks(ticks)
             if layer == n_layers - 1:

@@ -28,8 +28,12 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def plot_roc(
-    rows: list[dict[str, float]], path: str | Path, *, auc: float | None = None,
-    baseline: list[dict[str, float]] | None = None, baseline_auc: float | None = None,
+    rows: list[dict[str, float]],
+    path: str | Path,
+    *,
+    auc: float | None = None,
+    baseline: list[dict[str, float]] | None = None,
+    baseline_auc: float | None = None,
 ) -> Path:
     """ROC curve from ``curve_rows(...)["roc"]`` rows, with the chance diagonal, the baseline's curve when
     given, and the AUCs in the legend."""
@@ -37,13 +41,26 @@ def plot_roc(
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance (0.500)")
     if baseline:
-        ax.plot(_column(baseline, "fpr"), _column(baseline, "tpr"), linewidth=1.5, color="tab:orange",
-                label=f"TF-IDF + LR baseline (AUC {_fmt(baseline_auc)})")
+        ax.plot(
+            _column(baseline, "fpr"),
+            _column(baseline, "tpr"),
+            linewidth=1.5,
+            color="tab:orange",
+            label=f"TF-IDF + LR baseline (AUC {_fmt(baseline_auc)})",
+        )
     if rows:
-        ax.plot(_column(rows, "fpr"), _column(rows, "tpr"), linewidth=2, color="tab:blue", label=f"model (AUC {_fmt(auc)})")
+        ax.plot(
+            _column(rows, "fpr"),
+            _column(rows, "tpr"),
+            linewidth=2,
+            color="tab:blue",
+            label=f"model (AUC {_fmt(auc)})",
+        )
     else:
         ax.text(0.5, 0.3, "undefined: one class only", ha="center")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    ax.set(
+        xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title="ROC"
+    )
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -51,8 +68,13 @@ def plot_roc(
 
 
 def plot_pr(
-    rows: list[dict[str, float]], path: str | Path, *, ap: float | None = None, prevalence: float | None = None,
-    baseline: list[dict[str, float]] | None = None, baseline_ap: float | None = None,
+    rows: list[dict[str, float]],
+    path: str | Path,
+    *,
+    ap: float | None = None,
+    prevalence: float | None = None,
+    baseline: list[dict[str, float]] | None = None,
+    baseline_ap: float | None = None,
 ) -> Path:
     """Precision-recall curve from ``curve_rows(...)["pr"]`` rows; ``prevalence`` draws the chance level,
     ``baseline`` the baseline's curve."""
@@ -61,12 +83,24 @@ def plot_pr(
     if prevalence is not None:
         ax.axhline(prevalence, linestyle="--", color="grey", linewidth=1, label=f"chance ({prevalence:.3f})")
     if baseline:
-        ax.step(_column(baseline, "recall"), _column(baseline, "precision"), where="pre", linewidth=1.5,
-                color="tab:orange", label=f"TF-IDF + LR baseline (AP {_fmt(baseline_ap)})")
+        ax.step(
+            _column(baseline, "recall"),
+            _column(baseline, "precision"),
+            where="pre",
+            linewidth=1.5,
+            color="tab:orange",
+            label=f"TF-IDF + LR baseline (AP {_fmt(baseline_ap)})",
+        )
     if rows:
         # rows run from low to high recall and each precision holds up to its own recall (as in AP)
-        ax.step(_column(rows, "recall"), _column(rows, "precision"), where="pre", linewidth=2, color="tab:blue",
-                label=f"model (AP {_fmt(ap)})")
+        ax.step(
+            _column(rows, "recall"),
+            _column(rows, "precision"),
+            where="pre",
+            linewidth=2,
+            color="tab:blue",
+            label=f"model (AP {_fmt(ap)})",
+        )
     else:
         ax.text(0.5, 0.5, "undefined: one class only", ha="center")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title="Precision-recall")
@@ -82,9 +116,16 @@ def plot_calibration(rows: list[dict[str, float]], path: str | Path) -> Path:
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
     if rows:
-        ax.plot(_column(rows, "mean_predicted"), _column(rows, "fraction_positive"), marker="o", label="model")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="fraction positive",
-           title="Calibration")
+        ax.plot(
+            _column(rows, "mean_predicted"), _column(rows, "fraction_positive"), marker="o", label="model"
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="mean predicted probability",
+        ylabel="fraction positive",
+        title="Calibration",
+    )
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
@@ -109,7 +150,9 @@ def confusion_cells(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray,
     truth = np.asarray(y_true).astype(bool)
     pred = np.asarray(y_pred).astype(bool)
     if truth.shape != pred.shape or truth.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-D of the same length, got {truth.shape} and {pred.shape}")
+        raise ValueError(
+            f"y_true and y_pred must be 1-D of the same length, got {truth.shape} and {pred.shape}"
+        )
     counts = confusion_matrix(truth, pred, labels=[False, True])  # [2, 2]
     totals = counts.sum(axis=1, keepdims=True)  # [2, 1]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -118,7 +161,11 @@ def confusion_cells(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray,
 
 
 def plot_confusion(
-    y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, *, labels: tuple[str, str] = ("negative", "positive")
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    path: str | Path,
+    *,
+    labels: tuple[str, str] = ("negative", "positive"),
 ) -> Path:
     """2x2 confusion matrix: each cell shows its count and its share of the true class (row percentage);
     colour follows the row percentage so a rare class reads as clearly as a common one."""
@@ -130,8 +177,15 @@ def plot_confusion(
         for j in range(2):
             share = "-" if np.isnan(pct[i, j]) else f"{pct[i, j]:.1f}%"
             dark = not np.isnan(pct[i, j]) and pct[i, j] > 60
-            ax.text(j, i, f"{counts[i, j]}\n({share})", ha="center", va="center", fontsize=12,
-                    color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                f"{counts[i, j]}\n({share})",
+                ha="center",
+                va="center",
+                fontsize=12,
+                color="white" if dark else "black",
+            )
     ax.set_xticks([0, 1], labels)
     ax.set_yticks([0, 1], labels)
     ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (n = {int(counts.sum())})")
@@ -161,7 +215,9 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Pat
 
     has_lr = lr[0].size > 0
     fig = new_figure(7.0, 6.0 if has_lr else 4.2)
-    axes = fig.subplots(2 if has_lr else 1, 1, sharex=True, squeeze=False, height_ratios=[3, 1] if has_lr else None)
+    axes = fig.subplots(
+        2 if has_lr else 1, 1, sharex=True, squeeze=False, height_ratios=[3, 1] if has_lr else None
+    )
     ax = axes[0][0]
     if train[0].size:
         ax.plot(*train, linewidth=1.2, label="train")

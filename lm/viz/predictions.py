@@ -60,8 +60,16 @@ def masked_predictions_markdown(items: list[dict[str, Any]], *, max_chars: int |
     for i, item in enumerate(items, start=1):
         top = ", ".join(f"{escape_token(tok)} ({100 * float(p):.1f}%)" for tok, p in item["top5"])
         hit = "\u2713" if item["pred"] == item["true"] else "\u2717"
-        rows.append([str(i), escape_cell(item["text"], max_chars), escape_token(item["true"]),
-                     escape_token(item["pred"]), hit, top])
+        rows.append(
+            [
+                str(i),
+                escape_cell(item["text"], max_chars),
+                escape_token(item["true"]),
+                escape_token(item["pred"]),
+                hit,
+                top,
+            ]
+        )
     return _table(["#", "context", "true", "predicted", "ok", "top-5 (probability)"], rows)
 
 
@@ -69,8 +77,14 @@ def samples_markdown(items: list[dict[str, Any]], *, max_chars: int | None = 100
     """Generated samples: ``{"prompt", "completion", "temperature", "top_k", "top_p"}`` per row
     (``None`` for a disabled top-k / top-p shows as ``off``)."""
     rows = [
-        [str(i), escape_cell(it["prompt"], max_chars), escape_cell(it["completion"], max_chars),
-         _number(it["temperature"], 2), _number(it["top_k"], 0, "off"), _number(it["top_p"], 2, "off")]
+        [
+            str(i),
+            escape_cell(it["prompt"], max_chars),
+            escape_cell(it["completion"], max_chars),
+            _number(it["temperature"], 2),
+            _number(it["top_k"], 0, "off"),
+            _number(it["top_p"], 2, "off"),
+        ]
         for i, it in enumerate(items, start=1)
     ]
     return _table(["#", "prompt", "completion", "temperature", "top-k", "top-p"], rows)
@@ -80,8 +94,13 @@ def classifier_predictions_markdown(items: list[dict[str, Any]], *, max_chars: i
     """Classifier outputs: ``{"text", "target", "prob", "label"}`` per row (target = the raw score,
     prob = the model's probability, label = what the caller wants shown, e.g. true/predicted class)."""
     rows = [
-        [str(i), escape_cell(it["text"], max_chars), _number(it["target"], 3), _number(it["prob"], 3),
-         escape_cell(_number(it["label"], 3) if not isinstance(it["label"], str) else it["label"])]
+        [
+            str(i),
+            escape_cell(it["text"], max_chars),
+            _number(it["target"], 3),
+            _number(it["prob"], 3),
+            escape_cell(_number(it["label"], 3) if not isinstance(it["label"], str) else it["label"]),
+        ]
         for i, it in enumerate(items, start=1)
     ]
     return _table(["#", "text", "target", "probability", "label"], rows)

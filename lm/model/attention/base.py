@@ -67,7 +67,9 @@ class Attention(nn.Module):
     @property
     def kind(self) -> str:
         """This class's `model.attention` name (lm.attention_kinds.KINDS)."""
-        return kind_of(f"{type(self).__module__.removeprefix('lm.model.attention.')}.{type(self).__qualname__}")
+        return kind_of(
+            f"{type(self).__module__.removeprefix('lm.model.attention.')}.{type(self).__qualname__}"
+        )
 
     def __init__(
         self,
@@ -84,7 +86,11 @@ class Attention(nn.Module):
         if d_model % n_heads:
             raise LmError(f"model.n_heads ({n_heads}) must divide model.d_model ({d_model})")
         # options come resolved from the model build; a dict (a layer built on its own) is validated here
-        self.opts = options if isinstance(options, AttentionOptions) else resolve_attention_options(self.kind, options)
+        self.opts = (
+            options
+            if isinstance(options, AttentionOptions)
+            else resolve_attention_options(self.kind, options)
+        )
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.max_len = max_len
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # fused q, k, v (in that order)
@@ -123,9 +129,15 @@ class Attention(nn.Module):
         dtype = self.core_dtype(q.dtype, x.device, return_attention)  # usually bf16 -> float32 (see above)
         with torch.autocast(device_type=x.device.type, enabled=False):
             out, weights, new_state = self.core(
-                q.to(dtype), k.to(dtype), v.to(dtype),
-                key_mask=key_mask, causal=causal, positions=positions, state=state,
-                use_cache=use_cache, return_attention=return_attention,
+                q.to(dtype),
+                k.to(dtype),
+                v.to(dtype),
+                key_mask=key_mask,
+                causal=causal,
+                positions=positions,
+                state=state,
+                use_cache=use_cache,
+                return_attention=return_attention,
             )  # out: (B, H, L, d)
         if rows is not None:
             out = out[:, :, rows]
@@ -137,8 +149,17 @@ class Attention(nn.Module):
         return at_least_fp32(dtype)
 
     def core(
-        self, q: Tensor, k: Tensor, v: Tensor, *, key_mask: Tensor | None, causal: bool, positions: Tensor,
-        state: Any, use_cache: bool, return_attention: bool,
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        key_mask: Tensor | None,
+        causal: bool,
+        positions: Tensor,
+        state: Any,
+        use_cache: bool,
+        return_attention: bool,
     ) -> tuple[Tensor, Tensor | None, Any]:
         raise NotImplementedError
 
@@ -160,7 +181,9 @@ def allowed_keys(
 def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     """0 where `allowed`, finfo.min elsewhere, in `dtype` and allowed's (broadcast) shape: added to the scores,
     exp() gives exactly 0 for a masked key, and a row with no allowed key stays finite (uniform weights)."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )
 
 
 class ExactAttention(Attention):
@@ -201,15 +224,21 @@ class ExactAttention(Attention):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
     def core(self, q, k, v, *, key_mask, causal, positions, state, use_cache, return_attention):
-        B, H, L, d = q.shape
+        B, _, L, _ = q.shape
         if state is not None:
             k = torch.cat([state.k.to(k.dtype), k], dim=2)
             v = torch.cat([state.v.to(v.dtype), v], dim=2)
-            new_mask = key_mask if key_mask is not None else torch.ones(B, L, dtype=torch.bool, device=q.device)
+            new_mask = (
+                key_mask if key_mask is not None else torch.ones(B, L, dtype=torch.bool, device=q.device)
+            )
             key_mask = torch.cat([state.mask, new_mask], dim=1)  # (B, T)
         new_state = None
         if use_cache:
-            mask_all = key_mask if key_mask is not None else torch.ones(B, k.shape[2], dtype=torch.bool, device=q.device)
+            mask_all = (
+                key_mask
+                if key_mask is not None
+                else torch.ones(B, k.shape[2], dtype=torch.bool, device=q.device)
+            )
             new_state = ExactState(k=k, v=v, mask=mask_all)
         if self.fused and not return_attention:
             return self.fused_core(q, k, v, key_mask, causal), None, new_state
@@ -261,7 +290,9 @@ def linear_causal_chunked(
     return torch.cat(nums, dim=2), torch.cat(dens, dim=2), S, z
 
 
-def linear_quadratic(phi_q: Tensor, phi_k: Tensor, v: Tensor, allowed: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def linear_quadratic(
+    phi_q: Tensor, phi_k: Tensor, v: Tensor, allowed: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """The explicit form K = phi(Q) phi(K)^T (zeroed where not allowed): num = K V, den = K 1; returns K too."""
     K = phi_q @ phi_k.transpose(-1, -2)  # (B, H, Lq, Lk)
     if allowed is not None:

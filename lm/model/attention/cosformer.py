@@ -9,6 +9,7 @@ max_len (fixed), which makes outputs prefix-consistent and lets the KV cache rep
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 
@@ -25,4 +26,6 @@ class CosformerAttention(LinearAttention):
         M = self.reweight_length(positions, causal)
         angle = (math.pi / 2) * positions.to(u.dtype) / M  # (L,)
         r = torch.relu(u)  # (B, H, L, d)
-        return torch.cat([r * torch.cos(angle)[:, None], r * torch.sin(angle)[:, None]], dim=-1)  # (B, H, L, 2d)
+        return torch.cat(
+            [r * torch.cos(angle)[:, None], r * torch.sin(angle)[:, None]], dim=-1
+        )  # (B, H, L, 2d)

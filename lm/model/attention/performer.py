@@ -12,6 +12,7 @@ q and k at use (the core's compute dtype: float32, or float64 in a float64 model
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 
@@ -28,9 +29,15 @@ def gaussian_projection(
     n_blocks = math.ceil(m / dim)
     g = torch.randn(n_heads * n_blocks, dim, dim, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(g)  # batched: (H * n_blocks, d, d)
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]  # Haar-distributed orthonormal columns
-    cols = q.view(n_heads, n_blocks, dim, dim).permute(0, 2, 1, 3).reshape(n_heads, dim, n_blocks * dim)[..., :m]
-    norms = torch.randn(n_heads, dim, m, generator=generator, dtype=torch.float64).norm(dim=1)  # (H, m) chi(d)
+    q = (
+        q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    )  # Haar-distributed orthonormal columns
+    cols = (
+        q.view(n_heads, n_blocks, dim, dim).permute(0, 2, 1, 3).reshape(n_heads, dim, n_blocks * dim)[..., :m]
+    )
+    norms = torch.randn(n_heads, dim, m, generator=generator, dtype=torch.float64).norm(
+        dim=1
+    )  # (H, m) chi(d)
     return (cols * norms[:, None, :]).float()  # (H, d, m)
 
 

@@ -8,6 +8,7 @@ E <phi(q), phi(k)> = exp(-|q - k|^2 / 2). Features are signed: the denominator c
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 

@@ -23,6 +23,7 @@ core's compute dtype); the quadrature nodes and weights are kept in float64, so 
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -52,7 +53,9 @@ class SlayBase(LinearAttention):
         C = 2.0 + self.opts.epsilon
         t, alpha = laguerre_nodes(R)
         self.register_buffer("nodes", t / C, persistent=False)  # (R,) s_r, float64
-        self.register_buffer("node_weights", self.quadrature_weights(alpha, C), persistent=False)  # (R,) float64
+        self.register_buffer(
+            "node_weights", self.quadrature_weights(alpha, C), persistent=False
+        )  # (R,) float64
         self.register_buffer("omega", torch.randn(R, H, d, M, generator=generator))  # (R, H, d, M)
 
     @staticmethod
@@ -111,7 +114,10 @@ class SlayLaplaceAttention(SlayBase):
 
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         u_hat = unit(u)
-        parts = [self.node_scale(r, u_hat) * self.prf(self.projection(u_hat, r), r) for r in range(self.nodes.numel())]
+        parts = [
+            self.node_scale(r, u_hat) * self.prf(self.projection(u_hat, r), r)
+            for r in range(self.nodes.numel())
+        ]
         return torch.cat(parts, dim=-1)  # (B, H, L, R*M)
 
 

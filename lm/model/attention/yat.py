@@ -26,7 +26,9 @@ class _RationalScores(torch.autograd.Function):
     clamp would pass it; the two differ only there."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, a: Tensor | None, b: Tensor | None, lo: float, add: float, scale: float) -> Tensor:
+    def forward(
+        ctx, x: Tensor, a: Tensor | None, b: Tensor | None, lo: float, add: float, scale: float
+    ) -> Tensor:
         D = x * -2.0
         if a is not None:
             D += a[..., :, None]
@@ -48,13 +50,15 @@ class _RationalScores(torch.autograd.Function):
     def backward(ctx, G: Tensor):
         x, D = ctx.saved_tensors
         floor, scale, has_a, has_b = ctx.consts
-        A = G * x  # dS/dx = scale * (2x / D + 2x^2 / D^2 [unclamped]); dS/da = dS/db = -scale x^2/D^2 [unclamped]
+        A = (
+            G * x
+        )  # dS/dx = scale * (2x / D + 2x^2 / D^2 [unclamped]); dS/da = dS/db = -scale x^2/D^2 [unclamped]
         A /= D
         if scale != 1.0:
             A *= scale  # A = G scale x / D
         Bm = A * x
         Bm /= D
-        Bm.masked_fill_(D <= floor, 0.0)  # B = G scale x^2 / D^2 where the clamp is inactive
+        Bm.masked_fill_(floor >= D, 0.0)  # B = G scale x^2 / D^2 where the clamp is inactive
         grad_a = -Bm.sum(-1) if has_a and ctx.needs_input_grad[1] else None
         grad_b = -Bm.sum(-2) if has_b and ctx.needs_input_grad[2] else None
         A += Bm
@@ -70,8 +74,9 @@ def unit(u: Tensor) -> Tensor:
 class YatAttention(ExactAttention):
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         dot = q @ k.transpose(-1, -2)  # (B, H, Lq, Lk); distance^2 = |q|^2 + |k|^2 - 2 q.k, clamped at 0
-        return _RationalScores.apply(dot, q.pow(2).sum(-1), k.pow(2).sum(-1), 0.0, self.opts.epsilon,
-                                     self.opts.score_scale)
+        return _RationalScores.apply(
+            dot, q.pow(2).sum(-1), k.pow(2).sum(-1), 0.0, self.opts.epsilon, self.opts.score_scale
+        )
 
 
 class YatSphericalAttention(ExactAttention):
