@@ -10,6 +10,7 @@ imports no torch and no model code.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -96,8 +97,24 @@ class DataConfig(Section):
             )
         return value
 
-    identity_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITIES))
+    identity_columns: Literal["auto"] | list[str] = Field(
+        "auto",
+        description="columns of identity annotations in [0, 1] for the bias metrics; auto: those of the Jigsaw "
+        "identity names the source has (none for most data sets)",
+    )
     id_column: str | None = None
+
+    def asked_identities(self) -> list[str]:
+        """The identity columns to look for: the named ones, or (auto) every Jigsaw identity name."""
+        return list(DEFAULT_IDENTITIES) if self.identity_columns == "auto" else list(self.identity_columns)
+
+    def identities_in(self, columns: Iterable[str]) -> tuple[list[str], list[str]]:
+        """(asked identity columns present in `columns`, named ones absent); auto never reports one absent."""
+        have = set(columns)
+        asked = self.asked_identities()
+        missing = [] if self.identity_columns == "auto" else [c for c in asked if c not in have]
+        return [c for c in asked if c in have], missing
+
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="target >= threshold is the positive class")
     encoding: str = Field(
         "auto",

@@ -189,7 +189,7 @@ def _classify(params: Params, model, items, raw_dir, figures_dir: Path, train_ro
 
         metrics["baseline"] = {"model": "tfidf_logreg", **base_report}
         metrics["lift"] = lift(report, base_report, CLASSIFY_LIFT)
-    identities = [c for c in params.data.identity_columns if c in corpus.columns]
+    identities, _ = params.data.identities_in(corpus.columns)
     if identities and report["roc_auc"] is not None:
         frame = corpus.iloc[rows][identities].reset_index(drop=True)
         frame["y_true"] = y_true

@@ -107,6 +107,23 @@ def test_download_warns_about_identity_columns_the_data_lacks(tmp_path, monkeypa
     assert "warning" in result.output and "['female', 'jewish']" in result.output
 
 
+def test_identity_columns_auto_takes_those_the_source_has_and_names_no_missing_ones(tmp_path, monkeypatch):
+    """The default (auto) asks no identity annotations of a data set that has none: no warning, no bias columns;
+    a source with some of the Jigsaw identity columns gets exactly those."""
+    plain, jigsaw = tmp_path / "plain.csv", tmp_path / "jigsaw.csv"
+    pd.DataFrame({"text": ["a", "b"], "target": [0.1, 0.8]}).to_csv(plain, index=False)
+    pd.DataFrame({"text": ["a", "b"], "target": [0.1, 0.8], "muslim": [0.0, 1.0], "extra": [1, 2]}).to_csv(
+        jigsaw, index=False
+    )
+    for source, expected in ((plain, []), (jigsaw, ["muslim"])):
+        _, stats = load_corpus(DataConfig(source=str(source)), task="classify", seed=0)
+        assert stats.identity_columns == expected and stats.identity_columns_missing == []
+    write_params(tmp_path / "params.yaml", tiny_params(**{"data.source": str(plain)}))
+    result = _run(["download"], tmp_path, monkeypatch)
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert list(pd.read_parquet(tmp_path / "data/raw/corpus.parquet").columns) == ["id", "text", "target"]
+
+
 # ------------------------------------------------------------------------------------------------- download
 
 

@@ -36,8 +36,14 @@ from lm.data.synthetic import BIASED_IDENTITIES, SUPPORTED_IDENTITIES, generate_
 from lm.data.text_encoding import text_encoding
 from lm.errors import LmError
 
-EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt",
-              ".tokens": "txt"}  # .tokens: the WikiText files, paragraphs separated by blank lines
+EXTENSIONS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".txt": "txt",
+    ".tokens": "txt",
+}  # .tokens: the WikiText files, paragraphs separated by blank lines
 READ_ROWS = 8192  # source rows read, mapped and validated at a time
 _MAX_LISTED = 60  # columns listed in a 'column missing' message before eliding
 
@@ -79,7 +85,9 @@ class CorpusStats:
 class _Raw:
     """A source opened for reading, before mapping: its chunks, the names to map, and how to describe it."""
 
-    chunks: Iterable[pd.DataFrame]  # the needed source columns, READ_ROWS rows at a time, at most max_rows in all
+    chunks: Iterable[
+        pd.DataFrame
+    ]  # the needed source columns, READ_ROWS rows at a time, at most max_rows in all
     label: str  # how messages name the source: a path or data.source
     kind: str
     text: str
@@ -119,33 +127,53 @@ def load_corpus(cfg: DataConfig, *, task: str, seed: int) -> tuple[pd.DataFrame,
 
 def _read_embedded(cfg: DataConfig, seed: int) -> _Raw:
     n = cfg.n_rows if cfg.max_rows is None else min(cfg.n_rows, cfg.max_rows)
-    known = [c for c in cfg.identity_columns if c in SUPPORTED_IDENTITIES]
-    missing = [c for c in cfg.identity_columns if c not in SUPPORTED_IDENTITIES]
+    known, missing = cfg.identities_in(SUPPORTED_IDENTITIES)
     frame = generate_corpus(n, seed, known)  # bounded by data.n_rows
     chunks = (frame.iloc[i : i + READ_ROWS] for i in range(0, n, READ_ROWS))
-    details = {"generator": "lm.data.synthetic", "seed": seed, "n_rows": n,
-               "biased_identities": list(BIASED_IDENTITIES)}
-    return _Raw(chunks, "embedded corpus", "embedded", "text", "target", "id", known, missing,
-                synthetic=True, details=details)
+    details = {
+        "generator": "lm.data.synthetic",
+        "seed": seed,
+        "n_rows": n,
+        "biased_identities": list(BIASED_IDENTITIES),
+    }
+    return _Raw(
+        chunks,
+        "embedded corpus",
+        "embedded",
+        "text",
+        "target",
+        "id",
+        known,
+        missing,
+        synthetic=True,
+        details=details,
+    )
 
 
-def _needed(columns: list[str], cfg: DataConfig, task: str, label: str) -> tuple[str | None, list[str], list[str]]:
+def _needed(
+    columns: list[str], cfg: DataConfig, task: str, label: str
+) -> tuple[str | None, list[str], list[str]]:
     """Check the mapped columns exist; return (target column or None, present identities, missing ones)."""
     have = set(columns)
     if cfg.text_column not in have:
-        raise LmError(f"{label}: no text column {cfg.text_column!r} (columns: {_listing(columns)}); "
-                      f"set data.text_column to one of them")
+        raise LmError(
+            f"{label}: no text column {cfg.text_column!r} (columns: {_listing(columns)}); "
+            f"set data.text_column to one of them"
+        )
     if cfg.id_column is not None and cfg.id_column not in have:
-        raise LmError(f"{label}: no id column {cfg.id_column!r} (columns: {_listing(columns)}); "
-                      f"set data.id_column to one of them, or to null to number the rows")
+        raise LmError(
+            f"{label}: no id column {cfg.id_column!r} (columns: {_listing(columns)}); "
+            f"set data.id_column to one of them, or to null to number the rows"
+        )
     target = cfg.target_column if cfg.target_column in have else None
     if target is None and task == "classify":
         if cfg.target_column is None:
             raise LmError(f"{label}: task=classify needs a target column; set data.target_column")
-        raise LmError(f"{label}: no target column {cfg.target_column!r} for task=classify "
-                      f"(columns: {_listing(columns)}); set data.target_column, or use task mlm/clm")
-    present = [c for c in cfg.identity_columns if c in have]
-    missing = [c for c in cfg.identity_columns if c not in have]
+        raise LmError(
+            f"{label}: no target column {cfg.target_column!r} for task=classify "
+            f"(columns: {_listing(columns)}); set data.target_column, or use task mlm/clm"
+        )
+    present, missing = cfg.identities_in(have)
     return target, present, missing
 
 
@@ -160,18 +188,26 @@ def _select(cfg: DataConfig, target: str | None, identities: list[str]) -> list[
 
 
 def _wanted_names(cfg: DataConfig) -> set[str]:
-    return {c for c in (cfg.text_column, cfg.target_column, cfg.id_column, *cfg.identity_columns) if c is not None}
+    return {
+        c
+        for c in (cfg.text_column, cfg.target_column, cfg.id_column, *cfg.asked_identities())
+        if c is not None
+    }
 
 
 def _read_local(source: str, cfg: DataConfig, task: str) -> _Raw:
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
-        raise LmError(f"data.source {source!r}: unknown extension {suffix or '(none)'!r}; use 'embedded', "
-                      f"'hf:<dataset>', or a file ending in {', '.join(EXTENSIONS)}")
+        raise LmError(
+            f"data.source {source!r}: unknown extension {suffix or '(none)'!r}; use 'embedded', "
+            f"'hf:<dataset>', or a file ending in {', '.join(EXTENSIONS)}"
+        )
     if not path.is_file():
-        raise LmError(f"data.source: file not found: {path} (check the path in params.yaml; a relative path is "
-                      f"read from the repository root, {repository_root()})")
+        raise LmError(
+            f"data.source: file not found: {path} (check the path in params.yaml; a relative path is "
+            f"read from the repository root, {repository_root()})"
+        )
     kind = EXTENSIONS[suffix]
     details: dict[str, Any] = {"bytes": path.stat().st_size}
     if kind in ("txt", "csv", "jsonl"):
@@ -185,11 +221,15 @@ def read_file(path: Path, kind: str, cfg: DataConfig, task: str, details: dict[s
     encoding = details.get("encoding", "utf-8")
     if kind == "txt":
         if task == "classify":
-            raise LmError(f"{label}: a .txt source has no target column, and task=classify needs one; use a "
-                          f".csv/.parquet/.jsonl with data.target_column, or task mlm/clm")
+            raise LmError(
+                f"{label}: a .txt source has no target column, and task=classify needs one; use a "
+                f".csv/.parquet/.jsonl with data.target_column, or task mlm/clm"
+            )
         details["documents"] = rule = _txt_rule(path, encoding)
-        chunks = (pd.DataFrame({"text": docs}) for docs in _batched(_read_txt(path, cfg.max_rows, encoding, rule)))
-        return _Raw(chunks, label, kind, "text", None, None, [], list(cfg.identity_columns), details=details)
+        chunks = (
+            pd.DataFrame({"text": docs}) for docs in _batched(_read_txt(path, cfg.max_rows, encoding, rule))
+        )
+        return _Raw(chunks, label, kind, "text", None, None, [], cfg.identities_in([])[1], details=details)
     if kind == "csv":
         columns = _csv_columns(path, encoding)
         target, present, missing = _needed(columns, cfg, task, label)
@@ -202,9 +242,13 @@ def read_file(path: Path, kind: str, cfg: DataConfig, task: str, details: dict[s
         columns, records = _jsonl_columns(path, cfg.max_rows, encoding, _wanted_names(cfg))
         target, present, missing = _needed(columns, cfg, task, label)
         wanted = _select(cfg, target, present)
-        chunks = (pd.DataFrame({c: [rec.get(c) for rec in batch] for c in wanted}, dtype=object)
-                  for batch in _batched(records()))
-    return _Raw(chunks, label, kind, cfg.text_column, target, cfg.id_column, present, missing, details=details)
+        chunks = (
+            pd.DataFrame({c: [rec.get(c) for rec in batch] for c in wanted}, dtype=object)
+            for batch in _batched(records())
+        )
+    return _Raw(
+        chunks, label, kind, cfg.text_column, target, cfg.id_column, present, missing, details=details
+    )
 
 
 def _batched(items: Iterable[Any], size: int = READ_ROWS) -> Iterator[list[Any]]:
@@ -251,7 +295,9 @@ def _csv_columns(path: Path, encoding: str) -> list[str]:
     try:
         return [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding).columns]
     except UnicodeDecodeError:
-        raise LmError(f"{path}: not {encoding} text; set data.encoding to the file's encoding (or auto)") from None
+        raise LmError(
+            f"{path}: not {encoding} text; set data.encoding to the file's encoding (or auto)"
+        ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise LmError(f"{path}: not a readable CSV ({_first_line(err)})") from None
 
@@ -260,12 +306,22 @@ def _read_csv(path: Path, usecols: list[str], max_rows: int | None, encoding: st
     # Everything as strings, and only empty cells are missing: a comment reading "NA" or "null" is text, and
     # numeric columns are parsed afterwards so that a bad cell can be reported by row.
     try:
-        with pd.read_csv(path, usecols=usecols, dtype=str, keep_default_na=False, na_values=[""], nrows=max_rows,
-                         encoding=encoding, chunksize=READ_ROWS) as reader:
+        with pd.read_csv(
+            path,
+            usecols=usecols,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            nrows=max_rows,
+            encoding=encoding,
+            chunksize=READ_ROWS,
+        ) as reader:
             for chunk in reader:
                 yield chunk[usecols]
     except UnicodeDecodeError:
-        raise LmError(f"{path}: not {encoding} text; set data.encoding to the file's encoding (or auto)") from None
+        raise LmError(
+            f"{path}: not {encoding} text; set data.encoding to the file's encoding (or auto)"
+        ) from None
     except (pd.errors.ParserError, ValueError) as err:
         raise LmError(f"{path}: not a readable CSV ({_first_line(err)})") from None
 
@@ -294,8 +350,9 @@ def _read_parquet(path: Path, columns: list[str], max_rows: int | None) -> Itera
             return
 
 
-def _jsonl_columns(path: Path, max_rows: int | None, encoding: str,
-                   wanted: set[str]) -> tuple[list[str], Callable[[], Iterator[dict[str, Any]]]]:
+def _jsonl_columns(
+    path: Path, max_rows: int | None, encoding: str, wanted: set[str]
+) -> tuple[list[str], Callable[[], Iterator[dict[str, Any]]]]:
     """The keys of a JSON lines file in order of first appearance (read until every wanted key is seen, or to the
     end), and a function that streams its records. A .json array is read whole (use JSON lines for big files)."""
     records = _read_jsonl(path, max_rows, encoding)
@@ -310,7 +367,9 @@ def _jsonl_columns(path: Path, max_rows: int | None, encoding: str,
     return list(seen), lambda: _read_jsonl(path, max_rows, encoding)  # type: ignore[return-value]
 
 
-def _read_jsonl(path: Path, max_rows: int | None, encoding: str = "utf-8") -> list[dict[str, Any]] | Iterator[dict[str, Any]]:
+def _read_jsonl(
+    path: Path, max_rows: int | None, encoding: str = "utf-8"
+) -> list[dict[str, Any]] | Iterator[dict[str, Any]]:
     """JSON lines (one object per line, blank lines skipped; streamed), or a .json file holding an array of
     objects (a list)."""
     with _open_text(path, encoding) as fh:
@@ -326,7 +385,9 @@ def _read_jsonl(path: Path, max_rows: int | None, encoding: str = "utf-8") -> li
             records = records[:max_rows] if max_rows is not None else records
             bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
             if bad is not None:
-                raise LmError(f"{path}: item {bad} of the JSON array is not an object; expected one object per row")
+                raise LmError(
+                    f"{path}: item {bad} of the JSON array is not an object; expected one object per row"
+                )
             return records
     return _jsonl_lines(path, max_rows, encoding)
 
@@ -340,8 +401,10 @@ def _jsonl_lines(path: Path, max_rows: int | None, encoding: str) -> Iterator[di
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
-                raise LmError(f"{path}: line {lineno} is not valid JSON ({err.msg}); expected one object per "
-                              f"line (JSON lines)") from None
+                raise LmError(
+                    f"{path}: line {lineno} is not valid JSON ({err.msg}); expected one object per "
+                    f"line (JSON lines)"
+                ) from None
             if not isinstance(rec, dict):
                 raise LmError(f"{path}: line {lineno} is not a JSON object; expected one object per line")
             yield rec
@@ -354,7 +417,9 @@ def _parse_hf(spec: str) -> tuple[str, str | None]:
     """'id', 'id:config', a local directory, or 'dir:config' -> (path or id, config or None)."""
     spec = spec.strip()
     if not spec:
-        raise LmError("data.source 'hf:' names no dataset; use 'hf:<dataset id>' or 'hf:<dataset id>:<config>'")
+        raise LmError(
+            "data.source 'hf:' names no dataset; use 'hf:<dataset id>' or 'hf:<dataset id>:<config>'"
+        )
     if Path(spec).expanduser().exists():
         return str(Path(spec).expanduser()), None
     ref, config = spec, None
@@ -365,8 +430,10 @@ def _parse_hf(spec: str) -> tuple[str, str | None]:
     if Path(ref).expanduser().exists():
         return str(Path(ref).expanduser()), config
     if ref.startswith(("/", "./", "../", "~")):  # clearly a path: never fall through to a hub lookup
-        raise LmError(f"data.source hf:{spec}: directory not found: {ref} (check the path, or use a hub id "
-                      f"like 'hf:owner/name')")
+        raise LmError(
+            f"data.source hf:{spec}: directory not found: {ref} (check the path, or use a hub id "
+            f"like 'hf:owner/name')"
+        )
     return ref, config
 
 
@@ -396,7 +463,9 @@ def _read_hf(spec: str, cfg: DataConfig, task: str) -> _Raw:
             ds = datasets.load_from_disk(ref)
             if isinstance(ds, datasets.DatasetDict):
                 if cfg.hf_split not in ds:
-                    raise LmError(f"{label}: no split {cfg.hf_split!r} (splits: {', '.join(ds)}); set data.hf_split")
+                    raise LmError(
+                        f"{label}: no split {cfg.hf_split!r} (splits: {', '.join(ds)}); set data.hf_split"
+                    )
                 ds = ds[cfg.hf_split]
             if streaming:
                 ds = ds.to_iterable_dataset()
@@ -406,10 +475,17 @@ def _read_hf(spec: str, cfg: DataConfig, task: str) -> _Raw:
     except LmError:
         raise
     except Exception as err:  # datasets raises many types (hub, config, split, file errors): one line for all
-        raise LmError(f"{label}: could not load the dataset ({type(err).__name__}: {_first_line(err)}); check "
-                      f"the id, data.hf_split and the ':config' suffix, or point at a local path") from None
-    details = {"dataset": ref, "config": config, "split": cfg.hf_split, "streaming": streaming,
-               "revision": cfg.hf_revision}
+        raise LmError(
+            f"{label}: could not load the dataset ({type(err).__name__}: {_first_line(err)}); check "
+            f"the id, data.hf_split and the ':config' suffix, or point at a local path"
+        ) from None
+    details = {
+        "dataset": ref,
+        "config": config,
+        "split": cfg.hf_split,
+        "streaming": streaming,
+        "revision": cfg.hf_revision,
+    }
 
     if isinstance(ds, datasets.IterableDataset):
         rows = _guard(iter(ds), label)
@@ -418,16 +494,22 @@ def _read_hf(spec: str, cfg: DataConfig, task: str) -> _Raw:
             raise LmError(f"{label}: the {cfg.hf_split!r} split has no rows; check data.hf_split")
         target, present, missing = _needed(list(first), cfg, task, label)
         wanted = _select(cfg, target, present)
-        chunks = (pd.DataFrame({c: [row.get(c) for row in batch] for c in wanted}, dtype=object)
-                  for batch in _batched(islice(chain([first], rows), cfg.max_rows)))
+        chunks = (
+            pd.DataFrame({c: [row.get(c) for row in batch] for c in wanted}, dtype=object)
+            for batch in _batched(islice(chain([first], rows), cfg.max_rows))
+        )
     else:
         target, present, missing = _needed(list(ds.column_names), cfg, task, label)
         wanted = _select(cfg, target, present)
         table = ds.select_columns(wanted)
         if cfg.max_rows is not None and cfg.max_rows < len(table):
             table = table.select(range(cfg.max_rows))
-        chunks = (batch.to_pandas()[wanted] for batch in table.with_format("arrow").iter(batch_size=READ_ROWS))
-    return _Raw(chunks, label, "hf", cfg.text_column, target, cfg.id_column, present, missing, details=details)
+        chunks = (
+            batch.to_pandas()[wanted] for batch in table.with_format("arrow").iter(batch_size=READ_ROWS)
+        )
+    return _Raw(
+        chunks, label, "hf", cfg.text_column, target, cfg.id_column, present, missing, details=details
+    )
 
 
 def _read_hub_cached(ref: str, config: str | None, cfg: DataConfig, task: str, label: str) -> _Raw:
@@ -439,20 +521,33 @@ def _read_hub_cached(ref: str, config: str | None, cfg: DataConfig, task: str, l
     except LmError:
         raise
     except Exception as err:
-        raise LmError(f"{label}: could not list the dataset's data files ({type(err).__name__}: "
-                      f"{_first_line(err)}); check the id, data.hf_split and the ':config' suffix") from None
+        raise LmError(
+            f"{label}: could not list the dataset's data files ({type(err).__name__}: "
+            f"{_first_line(err)}); check the id, data.hf_split and the ':config' suffix"
+        ) from None
     kinds = {name: EXTENSIONS.get(Path(name).suffix.lower()) for name in files}
     unreadable = [name for name, kind in kinds.items() if kind not in ("parquet", "jsonl", "csv")]
     if not files or unreadable:
-        raise LmError(f"{label}: data.cache_dir reads parquet/jsonl/csv data files, and split {cfg.hf_split!r} has "
-                      f"{unreadable[0] if unreadable else 'none'}; set data.cache_dir: null to read it through "
-                      f"`datasets`")
+        raise LmError(
+            f"{label}: data.cache_dir reads parquet/jsonl/csv data files, and split {cfg.hf_split!r} has "
+            f"{unreadable[0] if unreadable else 'none'}; set data.cache_dir: null to read it through "
+            f"`datasets`"
+        )
     cache = hub_cache.ShardCache(Path(cfg.cache_dir).expanduser(), int(cfg.cache_max_gb * 1e9))
     repo_dir = hub_cache.cache_key(ref, cfg.hf_revision)
-    first = cache.get(f"{repo_dir}/{files[0]}", lambda dest: hub_cache.fetch(ref, files[0], cfg.hf_revision, dest))
+    first = cache.get(
+        f"{repo_dir}/{files[0]}", lambda dest: hub_cache.fetch(ref, files[0], cfg.hf_revision, dest)
+    )
     head = read_file(first, kinds[files[0]], cfg, task, {})
-    details = {"dataset": ref, "config": config, "split": cfg.hf_split, "streaming": True,
-               "revision": cfg.hf_revision, "cache_dir": str(cfg.cache_dir), "data_files": len(files)}
+    details = {
+        "dataset": ref,
+        "config": config,
+        "split": cfg.hf_split,
+        "streaming": True,
+        "revision": cfg.hf_revision,
+        "cache_dir": str(cfg.cache_dir),
+        "data_files": len(files),
+    }
 
     def chunks() -> Iterator[pd.DataFrame]:
         left = cfg.max_rows if cfg.max_rows is not None else np.inf
@@ -460,14 +555,21 @@ def _read_hub_cached(ref: str, config: str | None, cfg: DataConfig, task: str, l
             if k == 0:
                 raw = head
             else:
-                path = cache.get(f"{repo_dir}/{name}", lambda dest, name=name: hub_cache.fetch(ref, name, cfg.hf_revision, dest))
+                path = cache.get(
+                    f"{repo_dir}/{name}",
+                    lambda dest, name=name: hub_cache.fetch(ref, name, cfg.hf_revision, dest),
+                )
                 capped = cfg if cfg.max_rows is None else cfg.model_copy(update={"max_rows": int(left)})
                 raw = read_file(path, kinds[name], capped, task, {})
             for chunk in raw.chunks:
-                needed = [c for c in (cfg.text_column, head.target, cfg.id_column) if c and c not in chunk.columns]
+                needed = [
+                    c for c in (cfg.text_column, head.target, cfg.id_column) if c and c not in chunk.columns
+                ]
                 if needed:
-                    raise LmError(f"{label}: data file {name} has no column {needed[0]!r} (the first file has it); "
-                                  f"pick a split whose files share their columns")
+                    raise LmError(
+                        f"{label}: data file {name} has no column {needed[0]!r} (the first file has it); "
+                        f"pick a split whose files share their columns"
+                    )
                 unannotated = [c for c in head.identities if c not in chunk.columns]
                 if unannotated:  # a later file without an identity column: its rows are unannotated there
                     chunk = chunk.assign(**{c: np.nan for c in unannotated})
@@ -476,8 +578,17 @@ def _read_hub_cached(ref: str, config: str | None, cfg: DataConfig, task: str, l
                 if left <= 0:
                     return
 
-    return _Raw(chunks(), label, "hf", cfg.text_column, head.target, cfg.id_column, head.identities,
-                head.missing_identities, details=details)
+    return _Raw(
+        chunks(),
+        label,
+        "hf",
+        cfg.text_column,
+        head.target,
+        cfg.id_column,
+        head.identities,
+        head.missing_identities,
+        details=details,
+    )
 
 
 def _guard(rows: Iterator[Any], label: str) -> Iterator[Any]:
@@ -485,7 +596,9 @@ def _guard(rows: Iterator[Any], label: str) -> Iterator[Any]:
     try:
         yield from rows
     except Exception as err:
-        raise LmError(f"{label}: reading the stream failed ({type(err).__name__}: {_first_line(err)})") from None
+        raise LmError(
+            f"{label}: reading the stream failed ({type(err).__name__}: {_first_line(err)})"
+        ) from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -515,20 +628,26 @@ class CorpusStream:
         for chunk in self.raw.chunks:
             yield self._map(chunk.reset_index(drop=True))
         if self._n_kept == 0:
-            raise LmError(f"{self.raw.label}: the corpus is empty: no non-empty text in column {self.raw.text!r} "
-                          f"({self._n_read} rows read); check data.text_column and the source")
+            raise LmError(
+                f"{self.raw.label}: the corpus is empty: no non-empty text in column {self.raw.text!r} "
+                f"({self._n_read} rows read); check data.text_column and the source"
+            )
         self._done = True
 
     def _map(self, frame: pd.DataFrame) -> pd.DataFrame:
         raw, cfg = self.raw, self.cfg
         n_read = len(frame)
-        row_no = self._n_read + np.arange(n_read)  # source row numbers, kept through the drop for ids and messages
+        row_no = self._n_read + np.arange(
+            n_read
+        )  # source row numbers, kept through the drop for ids and messages
         self._n_read += n_read
 
         text_col = frame[raw.text]
         missing_text = text_col.isna().to_numpy()
-        texts = np.array([("" if m else (t if isinstance(t, str) else str(t))) for t, m in zip(text_col, missing_text)],
-                         dtype=object)
+        texts = np.array(
+            [("" if m else (t if isinstance(t, str) else str(t))) for t, m in zip(text_col, missing_text)],
+            dtype=object,
+        )
         keep = np.fromiter((bool(t.strip()) for t in texts), dtype=bool, count=n_read)
         n_kept = int(keep.sum())
         frame = frame.loc[keep].reset_index(drop=True)
@@ -538,13 +657,17 @@ class CorpusStream:
             ids_col = frame[raw.id]
             if ids_col.isna().any():
                 i = int(np.flatnonzero(ids_col.isna().to_numpy())[0])
-                raise LmError(f"{raw.label}: id column {raw.id!r} is empty at row {row_no[i]}; fill it or set "
-                              f"data.id_column to null to number the rows")
+                raise LmError(
+                    f"{raw.label}: id column {raw.id!r} is empty at row {row_no[i]}; fill it or set "
+                    f"data.id_column to null to number the rows"
+                )
             ids = [_id_text(v) for v in ids_col]
             dup = self._seen.first_duplicate(ids)
             if dup is not None:
-                raise LmError(f"{raw.label}: id column {raw.id!r} has duplicate value {dup!r}; ids must be unique "
-                              f"(or set data.id_column to null to number the rows)")
+                raise LmError(
+                    f"{raw.label}: id column {raw.id!r} has duplicate value {dup!r}; ids must be unique "
+                    f"(or set data.id_column to null to number the rows)"
+                )
         else:
             ids = [str(i) for i in row_no]
         where = _Where(raw.label, row_no, ids if raw.id is not None else None)
@@ -553,10 +676,16 @@ class CorpusStream:
             target = _numeric(frame[raw.target], raw.target, where)
             if self.task == "classify" and np.isnan(target).any():
                 i = int(np.flatnonzero(np.isnan(target))[0])
-                raise LmError(f"{raw.label}: target column {raw.target!r} is empty at {where.row(i)}; task=classify "
-                              f"needs a target on every row (fill it, or drop the row)")
-            _check_unit(target, f"target column {raw.target!r}", where,
-                        "scale it to [0, 1] (a fraction of annotators or a probability)")
+                raise LmError(
+                    f"{raw.label}: target column {raw.target!r} is empty at {where.row(i)}; task=classify "
+                    f"needs a target on every row (fill it, or drop the row)"
+                )
+            _check_unit(
+                target,
+                f"target column {raw.target!r}",
+                where,
+                "scale it to [0, 1] (a fraction of annotators or a probability)",
+            )
             self._n_positive += int((target >= cfg.threshold).sum())
             self._target_sum += float(np.nansum(target))
             self._target_n += int((~np.isnan(target)).sum())
@@ -566,11 +695,15 @@ class CorpusStream:
         out: dict[str, Any] = {"id": ids, "text": list(texts[keep]), "target": target}
         for col in raw.identities:
             vals = _numeric(frame[col], col, where, kind="identity column")
-            _check_unit(vals, f"identity column {col!r}", where, "identity values must be fractions in [0, 1]")
+            _check_unit(
+                vals, f"identity column {col!r}", where, "identity values must be fractions in [0, 1]"
+            )
             out[col] = vals
         df = pd.DataFrame(out)
         if raw.identities:
-            self._n_annotated += int((~np.isnan(df[raw.identities].to_numpy(dtype=np.float64))).any(axis=1).sum())
+            self._n_annotated += int(
+                (~np.isnan(df[raw.identities].to_numpy(dtype=np.float64))).any(axis=1).sum()
+            )
         self._n_kept += n_kept
         self._n_chars += int(sum(len(t) for t in out["text"]))
         return df
@@ -655,7 +788,9 @@ def _numeric(col: pd.Series, name: str, where: _Where, kind: str = "target colum
         return col.to_numpy(dtype=np.float64, na_value=np.nan)
     values = col.astype(object).to_numpy()
     try:  # fast path; cells it cannot parse come out NaN and are looked at one by one below
-        out = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        out = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
+            np.float64, na_value=np.nan
+        )
     except (TypeError, ValueError):  # e.g. JSON lists or objects in the column
         out = np.full(len(values), np.nan, dtype=np.float64)
     for i in np.flatnonzero(np.isnan(out)):  # empty cells, unusual spellings, or bad values
@@ -671,8 +806,10 @@ def _numeric(col: pd.Series, name: str, where: _Where, kind: str = "target colum
         try:
             out[i] = float(s)
         except ValueError:
-            raise LmError(f"{where.label}: {kind} {name!r} is not numeric at {where.row(i)}: {_short(v)}; "
-                          f"it must hold numbers in [0, 1]") from None
+            raise LmError(
+                f"{where.label}: {kind} {name!r} is not numeric at {where.row(i)}: {_short(v)}; "
+                f"it must hold numbers in [0, 1]"
+            ) from None
     return out
 
 
@@ -686,4 +823,3 @@ def _check_unit(values: np.ndarray, what: str, where: _Where, fix: str) -> None:
 def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
-
