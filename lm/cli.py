@@ -348,7 +348,7 @@ def serve(
         from pydantic import ValidationError
 
         from lm.config import ConfigError, ServeConfig
-        from lm.errors import LmError
+        from lm.errors import LmError, first_problem
         from lm.serving.app import create_app, sampling_defaults
 
         given = {
@@ -365,8 +365,8 @@ def serve(
                 {**_params(params).serve.model_dump(), **{k: v for k, v in given.items() if v is not None}}
             )
         except ValidationError as err:
-            first = err.errors()[0]
-            raise ConfigError(f"serve.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            key, msg = first_problem(err)
+            raise ConfigError(f"serve.{key}: {msg}") from None
         if not (Path(cfg.model_dir) / "config.json").exists():
             raise LmError(
                 f"{cfg.model_dir}/config.json not found: train a model first (`dvc repro`) or pass --model DIR"

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from lm.attention_kinds import KINDS, AttentionKind, resolve_attention_options
-from lm.errors import LmError
+from lm.errors import LmError, first_problem, host_port
 from lm.labels import auto_label_names
 from lm.special_tokens import SPECIAL_TOKENS
 
@@ -571,11 +571,10 @@ class Params(Section):
                 "train.nnodes > 1 needs train.rdzv_endpoint: host:port of machine 0 (e.g. 10.0.0.1:29500)"
             )
         if t.rdzv_endpoint is not None:
-            host, _, port = t.rdzv_endpoint.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(
-                    f"train.rdzv_endpoint must be host:port (e.g. 10.0.0.1:29500), got {t.rdzv_endpoint!r}"
-                )
+            try:
+                host_port(t.rdzv_endpoint)
+            except ValueError as err:
+                raise ValueError(f"train.rdzv_endpoint {err}") from None
         if t.nnodes > 1 and t.rdzv_backend == "static" and t.max_restarts:
             raise ValueError(
                 "train.rdzv_backend=static cannot restart workers across machines: set "
@@ -599,16 +598,13 @@ class Params(Section):
 
 
 def _format_error(err: ValidationError, path: Path) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
+    key, msg = first_problem(err)
+    kind = err.errors()[0]["type"]
+    if kind == "extra_forbidden":
         msg = "unknown key (check the spelling against params.yaml in the lm repository)"
-    elif first["type"] == "value_error":
-        msg = msg.removeprefix("Value error, ")
-        if "." in msg.split(" ")[0]:
-            return f"{path}: {msg}"
-    return f"{path}: {key}: {msg}"
+    elif kind == "value_error" and "." in msg.split(" ")[0]:
+        return f"{path}: {msg}"  # the message names its keys itself
+    return f"{path}: {key or '(top level)'}: {msg}"
 
 
 def parse_params(raw: dict[str, Any], path: Path = Path("params.yaml")) -> Params:

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from lm.config import Params, TrainConfig, parse_params
+from lm.errors import host_port
 from lm.io import require
 from lm.paths import ENCODED, MODELS, SPLIT, STAGING, TOKENIZER, TRAIN_REPORTS, staged
 
@@ -51,7 +52,7 @@ def torchrun_command(train: TrainConfig, params_path: Path, *, resume: bool = Fa
             f"is_host={int(train.node_rank == 0)}",
         ]
     else:
-        host, _, port = str(train.rdzv_endpoint).rpartition(":")
+        host, port = host_port(str(train.rdzv_endpoint))
         where = [
             "--nnodes",
             str(train.nnodes),
@@ -62,7 +63,7 @@ def torchrun_command(train: TrainConfig, params_path: Path, *, resume: bool = Fa
             "--master-addr",
             host,
             "--master-port",
-            port,
+            str(port),
         ]
     return [
         sys.executable,

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from lm.config import ModelConfig
-from lm.errors import LmError
+from lm.errors import LmError, first_problem
 from lm.hf_config import ENCODERS, hf_model_keys
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # old non-parameter buffers
@@ -71,9 +71,7 @@ def spec_from_hf_config(
     try:
         model_cfg = ModelConfig(**model)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
+        where, msg = first_problem(err)
         raise LmError(
             f"{source}: cannot be expressed as an lm model ({where + ': ' if where else ''}{msg})"
         ) from None

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lm.errors import first_problem
 from lm.special_tokens import MASK
 
 
@@ -41,9 +42,8 @@ def options(kind: type[BaseModel], given: dict[str, Any], defaults: dict[str, An
     try:
         return kind.model_validate({**defaults, **given})
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(map(str, first["loc"])) or "body"
-        raise ValueError(f"{field}: {first['msg'].lower()}") from None
+        field, msg = first_problem(err)
+        raise ValueError(f"{field or 'body'}: {msg.lower()}") from None
 
 
 def generate(trained, prompts: list[str], opts: GenerateOptions) -> dict[str, Any]:

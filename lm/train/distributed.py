@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lm.errors import LmError
+from lm.errors import LmError, host_port
 
 SLURM_PORT = 29500  # torch's default MASTER_PORT, for a SLURM step with no address given
 
@@ -101,8 +101,7 @@ def placement(env: Mapping[str, str] | None = None, endpoint: str | None = None)
         master = None
         if not ("MASTER_ADDR" in env and "MASTER_PORT" in env):
             if endpoint:
-                host, _, port = endpoint.rpartition(":")
-                master = (host, int(port))
+                master = host_port(endpoint)
             else:
                 master = (
                     first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")),
