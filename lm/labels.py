@@ -8,7 +8,8 @@ label as the run was configured; a model exported before names existed was a tox
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 TOXICITY_NAMES = ("non-toxic", "toxic")  # the embedded corpus (and models exported without names)
 GENERIC_NAMES = ("negative", "positive")
@@ -16,6 +17,12 @@ GENERIC_NAMES = ("negative", "positive")
 
 def auto_label_names(source: str) -> list[str]:
     return list(TOXICITY_NAMES if source.strip() == "embedded" else GENERIC_NAMES)
+
+
+def decision_of(config: Mapping[str, Any]) -> tuple[float, list[str]]:
+    """The threshold and class names an exported classifier's config.json records (a model exported before
+    they were recorded: 0.5 and the toxicity names)."""
+    return float(config.get("threshold", 0.5)), list(config.get("label_names", TOXICITY_NAMES))
 
 
 def label_of(score: float, threshold: float, names: Sequence[str]) -> str:

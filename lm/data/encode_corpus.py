@@ -16,7 +16,6 @@ from typing import Protocol
 import numpy as np
 
 from lm.data.encoded import token_dtype
-from lm.data.on_the_fly import row_tokens
 
 
 class _Encoder(Protocol):
@@ -34,7 +33,7 @@ class _Encoder(Protocol):
 
 def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, out_dir: Path,
                 *, write_tokens: bool = True, block_rows: int = 4096) -> dict:
-    """classify: one padded row per document as the tokenizer builds it (`row_tokens`: <|cls|> + text for lm's
+    """classify: one padded row per document as the tokenizer builds it (`tok.row`: <|cls|> + text for lm's
     BPE, [CLS] text [SEP] for BERT), truncated to its first max_len tokens
     (the head of a comment carries its tone; the count of truncated rows goes to meta.json)."""
     dtype = token_dtype(tok.vocab_size)
@@ -45,7 +44,7 @@ def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, 
     i = -1
     with open(out_dir / "tokens.bin", "wb") if write_tokens else _Discard() as fh:
         for i, ids in enumerate(tok.encode_documents(texts, disallowed="as_text")):
-            row = row_tokens(ids, tok, max_len)
+            row = tok.row(ids, max_len)
             n_tokens += len(ids)
             n_truncated += len(ids) + len(tok.row_prefix) + len(tok.row_suffix) > max_len
             j = i % block_rows

@@ -30,13 +30,6 @@ def raw_manifest_hash(raw_dir: str | Path) -> str:
     return hash_file(Path(raw_dir) / "manifest.json").hexdigest()
 
 
-def row_tokens(ids: list[int], tok, max_len: int) -> list[int]:
-    """classify: a document's row before padding, as the tokenizer builds it (lm's BPE: <|cls|> then the first
-    max_len - 1 tokens; a pretrained one: e.g. [CLS] tokens [SEP]), the rule `lm encode` writes tokens.bin by,
-    and the one on-the-fly rows are made by."""
-    return tok.row(ids, max_len)
-
-
 class OnTheFlyTokens:
     """Read-only token access for an on-the-fly encoding; see the module docstring."""
 
@@ -112,7 +105,7 @@ class OnTheFlyTokens:
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         block = np.full((len(rows), self.max_len), self.tok.pad_id, dtype=self.dtype)
         for j, ids in enumerate(self.documents(rows)):
-            row = row_tokens(ids, self.tok, self.max_len)
+            row = self.tok.row(ids, self.max_len)
             block[j, : len(row)] = row
         out = block[:, cols]
         return out[0] if scalar else out

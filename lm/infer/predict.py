@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from lm.errors import LmError
-from lm.labels import TOXICITY_NAMES, labels_of
+from lm.labels import decision_of, labels_of
+from lm.tokenizer import classifier_rows
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:
@@ -87,11 +88,11 @@ class Trained:
 
     def _rows(self, texts: list[str], allowed: set[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer
-        encoded = tok.encode_batch(texts, allowed_special=allowed, disallowed="as_text")
-        if self.task == "classify":  # as `lm encode` built the training rows
-            rows = [tok.row(ids, self.max_len) for ids in encoded]
+        if self.task == "classify":
+            rows = classifier_rows(tok, texts, self.max_len)
         else:  # mlm windows start with the cls token; clm reads the text alone
             prefix = [tok.cls_id] if self.task == "mlm" else []
+            encoded = tok.encode_batch(texts, allowed_special=allowed, disallowed="as_text")
             rows = [(prefix + ids)[: self.max_len] for ids in encoded]
         width = max(1, max(len(r) for r in rows))
         ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
@@ -105,14 +106,13 @@ class Trained:
     def predict(self, texts: list[str], *, top_k: int = 5, batch_size: int = 64) -> pd.DataFrame:
         if self.task == "classify":
             # an empty (or blank) text is not scored, as `lm serve` refuses it: its row stays, score NaN, no label
-            threshold = float(self.config.get("threshold", 0.5))
+            threshold, names = decision_of(self.config)
             scored = [i for i, t in enumerate(texts) if t.strip()]
             probs = np.full(len(texts), np.nan)
             for lo in range(0, len(scored), batch_size):
                 part = scored[lo : lo + batch_size]
                 ids, mask = self._rows([texts[i] for i in part], set())
                 probs[part] = torch.sigmoid(self.model(ids, mask).logits.float()).numpy()
-            names = self.config.get("label_names", TOXICITY_NAMES)
             return pd.DataFrame(
                 {"text": texts, "score": np.round(probs, 4), "label": labels_of(probs, threshold, names)}
             )

@@ -1,22 +1,16 @@
-"""The scoring service: Starlette on uvicorn, one model per process, dynamic micro-batching in front of it.
+"""The service: Starlette on uvicorn, one model per process, dynamic micro-batching in front of it.
 
-    POST /v1/score  {"texts": ["...", ...]}  ->  {"scores": [...], "labels": [...], "threshold": t}
-    GET  /healthz   the process answers
-    GET  /readyz    the model is loaded and the batcher runs (200), else 503
-    GET  /metrics   Prometheus text (lm.serving.metrics)
+    POST /v1/score     classify: {"texts": [...]} -> {"scores": [...], "labels": [...], "threshold": t}
+    POST /v1/generate  clm: {"prompts": [...], sampling options} -> continuations
+    POST /v1/fill      mlm: {"texts": [... <|mask|> ...], "top_k": k} -> candidates per mask
+    GET  /healthz      the process answers;  GET /readyz  the model is loaded (200), else 503
+    GET  /metrics      Prometheus text (lm.serving.metrics)
 
-Why these libraries: Starlette is the ASGI toolkit FastAPI is built on, without the per-request dependency and
-validation machinery we do not use (we check bodies ourselves, to name the wrong field); on 2 cores FastAPI with
-an HTTP middleware cost ~0.8 ms of event-loop time per request, more than scoring a text. uvicorn is the
-reference ASGI server (uvloop, httptools, graceful shutdown on SIGTERM); prometheus_client is the official
-Prometheus client. Metrics are taken by a plain ASGI middleware (no extra task per request).
-
-A request is checked before any work (body size: 413; JSON shape, text count and length: 422 with
-`{"error": ...}` naming the field), then queued for the batcher (full queue: 503 + Retry-After), which
-tokenizes (tiktoken, like `lm predict`: `<|cls|>` + tokens, cut to the model's max_len) and scores in its own
-thread, so the event loop never waits on either. The process is stateless apart from the loaded model, so it
-scales out as several uvicorn workers (`uvicorn --factory lm.serving.app:from_params --workers N`) or
-containers behind a load balancer.
+Starlette rather than FastAPI: we check bodies ourselves (to name the wrong field) and need none of FastAPI's
+per-request machinery, which costs more event-loop time than scoring a short text. A request is checked before
+any work (413 for size, 422 naming the field), then queued for the batcher (full: 503 + Retry-After), which
+tokenizes and scores in its own thread, so the event loop never waits on either. The process holds nothing but
+the model, so it scales out as uvicorn workers (`uvicorn --factory lm.serving.app:from_params --workers N`).
 """
 
 from __future__ import annotations
@@ -40,7 +34,8 @@ from starlette.routing import Route
 
 from lm.config import ServeConfig
 from lm.errors import LmError
-from lm.labels import TOXICITY_NAMES, labels_of
+from lm.labels import TOXICITY_NAMES, decision_of, labels_of
+from lm.tokenizer import classifier_rows
 from lm.serving.batcher import Batcher, QueueFull, Unbatched
 from lm.serving.metrics import Metrics
 
@@ -78,8 +73,7 @@ class Served:
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """As `lm predict` (lm.infer.predict.Trained._rows) encodes for a classifier; runs in the scoring thread."""
-        tok = self.tokenizer
-        return [tok.row(ids, self.max_len) for ids in tok.encode_batch(texts, allowed_special=set(), disallowed="as_text")]
+        return classifier_rows(self.tokenizer, texts, self.max_len)
 
 
 def load_model(served: Served) -> None:
@@ -112,9 +106,8 @@ def load_model(served: Served) -> None:
 
         served.tokenizer = load_tokenizer(model_dir / "tokenizer")
     served.max_len = served.max_len or int(config["max_len"])
-    if served.threshold is None:
-        served.threshold = float(config.get("threshold", 0.5))
-    served.label_names = list(config.get("label_names", TOXICITY_NAMES))
+    threshold, served.label_names = decision_of(config)
+    served.threshold = threshold if served.threshold is None else served.threshold
 
 
 def _make_batcher(served: Served) -> Batcher | Unbatched:
