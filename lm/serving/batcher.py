@@ -2,14 +2,16 @@
 
 A request waits in a queue as (texts, future). One worker task waits until `max_batch` texts are queued or the
 oldest request has waited `max_wait_ms` (only under load: a request with no other arriving within max_wait_ms
-before it is scored at once, so a quiet server answers as fast as an unbatched one), takes whole requests up to `max_batch` texts (a larger request alone)
-and hands them to the scoring thread, which tokenizes them, sorts them by length, scores them in chunks of
-`chunk` rows (on `threads` threads) padded to the longest in the chunk, and puts every score back in its request's order. The event
-loop only parses, queues and answers: tokenization and the model run off it, in one thread, so the next batch
-fills up while one is scored and under load batches grow by themselves.
+before it is scored at once, so a quiet server answers as fast as an unbatched one), takes whole requests up to
+`max_batch` texts (a larger request alone) and hands them to the scoring thread, which tokenizes them, sorts
+them by length, scores them in chunks of `chunk` rows (on `threads` threads) padded to the longest in the
+chunk, and puts every score back in its request's order. The event loop only parses, queues and answers:
+tokenization and the model run off it, in one thread, so the next batch fills up while one is scored and under
+load batches grow by themselves.
 
-Why chunks inside a batch: on a CPU a forward pass over 16 rows keeps its activations in cache; 64 rows at once
-were 1.8x slower per text (int8, 2 cores). Sorting by length first makes each chunk's padding small.
+Why chunks inside a batch: on a CPU a forward pass over a few rows keeps its activations in cache, a large
+batch at once does not (benchmarks/serve.py measures the chunk size). Sorting by length first keeps each
+chunk's padding small.
 
 The queue is bounded in texts: a request that does not fit is refused whole (`QueueFull`: the endpoint answers
 503 with Retry-After) instead of letting latency grow without limit. `stop()` refuses new requests and finishes

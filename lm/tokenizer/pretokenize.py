@@ -13,7 +13,7 @@ BPE never merges across a pre-token boundary, so training only needs the multise
    the number of worker processes.
 3. Counting uses the same property once more: a text is a sequence of *units* ``\\s*\\S+`` (whitespace
    then non-whitespace), each cut at a safe point, so we count units with one cheap regex (stdlib ``re``,
-   about 2x faster than running the GPT-2 pattern), then run the GPT-2 pattern once per *distinct* unit.
+   cheaper than the GPT-2 pattern), then run the GPT-2 pattern once per *distinct* unit.
 
 "Whitespace" is exactly the ``\\s`` of the ``regex`` module (Unicode White_Space, 25 code points), which
 is also what the GPT-2 pattern uses; Python's ``str.isspace`` differs (it includes U+001C..U+001F).
