@@ -67,7 +67,7 @@ def mask_tokens(
     prediction target, so short rows still contribute to the loss.
     """
     rows = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows)
-    B, L = input_ids.shape
+    _, L = input_ids.shape
     maskable = attention_mask.bool() & ~_is_special(input_ids, special_ids)  # (B, L)
     u = torch.from_numpy(hash_uniform(seed, epoch, rows, L, _SELECT))  # (B, L)
     chosen = (u < mask_prob) & maskable

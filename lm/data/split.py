@@ -29,10 +29,12 @@ def split_indices(
     from sklearn.model_selection import train_test_split  # here: readers of a split need no sklearn
 
     idx = np.arange(n_docs, dtype=np.int64)
-    n_test = int(round(n_docs * test_fraction))
-    n_val = int(round(n_docs * val_fraction))
+    n_test = round(n_docs * test_fraction)
+    n_val = round(n_docs * val_fraction)
     if n_docs - n_test - n_val < 1:
-        raise LmError(f"split: {n_docs} documents leave no training rows; lower split.val_fraction/test_fraction")
+        raise LmError(
+            f"split: {n_docs} documents leave no training rows; lower split.val_fraction/test_fraction"
+        )
     if labels is not None:
         counts = np.bincount(labels.astype(np.int64), minlength=2)
         if counts.min() < 3:
@@ -48,7 +50,9 @@ def split_indices(
             parts[name] = np.zeros(0, dtype=np.int64)
             continue
         stratify = rest_labels if rest_labels is not None and min(size, len(rest) - size) >= 2 else None
-        rest_new, part = train_test_split(rest, test_size=size, random_state=rng.randint(2**31 - 1), stratify=stratify)
+        rest_new, part = train_test_split(
+            rest, test_size=size, random_state=rng.randint(2**31 - 1), stratify=stratify
+        )
         parts[name] = part
         if rest_labels is not None:
             rest_labels = labels[rest_new]
@@ -61,10 +65,12 @@ def split_summary(parts: dict[str, np.ndarray], labels: np.ndarray | None) -> di
     """Counts and class ratios per part, for reports/split.json."""
     summary: dict[str, dict] = {}
     for name in PARTS:
-        entry: dict = {"n": int(len(parts[name]))}
+        entry: dict = {"n": len(parts[name])}
         if labels is not None and len(parts[name]):
             pos = int(labels[parts[name]].sum())
-            entry.update(n_pos=pos, n_neg=int(len(parts[name]) - pos), pos_rate=round(pos / len(parts[name]), 4))
+            entry.update(
+                n_pos=pos, n_neg=int(len(parts[name]) - pos), pos_rate=round(pos / len(parts[name]), 4)
+            )
         summary[name] = entry
     return summary
 

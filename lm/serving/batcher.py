@@ -54,8 +54,9 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
     return ids, mask
 
 
-def score_rows(scorer, rows: list[list[int]], pad_id: int, chunk: int, pool: ThreadPoolExecutor | None = None
-               ) -> np.ndarray:
+def score_rows(
+    scorer, rows: list[list[int]], pad_id: int, chunk: int, pool: ThreadPoolExecutor | None = None
+) -> np.ndarray:
     """Scores of `rows` in their order: scored shortest first, `chunk` rows per forward pass; the chunks on
     `pool`'s threads when given (torch releases the GIL inside its kernels, so chunks run on several cores)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -82,8 +83,19 @@ _STOP = object()
 
 
 class Batcher:
-    def __init__(self, scorer, encode: Encode, *, pad_id: int, max_batch: int, max_wait_ms: float, max_queue: int,
-                 chunk: int = 16, threads: int = 1, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        scorer,
+        encode: Encode,
+        *,
+        pad_id: int,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        chunk: int = 16,
+        threads: int = 1,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.scorer = scorer
         self.encode = encode
         self.pad_id = pad_id
@@ -210,8 +222,16 @@ class Batcher:
 class Unbatched:
     """The naive baseline: each request scored on its own, one request at a time (no batching across requests)."""
 
-    def __init__(self, scorer, encode: Encode, *, pad_id: int, max_queue: int, metrics: Metrics | None = None,
-                 **_: object) -> None:
+    def __init__(
+        self,
+        scorer,
+        encode: Encode,
+        *,
+        pad_id: int,
+        max_queue: int,
+        metrics: Metrics | None = None,
+        **_: object,
+    ) -> None:
         self.scorer = scorer
         self.encode = encode
         self.pad_id = pad_id
@@ -248,7 +268,9 @@ class Unbatched:
         try:
             async with self._lock:
                 self.metrics.batch_size.observe(len(texts))
-                scores = await asyncio.get_running_loop().run_in_executor(self._pool, self._score_texts, texts)
+                scores = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._score_texts, texts
+                )
         finally:
             self._pending -= len(texts)
             self.metrics.queue_depth.set(self._pending)

@@ -13,7 +13,7 @@ a pydantic model before any work: a wrong or unknown option is a 422 naming it. 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,9 +26,9 @@ class GenerateOptions(BaseModel):
 
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(0.8, ge=0.0)
-    top_k: Optional[int] = Field(40, ge=1)
-    top_p: Optional[float] = Field(0.95, gt=0.0, le=1.0)
-    seed: Optional[int] = None
+    top_k: int | None = Field(40, ge=1)
+    top_p: float | None = Field(0.95, gt=0.0, le=1.0)
+    seed: int | None = None
 
 
 class FillOptions(BaseModel):
@@ -48,15 +48,32 @@ def options(kind: type[BaseModel], given: dict[str, Any], defaults: dict[str, An
 
 def generate(trained, prompts: list[str], opts: GenerateOptions) -> dict[str, Any]:
     """In the worker thread: each prompt's continuation, one after the other."""
-    return {"completions": [trained.continuation(p, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-                                                 top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed)
-                            for p in prompts]}
+    return {
+        "completions": [
+            trained.continuation(
+                p,
+                max_new_tokens=opts.max_new_tokens,
+                temperature=opts.temperature,
+                top_k=opts.top_k,
+                top_p=opts.top_p,
+                seed=opts.seed,
+            )
+            for p in prompts
+        ]
+    }
 
 
 def fill(trained, texts: list[str], opts: FillOptions) -> dict[str, Any]:
     """In the worker thread: for each text, every <|mask|> position with its top candidates."""
-    return {"fills": [[{"position": pos, "top": [{"token": t, "p": q} for t, q in cands]}
-                       for pos, cands in trained.fills(text, opts.top_k)] for text in texts]}
+    return {
+        "fills": [
+            [
+                {"position": pos, "top": [{"token": t, "p": q} for t, q in cands]}
+                for pos, cands in trained.fills(text, opts.top_k)
+            ]
+            for text in texts
+        ]
+    }
 
 
 def check_masks(texts: list[str], mask_token: str = MASK) -> None:
