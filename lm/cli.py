@@ -322,7 +322,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="interface (default serve.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default serve.port)")] = None,
     backend: Annotated[
-        str | None, typer.Option(help="eager | torchscript | int8 (default serve.backend)")
+        str | None, typer.Option(help="eager | onnx | onnx-int8 (default serve.backend)")
     ] = None,
     max_batch: Annotated[
         int | None, typer.Option(help="texts per forward pass (default serve.max_batch)")

@@ -447,8 +447,10 @@ class ServeConfig(Section):
 
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0: every interface)")
     port: int = Field(8000, ge=1, le=65535)
-    backend: Literal["eager", "torchscript", "int8"] = Field(
-        "eager", description="eager PyTorch, or an `lm export` artifact under serve.export_dir"
+    backend: Literal["eager", "onnx", "onnx-int8"] = Field(
+        "eager",
+        description="eager PyTorch, or an `lm export` artifact under serve.export_dir run by ONNX Runtime "
+        "(onnx-int8: int8 weights, the fastest on a CPU)",
     )
     max_batch: int = Field(64, ge=1, description="most texts scored in one forward pass")
     max_wait_ms: float = Field(
@@ -479,7 +481,7 @@ class ServeConfig(Section):
     model_dir: str = Field(
         "models", description="exported model directory (config.json, weights, tokenizer/)"
     )
-    export_dir: str = Field("serving", description="where `lm export` wrote the torchscript/int8 artifacts")
+    export_dir: str = Field("serving", description="where `lm export` wrote the ONNX artifacts")
 
 
 class Params(Section):

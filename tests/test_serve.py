@@ -336,18 +336,18 @@ def test_serve_lone_request_is_not_held_back_but_a_busy_one_waits_for_company(mo
 
 
 def test_serve_a_missing_artifact_is_one_line_before_the_server_starts(model_dir, tmp_path):
-    """`lm serve --backend int8` without `lm export`'s artifacts: one line naming the file and the fix, exit 1,
+    """`lm serve --backend onnx-int8` without `lm export`'s artifacts: one line naming the file and the fix, exit 1,
     no startup traceback."""
     from typer.testing import CliRunner
 
     from lm.cli import app
 
     result = CliRunner().invoke(
-        app, ["serve", "--backend", "int8", "--model", str(model_dir), "--export-dir", str(tmp_path / "none")]
+        app, ["serve", "--backend", "onnx-int8", "--model", str(model_dir), "--export-dir", str(tmp_path / "none")]
     )
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "model.int8.pt not found" in lines[0] and "lm export" in lines[0], (
+    assert len(lines) == 1 and "model.int8.onnx not found" in lines[0] and "lm export" in lines[0], (
         result.output
     )
 

@@ -139,7 +139,7 @@ def test_serve_fill_answers_what_lm_predict_fills(mlm_dir, one_thread):
 
 
 def test_serve_language_model_refuses_exported_backends(clm_dir, one_thread):
-    app = create_app(ServeConfig(model_dir=str(clm_dir), backend="int8"))
+    app = create_app(ServeConfig(model_dir=str(clm_dir), backend="onnx-int8"))
 
     async def go():
         async with app.router.lifespan_context(app):

@@ -102,7 +102,9 @@ def load_model(served: Served) -> None:
     if served.scorer is None:
         from lm.serving.backends import load_scorer
 
-        served.scorer = load_scorer(model_dir, served.cfg.backend, Path(served.cfg.export_dir))
+        served.scorer = load_scorer(
+            model_dir, served.cfg.backend, Path(served.cfg.export_dir), threads=served.cfg.torch_threads
+        )
     if served.tokenizer is None:
         from lm.tokenizer import load_tokenizer
 

@@ -1,21 +1,20 @@
-"""Scorers: one interface over the eager model and the artifacts `lm export` writes to serving/.
+"""Scorers: one interface over the eager model and the ONNX artifacts `lm export` writes to serving/.
 
 A scorer turns a padded batch of token ids into classifier probabilities; the server (and the export check)
 use any backend the same way:
 
-    scorer = load_scorer(Path("models"), "int8")
+    scorer = load_scorer(Path("models"), "onnx-int8", threads=1)
     probs = scorer.score(input_ids, attention_mask)  # int64 (B, L), bool (B, L) -> float32 (B,)
 
 - eager: the exported lm model (lm/model/export.py) in eval mode, needs lm's model code;
-- torchscript: serving/model.torchscript.pt, a traced `(input_ids, attention_mask) -> probabilities` graph;
-- int8: serving/model.int8.pt, the same with nn.Linear layers dynamically quantized to int8.
-The two artifacts load with torch alone (`torch.jit.load`), no lm code.
+- onnx: serving/model.onnx run by ONNX Runtime;
+- onnx-int8: serving/model.int8.onnx, the same with its matrix multiplications dynamically quantized to int8.
+The two artifacts need onnxruntime alone, no lm code and no torch.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -25,13 +24,13 @@ import torch
 from lm.errors import LmError
 from lm.paths import SERVING
 
-BACKENDS = ("eager", "torchscript", "int8")
-ARTIFACTS = {"torchscript": "model.torchscript.pt", "int8": "model.int8.pt"}
+BACKENDS = ("eager", "onnx", "onnx-int8")
+ARTIFACTS = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 SERVING_CONFIG = "config.json"
 
 
 class Scorer(Protocol):
-    name: str  # "eager" | "torchscript" | "int8"
+    name: str  # "eager" | "onnx" | "onnx-int8"
 
     def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """input_ids int64 (B, L), attention_mask bool (B, L) -> float32 (B,) classifier probabilities."""
@@ -63,21 +62,25 @@ class EagerScorer:
             return torch.sigmoid(logits.float()).numpy()
 
 
-class TorchScriptScorer:
-    """A TorchScript artifact written by `lm export`: (input_ids, attention_mask) -> probabilities (B,)."""
+class OnnxScorer:
+    """An ONNX artifact written by `lm export`, run by ONNX Runtime on the CPU: (input_ids, attention_mask) ->
+    probabilities (B,). `threads` is the session's intra-op pool (one pool per scoring thread's call)."""
 
-    def __init__(self, path: Path, name: str):
+    def __init__(self, path: Path, name: str, threads: int = 1):
+        import onnxruntime as ort
+
         self.name = name
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", DeprecationWarning
-            )  # torch >= 2.10 deprecates jit; loading still works
-            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        ids, mask = _tensors(input_ids, attention_mask)
-        with torch.inference_mode():
-            return self.module(ids, mask).float().numpy()
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        mask = np.ascontiguousarray(attention_mask, dtype=bool)
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise LmError(f"input_ids {ids.shape} and attention_mask {mask.shape} must both be (B, L)")
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
 def read_serving_config(export_dir: Path) -> dict:
@@ -88,7 +91,9 @@ def read_serving_config(export_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_scorer(model_dir: Path, backend: str = "eager", export_dir: Path | None = None) -> Scorer:
+def load_scorer(
+    model_dir: Path, backend: str = "eager", export_dir: Path | None = None, *, threads: int = 1
+) -> Scorer:
     """The scorer for `backend`: eager reads model_dir (models/), the others export_dir (default serving/)."""
     if backend not in BACKENDS:
         raise LmError(f"unknown scoring backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -99,11 +104,11 @@ def load_scorer(model_dir: Path, backend: str = "eager", export_dir: Path | None
         if config["task"] != "classify":
             raise LmError(f"{model_dir} holds a {config['task']} model: scoring serves classifiers only")
         return EagerScorer(model)
-    return TorchScriptScorer(artifact_path(backend, export_dir), backend)
+    return OnnxScorer(artifact_path(backend, export_dir), backend, threads)
 
 
 def artifact_path(backend: str, export_dir: Path | None = None) -> Path:
-    """The `lm export` artifact a torchscript / int8 backend reads; LmError naming the fix when it is missing
+    """The `lm export` artifact an onnx / onnx-int8 backend reads; LmError naming the fix when it is missing
     (checked by `lm serve` before the server starts, so a missing file is one line, not a failed startup)."""
     path = (Path(export_dir) if export_dir is not None else SERVING) / ARTIFACTS[backend]
     if not path.exists():

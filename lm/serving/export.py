@@ -1,22 +1,25 @@
-"""`lm export`: the trained classifier as inference-only artifacts, each checked against the eager model.
+"""`lm export`: the trained classifier as ONNX artifacts for ONNX Runtime, each checked against the eager model.
 
 serving/ holds
-- model.torchscript.pt: a traced `(input_ids int64 (B, L), attention_mask bool (B, L)) -> probabilities (B,)`
-  graph of the exported model (the whole ensemble when there are several members); batch size and length are
-  free (the trace is checked on other shapes than its example, padding included, before it is written);
-- model.int8.pt: the same after `torch.ao.quantization.quantize_dynamic` of every nn.Linear (int8 weights,
+- model.onnx: `(input_ids int64 (B, L), attention_mask bool (B, L)) -> probabilities float32 (B,)` of the
+  exported model (the whole ensemble when there are several members), written by torch.onnx's dynamo exporter
+  with batch size and length free, and checked under ONNX Runtime on other shapes than its example, padding
+  included, before it is kept;
+- model.int8.onnx: the same after ONNX Runtime's dynamic quantization (int8 weights for every MatMul,
   activations quantized on the fly), the embeddings and norms staying fp32;
 - tokenizer/ (a copy of the model's) and config.json (task, max_len, threshold, pad_id, cls_id).
-Both artifacts load with `torch.jit.load` alone. `check_variants` scores the test split with every backend and
+Both artifacts load with onnxruntime alone. `check_variants` scores the test split with every backend and
 reports max |score - eager|, ROC-AUC and its delta, file size and single-request latency.
+
+A decoder (clm) or masked LM is not exported: generation needs the KV cache as graph inputs and outputs, which
+lm serves from eager PyTorch instead (docs/serving.md).
 """
 
 from __future__ import annotations
 
-import copy
+import logging
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +27,10 @@ import torch
 from torch import nn
 
 from lm.errors import LmError
-from lm.serving.backends import ARTIFACTS, SERVING_CONFIG, EagerScorer, Scorer, TorchScriptScorer
+from lm.serving.backends import ARTIFACTS, SERVING_CONFIG, EagerScorer, OnnxScorer, Scorer
 
 INT8_TOLERANCE = 0.005  # |ROC-AUC(int8) - ROC-AUC(eager)| allowed
-TRACE_TOLERANCE = 1e-4  # traced graph vs eager on shapes other than the trace example
+ONNX_TOLERANCE = 1e-4  # max |probability| difference of model.onnx vs eager on shapes unlike the example
 LATENCY_REQUESTS = 200
 LATENCY_WARMUP = 20
 
@@ -54,9 +57,9 @@ def _random_batch(batch: int, length: int, vocab: int, pad_id: int, cls_id: int,
     return ids.masked_fill(~mask, pad_id), mask
 
 
-def trace_probabilities(model: nn.Module, config: dict) -> torch.jit.ScriptModule:
-    """Trace the model's serving signature and check the graph on batch sizes and lengths unlike the example's
-    (a trace that baked in a shape would fail here rather than in the server)."""
+def export_onnx(model: nn.Module, config: dict, path: Path) -> None:
+    """Export the serving signature with batch and length free and check it under ONNX Runtime on batch sizes
+    and lengths unlike the example's (a graph that baked in a shape would fail here rather than in the server)."""
     wrapper = ProbabilityModel(model).eval()
     vocab, pad_id, cls_id, max_len = (
         config["vocab_size"],
@@ -65,32 +68,51 @@ def trace_probabilities(model: nn.Module, config: dict) -> torch.jit.ScriptModul
         config["max_len"],
     )
     example = _random_batch(2, min(8, max_len), vocab, pad_id, cls_id, seed=0)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter(
-            "ignore", DeprecationWarning
-        )  # torch >= 2.10 points to torch.export; jit still works
-        traced = torch.jit.trace(wrapper, example, check_trace=False)
-        for seed, (batch, length) in enumerate(
-            [(1, 1), (3, max_len), (5, max(1, max_len // 2 + 1))], start=1
-        ):
-            ids, mask = _random_batch(batch, length, vocab, pad_id, cls_id, seed)
-            diff = float((traced(ids, mask) - wrapper(ids, mask)).abs().max())
-            if not diff <= TRACE_TOLERANCE:
-                raise LmError(
-                    f"export: the traced model differs from eager by {diff:.2e} on a ({batch}, {length}) "
-                    "batch: this model cannot be traced with dynamic shapes"
-                )
-    return traced
+    # the mask's axes are the ids' (named once: naming both makes the exporter warn that it drops a name)
+    dynamic = torch.export.Dim.DYNAMIC
+    shapes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: dynamic, 1: dynamic}}
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # not "torchvision is not installed" on every export: lm needs none
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                example,
+                str(path),
+                dynamo=True,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["probabilities"],
+                dynamic_shapes=shapes,
+                external_data=False,  # one file: lm's classifiers stay far below protobuf's 2 GB
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
+    scorer = OnnxScorer(path, "onnx")
+    for seed, (batch, length) in enumerate([(1, 1), (3, max_len), (5, max(1, max_len // 2 + 1))], start=1):
+        ids, mask = _random_batch(batch, length, vocab, pad_id, cls_id, seed)
+        with torch.no_grad():
+            expected = wrapper(ids, mask).numpy()
+        diff = float(np.abs(scorer.score(ids.numpy(), mask.numpy()) - expected).max())
+        if not diff <= ONNX_TOLERANCE:
+            raise LmError(
+                f"export: model.onnx differs from eager by {diff:.2e} on a ({batch}, {length}) batch: this model "
+                "does not export with dynamic shapes; serve it with --backend eager"
+            )
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of the model with every nn.Linear dynamically quantized to int8 (the original is untouched)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        return torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8
-        )
+def quantize_int8(source: Path, target: Path) -> None:
+    """ONNX Runtime's dynamic quantization of `source`: int8 weights, activations quantized per batch."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = target.with_name(f".{target.name}.pre")
+    # shape inference and graph fusion first, as ONNX Runtime advises (its symbolic shape inference fails on
+    # some graphs, e.g. an ensemble; ONNX shape inference is enough for dynamic quantization)
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+    prepared.unlink()
 
 
 def cls_token_id(config: dict) -> int:
@@ -112,14 +134,11 @@ def serving_config(config: dict) -> dict:
 
 
 def write_artifacts(model: nn.Module, config: dict, model_dir: Path, out_dir: Path) -> None:
-    """Fill out_dir (a fresh directory) with both TorchScript artifacts, config.json and the tokenizer copy."""
+    """Fill out_dir (a fresh directory) with both ONNX artifacts, config.json and the tokenizer copy."""
     from lm.io import atomic_write_json
 
-    for name, module in (("torchscript", model), ("int8", quantize_int8(model))):
-        traced = trace_probabilities(module, config)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(traced, str(out_dir / ARTIFACTS[name]))
+    export_onnx(model, config, out_dir / ARTIFACTS["onnx"])
+    quantize_int8(out_dir / ARTIFACTS["onnx"], out_dir / ARTIFACTS["onnx-int8"])
     shutil.copytree(Path(model_dir) / "tokenizer", out_dir / "tokenizer")
     atomic_write_json(out_dir / SERVING_CONFIG, serving_config(config))
 
@@ -174,7 +193,7 @@ def check_variants(
         }
     }
     for name, file in ARTIFACTS.items():
-        scorer = TorchScriptScorer(out_dir / file, name)
+        scorer = OnnxScorer(out_dir / file, name, threads=torch.get_num_threads())
         probs = _score_all(scorer, items, batch_size)
         auc = _roc_auc(y_true, probs)
         row = {
@@ -184,7 +203,7 @@ def check_variants(
             "size_bytes": (out_dir / file).stat().st_size,
             **single_request_latency(scorer, items),
         }
-        if name == "int8":
+        if name == "onnx-int8":
             row["within_tolerance"] = (
                 row["roc_auc_delta"] is None or abs(row["roc_auc_delta"]) <= INT8_TOLERANCE
             )
@@ -244,7 +263,7 @@ def export_serving(
         "threshold": threshold,
         "members": (config.get("ensemble") or {}).get("members", 1),
         "int8_tolerance": INT8_TOLERANCE,
-        "torch_threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),
         **variants,
     }
     atomic_write_json(report_path, report)
@@ -266,9 +285,9 @@ def summary_lines(report: dict) -> list[str]:
             f"{row['size_bytes'] / 1e6:.2f} MB, p50 {row['latency_p50_ms']:.2f} ms, "
             f"p99 {row['latency_p99_ms']:.2f} ms"
         )
-    if not report["int8"]["within_tolerance"]:
+    if not report["onnx-int8"]["within_tolerance"]:
         lines.append(
-            f"warning: INT8 ROC-AUC differs from eager by {report['int8']['roc_auc_delta']:+.4f} "
-            f"(more than {INT8_TOLERANCE}); serve the torchscript backend instead"
+            f"warning: INT8 ROC-AUC differs from eager by {report['onnx-int8']['roc_auc_delta']:+.4f} "
+            f"(more than {INT8_TOLERANCE}); serve the onnx backend instead"
         )
     return lines
