@@ -23,7 +23,10 @@ from lm.errors import LmError
 def _role(enc: Encoded, role: str) -> int:
     value = enc.roles.get(role)
     if value is None:
-        raise LmError(f"{enc.root}: the tokenizer has no {role} token, which task={enc.task} needs (tokenizer.pretrained)")
+        raise LmError(
+            f"{enc.root}: the tokenizer has no {role} token, which task={enc.task} needs "
+            "(tokenizer.pretrained)"
+        )
     return int(value)
 
 
@@ -36,8 +39,10 @@ def doc_runs(enc: Encoded, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     breaks = np.flatnonzero(np.diff(docs) != 1) + 1
     first = np.concatenate([[0], breaks])
     last = np.concatenate([breaks - 1, [len(docs) - 1]])
-    return (np.asarray(enc.offsets[docs[first]], dtype=np.int64),
-            np.asarray(enc.offsets[docs[last] + 1], dtype=np.int64))
+    return (
+        np.asarray(enc.offsets[docs[first]], dtype=np.int64),
+        np.asarray(enc.offsets[docs[last] + 1], dtype=np.int64),
+    )
 
 
 @dataclass
@@ -91,7 +96,8 @@ class WindowItems:
 
     enc: Encoded
     starts: np.ndarray  # int64 token offset of each window
-    ends: np.ndarray  # int64 exclusive end of the tokens the window may read (its run's end, or its segment's)
+    # int64 exclusive end of the tokens the window may read (its run's end, or its segment's)
+    ends: np.ndarray
     window: int  # tokens read from the stream per window
     run_lo: np.ndarray | None = None  # int64 start of each run (kept to re-cut the grid)
     run_hi: np.ndarray | None = None  # int64 exclusive end of each run
@@ -104,7 +110,9 @@ class WindowItems:
         return self.window - self.shift
 
     @classmethod
-    def from_docs(cls, enc: Encoded, docs: np.ndarray, max_len: int, offset: int = 0, *, task: str = "clm") -> WindowItems:
+    def from_docs(
+        cls, enc: Encoded, docs: np.ndarray, max_len: int, offset: int = 0, *, task: str = "clm"
+    ) -> WindowItems:
         if task == "clm":
             window, shift, prefix = max_len + 1, 1, None
         else:
@@ -121,7 +129,9 @@ class WindowItems:
             raise ValueError(f"window offset {offset} outside [0, {L})")
         lo, hi = self.run_lo, self.run_hi
         n = hi - lo - self.shift  # targets per run
-        shift = np.where((offset > 0) & (offset < n), offset, 0)  # (R,) runs shorter than the offset stay whole
+        shift = np.where(
+            (offset > 0) & (offset < n), offset, 0
+        )  # (R,) runs shorter than the offset stay whole
         counts = -(-(n - shift) // L)  # full-grid windows per run (ceil)
         run_of = np.repeat(np.arange(len(lo)), counts)
         k = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -129,7 +139,9 @@ class WindowItems:
         head_end = lo + shift + self.shift  # the head window stops at its last target
         ends = np.concatenate([hi[run_of], head_end[shift > 0]])
         order = np.argsort(starts, kind="stable")  # stream order: memmap reads stay sequential
-        return WindowItems(self.enc, starts[order], ends[order], self.window, lo, hi, self.shift, self.prefix_id)
+        return WindowItems(
+            self.enc, starts[order], ends[order], self.window, lo, hi, self.shift, self.prefix_id
+        )
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -149,8 +161,13 @@ class WindowItems:
         ids = torch.from_numpy(block)
         valid_t = torch.from_numpy(valid)
         if self.shift == 0:
-            return {"input_ids": ids, "attention_mask": valid_t,
-                    "rows": torch.from_numpy(np.asarray(self.starts[np.asarray(items, dtype=np.int64)], dtype=np.int64))}
+            return {
+                "input_ids": ids,
+                "attention_mask": valid_t,
+                "rows": torch.from_numpy(
+                    np.asarray(self.starts[np.asarray(items, dtype=np.int64)], dtype=np.int64)
+                ),
+            }
         return {
             "input_ids": ids[:, :-1],
             "attention_mask": valid_t[:, :-1],
@@ -159,7 +176,8 @@ class WindowItems:
 
 
 def make_items(enc: Encoded, rows: np.ndarray, task: str, max_len: int) -> RowItems | WindowItems:
-    """The items of one split for `task`: document rows to classify, or packed windows for a language model."""
+    """The items of one split for `task`: document rows to classify, or packed windows for a language
+    model."""
     if task in ("clm", "mlm"):
         return WindowItems.from_docs(enc, rows, max_len, task=task)
     return RowItems(enc, rows)

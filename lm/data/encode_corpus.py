@@ -31,8 +31,16 @@ class _Encoder(Protocol):
     def encode_documents(self, texts: Iterable[str], *, disallowed: str) -> Iterator[list[int]]: ...
 
 
-def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, out_dir: Path,
-                *, write_tokens: bool = True, block_rows: int = 4096) -> dict:
+def encode_rows(
+    texts: Iterable[str],
+    n_rows: int,
+    tok: _Encoder,
+    max_len: int,
+    out_dir: Path,
+    *,
+    write_tokens: bool = True,
+    block_rows: int = 4096,
+) -> dict:
     """classify: one padded row per document as the tokenizer builds it (`tok.row`: <|cls|> + text for lm's
     BPE, [CLS] text [SEP] for BERT), truncated to its first max_len tokens
     (the head of a comment carries its tone; the count of truncated rows goes to meta.json)."""
@@ -66,8 +74,15 @@ def encode_rows(texts: Iterable[str], n_rows: int, tok: _Encoder, max_len: int, 
     }
 
 
-def encode_stream(texts: Iterable[str], n_docs: int, tok: _Encoder, out_dir: Path, chunk_tokens: int = 1 << 20,
-                  *, write_tokens: bool = True) -> dict:
+def encode_stream(
+    texts: Iterable[str],
+    n_docs: int,
+    tok: _Encoder,
+    out_dir: Path,
+    chunk_tokens: int = 1 << 20,
+    *,
+    write_tokens: bool = True,
+) -> dict:
     """clm / mlm: one flat stream, each document followed by <|endoftext|>; offsets mark document starts."""
     dtype = token_dtype(tok.vocab_size)
     offsets = np.zeros(n_docs + 1, dtype=np.int64)

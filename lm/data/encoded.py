@@ -32,8 +32,8 @@ PRODUCER = "lm encode"
 
 
 def meta_roles(meta: dict) -> dict[str, int | None]:
-    """The pipeline's roles (cls, sep, pad, mask, eot) -> ids, as `lm encode` recorded them (an encoding or export
-    made before roles were recorded names them by lm's special tokens)."""
+    """The pipeline's roles (cls, sep, pad, mask, eot) -> ids, as `lm encode` recorded them (an encoding or
+    export made before roles were recorded names them by lm's special tokens)."""
     if "roles" in meta:
         return meta["roles"]
     ids = meta["special_ids"]
@@ -80,18 +80,37 @@ class Encoded:
         return int(self.roles["pad"])
 
     @staticmethod
-    def write_meta(root: str | Path, *, task: str, layout: dict, n_docs: int, max_len: int, vocab_size: int,
-                   special_ids: dict[str, int], tokenizer_hash: str, targets: np.ndarray,
-                   roles: dict[str, int | None] | None = None) -> None:
+    def write_meta(
+        root: str | Path,
+        *,
+        task: str,
+        layout: dict,
+        n_docs: int,
+        max_len: int,
+        vocab_size: int,
+        special_ids: dict[str, int],
+        tokenizer_hash: str,
+        targets: np.ndarray,
+        roles: dict[str, int | None] | None = None,
+    ) -> None:
         """Write meta.json and targets.npy beside the token files that `layout` describes (dtype, shape,
         counts from encode_rows / encode_stream): the one place that writes what `open` reads."""
         root = Path(root)
         np.save(root / "targets.npy", np.asarray(targets, dtype=np.float32))
-        atomic_write_json(root / "meta.json", {
-            "task": task, "layout": "rows" if task == "classify" else "stream", **layout, "n_docs": n_docs,
-            "max_len": max_len, "vocab_size": vocab_size, "special_ids": special_ids, "tokenizer_hash": tokenizer_hash,
-            "roles": roles if roles is not None else meta_roles({"special_ids": special_ids}),
-        })
+        atomic_write_json(
+            root / "meta.json",
+            {
+                "task": task,
+                "layout": "rows" if task == "classify" else "stream",
+                **layout,
+                "n_docs": n_docs,
+                "max_len": max_len,
+                "vocab_size": vocab_size,
+                "special_ids": special_ids,
+                "tokenizer_hash": tokenizer_hash,
+                "roles": roles if roles is not None else meta_roles({"special_ids": special_ids}),
+            },
+        )
 
     @classmethod
     def open(cls, root: str | Path) -> Encoded:
@@ -109,10 +128,14 @@ class Encoded:
         path = require(root / "tokens.bin", PRODUCER)
         expected = int(np.prod(shape)) * dtype.itemsize
         if path.stat().st_size != expected:
-            raise LmError(f"{path} has {path.stat().st_size} bytes, meta.json says {expected}: re-run `lm encode`")
+            raise LmError(
+                f"{path} has {path.stat().st_size} bytes, meta.json says {expected}: re-run `lm encode`"
+            )
         tokens = np.memmap(path, dtype=dtype, mode="r", shape=shape)
         return cls(root, meta, tokens, lengths, offsets, targets)
 
     def check_task(self, task: str) -> None:
         if self.task != task:
-            raise LmError(f"{self.root} was encoded for task={self.task}, params say task={task}: re-run `lm encode`")
+            raise LmError(
+                f"{self.root} was encoded for task={self.task}, params say task={task}: re-run `lm encode`"
+            )

@@ -16,8 +16,15 @@ from typing import Any
 from lm.config import DataConfig
 from lm.io import hash_file
 
-CODE = ("stages/download.py", "lm/data/sources.py", "lm/data/synthetic.py", "lm/data/text_encoding.py", "lm/data/fingerprint.py",
-        "lm/data/raw.py", "lm/data/hub_cache.py")
+CODE = (
+    "stages/download.py",
+    "lm/data/sources.py",
+    "lm/data/synthetic.py",
+    "lm/data/text_encoding.py",
+    "lm/data/fingerprint.py",
+    "lm/data/raw.py",
+    "lm/data/hub_cache.py",
+)
 NOT_DATA = {"threshold", "cache_dir", "cache_max_gb"}  # data params that do not change data/raw
 REPO = Path(__file__).resolve().parents[2]
 

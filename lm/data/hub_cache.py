@@ -29,8 +29,10 @@ def data_files(dataset: str, config: str | None, split: str, revision: str | Non
     files = (builder.config.data_files or {}).get(split)
     if not files:
         splits = ", ".join(builder.config.data_files or {}) or "none"
-        raise LmError(f"data.source hf:{dataset}: no data files for split {split!r} (splits: {splits}); set "
-                      f"data.hf_split")
+        raise LmError(
+            f"data.source hf:{dataset}: no data files for split {split!r} (splits: {splits}); set "
+            f"data.hf_split"
+        )
     marker = f"datasets/{dataset}"
     out = []
     for url in files:  # hf://datasets/<owner>/<name>@<revision>/<path>
@@ -45,8 +47,14 @@ def fetch(dataset: str, filename: str, revision: str | None, dest: Path) -> None
 
     from huggingface_hub import hf_hub_download
 
-    got = hf_hub_download(dataset, filename, repo_type="dataset", revision=revision,
-                          cache_dir=dest.parent / ".hub", local_dir=None)
+    got = hf_hub_download(
+        dataset,
+        filename,
+        repo_type="dataset",
+        revision=revision,
+        cache_dir=dest.parent / ".hub",
+        local_dir=None,
+    )
     shutil.copyfile(got, dest)
     shutil.rmtree(dest.parent / ".hub", ignore_errors=True)
 
@@ -84,8 +92,11 @@ class ShardCache:
 
     def files(self) -> list[Path]:
         """Cached files, least recently used first."""
-        found = [p for p in self.root.rglob("*")  # not partial downloads (.name.part) or the hub client's .hub/
-                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.root).parts)]
+        found = [
+            p
+            for p in self.root.rglob("*")  # not partial downloads (.name.part) or the hub client's .hub/
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+        ]
         return sorted(found, key=lambda p: p.stat().st_mtime_ns)
 
     def size(self) -> int:

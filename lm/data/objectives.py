@@ -43,8 +43,15 @@ class ClassifyObjective:
     (not its thresholded 0/1) keeps what the annotators said: a text one in three called toxic ranks above
     one nobody did (the Jigsaw competitions' winning recipe). With 0/1 targets both are the same."""
 
-    def __init__(self, threshold: float, pos_weight: float | None, soft_labels: bool = False,
-                 token_dropout: float = 0.0, special: Special | None = None, seed: int = 0):
+    def __init__(
+        self,
+        threshold: float,
+        pos_weight: float | None,
+        soft_labels: bool = False,
+        token_dropout: float = 0.0,
+        special: Special | None = None,
+        seed: int = 0,
+    ):
         if token_dropout > 0 and special is None:
             raise ValueError("token_dropout needs the special token ids")
         self.threshold = threshold
@@ -58,9 +65,16 @@ class ClassifyObjective:
         batch = dict(batch)
         if train and self.token_dropout > 0:
             s = self.special
-            batch["input_ids"] = drop_tokens(batch["input_ids"], batch["attention_mask"], rate=self.token_dropout,
-                                             mask_id=s.mask_id, special_ids=s.special_ids, rows=batch["rows"],
-                                             seed=self.seed, epoch=epoch)
+            batch["input_ids"] = drop_tokens(
+                batch["input_ids"],
+                batch["attention_mask"],
+                rate=self.token_dropout,
+                mask_id=s.mask_id,
+                special_ids=s.special_ids,
+                rows=batch["rows"],
+                seed=self.seed,
+                epoch=epoch,
+            )
         batch["positive"] = (batch["targets"] >= self.threshold).float()
         batch["labels"] = batch["targets"].float().clamp(0.0, 1.0) if self.soft_labels else batch["positive"]
         batch["count"] = len(batch["labels"])
@@ -72,7 +86,9 @@ class ClassifyObjective:
     def logits_and_loss_sum(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(batch["input_ids"], batch["attention_mask"]).logits  # (B,)
         pw = None if self.pos_weight is None else torch.tensor(self.pos_weight, device=logits.device)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["labels"], pos_weight=pw, reduction="sum")
+        loss = F.binary_cross_entropy_with_logits(
+            logits.float(), batch["labels"], pos_weight=pw, reduction="sum"
+        )
         return logits, loss
 
 
@@ -86,7 +102,8 @@ class MaskedLMObjective:
         self.seed = eval_seed
 
     def prepare(self, batch: dict, *, train: bool, epoch: int = 0) -> dict:
-        """Masks come from a hash of (seed, epoch, row, position), so batching and sharding cannot change them."""
+        """Masks come from a hash of (seed, epoch, row, position), so batching and sharding cannot change
+        them."""
         batch = dict(batch)
         ids, labels = mask_tokens(
             batch["input_ids"],
@@ -120,7 +137,9 @@ class CausalLMObjective:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
 
 
 def train_labels(params: Params, enc: Encoded, train_rows: np.ndarray) -> np.ndarray:
@@ -130,14 +149,18 @@ def train_labels(params: Params, enc: Encoded, train_rows: np.ndarray) -> np.nda
 
 def special_of(enc: Encoded) -> Special:
     """The ids masking needs. Random replacements draw from the ordinary ids when the special ones close the
-    vocabulary (lm's BPE), else from the whole vocabulary, as transformers' DataCollatorForLanguageModeling does
-    (a pretrained tokenizer keeps its specials among the ordinary ids, e.g. BERT's [CLS] = 101)."""
+    vocabulary (lm's BPE), else from the whole vocabulary, as transformers' DataCollatorForLanguageModeling
+    does (a pretrained tokenizer keeps its specials among the ordinary ids, e.g. BERT's [CLS] = 101)."""
     roles = enc.roles
     specials = sorted({*enc.meta["special_ids"].values(), *(i for i in roles.values() if i is not None)})
     closing = specials == list(range(enc.vocab_size - len(specials), enc.vocab_size))
     mask = roles.get("mask")
-    return Special(pad_id=int(roles["pad"]), mask_id=int(mask) if mask is not None else -1, special_ids=specials,
-                   n_ordinary=specials[0] if closing and specials else enc.vocab_size)
+    return Special(
+        pad_id=int(roles["pad"]),
+        mask_id=int(mask) if mask is not None else -1,
+        special_ids=specials,
+        n_ordinary=specials[0] if closing and specials else enc.vocab_size,
+    )
 
 
 def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
@@ -148,19 +171,34 @@ def make_objective(params: Params, enc: Encoded, train_rows: np.ndarray):
     would cross the threshold); a number is used as given."""
     special = special_of(enc)
     if params.task == "classify" and params.train.token_dropout > 0 and special.mask_id < 0:
-        raise LmError("train.token_dropout replaces tokens by the mask token, which this tokenizer lacks: set it to 0")
+        raise LmError(
+            "train.token_dropout replaces tokens by the mask token, which this tokenizer lacks: set it to 0"
+        )
     if params.task == "classify":
         pw = params.train.pos_weight
         pos_weight = float(pw) if not isinstance(pw, str) else None
-        if pw == "auto" and params.train.sampler != "weighted" and not params.train.soft_labels and len(train_rows):
+        if (
+            pw == "auto"
+            and params.train.sampler != "weighted"
+            and not params.train.soft_labels
+            and len(train_rows)
+        ):
             labels = train_labels(params, enc, train_rows)
             n_pos = int(labels.sum())
             if n_pos == 0:
-                raise LmError("the train split has no positive rows: check data.target_column and data.threshold")
+                raise LmError(
+                    "the train split has no positive rows: check data.target_column and data.threshold"
+                )
             n_neg = len(labels) - n_pos
             pos_weight = float(n_neg / n_pos) if n_neg > n_pos else None
-        return ClassifyObjective(params.data.threshold, pos_weight, soft_labels=params.train.soft_labels,
-                                 token_dropout=params.train.token_dropout, special=special, seed=params.seed)
+        return ClassifyObjective(
+            params.data.threshold,
+            pos_weight,
+            soft_labels=params.train.soft_labels,
+            token_dropout=params.train.token_dropout,
+            special=special,
+            seed=params.seed,
+        )
     if params.task == "mlm":
         return MaskedLMObjective(special, params.train.mask_prob, eval_seed=params.seed)
     return CausalLMObjective()

@@ -17,8 +17,9 @@ import numpy as np
 
 from lm.errors import LmError
 
-SHARDS_KEPT = 64  # decoded shards held at once: random batches touch every shard, so a corpus of up to 64 shards
-# (512 MB of text at data.shard_mb 8) is decoded once per process; beyond that shards are decoded again and again
+# decoded shards held at once: random batches touch every shard, so a corpus of up to 64 shards (512 MB of
+# text at data.shard_mb 8) is decoded once per process; beyond that shards are decoded again and again
+SHARDS_KEPT = 64
 DOCS_KEPT = 16_384  # encoded documents held at once
 
 
@@ -41,13 +42,20 @@ class OnTheFlyTokens:
         self.raw = RawCorpus.open(source["raw"])
         self.tok = load_tokenizer(Path(source["tokenizer"]))
         if self.tok.hash != meta["tokenizer_hash"]:
-            raise LmError(f"{source['tokenizer']} is not the tokenizer the on-the-fly encoding was made with: re-run "
-                          f"`lm encode`")
+            raise LmError(
+                f"{source['tokenizer']} is not the tokenizer the on-the-fly encoding was made with: re-run "
+                f"`lm encode`"
+            )
         if source.get("raw_manifest_sha256") != raw_manifest_hash(source["raw"]):
-            raise LmError(f"{source['raw']} changed since the on-the-fly encoding was made: re-run `lm encode` "
-                          f"(`dvc repro` does)")
+            raise LmError(
+                f"{source['raw']} changed since the on-the-fly encoding was made: re-run `lm encode` "
+                f"(`dvc repro` does)"
+            )
         if self.raw.n_rows != int(meta["n_docs"]):
-            raise LmError(f"{self.raw.path} has {self.raw.n_rows} rows, the encoding {meta['n_docs']}: re-run `lm encode`")
+            raise LmError(
+                f"{self.raw.path} has {self.raw.n_rows} rows, the encoding {meta['n_docs']}: "
+                "re-run `lm encode`"
+            )
         self.shape = tuple(meta["shape"])
         self.dtype = np.dtype(meta["dtype"])
         self.ndim = len(self.shape)
@@ -58,9 +66,10 @@ class OnTheFlyTokens:
             from rich.console import Console
 
             Console(stderr=True).print(
-                f"warning: encode.mode on_the_fly over {len(self._starts)} shards of {self.raw.path}: random batches "
-                f"decode shards again and again beyond {SHARDS_KEPT}; encode.mode memmap is much faster for a corpus "
-                f"this size")
+                f"warning: encode.mode on_the_fly over {len(self._starts)} shards of {self.raw.path}: "
+                f"random batches decode shards again and again beyond {SHARDS_KEPT}; encode.mode memmap "
+                "is much faster for a corpus this size"
+            )
         self._shards: OrderedDict[int, list[str]] = OrderedDict()
         self._docs: OrderedDict[int, list[int]] = OrderedDict()
 
@@ -80,9 +89,13 @@ class OnTheFlyTokens:
         """The token ids of each document (no <|cls|> or <|endoftext|>), as `lm encode` made them."""
         docs = [int(d) for d in docs]
         todo = sorted({d for d in docs if d not in self._docs})
-        for d, ids in zip(todo, self.tok.encode_documents((self._text(d) for d in todo), disallowed="as_text")):
+        for d, ids in zip(
+            todo, self.tok.encode_documents((self._text(d) for d in todo), disallowed="as_text")
+        ):
             if self.offsets is not None and len(ids) + 1 != self.offsets[d + 1] - self.offsets[d]:
-                raise LmError(f"document {d} of {self.raw.path} no longer matches the encoding: re-run `lm encode`")
+                raise LmError(
+                    f"document {d} of {self.raw.path} no longer matches the encoding: re-run `lm encode`"
+                )
             self._docs[d] = ids
         out = []
         for d in docs:
@@ -120,7 +133,9 @@ class OnTheFlyTokens:
             return np.zeros(0, dtype=self.dtype)
         first = int(np.searchsorted(self.offsets, lo, side="right")) - 1
         last = int(np.searchsorted(self.offsets, hi, side="left"))  # documents first..last-1 cover [lo, hi)
-        pieces = [np.asarray([*ids, self.tok.eot_id], dtype=self.dtype)
-                  for ids in self.documents(np.arange(first, last))]
+        pieces = [
+            np.asarray([*ids, self.tok.eot_id], dtype=self.dtype)
+            for ids in self.documents(np.arange(first, last))
+        ]
         base = int(self.offsets[first])
         return np.concatenate(pieces)[lo - base : hi - base]

@@ -38,8 +38,14 @@ class ShardWriter:
 
         self.path = Path(path)
         self.shard_bytes = max(1, int(shard_bytes))
-        self.schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("target", pa.float64()),
-                                 *[(c, pa.float64()) for c in identity_columns]])
+        self.schema = pa.schema(
+            [
+                ("id", pa.string()),
+                ("text", pa.string()),
+                ("target", pa.float64()),
+                *[(c, pa.float64()) for c in identity_columns],
+            ]
+        )
         self._writer = None
         self._pending: list = []  # pa.Table pieces of the next shard
         self._pending_bytes = 0
@@ -88,7 +94,9 @@ class ShardWriter:
         shard = pa.concat_tables(self._pending).combine_chunks()
         if self._writer is None:
             # no dictionary for the text: it rarely repeats, and the sizes in the metadata stay text sizes
-            self._writer = pq.ParquetWriter(self.path, self.schema, use_dictionary=["id"], compression="snappy")
+            self._writer = pq.ParquetWriter(
+                self.path, self.schema, use_dictionary=["id"], compression="snappy"
+            )
         self._writer.write_table(shard, row_group_size=max(1, shard.num_rows))
         self.shards.append((shard.num_rows, self._pending_bytes))
         self._pending, self._pending_bytes = [], 0

@@ -32,7 +32,9 @@ def split_indices(
     n_test = int(round(n_docs * test_fraction))
     n_val = int(round(n_docs * val_fraction))
     if n_docs - n_test - n_val < 1:
-        raise LmError(f"split: {n_docs} documents leave no training rows; lower split.val_fraction/test_fraction")
+        raise LmError(
+            f"split: {n_docs} documents leave no training rows; lower split.val_fraction/test_fraction"
+        )
     if labels is not None:
         counts = np.bincount(labels.astype(np.int64), minlength=2)
         if counts.min() < 3:
@@ -48,7 +50,9 @@ def split_indices(
             parts[name] = np.zeros(0, dtype=np.int64)
             continue
         stratify = rest_labels if rest_labels is not None and min(size, len(rest) - size) >= 2 else None
-        rest_new, part = train_test_split(rest, test_size=size, random_state=rng.randint(2**31 - 1), stratify=stratify)
+        rest_new, part = train_test_split(
+            rest, test_size=size, random_state=rng.randint(2**31 - 1), stratify=stratify
+        )
         parts[name] = part
         if rest_labels is not None:
             rest_labels = labels[rest_new]
@@ -64,7 +68,9 @@ def split_summary(parts: dict[str, np.ndarray], labels: np.ndarray | None) -> di
         entry: dict = {"n": int(len(parts[name]))}
         if labels is not None and len(parts[name]):
             pos = int(labels[parts[name]].sum())
-            entry.update(n_pos=pos, n_neg=int(len(parts[name]) - pos), pos_rate=round(pos / len(parts[name]), 4))
+            entry.update(
+                n_pos=pos, n_neg=int(len(parts[name]) - pos), pos_rate=round(pos / len(parts[name]), 4)
+            )
         summary[name] = entry
     return summary
 

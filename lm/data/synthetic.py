@@ -1,4 +1,5 @@
-"""The synthetic default corpus (`data.source: embedded`): a seeded generator of Civil-Comments-shaped toxicity data.
+"""The synthetic default corpus (`data.source: embedded`): a seeded generator of Civil-Comments-shaped
+toxicity data.
 
 Why a generator instead of a bundled file: `dvc repro` must work offline in minutes on a laptop, and the
 metrics must still mean something. So the corpus imitates the structure of the Jigsaw Unintended Bias data
@@ -68,27 +69,79 @@ def _article(phrase: str) -> str:
 
 
 _INSULT_NOUNS = [
-    ("idiot", 2.2), ("moron", 2.4), ("fool", 1.5), ("loser", 2.0), ("clown", 1.6), ("hypocrite", 1.3),
-    ("troll", 1.4), ("imbecile", 2.4), ("jerk", 1.8), ("buffoon", 1.6), ("dimwit", 2.0), ("nitwit", 1.7),
-    ("halfwit", 1.9), ("crybaby", 1.5), ("a**hole", 2.7), ("dumba**", 2.6),
+    ("idiot", 2.2),
+    ("moron", 2.4),
+    ("fool", 1.5),
+    ("loser", 2.0),
+    ("clown", 1.6),
+    ("hypocrite", 1.3),
+    ("troll", 1.4),
+    ("imbecile", 2.4),
+    ("jerk", 1.8),
+    ("buffoon", 1.6),
+    ("dimwit", 2.0),
+    ("nitwit", 1.7),
+    ("halfwit", 1.9),
+    ("crybaby", 1.5),
+    ("a**hole", 2.7),
+    ("dumba**", 2.6),
 ]
-_INTENSIFIERS = [("", 1.0), ("complete ", 1.25), ("total ", 1.25), ("absolute ", 1.3), ("utter ", 1.3),
-                 ("pathetic little ", 1.45), ("stupid ", 1.4), ("ignorant ", 1.3)]
+_INTENSIFIERS = [
+    ("", 1.0),
+    ("complete ", 1.25),
+    ("total ", 1.25),
+    ("absolute ", 1.3),
+    ("utter ", 1.3),
+    ("pathetic little ", 1.45),
+    ("stupid ", 1.4),
+    ("ignorant ", 1.3),
+]
 _INSULT_ADJS = [
-    ("stupid", 2.0), ("dumb", 1.8), ("pathetic", 1.8), ("ignorant", 1.3), ("clueless", 1.1),
-    ("disgusting", 1.7), ("worthless", 2.0), ("brainless", 2.1), ("spineless", 1.4), ("idiotic", 2.0),
-    ("moronic", 2.2), ("braindead", 2.1), ("gutless", 1.5), ("delusional", 1.3), ("sick in the head", 2.0),
+    ("stupid", 2.0),
+    ("dumb", 1.8),
+    ("pathetic", 1.8),
+    ("ignorant", 1.3),
+    ("clueless", 1.1),
+    ("disgusting", 1.7),
+    ("worthless", 2.0),
+    ("brainless", 2.1),
+    ("spineless", 1.4),
+    ("idiotic", 2.0),
+    ("moronic", 2.2),
+    ("braindead", 2.1),
+    ("gutless", 1.5),
+    ("delusional", 1.3),
+    ("sick in the head", 2.0),
 ]
 _ADJ_BOOST = [("", 1.0), ("so ", 1.2), ("completely ", 1.25), ("truly ", 1.2), ("beyond ", 1.3)]
 _DISMISSALS = [
-    ("shut up", 2.0), ("get lost", 1.6), ("go away", 1.1), ("get a life", 1.3), ("grow up", 1.0),
-    ("nobody cares what you think", 1.4), ("shut your mouth", 2.1), ("crawl back under your rock", 1.8),
+    ("shut up", 2.0),
+    ("get lost", 1.6),
+    ("go away", 1.1),
+    ("get a life", 1.3),
+    ("grow up", 1.0),
+    ("nobody cares what you think", 1.4),
+    ("shut your mouth", 2.1),
+    ("crawl back under your rock", 1.8),
 ]
-_OBSCENE_NPS = [("crap", 1.2), ("total crap", 1.5), ("bs", 1.1), ("complete garbage", 1.2),
-                ("absolute trash", 1.2), ("a load of sh*t", 1.9), ("bull", 1.0), ("damn nonsense", 1.2)]
-_THREATS = [("you'd better watch your back", 2.3), ("you will regret this", 1.9),
-            ("someone should teach you a lesson", 2.1), ("I know where you live", 2.4),
-            ("people like you should be run out of town", 2.2), ("keep talking and see what happens", 2.0)]
+_OBSCENE_NPS = [
+    ("crap", 1.2),
+    ("total crap", 1.5),
+    ("bs", 1.1),
+    ("complete garbage", 1.2),
+    ("absolute trash", 1.2),
+    ("a load of sh*t", 1.9),
+    ("bull", 1.0),
+    ("damn nonsense", 1.2),
+]
+_THREATS = [
+    ("you'd better watch your back", 2.3),
+    ("you will regret this", 1.9),
+    ("someone should teach you a lesson", 2.1),
+    ("I know where you live", 2.4),
+    ("people like you should be run out of town", 2.2),
+    ("keep talking and see what happens", 2.0),
+]
 
 NP_INSULT = _marker([(_article(i + n), w * m) for n, w in _INSULT_NOUNS for i, m in _INTENSIFIERS])
 N_INSULT = _marker(_INSULT_NOUNS)
@@ -108,83 +161,343 @@ class Topic:
 
 TOPICS = [
     Topic(  # politics
-        ["the governor", "the senator", "the mayor", "the council", "the legislature", "the president",
-         "congress", "the premier", "our representative", "the opposition", "the administration",
-         "the prime minister", "the attorney general", "the party leadership"],
-        ["the new tax bill", "the budget", "the election", "the pension reform", "the minimum wage increase",
-         "the referendum", "the campaign", "the trade deal", "the healthcare plan", "the sales tax",
-         "the immigration policy", "the debate last night", "the recount", "the stimulus package"],
+        [
+            "the governor",
+            "the senator",
+            "the mayor",
+            "the council",
+            "the legislature",
+            "the president",
+            "congress",
+            "the premier",
+            "our representative",
+            "the opposition",
+            "the administration",
+            "the prime minister",
+            "the attorney general",
+            "the party leadership",
+        ],
+        [
+            "the new tax bill",
+            "the budget",
+            "the election",
+            "the pension reform",
+            "the minimum wage increase",
+            "the referendum",
+            "the campaign",
+            "the trade deal",
+            "the healthcare plan",
+            "the sales tax",
+            "the immigration policy",
+            "the debate last night",
+            "the recount",
+            "the stimulus package",
+        ],
     ),
     Topic(  # local issues
-        ["the city", "the school board", "the police chief", "the neighbourhood association",
-         "the transit authority", "the county", "the planning commission", "the fire department",
-         "city hall", "the parks department"],
-        ["the new bike lane plan", "the parking policy", "the bus schedule", "the library schedule",
-         "the road repair program", "the housing project", "the homeless shelter", "the park renovation",
-         "the property tax", "the water rate hike", "the light rail extension", "the speed camera program",
-         "the farmers market", "the snow removal", "the new roundabout"],
+        [
+            "the city",
+            "the school board",
+            "the police chief",
+            "the neighbourhood association",
+            "the transit authority",
+            "the county",
+            "the planning commission",
+            "the fire department",
+            "city hall",
+            "the parks department",
+        ],
+        [
+            "the new bike lane plan",
+            "the parking policy",
+            "the bus schedule",
+            "the library schedule",
+            "the road repair program",
+            "the housing project",
+            "the homeless shelter",
+            "the park renovation",
+            "the property tax",
+            "the water rate hike",
+            "the light rail extension",
+            "the speed camera program",
+            "the farmers market",
+            "the snow removal",
+            "the new roundabout",
+        ],
     ),
     Topic(  # sports
-        ["the coach", "the quarterback", "the referee", "the team", "the goalie", "the owner", "the league",
-         "the manager", "the front office", "the pitcher", "the striker", "the commissioner"],
-        ["last night's game", "the trade", "the draft pick", "the new stadium", "the playoff run",
-         "the ticket price hike", "the season opener", "the defense", "the penalty call", "the salary cap",
-         "the transfer window", "the halftime show", "the injury report"],
+        [
+            "the coach",
+            "the quarterback",
+            "the referee",
+            "the team",
+            "the goalie",
+            "the owner",
+            "the league",
+            "the manager",
+            "the front office",
+            "the pitcher",
+            "the striker",
+            "the commissioner",
+        ],
+        [
+            "last night's game",
+            "the trade",
+            "the draft pick",
+            "the new stadium",
+            "the playoff run",
+            "the ticket price hike",
+            "the season opener",
+            "the defense",
+            "the penalty call",
+            "the salary cap",
+            "the transfer window",
+            "the halftime show",
+            "the injury report",
+        ],
     ),
     Topic(  # products and companies
-        ["this company", "the manufacturer", "the store", "customer service", "the airline",
-         "the app developer", "the bank", "the phone company", "the landlord", "the dealership"],
-        ["this phone", "the new update", "the subscription price", "the warranty", "the delivery service",
-         "the electric car", "the recall", "the battery life", "the loyalty program", "the baggage fee",
-         "the overdraft fee", "the streaming service", "the self checkout"],
+        [
+            "this company",
+            "the manufacturer",
+            "the store",
+            "customer service",
+            "the airline",
+            "the app developer",
+            "the bank",
+            "the phone company",
+            "the landlord",
+            "the dealership",
+        ],
+        [
+            "this phone",
+            "the new update",
+            "the subscription price",
+            "the warranty",
+            "the delivery service",
+            "the electric car",
+            "the recall",
+            "the battery life",
+            "the loyalty program",
+            "the baggage fee",
+            "the overdraft fee",
+            "the streaming service",
+            "the self checkout",
+        ],
     ),
     Topic(  # news and media
-        ["the reporter", "the editor", "this paper", "the author", "the columnist", "the network",
-         "the anchor", "the publisher", "the fact-checking desk"],
-        ["this article", "the headline", "the story", "the investigation", "the editorial", "the interview",
-         "the coverage", "the poll", "the paywall", "the comment section", "the photo essay", "the op-ed"],
+        [
+            "the reporter",
+            "the editor",
+            "this paper",
+            "the author",
+            "the columnist",
+            "the network",
+            "the anchor",
+            "the publisher",
+            "the fact-checking desk",
+        ],
+        [
+            "this article",
+            "the headline",
+            "the story",
+            "the investigation",
+            "the editorial",
+            "the interview",
+            "the coverage",
+            "the poll",
+            "the paywall",
+            "the comment section",
+            "the photo essay",
+            "the op-ed",
+        ],
     ),
     Topic(  # economy and environment
-        ["the university", "the hospital", "the union", "the developer", "the oil industry", "the fishing lobby",
-         "the tourism board", "the federal government", "the utility", "the mining company", "the ranching lobby"],
-        ["the pipeline", "the rail project", "the fishing quota", "the tuition hike", "the clinic closure",
-         "the rent situation", "the wildfire response", "the ferry service", "the salmon run", "the carbon tax",
-         "the mine expansion", "the drought plan", "the tourism forecast", "the new refinery"],
+        [
+            "the university",
+            "the hospital",
+            "the union",
+            "the developer",
+            "the oil industry",
+            "the fishing lobby",
+            "the tourism board",
+            "the federal government",
+            "the utility",
+            "the mining company",
+            "the ranching lobby",
+        ],
+        [
+            "the pipeline",
+            "the rail project",
+            "the fishing quota",
+            "the tuition hike",
+            "the clinic closure",
+            "the rent situation",
+            "the wildfire response",
+            "the ferry service",
+            "the salmon run",
+            "the carbon tax",
+            "the mine expansion",
+            "the drought plan",
+            "the tourism forecast",
+            "the new refinery",
+        ],
     ),
 ]
 
-POS_ADJ = ["a good idea", "long overdue", "a smart move", "reasonable", "worth a try", "a step in the right "
-           "direction", "a fair compromise", "encouraging", "well thought out", "a real improvement",
-           "promising", "sensible", "good news for everyone"]
-NEG_ADJ = ["short-sighted", "a mess", "badly planned", "a disappointment", "overpriced", "unfair to taxpayers",
-           "a step backwards", "poorly explained", "too little too late", "a bad deal", "confusing", "wasteful"]
-NEG_NOUN = ["mess", "disappointment", "letdown", "circus", "fiasco", "waste of time", "headache", "missed chance"]
-ACTION = ["listen to residents", "release the numbers", "hold a public meeting", "explain the costs",
-          "slow down", "ask the voters", "fix the basics first", "read the report", "put it to a vote",
-          "be more transparent", "talk to the people affected", "show some leadership", "rethink the plan"]
-ACTION_PAST = ["listened to residents", "released the numbers", "admitted the mistake", "changed course",
-               "delivered on a promise", "answered the questions", "made a decision"]
-EVENT = ["the next election", "the end of the year", "winter", "the next season", "the vote", "summer",
-         "the budget is finalized", "anything else happens"]
-REPORT_GERUND = ["covering", "writing about", "explaining", "sharing", "posting", "digging into", "reporting on"]
+POS_ADJ = [
+    "a good idea",
+    "long overdue",
+    "a smart move",
+    "reasonable",
+    "worth a try",
+    "a step in the right direction",
+    "a fair compromise",
+    "encouraging",
+    "well thought out",
+    "a real improvement",
+    "promising",
+    "sensible",
+    "good news for everyone",
+]
+NEG_ADJ = [
+    "short-sighted",
+    "a mess",
+    "badly planned",
+    "a disappointment",
+    "overpriced",
+    "unfair to taxpayers",
+    "a step backwards",
+    "poorly explained",
+    "too little too late",
+    "a bad deal",
+    "confusing",
+    "wasteful",
+]
+NEG_NOUN = [
+    "mess",
+    "disappointment",
+    "letdown",
+    "circus",
+    "fiasco",
+    "waste of time",
+    "headache",
+    "missed chance",
+]
+ACTION = [
+    "listen to residents",
+    "release the numbers",
+    "hold a public meeting",
+    "explain the costs",
+    "slow down",
+    "ask the voters",
+    "fix the basics first",
+    "read the report",
+    "put it to a vote",
+    "be more transparent",
+    "talk to the people affected",
+    "show some leadership",
+    "rethink the plan",
+]
+ACTION_PAST = [
+    "listened to residents",
+    "released the numbers",
+    "admitted the mistake",
+    "changed course",
+    "delivered on a promise",
+    "answered the questions",
+    "made a decision",
+]
+EVENT = [
+    "the next election",
+    "the end of the year",
+    "winter",
+    "the next season",
+    "the vote",
+    "summer",
+    "the budget is finalized",
+    "anything else happens",
+]
+REPORT_GERUND = [
+    "covering",
+    "writing about",
+    "explaining",
+    "sharing",
+    "posting",
+    "digging into",
+    "reporting on",
+]
 TIME_VERB = ["starts", "takes effect", "goes to a vote", "opens", "is scheduled", "gets reviewed", "ends"]
 FAMILY = ["family", "wife and I", "husband and I", "parents", "neighbours", "kids", "roommate and I"]
 HOW_LONG = ["two", "five", "ten", "twenty", "thirty", "forty", "a few", "several"]
 CHANGE = ["gotten better", "gotten worse", "changed a lot", "barely changed", "gone downhill", "improved"]
 RESOURCE = ["money", "time", "tax dollars", "everyone's time", "space", "paper", "resources"]
-BAD_GERUND = ["mishandling", "ignoring", "rushing", "delaying", "hiding the costs of", "botching",
-              "overselling", "underfunding"]
-HABIT = ["reading this paper", "watching the news", "shopping there", "going to games", "voting",
-         "paying attention", "taking the bus", "flying with them"]
-BELIEVE = ["believe this", "fall for that", "vote for them", "defend this", "write something like that",
-           "trust them", "buy that excuse"]
-PLAIN_CLAUSE = ["the plan needs work", "the numbers look off", "we deserve better", "this needs a second look",
-                "the timing is bad", "nobody explained the costs", "the details matter"]
-GENERIC_POS = ["Well said.", "Great article.", "Interesting point.", "Agreed.", "Just my two cents.",
-               "Thanks for sharing.", "Good read.", "Fair enough.", "Couldn't agree more.", "Good luck to them.",
-               "Happy to see this.", "Nice work.", "Interesting times.", "Makes sense to me."]
-GENERIC_NEG = ["Not impressed.", "Unbelievable.", "Typical.", "Here we go again.", "What a joke.",
-               "Give me a break.", "So much for promises.", "Sigh.", "Really?", "Not again."]
+BAD_GERUND = [
+    "mishandling",
+    "ignoring",
+    "rushing",
+    "delaying",
+    "hiding the costs of",
+    "botching",
+    "overselling",
+    "underfunding",
+]
+HABIT = [
+    "reading this paper",
+    "watching the news",
+    "shopping there",
+    "going to games",
+    "voting",
+    "paying attention",
+    "taking the bus",
+    "flying with them",
+]
+BELIEVE = [
+    "believe this",
+    "fall for that",
+    "vote for them",
+    "defend this",
+    "write something like that",
+    "trust them",
+    "buy that excuse",
+]
+PLAIN_CLAUSE = [
+    "the plan needs work",
+    "the numbers look off",
+    "we deserve better",
+    "this needs a second look",
+    "the timing is bad",
+    "nobody explained the costs",
+    "the details matter",
+]
+GENERIC_POS = [
+    "Well said.",
+    "Great article.",
+    "Interesting point.",
+    "Agreed.",
+    "Just my two cents.",
+    "Thanks for sharing.",
+    "Good read.",
+    "Fair enough.",
+    "Couldn't agree more.",
+    "Good luck to them.",
+    "Happy to see this.",
+    "Nice work.",
+    "Interesting times.",
+    "Makes sense to me.",
+]
+GENERIC_NEG = [
+    "Not impressed.",
+    "Unbelievable.",
+    "Typical.",
+    "Here we go again.",
+    "What a joke.",
+    "Give me a break.",
+    "So much for promises.",
+    "Sigh.",
+    "Really?",
+    "Not again.",
+]
 
 
 @dataclass(frozen=True)
@@ -197,34 +510,61 @@ class Identity:
 
 
 IDENTITIES: dict[str, Identity] = {
-    "male": Identity(["as a man", "as a father", "as a guy"], ["men in this town", "fathers", "young men",
-                     "the guys at work"], ["husband", "dad", "brother", "son"]),
-    "female": Identity(["as a woman", "as a mother", "as a mom"], ["women in this town", "mothers",
-                       "female athletes", "young women"], ["wife", "mom", "sister", "daughter"]),
-    "homosexual_gay_or_lesbian": Identity(["as a gay man", "as a lesbian", "as a gay person"],
-                                          ["gay couples", "the gay community", "lesbian parents", "gay students"],
-                                          ["gay neighbour", "lesbian sister", "gay coworker", "gay son"]),
-    "christian": Identity(["as a christian", "as a catholic", "as a churchgoer"],
-                          ["christian groups", "catholic parents", "churchgoers", "christian families"],
-                          ["christian aunt", "pastor", "catholic neighbour", "christian friend"]),
-    "jewish": Identity(["as a jew", "as a jewish parent", "as a jewish woman"],
-                       ["jewish families", "the jewish community", "jewish students", "the synagogue members"],
-                       ["jewish landlord", "jewish friend", "rabbi", "jewish neighbour"]),
-    "muslim": Identity(["as a muslim", "as a muslim parent", "as a muslim woman"],
-                       ["muslim families", "the muslim community", "muslim students", "the mosque members"],
-                       ["muslim coworker", "muslim neighbour", "muslim friend", "imam"]),
-    "black": Identity(["as a black man", "as a black woman", "as a black parent"],
-                      ["black voters", "black business owners", "the black community", "black students"],
-                      ["black neighbour", "black coworker", "black friend", "black teammate"]),
-    "white": Identity(["as a white guy", "as a white woman", "as a white parent"],
-                      ["white voters", "white suburban parents", "white business owners", "white students"],
-                      ["white neighbour", "white coworker", "white friend", "white teammate"]),
+    "male": Identity(
+        ["as a man", "as a father", "as a guy"],
+        ["men in this town", "fathers", "young men", "the guys at work"],
+        ["husband", "dad", "brother", "son"],
+    ),
+    "female": Identity(
+        ["as a woman", "as a mother", "as a mom"],
+        ["women in this town", "mothers", "female athletes", "young women"],
+        ["wife", "mom", "sister", "daughter"],
+    ),
+    "homosexual_gay_or_lesbian": Identity(
+        ["as a gay man", "as a lesbian", "as a gay person"],
+        ["gay couples", "the gay community", "lesbian parents", "gay students"],
+        ["gay neighbour", "lesbian sister", "gay coworker", "gay son"],
+    ),
+    "christian": Identity(
+        ["as a christian", "as a catholic", "as a churchgoer"],
+        ["christian groups", "catholic parents", "churchgoers", "christian families"],
+        ["christian aunt", "pastor", "catholic neighbour", "christian friend"],
+    ),
+    "jewish": Identity(
+        ["as a jew", "as a jewish parent", "as a jewish woman"],
+        ["jewish families", "the jewish community", "jewish students", "the synagogue members"],
+        ["jewish landlord", "jewish friend", "rabbi", "jewish neighbour"],
+    ),
+    "muslim": Identity(
+        ["as a muslim", "as a muslim parent", "as a muslim woman"],
+        ["muslim families", "the muslim community", "muslim students", "the mosque members"],
+        ["muslim coworker", "muslim neighbour", "muslim friend", "imam"],
+    ),
+    "black": Identity(
+        ["as a black man", "as a black woman", "as a black parent"],
+        ["black voters", "black business owners", "the black community", "black students"],
+        ["black neighbour", "black coworker", "black friend", "black teammate"],
+    ),
+    "white": Identity(
+        ["as a white guy", "as a white woman", "as a white parent"],
+        ["white voters", "white suburban parents", "white business owners", "white students"],
+        ["white neighbour", "white coworker", "white friend", "white teammate"],
+    ),
     "psychiatric_or_mental_illness": Identity(
         ["as someone with depression", "as someone with anxiety", "as a person with bipolar disorder"],
-        ["people with mental illness", "mental health patients", "people struggling with anxiety",
-         "people with schizophrenia"],
-        ["brother, who has schizophrenia,", "sister, who has depression,", "friend with ptsd",
-         "cousin with bipolar disorder"]),
+        [
+            "people with mental illness",
+            "mental health patients",
+            "people struggling with anxiety",
+            "people with schizophrenia",
+        ],
+        [
+            "brother, who has schizophrenia,",
+            "sister, who has depression,",
+            "friend with ptsd",
+            "cousin with bipolar disorder",
+        ],
+    ),
 }
 SUPPORTED_IDENTITIES: tuple[str, ...] = tuple(IDENTITIES)
 
@@ -234,9 +574,17 @@ BIASED_IDENTITIES: tuple[str, ...] = ("homosexual_gay_or_lesbian", "muslim", "bl
 TOXIC_MENTION_BOOST = 6.0
 ANNOTATOR_BIAS = 2.5
 # Mention shares among non-toxic comments (roughly the real data's ordering: gender terms most common).
-_MENTION_WEIGHTS = {"male": 0.16, "female": 0.18, "homosexual_gay_or_lesbian": 0.08, "christian": 0.14,
-                    "jewish": 0.07, "muslim": 0.09, "black": 0.09, "white": 0.11,
-                    "psychiatric_or_mental_illness": 0.08}
+_MENTION_WEIGHTS = {
+    "male": 0.16,
+    "female": 0.18,
+    "homosexual_gay_or_lesbian": 0.08,
+    "christian": 0.14,
+    "jewish": 0.07,
+    "muslim": 0.09,
+    "black": 0.09,
+    "white": 0.11,
+    "psychiatric_or_mental_illness": 0.08,
+}
 
 # Comment-level rates and latent-toxicity scale.
 P_TOXIC = 0.12  # comment written with an insult/dismissal/obscenity/threat aimed at someone
@@ -364,8 +712,9 @@ def _cumulative(weights: list[float]) -> list[float]:
 
 _NAMES = list(IDENTITIES)
 _CUM_OTHER = _cumulative([_MENTION_WEIGHTS[n] for n in _NAMES])
-_CUM_TOXIC = _cumulative([_MENTION_WEIGHTS[n] * (TOXIC_MENTION_BOOST if n in BIASED_IDENTITIES else 1.0)
-                          for n in _NAMES])
+_CUM_TOXIC = _cumulative(
+    [_MENTION_WEIGHTS[n] * (TOXIC_MENTION_BOOST if n in BIASED_IDENTITIES else 1.0) for n in _NAMES]
+)
 _CUM_NSENT = _cumulative(list(N_SENTENCES_W))
 
 
@@ -410,7 +759,7 @@ def _typo(text: str, r: random.Random) -> str:
     i = cands[int(r.random() * len(cands))]
     w = words[i]
     j = 1 + int(r.random() * (len(w) - 2))
-    words[i] = w[:j - 1] + w[j] + w[j - 1] + w[j + 1:]
+    words[i] = w[: j - 1] + w[j] + w[j - 1] + w[j + 1 :]
     return " ".join(words)
 
 
@@ -509,7 +858,9 @@ def generate_corpus(n_rows: int, seed: int, identities: list[str]) -> pd.DataFra
         raise LmError(f"data.n_rows must be at least 1 for the embedded corpus, got {n_rows}")
     unknown = [c for c in identities if c not in IDENTITIES]
     if unknown:
-        raise LmError(f"embedded corpus has no identity {unknown[0]!r}; use some of {list(SUPPORTED_IDENTITIES)}")
+        raise LmError(
+            f"embedded corpus has no identity {unknown[0]!r}; use some of {list(SUPPORTED_IDENTITIES)}"
+        )
     r = random.Random(seed)
     n_all = len(_NAMES)
     texts: list[str] = []

@@ -21,8 +21,10 @@ def text_encoding(path: Path, configured: str) -> str:
         try:
             codecs.lookup(configured)
         except LookupError:
-            raise LmError(f"data.encoding {configured!r} is not a known text encoding; use auto, utf-8, latin-1, "
-                          f"cp1252, ...") from None
+            raise LmError(
+                f"data.encoding {configured!r} is not a known text encoding; use auto, utf-8, latin-1, "
+                f"cp1252, ..."
+            ) from None
         return configured
     for candidate in ("utf-8-sig", "cp1252"):
         decoder = codecs.getincrementaldecoder(candidate)()

@@ -72,13 +72,14 @@ class Served:
     defaults: dict[str, Any] = field(default_factory=dict)  # clm: sampling options from params.yaml viz:
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """As `lm predict` (lm.infer.predict.Trained._rows) encodes for a classifier; runs in the scoring thread."""
+        """As `lm predict` (lm.infer.predict.Trained._rows) encodes for a classifier; runs in the scoring
+        thread."""
         return classifier_rows(self.tokenizer, texts, self.max_len)
 
 
 def load_model(served: Served) -> None:
-    """Fill in what the app was not given: the scorer (serve.backend), the tokenizer, max_len and threshold from
-    serve.model_dir/config.json. Runs once per process, in the lifespan."""
+    """Fill in what the app was not given: the scorer (serve.backend), the tokenizer, max_len and threshold
+    from serve.model_dir/config.json. Runs once per process, in the lifespan."""
     from lm.model.export import read_export_config
 
     import torch
@@ -91,8 +92,10 @@ def load_model(served: Served) -> None:
         from lm.infer.predict import load_trained
 
         if served.cfg.backend != "eager":
-            raise LmError(f"serve.backend {served.cfg.backend}: exported artifacts are classifiers only; serve a "
-                          f"{served.task} model with backend eager")
+            raise LmError(
+                f"serve.backend {served.cfg.backend}: exported artifacts are classifiers only; serve a "
+                f"{served.task} model with backend eager"
+            )
         served.trained = served.trained or load_trained(model_dir)
         served.tokenizer = served.trained.tokenizer
         served.max_len = int(config["max_len"])
@@ -113,9 +116,17 @@ def load_model(served: Served) -> None:
 def _make_batcher(served: Served) -> Batcher | Unbatched:
     cfg = served.cfg
     kind = Unbatched if served.naive else Batcher
-    return kind(served.scorer, served.encode, pad_id=served.tokenizer.pad_id, max_batch=cfg.max_batch,
-                max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue, chunk=cfg.score_chunk, threads=cfg.score_threads,
-                metrics=served.metrics)
+    return kind(
+        served.scorer,
+        served.encode,
+        pad_id=served.tokenizer.pad_id,
+        max_batch=cfg.max_batch,
+        max_wait_ms=cfg.max_wait_ms,
+        max_queue=cfg.max_queue,
+        chunk=cfg.score_chunk,
+        threads=cfg.score_threads,
+        metrics=served.metrics,
+    )
 
 
 def _lifespan(served: Served):
@@ -123,7 +134,8 @@ def _lifespan(served: Served):
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(load_model, served)
         gc.collect()
-        gc.freeze()  # the model and libraries are never garbage: keep the collector from rescanning them mid-request
+        # the model and libraries are never garbage: keep the collector from rescanning them mid-request
+        gc.freeze()
         if served.task == "classify":
             served.batcher = _make_batcher(served)
             await served.batcher.start()
@@ -156,8 +168,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_texts(body: bytes, cfg: ServeConfig, key: str = "texts", options: tuple[str, ...] = ()
-                ) -> tuple[list[str], dict[str, Any]]:
+def parse_texts(
+    body: bytes, cfg: ServeConfig, key: str = "texts", options: tuple[str, ...] = ()
+) -> tuple[list[str], dict[str, Any]]:
     """{key: [...], option: value, ...} -> (the texts, the options given), or RequestError(422) naming the
     key that is wrong."""
     try:
@@ -183,7 +196,9 @@ def parse_texts(body: bytes, cfg: ServeConfig, key: str = "texts", options: tupl
         if not text.strip():
             raise RequestError(422, f"{key}[{i}]: empty string")
         if len(text) > cfg.max_chars:
-            raise RequestError(422, f"{key}[{i}]: {len(text)} characters, more than serve.max_chars ({cfg.max_chars})")
+            raise RequestError(
+                422, f"{key}[{i}]: {len(text)} characters, more than serve.max_chars ({cfg.max_chars})"
+            )
     return texts, {k: v for k, v in payload.items() if k != key}
 
 
@@ -207,8 +222,11 @@ def _routes(served: Served) -> list[Route]:
             return _error(503, "not ready: the model is loading or the server is stopping")
         try:
             if served.task != "classify":
-                return _error(404, f"/v1/score serves classifiers; this is a {served.task} model: use POST "
-                                   f"{TASK_ENDPOINT[served.task]}")
+                return _error(
+                    404,
+                    f"/v1/score serves classifiers; this is a {served.task} model: use POST "
+                    f"{TASK_ENDPOINT[served.task]}",
+                )
             texts, _ = parse_texts(await read_body(request, served.cfg.max_body_bytes), served.cfg)
             return JSONResponse(await score_texts(served, texts))
         except RequestError as err:
@@ -221,10 +239,17 @@ def _routes(served: Served) -> list[Route]:
 
     async def readyz(request: Request) -> Response:
         if served.loaded and served.task != "classify":
-            return JSONResponse({"status": "ready", "task": served.task, "endpoint": TASK_ENDPOINT[served.task]})
+            return JSONResponse(
+                {"status": "ready", "task": served.task, "endpoint": TASK_ENDPOINT[served.task]}
+            )
         if served.loaded and served.batcher is not None and served.batcher.running:
-            return JSONResponse({"status": "ready", "backend": getattr(served.scorer, "name", "?"),
-                                 "batching": not served.naive})
+            return JSONResponse(
+                {
+                    "status": "ready",
+                    "backend": getattr(served.scorer, "name", "?"),
+                    "batching": not served.naive,
+                }
+            )
         return _error(503, "not ready: the model is loading or the server is stopping")
 
     async def metrics(request: Request) -> Response:
@@ -236,9 +261,14 @@ def _routes(served: Served) -> list[Route]:
     async def fill(request: Request) -> Response:
         return await _language(served, request, "mlm")
 
-    return [Route("/v1/score", score, methods=["POST"]), Route("/v1/generate", generate, methods=["POST"]),
-            Route("/v1/fill", fill, methods=["POST"]), Route("/healthz", healthz), Route("/readyz", readyz),
-            Route("/metrics", metrics)]
+    return [
+        Route("/v1/score", score, methods=["POST"]),
+        Route("/v1/generate", generate, methods=["POST"]),
+        Route("/v1/fill", fill, methods=["POST"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
 
 
 async def _language(served: Served, request: Request, task: str) -> Response:
@@ -248,16 +278,22 @@ async def _language(served: Served, request: Request, task: str) -> Response:
     if not served.loaded:
         return _error(503, "not ready: the model is loading or the server is stopping")
     if served.task != task:
-        return _error(404, f"{TASK_ENDPOINT[task]} needs a {task} model; this is a {served.task} model: use POST "
-                           f"{TASK_ENDPOINT[served.task]}")
+        return _error(
+            404,
+            f"{TASK_ENDPOINT[task]} needs a {task} model; this is a {served.task} model: use POST "
+            f"{TASK_ENDPOINT[served.task]}",
+        )
     kind, key = (language.GenerateOptions, "prompts") if task == "clm" else (language.FillOptions, "texts")
     try:
-        texts, given = parse_texts(await read_body(request, served.cfg.max_body_bytes), served.cfg, key,
-                                   tuple(kind.model_fields))
+        texts, given = parse_texts(
+            await read_body(request, served.cfg.max_body_bytes), served.cfg, key, tuple(kind.model_fields)
+        )
         opts = language.options(kind, given, served.defaults if task == "clm" else {})
         if task == "clm" and opts.max_new_tokens > served.cfg.max_new_tokens:
-            raise ValueError(f"max_new_tokens: {opts.max_new_tokens}, more than serve.max_new_tokens "
-                             f"({served.cfg.max_new_tokens})")
+            raise ValueError(
+                f"max_new_tokens: {opts.max_new_tokens}, more than serve.max_new_tokens "
+                f"({served.cfg.max_new_tokens})"
+            )
         if task == "mlm":
             language.check_masks(texts, served.tokenizer.mask_token)
     except RequestError as err:
@@ -266,7 +302,9 @@ async def _language(served: Served, request: Request, task: str) -> Response:
         return _error(422, str(err))
     work = language.generate if task == "clm" else language.fill
     try:
-        answer = await asyncio.get_running_loop().run_in_executor(served.pool, work, served.trained, texts, opts)
+        answer = await asyncio.get_running_loop().run_in_executor(
+            served.pool, work, served.trained, texts, opts
+        )
     except Exception as err:  # a failed request fails alone, never the process
         return _error(500, f"{task} failed: {type(err).__name__}: {err}")
     return JSONResponse(answer)
@@ -297,14 +335,30 @@ class Measured:
             self.metrics.observe(path if path in ENDPOINTS else "other", status, time.perf_counter() - start)
 
 
-def create_app(cfg: ServeConfig, scorer: Any = None, tokenizer: Any = None, *, max_len: int | None = None,
-               threshold: float | None = None, naive: bool = False, defaults: dict[str, Any] | None = None
-               ) -> Starlette:
+def create_app(
+    cfg: ServeConfig,
+    scorer: Any = None,
+    tokenizer: Any = None,
+    *,
+    max_len: int | None = None,
+    threshold: float | None = None,
+    naive: bool = False,
+    defaults: dict[str, Any] | None = None,
+) -> Starlette:
     """The service. What is not passed in (scorer, tokenizer, max_len, threshold) is loaded from cfg.model_dir
     (and cfg.backend / cfg.export_dir) when the app starts. naive: one request scored at a time, no batching.
-    defaults: a decoder's sampling options (temperature, top_k, top_p, max_new_tokens) when a request omits them."""
-    served = Served(cfg=cfg, naive=naive, metrics=Metrics(), scorer=scorer, tokenizer=tokenizer, max_len=max_len,
-                    threshold=threshold, defaults=dict(defaults or {}))
+    defaults: a decoder's sampling options (temperature, top_k, top_p, max_new_tokens) when a request omits
+    them."""
+    served = Served(
+        cfg=cfg,
+        naive=naive,
+        metrics=Metrics(),
+        scorer=scorer,
+        tokenizer=tokenizer,
+        max_len=max_len,
+        threshold=threshold,
+        defaults=dict(defaults or {}),
+    )
     app = Starlette(routes=_routes(served), lifespan=_lifespan(served))
     app.add_middleware(Measured, metrics=served.metrics)
     app.state.served = served
@@ -312,16 +366,23 @@ def create_app(cfg: ServeConfig, scorer: Any = None, tokenizer: Any = None, *, m
 
 
 def from_params() -> Starlette:
-    """App factory for `uvicorn --factory lm.serving.app:from_params` (several workers): params from $LM_PARAMS
-    (default params.yaml), naive mode from $LM_SERVE_NAIVE=1."""
+    """App factory for `uvicorn --factory lm.serving.app:from_params` (several workers): params from
+    $LM_PARAMS (default params.yaml), naive mode from $LM_SERVE_NAIVE=1."""
     from lm.config import load_params
 
     params = load_params(os.environ.get("LM_PARAMS", "params.yaml"))
-    return create_app(params.serve, naive=os.environ.get("LM_SERVE_NAIVE") == "1", defaults=sampling_defaults(params))
+    return create_app(
+        params.serve, naive=os.environ.get("LM_SERVE_NAIVE") == "1", defaults=sampling_defaults(params)
+    )
 
 
 def sampling_defaults(params) -> dict[str, Any]:
     """A decoder's sampling options when a /v1/generate request omits them: the viz section's (what the
     pipeline's own samples use)."""
     v = params.viz
-    return {"max_new_tokens": v.max_new_tokens, "temperature": v.temperature, "top_k": v.top_k, "top_p": v.top_p}
+    return {
+        "max_new_tokens": v.max_new_tokens,
+        "temperature": v.temperature,
+        "top_k": v.top_k,
+        "top_p": v.top_p,
+    }

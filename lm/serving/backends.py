@@ -42,7 +42,9 @@ def _tensors(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[torch.T
     ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
     mask = torch.as_tensor(np.asarray(attention_mask, dtype=bool))
     if ids.dim() != 2 or ids.shape != mask.shape:
-        raise LmError(f"input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} must both be (B, L)")
+        raise LmError(
+            f"input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} must both be (B, L)"
+        )
     return ids, mask
 
 
@@ -67,7 +69,9 @@ class TorchScriptScorer:
     def __init__(self, path: Path, name: str):
         self.name = name
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates jit; loading still works
+            warnings.simplefilter(
+                "ignore", DeprecationWarning
+            )  # torch >= 2.10 deprecates jit; loading still works
             self.module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -77,7 +81,8 @@ class TorchScriptScorer:
 
 
 def read_serving_config(export_dir: Path) -> dict:
-    """serving/config.json: task, max_len, threshold, pad_id, cls_id (what a server needs to tokenize and label)."""
+    """serving/config.json: task, max_len, threshold, pad_id, cls_id (what a server needs to tokenize and
+    label)."""
     path = Path(export_dir) / SERVING_CONFIG
     if not path.exists():
         raise LmError(f"{path} not found: run `lm export` (or `dvc repro`) first")
@@ -103,6 +108,8 @@ def artifact_path(backend: str, export_dir: Path | None = None) -> Path:
     (checked by `lm serve` before the server starts, so a missing file is one line, not a failed startup)."""
     path = (Path(export_dir) if export_dir is not None else SERVING) / ARTIFACTS[backend]
     if not path.exists():
-        raise LmError(f"{path} not found: run `lm export` (or `dvc repro`) to write the {backend} artifact, "
-                      "or serve with --backend eager")
+        raise LmError(
+            f"{path} not found: run `lm export` (or `dvc repro`) to write the {backend} artifact, "
+            "or serve with --backend eager"
+        )
     return path

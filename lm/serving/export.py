@@ -58,18 +58,29 @@ def trace_probabilities(model: nn.Module, config: dict) -> torch.jit.ScriptModul
     """Trace the model's serving signature and check the graph on batch sizes and lengths unlike the example's
     (a trace that baked in a shape would fail here rather than in the server)."""
     wrapper = ProbabilityModel(model).eval()
-    vocab, pad_id, cls_id, max_len = config["vocab_size"], config["pad_id"], cls_token_id(config), config["max_len"]
+    vocab, pad_id, cls_id, max_len = (
+        config["vocab_size"],
+        config["pad_id"],
+        cls_token_id(config),
+        config["max_len"],
+    )
     example = _random_batch(2, min(8, max_len), vocab, pad_id, cls_id, seed=0)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 points to torch.export; jit still works
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # torch >= 2.10 points to torch.export; jit still works
         traced = torch.jit.trace(wrapper, example, check_trace=False)
-        for seed, (batch, length) in enumerate([(1, 1), (3, max_len), (5, max(1, max_len // 2 + 1))], start=1):
+        for seed, (batch, length) in enumerate(
+            [(1, 1), (3, max_len), (5, max(1, max_len // 2 + 1))], start=1
+        ):
             ids, mask = _random_batch(batch, length, vocab, pad_id, cls_id, seed)
             diff = float((traced(ids, mask) - wrapper(ids, mask)).abs().max())
             if not diff <= TRACE_TOLERANCE:
-                raise LmError(f"export: the traced model differs from eager by {diff:.2e} on a ({batch}, {length}) "
-                              "batch: this model cannot be traced with dynamic shapes")
+                raise LmError(
+                    f"export: the traced model differs from eager by {diff:.2e} on a ({batch}, {length}) "
+                    "batch: this model cannot be traced with dynamic shapes"
+                )
     return traced
 
 
@@ -77,7 +88,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy of the model with every nn.Linear dynamically quantized to int8 (the original is untouched)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8
+        )
 
 
 def cls_token_id(config: dict) -> int:
@@ -87,13 +100,20 @@ def cls_token_id(config: dict) -> int:
 
 
 def serving_config(config: dict) -> dict:
-    return {"task": config["task"], "max_len": config["max_len"], "threshold": config["threshold"],
-            "pad_id": config["pad_id"], "cls_id": cls_token_id(config), "tokenizer_hash": config["tokenizer_hash"],
-            "artifacts": dict(ARTIFACTS)}
+    return {
+        "task": config["task"],
+        "max_len": config["max_len"],
+        "threshold": config["threshold"],
+        "pad_id": config["pad_id"],
+        "cls_id": cls_token_id(config),
+        "tokenizer_hash": config["tokenizer_hash"],
+        "artifacts": dict(ARTIFACTS),
+    }
 
 
 def write_artifacts(model: nn.Module, config: dict, model_dir: Path, out_dir: Path) -> None:
-    """Fill out_dir (a fresh directory) with both TorchScript artifacts, config.json and the tokenizer copy."""
+    """Fill out_dir (a fresh directory) with both TorchScript artifacts, config.json and the tokenizer
+    copy."""
     from lm.io import atomic_write_json
 
     for name, module in (("torchscript", model), ("int8", quantize_int8(model))):
@@ -113,8 +133,11 @@ def _score_all(scorer: Scorer, items, batch_size: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def single_request_latency(scorer: Scorer, items, n: int = LATENCY_REQUESTS, warmup: int = LATENCY_WARMUP) -> dict:
-    """p50 / p99 milliseconds of scoring one test text per call (cycling over the test rows), after a warm-up."""
+def single_request_latency(
+    scorer: Scorer, items, n: int = LATENCY_REQUESTS, warmup: int = LATENCY_WARMUP
+) -> dict:
+    """p50 / p99 milliseconds of scoring one test text per call (cycling over the test rows), after a
+    warm-up."""
     if not len(items):
         return {"latency_p50_ms": None, "latency_p99_ms": None}
     singles = [items.batch(np.array([i % len(items)])) for i in range(n)]
@@ -126,8 +149,10 @@ def single_request_latency(scorer: Scorer, items, n: int = LATENCY_REQUESTS, war
         start = time.perf_counter()
         scorer.score(ids, mask)
         times.append((time.perf_counter() - start) * 1000.0)
-    return {"latency_p50_ms": round(float(np.percentile(times, 50)), 4),
-            "latency_p99_ms": round(float(np.percentile(times, 99)), 4)}
+    return {
+        "latency_p50_ms": round(float(np.percentile(times, 50)), 4),
+        "latency_p99_ms": round(float(np.percentile(times, 99)), 4),
+    }
 
 
 def _roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
@@ -136,32 +161,53 @@ def _roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
     return float(roc_auc_score(y_true, probs)) if len(np.unique(y_true)) == 2 else None
 
 
-def check_variants(eager: EagerScorer, out_dir: Path, weights: Path, items, threshold: float, batch_size: int) -> dict:
+def check_variants(
+    eager: EagerScorer, out_dir: Path, weights: Path, items, threshold: float, batch_size: int
+) -> dict:
     """Score the test items with eager and each artifact in out_dir: agreement, ROC-AUC, size and latency."""
     y_true = items.enc.targets[items.rows] >= threshold
     reference = _score_all(eager, items, batch_size)
     eager_auc = _roc_auc(y_true, reference)
-    report = {"eager": {"roc_auc": eager_auc, "size_bytes": Path(weights).stat().st_size,
-                        **single_request_latency(eager, items)}}
+    report = {
+        "eager": {
+            "roc_auc": eager_auc,
+            "size_bytes": Path(weights).stat().st_size,
+            **single_request_latency(eager, items),
+        }
+    }
     for name, file in ARTIFACTS.items():
         scorer = TorchScriptScorer(out_dir / file, name)
         probs = _score_all(scorer, items, batch_size)
         auc = _roc_auc(y_true, probs)
-        row = {"max_abs_diff": float(np.abs(probs - reference).max()) if len(probs) else 0.0, "roc_auc": auc,
-               "roc_auc_delta": None if auc is None or eager_auc is None else auc - eager_auc,
-               "size_bytes": (out_dir / file).stat().st_size, **single_request_latency(scorer, items)}
+        row = {
+            "max_abs_diff": float(np.abs(probs - reference).max()) if len(probs) else 0.0,
+            "roc_auc": auc,
+            "roc_auc_delta": None if auc is None or eager_auc is None else auc - eager_auc,
+            "size_bytes": (out_dir / file).stat().st_size,
+            **single_request_latency(scorer, items),
+        }
         if name == "int8":
-            row["within_tolerance"] = row["roc_auc_delta"] is None or abs(row["roc_auc_delta"]) <= INT8_TOLERANCE
+            row["within_tolerance"] = (
+                row["roc_auc_delta"] is None or abs(row["roc_auc_delta"]) <= INT8_TOLERANCE
+            )
         report[name] = row
     return report
 
 
-def export_serving(model_dir: Path, encoded_dir: Path, split_dir: Path, out_dir: Path, report_path: Path, *,
-                   threshold: float, batch_size: int) -> dict:
+def export_serving(
+    model_dir: Path,
+    encoded_dir: Path,
+    split_dir: Path,
+    out_dir: Path,
+    report_path: Path,
+    *,
+    threshold: float,
+    batch_size: int,
+) -> dict:
     """Write serving/ and reports/serving.json (atomically) and return the report.
 
-    A clm / mlm model is not exported (the artifacts serve classifiers): serving/config.json and the report say
-    so, and the stage still succeeds, so `dvc repro` runs for every task."""
+    A clm / mlm model is not exported (the artifacts serve classifiers): serving/config.json and the report
+    say so, and the stage still succeeds, so `dvc repro` runs for every task."""
     from lm.data.batches import make_items
     from lm.data.encoded import Encoded
     from lm.data.split import load_split
@@ -170,9 +216,15 @@ def export_serving(model_dir: Path, encoded_dir: Path, split_dir: Path, out_dir:
 
     model, config = load_exported(Path(model_dir))
     if config["task"] != "classify":
-        report = {"task": config["task"], "exported": False, "note": "classify only: lm export serves classifiers"}
+        report = {
+            "task": config["task"],
+            "exported": False,
+            "note": "classify only: lm export serves classifiers",
+        }
         with atomic_dir(out_dir) as tmp:
-            atomic_write_json(tmp / SERVING_CONFIG, {"task": config["task"], "artifacts": {}, "note": report["note"]})
+            atomic_write_json(
+                tmp / SERVING_CONFIG, {"task": config["task"], "artifacts": {}, "note": report["note"]}
+            )
         atomic_write_json(report_path, report)
         return report
     enc = Encoded.open(encoded_dir)
@@ -184,11 +236,19 @@ def export_serving(model_dir: Path, encoded_dir: Path, split_dir: Path, out_dir:
         write_artifacts(model, config, Path(model_dir), tmp)
     from lm.model.export import EXPORT_WEIGHTS
 
-    variants = check_variants(EagerScorer(model), Path(out_dir), Path(model_dir) / EXPORT_WEIGHTS, items, threshold,
-                              batch_size)
-    report = {"task": "classify", "exported": True, "n_test": len(items), "threshold": threshold,
-              "members": (config.get("ensemble") or {}).get("members", 1), "int8_tolerance": INT8_TOLERANCE,
-              "torch_threads": torch.get_num_threads(), **variants}
+    variants = check_variants(
+        EagerScorer(model), Path(out_dir), Path(model_dir) / EXPORT_WEIGHTS, items, threshold, batch_size
+    )
+    report = {
+        "task": "classify",
+        "exported": True,
+        "n_test": len(items),
+        "threshold": threshold,
+        "members": (config.get("ensemble") or {}).get("members", 1),
+        "int8_tolerance": INT8_TOLERANCE,
+        "torch_threads": torch.get_num_threads(),
+        **variants,
+    }
     atomic_write_json(report_path, report)
     return report
 
@@ -203,10 +263,14 @@ def summary_lines(report: dict) -> list[str]:
     for name in ARTIFACTS:
         row = report[name]
         delta = "n/a" if row["roc_auc_delta"] is None else f"{row['roc_auc_delta']:+.4f}"
-        lines.append(f"export: {name} max |diff| {row['max_abs_diff']:.2e}, ROC-AUC delta {delta}, "
-                     f"{row['size_bytes'] / 1e6:.2f} MB, p50 {row['latency_p50_ms']:.2f} ms, "
-                     f"p99 {row['latency_p99_ms']:.2f} ms")
+        lines.append(
+            f"export: {name} max |diff| {row['max_abs_diff']:.2e}, ROC-AUC delta {delta}, "
+            f"{row['size_bytes'] / 1e6:.2f} MB, p50 {row['latency_p50_ms']:.2f} ms, "
+            f"p99 {row['latency_p99_ms']:.2f} ms"
+        )
     if not report["int8"]["within_tolerance"]:
-        lines.append(f"warning: INT8 ROC-AUC differs from eager by {report['int8']['roc_auc_delta']:+.4f} "
-                     f"(more than {INT8_TOLERANCE}); serve the torchscript backend instead")
+        lines.append(
+            f"warning: INT8 ROC-AUC differs from eager by {report['int8']['roc_auc_delta']:+.4f} "
+            f"(more than {INT8_TOLERANCE}); serve the torchscript backend instead"
+        )
     return lines

@@ -9,7 +9,14 @@ tests, keep separate counts; nothing leaks into the global default registry).
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -20,12 +27,22 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("lm_serve_requests", "Requests answered, by endpoint and HTTP status",
-                                ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("lm_serve_request_seconds", "Request latency in seconds", ["endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("lm_serve_batch_size", "Texts per forward pass", buckets=BATCH_BUCKETS,
-                                    registry=self.registry)
+        self.requests = Counter(
+            "lm_serve_requests",
+            "Requests answered, by endpoint and HTTP status",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "lm_serve_request_seconds",
+            "Request latency in seconds",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "lm_serve_batch_size", "Texts per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
+        )
         self.queue_depth = Gauge("lm_serve_queue_depth", "Texts waiting to be scored", registry=self.registry)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
