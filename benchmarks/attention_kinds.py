@@ -3,7 +3,8 @@ SLAY repository): quality on real text, training speed, time and memory against 
 that fits; for the encoder (bidirectional) and the decoder (causal) form of every kind.
 
     python benchmarks/attention_kinds.py               # 14 kinds x 3 seeds x 2 forms (~40 min on one core)
-    python benchmarks/attention_kinds.py --quick       # 3 kinds, 1 seed, 20 steps, L = 256 / 1024 (under a minute)
+    python benchmarks/attention_kinds.py --quick       # 3 kinds, 1 seed, 20 steps, L = 256 / 1024
+                                                       # (under a minute)
     python benchmarks/attention_kinds.py --kinds standard,linear --seeds 2
     python benchmarks/attention_kinds.py --write-docs  # also put the table into docs/attention.md §7
 
@@ -18,26 +19,27 @@ Quality, with lm's own code from data to metric. Per form the data go once throu
   README, WikiText-2 row.)
 * decoder: `task: clm` on TinyStories (../shared/data/tinystories/validation.txt, packed windows of 128
   tokens), metric: test perplexity (lm.infer.scoring.lm_statistics: every position of every test window).
-Each (form, seed, kind) is one lm.train.loop.train run: params.yaml's recipe with the model pinned to d_model 64,
-2 layers, 4 heads, d_ff 256, dropout 0.1, the kind's default options, AdamW at lr 2e-3 (5% warmup, cosine to
-2e-4), `--steps` optimizer steps (default: encoder 250 of batch 32 rows, decoder 200 of batch 8 windows), one
-validation pass after the last step; the exported weights are scored on the test split. The seed is params'
-`seed` (model initialisation, random features, data order, dropout), so a run is reproduced by its seed; the
-split stays seed 0's. Per kind: mean and sample standard deviation (n - 1) over the seeds; a run that fails
-(diverged: non-finite weights) is left out and counted. Beside each table, the classical baseline on the same
-test rows, computed once: TF-IDF + logistic regression (encoder), a Kneser-Ney trigram (decoder).
+Each (form, seed, kind) is one lm.train.loop.train run: params.yaml's recipe with the model pinned to d_model
+64, 2 layers, 4 heads, d_ff 256, dropout 0.1, the kind's default options, AdamW at lr 2e-3 (5% warmup, cosine
+to 2e-4), `--steps` optimizer steps (default: encoder 250 of batch 32 rows, decoder 200 of batch 8 windows),
+one validation pass after the last step; the exported weights are scored on the test split. The seed is
+params' `seed` (model initialisation, random features, data order, dropout), so a run is reproduced by its
+seed; the split stays seed 0's. Per kind: mean and sample standard deviation (n - 1) over the seeds; a run
+that fails (diverged: non-finite weights) is left out and counted. Beside each table, the classical baseline
+on the same test rows, computed once: TF-IDF + logistic regression (encoder), a Kneser-Ney trigram (decoder).
 
-Training tokens/s: per run, the median over its steps of the step's real (non-padding) tokens / the step's wall
-time (lm's step log, validation excluded), then the mean over seeds.
+Training tokens/s: per run, the median over its steps of the step's real (non-padding) tokens / the step's
+wall time (lm's step log, validation excluded), then the mean over seeds.
 
-One layer against length: benchmarks/attention.py's measurement (its worker and run_case: one fresh process per
-case, forward + backward of one attention layer, d_model 256, 4 heads, batch 1, peak = the growth of ru_maxrss
-during the first pass), bidirectional for the encoder, causal for the decoder. Lengths double from 256; at the
-table's lengths (256, 1024, 4096, 16384) the time is the median of the passes that fit in `--timing-budget`
-seconds, at the others one pass. The search stops at the first length whose peak exceeds `--memory-budget-mb`
-(2048) or whose pass exceeds `--time-cap-s` (10), and the longest length that fits is the last one before it.
-A length whose projection from the last doubling (memory and time growth, clamped to x2..x4) is beyond twice
-the budget or cap is not run (a 5 GB score matrix would prove nothing more); the stop reason says so.
+One layer against length: benchmarks/attention.py's measurement (its worker and run_case: one fresh process
+per case, forward + backward of one attention layer, d_model 256, 4 heads, batch 1, peak = the growth of
+ru_maxrss during the first pass), bidirectional for the encoder, causal for the decoder. Lengths double from
+256; at the table's lengths (256, 1024, 4096, 16384) the time is the median of the passes that fit in
+`--timing-budget` seconds, at the others one pass. The search stops at the first length whose peak exceeds
+`--memory-budget-mb` (2048) or whose pass exceeds `--time-cap-s` (10), and the longest length that fits is the
+last one before it. A length whose projection from the last doubling (memory and time growth, clamped to
+x2..x4) is beyond twice the budget or cap is not run (a 5 GB score matrix would prove nothing more); the stop
+reason says so.
 
 The tables print as Markdown; the last line is one JSON object, also written to
 benchmarks/results/attention_kinds.json (benchmarks/record.py). On a shared CPU tokens/s and times are
@@ -224,8 +226,8 @@ def _test_data(prep: Prepared, params):  # type: ignore[no-untyped-def]
 
 
 def baseline(prep: Prepared, params) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """The classical model on the same test rows: TF-IDF + logistic regression ROC-AUC, or a Kneser-Ney trigram's
-    perplexity (lm.eval.baselines, as `lm evaluate` reports them)."""
+    """The classical model on the same test rows: TF-IDF + logistic regression ROC-AUC, or a Kneser-Ney
+    trigram's perplexity (lm.eval.baselines, as `lm evaluate` reports them)."""
     import pandas as pd
 
     from lm.eval.baselines import ngram_statistics, tfidf_logreg_probs
@@ -271,8 +273,8 @@ def score_test_split(prep: Prepared, params, model_dir: Path) -> float:  # type:
 
 
 def train_and_score(prep: Prepared, kind: str, seed: int, steps: int) -> dict[str, Any]:
-    """One lm.train.loop.train run of `kind` with `seed`, scored on the test split; a run that fails (diverged,
-    non-finite weights) gives its error instead of the metric."""
+    """One lm.train.loop.train run of `kind` with `seed`, scored on the test split; a run that fails
+    (diverged, non-finite weights) gives its error instead of the metric."""
     from lm.train.loop import train
 
     params = form_params(prep.form, kind=kind, seed=seed, steps=steps, max_rows=prep.max_rows)
@@ -329,7 +331,7 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------------------- one layer, length
+# ------------------------------------------------------------------------------------------ one layer, length
 
 
 def length_series(
@@ -344,8 +346,8 @@ def length_series(
     timing_budget: float,
     threads: int,
 ) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """One layer of `kind` at L = 256, 512, ... (benchmarks/attention.py's run_case, one process per case) until
-    a case does not fit the memory budget or the time cap; `longest_fit` is the last length that did."""
+    """One layer of `kind` at L = 256, 512, ... (benchmarks/attention.py's run_case, one process per case)
+    until a case does not fit the memory budget or the time cap; `longest_fit` is the last length that did."""
     cases: list[dict[str, Any]] = []
     fit, stop, L = None, None, min(lengths)
     while True:
@@ -387,7 +389,7 @@ def length_series(
     return {"longest_fit": fit, "capped": stop.startswith("max length"), "stop": stop, "cases": cases}
 
 
-# ------------------------------------------------------------------------------------------------------- table
+# ------------------------------------------------------------------------------------------------------ table
 
 
 def _metric(v: float | None, metric: str) -> str:
@@ -425,7 +427,8 @@ def markdown(figures: dict[str, Any]) -> str:
             + f" | longest L within {layer['memory_budget_mib']:,.0f} MiB, {layer['time_cap_s']:g} s |"
         )
         out += [
-            f"**{name}** ({f['task']}, {f['data_label']}; layer: {'causal' if f['causal'] else 'bidirectional'})",
+            f"**{name}** ({f['task']}, {f['data_label']}; layer: "
+            f"{'causal' if f['causal'] else 'bidirectional'})",
             "",
             head,
             "|---" * (4 + len(layer["lengths"])) + "|",
@@ -475,7 +478,7 @@ def replace_block(text: str, block: str) -> str:
     return text[:i] + block + text[j + len(END) :]
 
 
-# -------------------------------------------------------------------------------------------------------- main
+# ------------------------------------------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -621,7 +624,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     print(
                         f"  {form.name} {kind:14} seed {seed}: "
                         + (
-                            f"{form.metric} {value:.4f}, {run['tokens_per_s']:,.0f} tokens/s, {run['wall_s']} s"
+                            f"{form.metric} {value:.4f}, {run['tokens_per_s']:,.0f} tokens/s, "
+                            f"{run['wall_s']} s"
                             if value is not None
                             else f"FAILED {run['error']}"
                         )

@@ -91,9 +91,11 @@ def main() -> None:
     for name, secs in rows:
         print(f"{name:>22}: {secs:6.2f} s  {mb / secs:6.2f} MB/s  {n_tokens / secs / 1e6:6.2f} M tokens/s")
     identical = all(same.values())
-    print(f"ids identical: {identical} ({', '.join(f'{k} {v}' for k, v in same.items())}); {len(docs)} documents, "
-          f"{n_tokens} tokens ({n_bytes / n_tokens:.2f} bytes/token); lm batch / hf {hf_call} speed: "
-          f"{hf_s[hf_call] / lm_batch_s:.2f}x")  # fmt: skip
+    print(
+        f"ids identical: {identical} ({', '.join(f'{k} {v}' for k, v in same.items())}); "
+        f"{len(docs)} documents, {n_tokens} tokens ({n_bytes / n_tokens:.2f} bytes/token); "
+        f"lm batch / hf {hf_call} speed: {hf_s[hf_call] / lm_batch_s:.2f}x"
+    )
     record.finish({
         "benchmark": "encode",
         "corpus": label,

@@ -1,6 +1,7 @@
 """Generation speed with and without the KV cache, for several attention kinds, in one run.
 
-    python benchmarks/generate.py            # d_model 256, 4 layers, 4 heads, vocab 8192; 16-token prompt + 256 new
+    python benchmarks/generate.py            # d_model 256, 4 layers, 4 heads, vocab 8192;
+                                             # 16-token prompt + 256 new
     python benchmarks/generate.py --quick    # 2 kinds, 64 new tokens (a few seconds)
 
 lm.infer.generate.generate decodes greedily (temperature 0) from a randomly initialised CausalLM. With the

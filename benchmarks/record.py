@@ -1,4 +1,5 @@
-"""How a benchmark hands in its figures: one JSON line on stdout, the same object in benchmarks/results/<name>.json.
+"""How a benchmark hands in its figures: one JSON line on stdout, the same object in
+benchmarks/results/<name>.json.
 
     figures = {"benchmark": "encode", ...}
     record.finish(figures, quick=args.quick, save=not args.no_save)

@@ -156,7 +156,8 @@ def main() -> None:
             f"{s} {v['seconds']:.1f}s / {v['peak_rss_mb']:.0f} MB" for s, v in size["stages"].items()
         )
         print(
-            f"{name}: {size['mb']:.1f} MB, {size['rows']} docs, {size['shards']} shards, {size['tokens']} tokens: {per}",
+            f"{name}: {size['mb']:.1f} MB, {size['rows']} docs, {size['shards']} shards, {size['tokens']} "
+            f"tokens: {per}",
             file=sys.stderr,
         )
     figures = {

@@ -4,12 +4,13 @@
     python benchmarks/serve.py --quick    # up to 4 s / 600 requests per cell
 
 Each row starts `lm serve` as a subprocess on 127.0.0.1 (a free port) with the model in --model (default
-models/), waits for /readyz, and drives POST /v1/score with an async HTTP client (aiohttp, else httpx) at concurrency 1, 16 and 64: that
-many clients, each sending one comment per request as soon as its previous answer came back, until the cell's
-request or time budget is spent (after a short warm-up). Rows: naive (eager, `--naive`), batched eager, and
-batched with each exported backend found in --export-dir (serving/, written by `lm export`). The texts are real
-comments (../shared/data/civil_comments/toxic_spans_comments.csv, comment_text) when present, else the embedded
-synthetic corpus. The client runs on the same machine as the server and shares its cores.
+models/), waits for /readyz, and drives POST /v1/score with an async HTTP client (aiohttp, else httpx) at
+concurrency 1, 16 and 64: that many clients, each sending one comment per request as soon as its previous
+answer came back, until the cell's request or time budget is spent (after a short warm-up). Rows: naive
+(eager, `--naive`), batched eager, and batched with each exported backend found in --export-dir (serving/,
+written by `lm export`). The texts are real comments (../shared/data/civil_comments/toxic_spans_comments.csv,
+comment_text) when present, else the embedded synthetic corpus. The client runs on the same machine as the
+server and shares its cores.
 
 Prints requests/s and p50/p95/p99 latency per row; the last line is one JSON object with naive_rps and
 batched_rps (concurrency 64), throughput_ratio (best batched / naive at 64) and p99_ms (best batched at 64),
@@ -100,8 +101,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 async def drive(url: str, texts: list[str], concurrency: int, max_requests: int, max_seconds: float) -> dict:
     """`concurrency` closed-loop clients over keep-alive connections; latencies of the answers 200. The client
     shares the server's cores, so it should cost as little CPU as possible: aiohttp when installed (batched
-    torchscript at concurrency 16 went from ~460 to ~690-830 req/s with it), else httpx with one AsyncClient per
-    connection."""
+    torchscript at concurrency 16 went from ~460 to ~690-830 req/s with it), else httpx with one AsyncClient
+    per connection."""
     rng = random.Random(concurrency)
     latencies: list[float] = []
     errors = sent = 0

@@ -17,7 +17,9 @@ import typer
 
 app = typer.Typer(
     name="lm",
-    help="Train, compare and inspect small transformers from scratch (a DVC pipeline, one command per stage).",
+    help=(
+        "Train, compare and inspect small transformers from scratch (a DVC pipeline, one command per stage)."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -71,7 +73,8 @@ def download(params: ParamsOption = DEFAULT_PARAMS) -> None:
 
 @app.command()
 def tokenize(params: ParamsOption = DEFAULT_PARAMS) -> None:
-    """Train the byte-level BPE tokenizer on data/raw/ (or adopt tokenizer.pretrained) and write data/tokenizer/."""
+    """Train the byte-level BPE tokenizer on data/raw/ (or adopt tokenizer.pretrained) and write
+    data/tokenizer/."""
     _stage("tokenize", params)
 
 
@@ -114,8 +117,8 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train the model (DDP through torchrun when train.nproc or train.nnodes > 1; under an external torchrun or
-    SLURM step, as the rank it was given) and write models/."""
+    """Train the model (DDP through torchrun when train.nproc or train.nnodes > 1; under an external torchrun
+    or SLURM step, as the rank it was given) and write models/."""
     _stage("train", params, params_path=params, resume=resume, node_rank=node_rank)
 
 
@@ -146,9 +149,10 @@ def export_serving(
         Path | None, typer.Option("--model", help="exported model directory (default models)")
     ] = None,
 ) -> None:
-    """Export the trained classifier for serving (TorchScript + INT8 under serving/), checked against the eager
-    model on the test split in reports/serving.json. With --hf DIR: write the model as a directory that
-    transformers' Auto classes load without lm (BERT classifier, GPT-2 or Llama decoder; docs/huggingface.md)."""
+    """Export the trained classifier for serving (TorchScript + INT8 under serving/), checked against the
+    eager model on the test split in reports/serving.json. With --hf DIR: write the model as a directory that
+    transformers' Auto classes load without lm (BERT classifier, GPT-2 or Llama decoder;
+    docs/huggingface.md)."""
     if hf is None:
         _stage("export", params, **({"model_dir": model_dir} if model_dir is not None else {}))
         return
@@ -159,7 +163,8 @@ def export_serving(
 
         done = export_hf(model_dir if model_dir is not None else MODELS, hf)
         typer.echo(
-            f"wrote {done.out_dir} ({done.architecture}: transformers.{done.auto_class}.from_pretrained loads it)"
+            f"wrote {done.out_dir} ({done.architecture}: "
+            f"transformers.{done.auto_class}.from_pretrained loads it)"
         )
 
     _run(body)
@@ -215,8 +220,8 @@ def predict(
     ] = None,
     top_k: Annotated[int, typer.Option(min=1, help="mlm: candidates per <|mask|>")] = 5,
 ) -> None:
-    """Score texts with a trained model: positive-class scores and labels (classify), fills for <|mask|> (mlm),
-    or next-token candidates (clm)."""
+    """Score texts with a trained model: positive-class scores and labels (classify), fills for <|mask|>
+    (mlm), or next-token candidates (clm)."""
 
     def body() -> None:
         from lm.infer.predict import load_trained, read_table
@@ -340,8 +345,8 @@ def serve(
         bool, typer.Option("--naive", help="no batching: one request scored at a time (a baseline)")
     ] = False,
 ) -> None:
-    """Serve the trained model over HTTP (uvicorn): POST /v1/score (classify), /v1/generate (clm), /v1/fill (mlm);
-    GET /healthz, /readyz, /metrics."""
+    """Serve the trained model over HTTP (uvicorn): POST /v1/score (classify), /v1/generate (clm),
+    /v1/fill (mlm); GET /healthz, /readyz, /metrics."""
 
     def body() -> None:
         import uvicorn
@@ -369,7 +374,8 @@ def serve(
             raise ConfigError(f"serve.{key}: {msg}") from None
         if not (Path(cfg.model_dir) / "config.json").exists():
             raise LmError(
-                f"{cfg.model_dir}/config.json not found: train a model first (`dvc repro`) or pass --model DIR"
+                f"{cfg.model_dir}/config.json not found: "
+                "train a model first (`dvc repro`) or pass --model DIR"
             )
         if cfg.backend != "eager":
             from lm.serving.backends import artifact_path

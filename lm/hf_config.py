@@ -116,8 +116,8 @@ def _llama_model(cfg: dict[str, Any], source: Path) -> tuple[dict[str, Any], int
 def hf_model_keys(
     cfg: dict[str, Any], *, source: Path = Path("config.json"), allow_approximate_gelu: bool = False
 ) -> dict[str, Any]:
-    """Map a Hugging Face config.json (as a dict) to lm's model keys (the `model` entry, a dict for ModelConfig)
-    and sizes; reject what lm cannot reproduce."""
+    """Map a Hugging Face config.json (as a dict) to lm's model keys (the `model` entry, a dict for
+    ModelConfig) and sizes; reject what lm cannot reproduce."""
     arch = cfg.get("model_type")
     if arch == "gpt2":
         model, max_len = _gpt2_model(cfg, source, allow_approximate_gelu)
@@ -148,7 +148,8 @@ ENCODERS = ("bert", "roberta", "distilbert")
 
 def _encoder_model(cfg: dict[str, Any], arch: str, source: Path) -> tuple[dict[str, Any], int]:
     """BERT-family encoders: learned positions, post-norm LayerNorm blocks, exact GELU, biases, a LayerNorm
-    right after the embeddings. RoBERTa numbers positions from padding_idx + 1, so two rows fewer are usable."""
+    right after the embeddings. RoBERTa numbers positions from padding_idx + 1, so two rows fewer are
+    usable."""
     if arch == "distilbert":
         act, d = _get(cfg, "activation", source, "gelu"), _get(cfg, "dim", source)
         if cfg.get("sinusoidal_pos_embds"):

@@ -1,7 +1,7 @@
 """Stage `download`: read the configured corpus and write data/raw/corpus.parquet + manifest.json.
 
-The corpus is read chunk by chunk and written as it comes, in shards (Parquet row groups) of data.shard_mb MB of
-text (lm.data.raw), so a corpus larger than memory downloads in the memory of one shard.
+The corpus is read chunk by chunk and written as it comes, in shards (Parquet row groups) of data.shard_mb MB
+of text (lm.data.raw), so a corpus larger than memory downloads in the memory of one shard.
 
 DVC runs this stage on every `dvc repro` (a local source file is not a DVC dependency: its path is a param);
 it re-reads the source only when the source's fingerprint (content hash, hub revision, params, code) differs

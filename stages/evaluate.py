@@ -1,6 +1,6 @@
-"""Stage `evaluate`: score the test split; write reports/metrics.json (the headline figures that `dvc exp show`
-and `dvc metrics diff` compare), reports/evaluation.json (everything: full baseline report, per-identity bias
-table), reports/plots/*.json (plot data for `dvc plots`) and reports/figures/*.png.
+"""Stage `evaluate`: score the test split; write reports/metrics.json (the headline figures that `dvc exp
+show` and `dvc metrics diff` compare), reports/evaluation.json (everything: full baseline report, per-identity
+bias table), reports/plots/*.json (plot data for `dvc plots`) and reports/figures/*.png.
 
 Every task writes every plot-data file (an empty list where a plot does not apply: no ROC for a language
 model), so `dvc plots show/diff` loads them all without warnings whatever the task."""
@@ -110,8 +110,8 @@ def run(
 
 
 def headline_metrics(full: dict) -> dict:
-    """The columns `dvc exp show` gets: headline figures, the baseline's and the lift on them, the bias summary
-    (params such as the task or attention kind are already columns of their own)."""
+    """The columns `dvc exp show` gets: headline figures, the baseline's and the lift on them, the bias
+    summary (params such as the task or attention kind are already columns of their own)."""
     out = {k: full[k] for k in HEADLINE if k in full}
     if "baseline" in full:
         out["baseline"] = {k: full["baseline"][k] for k in BASELINE_HEADLINE if k in full["baseline"]}

@@ -1,5 +1,5 @@
-"""Stage `export`: the trained classifier as TorchScript and INT8 artifacts under serving/, each checked against
-the eager model on the test split in reports/serving.json (lm/serving/export.py does the work)."""
+"""Stage `export`: the trained classifier as TorchScript and INT8 artifacts under serving/, each checked
+against the eager model on the test split in reports/serving.json (lm/serving/export.py does the work)."""
 
 from __future__ import annotations
 

@@ -58,9 +58,9 @@ def pretrain_params(params: Params) -> Params:
 
 
 def write_corpus(params: Params, pre: Params, raw_dir: Path, split_dir: Path, dest: Path) -> tuple[int, int]:
-    """The pretraining corpus into `dest` (sharded Parquet, like data/raw): the unlabelled source streamed chunk
-    by chunk (memory ~ one shard, however big the source), then the labelled train split's texts (the labelled
-    corpus is read whole: it is the small one). Returns (unlabelled rows, labelled rows)."""
+    """The pretraining corpus into `dest` (sharded Parquet, like data/raw): the unlabelled source streamed
+    chunk by chunk (memory ~ one shard, however big the source), then the labelled train split's texts (the
+    labelled corpus is read whole: it is the small one). Returns (unlabelled rows, labelled rows)."""
     import numpy as np
     import pandas as pd
 

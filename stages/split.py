@@ -34,9 +34,10 @@ def run(params: Params, encoded_dir=ENCODED, out_dir=SPLIT, report=SPLIT_REPORT)
     empty = [name for name in ("train", "val", "test") if len(parts[name]) == 0]
     if empty:
         raise LmError(
-            f"split: {enc.n_docs} documents leave {' and '.join(empty)} empty (train {len(parts['train'])}, val "
-            f"{len(parts['val'])}, test {len(parts['test'])}); use a bigger corpus (a .txt source needs blank lines "
-            f"or one document per line), or raise split.val_fraction / split.test_fraction"
+            f"split: {enc.n_docs} documents leave {' and '.join(empty)} empty "
+            f"(train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}); "
+            "use a bigger corpus (a .txt source needs blank lines or one document per line), "
+            "or raise split.val_fraction / split.test_fraction"
         )
     with atomic_dir(out_dir) as tmp:
         for name, idx in parts.items():

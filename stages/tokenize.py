@@ -1,5 +1,5 @@
-"""Stage `tokenizer`: train byte-level BPE on the raw corpus and write data/tokenizer/, or adopt the pretrained
-tokenizer `tokenizer.pretrained` names (its files and roles are written there; nothing is trained).
+"""Stage `tokenizer`: train byte-level BPE on the raw corpus and write data/tokenizer/, or adopt the
+pretrained tokenizer `tokenizer.pretrained` names (its files and roles are written there; nothing is trained).
 
 The texts stream from the corpus shards (one in memory at a time); tokenizer.max_train_bytes takes a sample of
 that many bytes spread over every shard (lm.data.raw.RawCorpus.sample_texts)."""
@@ -38,5 +38,6 @@ def run(params: Params, raw_dir=RAW, out_dir=TOKENIZER) -> None:
     with atomic_dir(out_dir) as tmp:
         tok.save(tmp)
     Console(stderr=True).print(
-        f"tokenizer: {len(tok.merges)} merges, vocab {tok.vocab_size} in {time.perf_counter() - started:.1f}s -> {out_dir}"
+        f"tokenizer: {len(tok.merges)} merges, vocab {tok.vocab_size} in "
+        f"{time.perf_counter() - started:.1f}s -> {out_dir}"
     )

@@ -7,8 +7,9 @@ and every restarted worker (TORCHELASTIC_RESTART_COUNT > 0) resumes from the las
 
 With train.nnodes > 1, `lm train` runs on every machine and each launches torchrun with its part
 (`--nnodes --nproc-per-node`, and `--node-rank` for the static rendezvous), the machines meeting through
-torchrun's own rendezvous at train.rdzv_endpoint (train.rdzv_backend: c10d, or static). A process that torchrun or a SLURM step already
-started (lm.train.distributed.placement) trains as the rank it was given and launches nothing.
+torchrun's own rendezvous at train.rdzv_endpoint (train.rdzv_backend: c10d, or static). A process that
+torchrun or a SLURM step already started (lm.train.distributed.placement) trains as the rank it was given and
+launches nothing.
 
 A run writes into lm.paths.staged(models) and staged(reports/train) and replaces models/ and reports/train/
 only when it completes, so an interrupted or failed run leaves the previous results as they were. Its
@@ -94,7 +95,8 @@ def launch_torchrun(train: TrainConfig, params_path: Path, *, resume: bool = Fal
     if code != 0:
         machine = f" on machine {train.node_rank} of {train.nnodes}" if train.nnodes > 1 else ""
         raise LmError(
-            f"train: torchrun with {train.nproc} processes{machine} exited with code {code} (see the log above)"
+            f"train: torchrun with {train.nproc} processes{machine} exited with code {code} "
+            "(see the log above)"
         )
 
 

@@ -43,7 +43,8 @@ def run(
         table = _clm(params, trained, out_dir)
     atomic_write_text(predictions_path, table)
     Console(stderr=True).print(
-        f"visualize: {len(list(out_dir.glob('*.png')))} attention maps -> {out_dir}, table -> {predictions_path}"
+        f"visualize: {len(list(out_dir.glob('*.png')))} attention maps -> {out_dir}, table -> "
+        f"{predictions_path}"
     )
 
 

@@ -245,7 +245,8 @@ def _rich(cells: pd.DataFrame, params: list[str]) -> RichTable:
 
 
 def _header(key: str) -> str:
-    """A header over lines: one per dotted part, a long part broken after an underscore (peak_ / memory_mb)."""
+    """A header over lines: one per dotted part, a long part broken after an underscore (peak_ /
+    memory_mb)."""
     lines = []
     for part in key.split("."):
         cuts = [i + 1 for i, char in enumerate(part[:-1]) if char == "_"] if len(part) > 9 else []

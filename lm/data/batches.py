@@ -24,7 +24,8 @@ def _role(enc: Encoded, role: str) -> int:
     value = enc.roles.get(role)
     if value is None:
         raise LmError(
-            f"{enc.root}: the tokenizer has no {role} token, which task={enc.task} needs (tokenizer.pretrained)"
+            f"{enc.root}: the tokenizer has no {role} token, which task={enc.task} needs "
+            "(tokenizer.pretrained)"
         )
     return int(value)
 
@@ -95,9 +96,8 @@ class WindowItems:
 
     enc: Encoded
     starts: np.ndarray  # int64 token offset of each window
-    ends: (
-        np.ndarray
-    )  # int64 exclusive end of the tokens the window may read (its run's end, or its segment's)
+    # int64 exclusive end of the tokens the window may read (its run's end, or its segment's)
+    ends: np.ndarray
     window: int  # tokens read from the stream per window
     run_lo: np.ndarray | None = None  # int64 start of each run (kept to re-cut the grid)
     run_hi: np.ndarray | None = None  # int64 exclusive end of each run
@@ -176,7 +176,8 @@ class WindowItems:
 
 
 def make_items(enc: Encoded, rows: np.ndarray, task: str, max_len: int) -> RowItems | WindowItems:
-    """The items of one split for `task`: document rows to classify, or packed windows for a language model."""
+    """The items of one split for `task`: document rows to classify, or packed windows for a language
+    model."""
     if task in ("clm", "mlm"):
         return WindowItems.from_docs(enc, rows, max_len, task=task)
     return RowItems(enc, rows)

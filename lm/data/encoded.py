@@ -32,8 +32,8 @@ PRODUCER = "lm encode"
 
 
 def meta_roles(meta: dict) -> dict[str, int | None]:
-    """The pipeline's roles (cls, sep, pad, mask, eot) -> ids, as `lm encode` recorded them (an encoding or export
-    made before roles were recorded names them by lm's special tokens)."""
+    """The pipeline's roles (cls, sep, pad, mask, eot) -> ids, as `lm encode` recorded them (an encoding or
+    export made before roles were recorded names them by lm's special tokens)."""
     if "roles" in meta:
         return meta["roles"]
     ids = meta["special_ids"]

@@ -102,7 +102,8 @@ class MaskedLMObjective:
         self.seed = eval_seed
 
     def prepare(self, batch: dict, *, train: bool, epoch: int = 0) -> dict:
-        """Masks come from a hash of (seed, epoch, row, position), so batching and sharding cannot change them."""
+        """Masks come from a hash of (seed, epoch, row, position), so batching and sharding cannot change
+        them."""
         batch = dict(batch)
         ids, labels = mask_tokens(
             batch["input_ids"],
@@ -148,8 +149,8 @@ def train_labels(params: Params, enc: Encoded, train_rows: np.ndarray) -> np.nda
 
 def special_of(enc: Encoded) -> Special:
     """The ids masking needs. Random replacements draw from the ordinary ids when the special ones close the
-    vocabulary (lm's BPE), else from the whole vocabulary, as transformers' DataCollatorForLanguageModeling does
-    (a pretrained tokenizer keeps its specials among the ordinary ids, e.g. BERT's [CLS] = 101)."""
+    vocabulary (lm's BPE), else from the whole vocabulary, as transformers' DataCollatorForLanguageModeling
+    does (a pretrained tokenizer keeps its specials among the ordinary ids, e.g. BERT's [CLS] = 101)."""
     roles = enc.roles
     specials = sorted({*enc.meta["special_ids"].values(), *(i for i in roles.values() if i is not None)})
     closing = specials == list(range(enc.vocab_size - len(specials), enc.vocab_size))

@@ -17,10 +17,9 @@ import numpy as np
 
 from lm.errors import LmError
 
-SHARDS_KEPT = (
-    64  # decoded shards held at once: random batches touch every shard, so a corpus of up to 64 shards
-)
-# (512 MB of text at data.shard_mb 8) is decoded once per process; beyond that shards are decoded again and again
+# decoded shards held at once: random batches touch every shard, so a corpus of up to 64 shards (512 MB of
+# text at data.shard_mb 8) is decoded once per process; beyond that shards are decoded again and again
+SHARDS_KEPT = 64
 DOCS_KEPT = 16_384  # encoded documents held at once
 
 
@@ -54,7 +53,8 @@ class OnTheFlyTokens:
             )
         if self.raw.n_rows != int(meta["n_docs"]):
             raise LmError(
-                f"{self.raw.path} has {self.raw.n_rows} rows, the encoding {meta['n_docs']}: re-run `lm encode`"
+                f"{self.raw.path} has {self.raw.n_rows} rows, the encoding {meta['n_docs']}: "
+                "re-run `lm encode`"
             )
         self.shape = tuple(meta["shape"])
         self.dtype = np.dtype(meta["dtype"])
@@ -66,9 +66,9 @@ class OnTheFlyTokens:
             from rich.console import Console
 
             Console(stderr=True).print(
-                f"warning: encode.mode on_the_fly over {len(self._starts)} shards of {self.raw.path}: random batches "
-                f"decode shards again and again beyond {SHARDS_KEPT}; encode.mode memmap is much faster for a corpus "
-                f"this size"
+                f"warning: encode.mode on_the_fly over {len(self._starts)} shards of {self.raw.path}: "
+                f"random batches decode shards again and again beyond {SHARDS_KEPT}; encode.mode memmap "
+                "is much faster for a corpus this size"
             )
         self._shards: OrderedDict[int, list[str]] = OrderedDict()
         self._docs: OrderedDict[int, list[int]] = OrderedDict()

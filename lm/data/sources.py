@@ -114,7 +114,8 @@ def open_corpus(cfg: DataConfig, *, task: str, seed: int) -> CorpusStream:
 
 
 def load_corpus(cfg: DataConfig, *, task: str, seed: int) -> tuple[pd.DataFrame, CorpusStats]:
-    """Read `cfg.source`, map its columns, drop empty texts, validate; return the whole corpus and its stats."""
+    """Read `cfg.source`, map its columns, drop empty texts, validate; return the whole corpus and its
+    stats."""
     stream = open_corpus(cfg, task=task, seed=seed)
     frames = list(stream)
     return pd.concat(frames, ignore_index=True), stream.stats()
@@ -258,7 +259,8 @@ def _batched(items: Iterable[Any], size: int = READ_ROWS) -> Iterator[list[Any]]
 
 
 def _txt_rule(path: Path, encoding: str) -> str:
-    """'paragraphs' when the file has a blank line, else 'lines' (one pass, stopping at the first blank line)."""
+    """'paragraphs' when the file has a blank line, else 'lines' (one pass, stopping at the first blank
+    line)."""
     with _open_text(path, encoding) as fh:
         return "paragraphs" if any(not line.strip() for line in fh) else "lines"
 
@@ -353,8 +355,9 @@ def _read_parquet(path: Path, columns: list[str], max_rows: int | None) -> Itera
 def _jsonl_columns(
     path: Path, max_rows: int | None, encoding: str, wanted: set[str]
 ) -> tuple[list[str], Callable[[], Iterator[dict[str, Any]]]]:
-    """The keys of a JSON lines file in order of first appearance (read until every wanted key is seen, or to the
-    end), and a function that streams its records. A .json array is read whole (use JSON lines for big files)."""
+    """The keys of a JSON lines file in order of first appearance (read until every wanted key is seen, or to
+    the end), and a function that streams its records. A .json array is read whole (use JSON lines for big
+    files)."""
     records = _read_jsonl(path, max_rows, encoding)
     if isinstance(records, list):
         columns = list(dict.fromkeys(k for rec in records for k in rec))
@@ -443,13 +446,14 @@ def _is_saved_to_disk(ref: str) -> bool:
 
 
 def _read_hf(spec: str, cfg: DataConfig, task: str) -> _Raw:
-    """A Hugging Face dataset: hub id (optionally ':config'), or a local directory (save_to_disk or data files).
+    """A Hugging Face dataset: hub id (optionally ':config'), or a local directory (save_to_disk or data
+    files).
 
     Streamed (`datasets` streaming mode: rows arrive as they are read, nothing is stored) when
     data.hf_streaming is true, or when it is null and data.max_rows is set, so a multi-terabyte corpus costs
     what you read; otherwise `datasets` prepares its Arrow cache and the rows are read from it in batches.
-    With data.cache_dir set, a hub dataset's data files are fetched into that cache instead (lm.data.hub_cache,
-    least recently used evicted beyond data.cache_max_gb) and read file by file.
+    With data.cache_dir set, a hub dataset's data files are fetched into that cache instead
+    (lm.data.hub_cache, least recently used evicted beyond data.cache_max_gb) and read file by file.
     """
     import datasets
 
@@ -738,8 +742,8 @@ class CorpusStream:
 
 
 class _SeenIds:
-    """The ids met so far as 64-bit hashes in sorted runs whose sizes double (a log-structured merge): finding a
-    duplicate costs O(log n) per id and 8 bytes per id, not a Python set of every id string."""
+    """The ids met so far as 64-bit hashes in sorted runs whose sizes double (a log-structured merge): finding
+    a duplicate costs O(log n) per id and 8 bytes per id, not a Python set of every id string."""
 
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []

@@ -1,4 +1,5 @@
-"""The synthetic default corpus (`data.source: embedded`): a seeded generator of Civil-Comments-shaped toxicity data.
+"""The synthetic default corpus (`data.source: embedded`): a seeded generator of Civil-Comments-shaped
+toxicity data.
 
 Why a generator instead of a bundled file: `dvc repro` must work offline in minutes on a laptop, and the
 metrics must still mean something. So the corpus imitates the structure of the Jigsaw Unintended Bias data

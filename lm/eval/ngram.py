@@ -2,13 +2,14 @@
 language models must beat on the same test positions.
 
 Why this and not a library: the baseline has to predict exactly the positions lm predicts, from lm's own
-token ids, with whole distributions (for top-k accuracy) and no text round trip; NLTK's `KneserNeyInterpolated`
-scores one word at a time in pure Python (hours on a test split). Here every level is a sparse matrix, so a
-chunk of positions gets its (N, V) distributions from a few sparse-row gathers.
+token ids, with whole distributions (for top-k accuracy) and no text round trip; NLTK's
+`KneserNeyInterpolated` scores one word at a time in pure Python (hours on a test split). Here every level is
+a sparse matrix, so a chunk of positions gets its (N, V) distributions from a few sparse-row gathers.
 
 The model (Chen & Goodman 1998, interpolated Kneser-Ney with one absolute discount per order):
 
-    P_k(w | ctx) = max(c_k(ctx, w) - D_k, 0) / c_k(ctx, .) + D_k * T_k(ctx) / c_k(ctx, .) * P_{k-1}(w | ctx[1:])
+    P_k(w | ctx) = max(c_k(ctx, w) - D_k, 0) / c_k(ctx, .)
+                   + D_k * T_k(ctx) / c_k(ctx, .) * P_{k-1}(w | ctx[1:])
 
 where c_k is the raw count for the highest order and the continuation count (number of distinct tokens seen
 before the n-gram) for the lower orders, T_k(ctx) the number of distinct words seen after ctx, and

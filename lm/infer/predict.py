@@ -27,10 +27,11 @@ def read_texts(path: Path, text_column: str = "text") -> list[str]:
 def read_table(
     path: Path, text_column: str = "text", id_column: str | None = None
 ) -> tuple[list[str], list[str] | None]:
-    """(texts, ids): ids are the `id_column` cells as text when the table has that column (None otherwise), so an
-    output can carry each input row's key. Texts from a .txt (one per non-empty line) or a .csv/.parquet/.jsonl table's text column, one per row:
-    an empty or missing cell is the empty text (its row is kept, so output rows line up with input rows), and a
-    cell reading "NA" or "null" is that text. The encoding is detected as in `lm download` (data.encoding auto)."""
+    """(texts, ids): ids are the `id_column` cells as text when the table has that column (None otherwise), so
+    an output can carry each input row's key. Texts from a .txt (one per non-empty line) or a
+    .csv/.parquet/.jsonl table's text column, one per row: an empty or missing cell is the empty text (its row
+    is kept, so output rows line up with input rows), and a cell reading "NA" or "null" is that text. The
+    encoding is detected as in `lm download` (data.encoding auto)."""
     from lm.data.text_encoding import text_encoding
 
     path = Path(path)
@@ -54,7 +55,8 @@ def read_table(
         raise LmError(f"{path}: not a readable {suffix[1:]} file ({first})") from None
     if text_column not in frame.columns:
         raise LmError(
-            f"{path}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); pass --text-column"
+            f"{path}: no column {text_column!r} "
+            f"(columns: {', '.join(map(str, frame.columns))}); pass --text-column"
         )
     texts = ["" if _missing(v) else str(v) for v in frame[text_column].tolist()]
     ids = (
@@ -105,7 +107,8 @@ class Trained:
     @torch.no_grad()
     def predict(self, texts: list[str], *, top_k: int = 5, batch_size: int = 64) -> pd.DataFrame:
         if self.task == "classify":
-            # an empty (or blank) text is not scored, as `lm serve` refuses it: its row stays, score NaN, no label
+            # an empty (or blank) text is not scored, as `lm serve` refuses it:
+            # its row stays, score NaN, no label
             threshold, names = decision_of(self.config)
             scored = [i for i, t in enumerate(texts) if t.strip()]
             probs = np.full(len(texts), np.nan)
@@ -127,7 +130,8 @@ class Trained:
 
     @torch.no_grad()
     def fills(self, text: str, top_k: int) -> list[tuple[int, list[tuple[str, float]]]]:
-        """mlm: for each <|mask|> of text, its token position and the top_k (token, probability) candidates."""
+        """mlm: for each <|mask|> of text, its token position and the top_k (token, probability)
+        candidates."""
         ids, mask = self._rows([text], {self.tokenizer.mask_token})
         logits = self.model(ids, mask).logits[0]  # (L, V)
         return [
@@ -141,7 +145,8 @@ class Trained:
             mask_token = self.tokenizer.mask_token
             if mask_token not in text:
                 raise LmError(
-                    f"mlm predict: text {row + 1} has no {mask_token}; put one where a token should be filled in: {text[:60]!r}"
+                    f"mlm predict: text {row + 1} has no {mask_token}; put one where a token should be "
+                    f"filled in: {text[:60]!r}"
                 )
             for pos, cands in self.fills(text, top_k):
                 records.append(

@@ -72,13 +72,14 @@ class Served:
     defaults: dict[str, Any] = field(default_factory=dict)  # clm: sampling options from params.yaml viz:
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """As `lm predict` (lm.infer.predict.Trained._rows) encodes for a classifier; runs in the scoring thread."""
+        """As `lm predict` (lm.infer.predict.Trained._rows) encodes for a classifier; runs in the scoring
+        thread."""
         return classifier_rows(self.tokenizer, texts, self.max_len)
 
 
 def load_model(served: Served) -> None:
-    """Fill in what the app was not given: the scorer (serve.backend), the tokenizer, max_len and threshold from
-    serve.model_dir/config.json. Runs once per process, in the lifespan."""
+    """Fill in what the app was not given: the scorer (serve.backend), the tokenizer, max_len and threshold
+    from serve.model_dir/config.json. Runs once per process, in the lifespan."""
     import torch
 
     from lm.model.export import read_export_config
@@ -135,7 +136,8 @@ def _lifespan(served: Served):
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(load_model, served)
         gc.collect()
-        gc.freeze()  # the model and libraries are never garbage: keep the collector from rescanning them mid-request
+        # the model and libraries are never garbage: keep the collector from rescanning them mid-request
+        gc.freeze()
         if served.task == "classify":
             served.batcher = _make_batcher(served)
             await served.batcher.start()
@@ -347,7 +349,8 @@ def create_app(
 ) -> Starlette:
     """The service. What is not passed in (scorer, tokenizer, max_len, threshold) is loaded from cfg.model_dir
     (and cfg.backend / cfg.export_dir) when the app starts. naive: one request scored at a time, no batching.
-    defaults: a decoder's sampling options (temperature, top_k, top_p, max_new_tokens) when a request omits them."""
+    defaults: a decoder's sampling options (temperature, top_k, top_p, max_new_tokens) when a request omits
+    them."""
     served = Served(
         cfg=cfg,
         naive=naive,
@@ -365,8 +368,8 @@ def create_app(
 
 
 def from_params() -> Starlette:
-    """App factory for `uvicorn --factory lm.serving.app:from_params` (several workers): params from $LM_PARAMS
-    (default params.yaml), naive mode from $LM_SERVE_NAIVE=1."""
+    """App factory for `uvicorn --factory lm.serving.app:from_params` (several workers): params from
+    $LM_PARAMS (default params.yaml), naive mode from $LM_SERVE_NAIVE=1."""
     from lm.config import load_params
 
     params = load_params(os.environ.get("LM_PARAMS", "params.yaml"))

@@ -84,7 +84,8 @@ class OnnxScorer:
 
 
 def read_serving_config(export_dir: Path) -> dict:
-    """serving/config.json: task, max_len, threshold, pad_id, cls_id (what a server needs to tokenize and label)."""
+    """serving/config.json: task, max_len, threshold, pad_id, cls_id (what a server needs to tokenize and
+    label)."""
     path = Path(export_dir) / SERVING_CONFIG
     if not path.exists():
         raise LmError(f"{path} not found: run `lm export` (or `dvc repro`) first")

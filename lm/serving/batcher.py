@@ -2,10 +2,10 @@
 
 A request waits in a queue as (texts, future). One worker task waits until `max_batch` texts are queued or the
 oldest request has waited `max_wait_ms` (only under load: a request with no other arriving within max_wait_ms
-before it is scored at once, so a quiet server answers as fast as an unbatched one), takes whole requests up to
-`max_batch` texts (a larger request alone) and hands them to the scoring thread, which tokenizes them, sorts
-them by length, scores them in chunks of `chunk` rows (on `threads` threads) padded to the longest in the
-chunk, and puts every score back in its request's order. The event loop only parses, queues and answers:
+before it is scored at once, so a quiet server answers as fast as an unbatched one), takes whole requests up
+to `max_batch` texts (a larger request alone) and hands them to the scoring thread, which tokenizes them,
+sorts them by length, scores them in chunks of `chunk` rows (on `threads` threads) padded to the longest in
+the chunk, and puts every score back in its request's order. The event loop only parses, queues and answers:
 tokenization and the model run off it, in one thread, so the next batch fills up while one is scored and under
 load batches grow by themselves.
 
@@ -14,8 +14,8 @@ batch at once does not (benchmarks/serve.py measures the chunk size). Sorting by
 chunk's padding small.
 
 The queue is bounded in texts: a request that does not fit is refused whole (`QueueFull`: the endpoint answers
-503 with Retry-After) instead of letting latency grow without limit. `stop()` refuses new requests and finishes
-every request already queued (graceful shutdown).
+503 with Retry-After) instead of letting latency grow without limit. `stop()` refuses new requests and
+finishes every request already queued (graceful shutdown).
 
 `Unbatched` has the same interface and scores one request at a time: the naive baseline of the benchmark.
 """
@@ -44,7 +44,8 @@ class ShuttingDown(QueueFull):
 
 
 def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of token ids -> input_ids int64 (B, L) padded with pad_id, attention_mask bool (B, L); L = longest."""
+    """Rows of token ids -> input_ids int64 (B, L) padded with pad_id, attention_mask bool (B, L);
+    L = longest."""
     width = max(1, max(len(r) for r in rows))
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=bool)
@@ -58,7 +59,8 @@ def score_rows(
     scorer, rows: list[list[int]], pad_id: int, chunk: int, pool: ThreadPoolExecutor | None = None
 ) -> np.ndarray:
     """Scores of `rows` in their order: scored shortest first, `chunk` rows per forward pass; the chunks on
-    `pool`'s threads when given (torch releases the GIL inside its kernels, so chunks run on several cores)."""
+    `pool`'s threads when given (torch releases the GIL inside its kernels, so chunks run on several
+    cores)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     parts = [order[start : start + chunk] for start in range(0, len(order), chunk)]
 
@@ -134,8 +136,8 @@ class Batcher:
             raise QueueFull(f"{self._pending} texts already queued (serve.max_queue {self.max_queue})")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        # Waiting pays only when others are coming: a request that follows another within max_wait may wait for
-        # more; a lone request (nothing arrived within max_wait before it) is scored at once.
+        # Waiting pays only when others are coming: a request that follows another within max_wait may wait
+        # for more; a lone request (nothing arrived within max_wait before it) is scored at once.
         wait = self.max_wait if now - self._last_arrival < self.max_wait else 0.0
         self._last_arrival = now
         request = _Request(texts, loop.create_future(), now, wait)
@@ -220,7 +222,8 @@ class Batcher:
 
 
 class Unbatched:
-    """The naive baseline: each request scored on its own, one request at a time (no batching across requests)."""
+    """The naive baseline: each request scored on its own, one request at a time (no batching across
+    requests)."""
 
     def __init__(
         self,

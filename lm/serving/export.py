@@ -1,4 +1,4 @@
-"""`lm export`: the trained classifier as ONNX artifacts for ONNX Runtime, each checked against the eager model.
+"""`lm export`: the trained classifier as ONNX artifacts for ONNX Runtime, each checked against eager.
 
 serving/ holds
 - model.onnx: `(input_ids int64 (B, L), attention_mask bool (B, L)) -> probabilities float32 (B,)` of the
@@ -59,7 +59,7 @@ def _random_batch(batch: int, length: int, vocab: int, pad_id: int, cls_id: int,
 
 def export_onnx(model: nn.Module, config: dict, path: Path) -> None:
     """Export the serving signature with batch and length free and check it under ONNX Runtime on batch sizes
-    and lengths unlike the example's (a graph that baked in a shape would fail here rather than in the server)."""
+    and lengths unlike the example's (a graph that baked in a shape fails here rather than in the server)."""
     wrapper = ProbabilityModel(model).eval()
     vocab, pad_id, cls_id, max_len = (
         config["vocab_size"],
@@ -97,8 +97,8 @@ def export_onnx(model: nn.Module, config: dict, path: Path) -> None:
         diff = float(np.abs(scorer.score(ids.numpy(), mask.numpy()) - expected).max())
         if not diff <= ONNX_TOLERANCE:
             raise LmError(
-                f"export: model.onnx differs from eager by {diff:.2e} on a ({batch}, {length}) batch: this model "
-                "does not export with dynamic shapes; serve it with --backend eager"
+                f"export: model.onnx differs from eager by {diff:.2e} on a ({batch}, {length}) batch: "
+                "this model does not export with dynamic shapes; serve it with --backend eager"
             )
 
 
@@ -154,7 +154,7 @@ def _score_all(scorer: Scorer, items, batch_size: int) -> np.ndarray:
 def single_request_latency(
     scorer: Scorer, items, n: int = LATENCY_REQUESTS, warmup: int = LATENCY_WARMUP
 ) -> dict:
-    """p50 / p99 milliseconds of scoring one test text per call (cycling over the test rows), after a warm-up."""
+    """p50 / p99 milliseconds of scoring one test text per call (cycling over the test rows) after warm-up."""
     if not len(items):
         return {"latency_p50_ms": None, "latency_p99_ms": None}
     singles = [items.batch(np.array([i % len(items)])) for i in range(n)]
@@ -223,8 +223,8 @@ def export_serving(
 ) -> dict:
     """Write serving/ and reports/serving.json (atomically) and return the report.
 
-    A clm / mlm model is not exported (the artifacts serve classifiers): serving/config.json and the report say
-    so, and the stage still succeeds, so `dvc repro` runs for every task."""
+    A clm / mlm model is not exported (the artifacts serve classifiers): serving/config.json and the report
+    say so, and the stage still succeeds, so `dvc repro` runs for every task."""
     from lm.data.batches import make_items
     from lm.data.encoded import Encoded
     from lm.data.split import load_split

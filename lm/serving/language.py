@@ -1,14 +1,16 @@
-"""The endpoints of a language model: a decoder (task=clm) continues prompts, a masked LM (task=mlm) fills masks.
+"""The endpoints of a language model: a decoder (task=clm) continues prompts, a masked LM (task=mlm) fills
+masks.
 
-    POST /v1/generate  {"prompts": ["Once upon a time"], "max_new_tokens": 32, "temperature": 0.8, "top_k": 40,
-                        "top_p": 0.95, "seed": 0}          ->  {"completions": ["... the text written after"]}
+    POST /v1/generate  {"prompts": ["Once upon a time"], "max_new_tokens": 32, "temperature": 0.8,
+                        "top_k": 40, "top_p": 0.95, "seed": 0}
+                       ->  {"completions": ["... the text written after"]}
     POST /v1/fill      {"texts": ["The cat <|mask|> on the mat"], "top_k": 5}
                        ->  {"fills": [[{"position": 3, "top": [{"token": " sat", "p": 0.41}, ...]}]]}
 
 Both run in one thread of their own (generation is sequential token by token; requests are answered in turn),
 so the event loop keeps answering health checks and refusing bad bodies meanwhile. The options are checked by
-a pydantic model before any work: a wrong or unknown option is a 422 naming it. Sampling options default to the
-`viz:` section of params.yaml, the same as the pipeline's own samples.
+a pydantic model before any work: a wrong or unknown option is a 422 naming it. Sampling options default to
+the `viz:` section of params.yaml, the same as the pipeline's own samples.
 """
 
 from __future__ import annotations

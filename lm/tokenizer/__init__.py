@@ -24,8 +24,8 @@ def load_tokenizer(directory: str | Path):
 
 
 def classifier_rows(tok, texts: list[str], max_len: int) -> list[list[int]]:
-    """A user's texts (`lm predict`, `lm serve`) as classifier rows, built as `lm encode` built the training rows
-    (`tok.row`); special-token text in them is read as plain text."""
+    """A user's texts (`lm predict`, `lm serve`) as classifier rows, built as `lm encode` built the training
+    rows (`tok.row`); special-token text in them is read as plain text."""
     encoded = tok.encode_batch(texts, allowed_special=set(), disallowed="as_text")
     return [tok.row(ids, max_len) for ids in encoded]
 

@@ -162,7 +162,10 @@ class Tokenizer:
         return [self.cls_id, *ids][:max_len]
 
     def __repr__(self) -> str:
-        return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, special={self.special_tokens})"
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+            f"special={self.special_tokens})"
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self.hash == other.hash
@@ -302,13 +305,13 @@ class Tokenizer:
     ) -> Iterator[list[int]]:
         """Ids of ONE text given as consecutive pieces: joined, they are exactly ``encode("".join(pieces))``.
 
-        Where the pieces end means nothing: the lines ``"x\\n"``, ``"\\n"``, ``"\\n"``, ``"y"`` give the ids of
-        ``"x\\n\\n\\ny"`` (``\\n\\n`` then ``\\n``), not three ``\\n`` tokens. The text is re-cut into parts of
-        about `chunk_chars` characters at points where no later text can change the ids (`stream_cuts`) and
-        each batch of parts is encoded by `encode_batch` on threads, so memory holds about chunk_chars *
-        threads characters plus the longest pre-token. A disallowed special token raises when its batch is
-        reached, after the ids before it were yielded. Pass lines with their line ends (open files with
-        ``newline=""``, or use `encode_file`), or the text is not the file's.
+        Where the pieces end means nothing: the lines ``"x\\n"``, ``"\\n"``, ``"\\n"``, ``"y"`` give the ids
+        of ``"x\\n\\n\\ny"`` (``\\n\\n`` then ``\\n``), not three ``\\n`` tokens. The text is re-cut into
+        parts of about `chunk_chars` characters at points where no later text can change the ids
+        (`stream_cuts`) and each batch of parts is encoded by `encode_batch` on threads, so memory holds about
+        chunk_chars * threads characters plus the longest pre-token. A disallowed special token raises when
+        its batch is reached, after the ids before it were yielded. Pass lines with their line ends (open
+        files with ``newline=""``, or use `encode_file`), or the text is not the file's.
         """
         if chunk_chars < 1:
             raise LmError(f"encode_stream: chunk_chars must be at least 1, got {chunk_chars}")
@@ -347,7 +350,8 @@ class Tokenizer:
         disallowed: Disallowed = "raise",
         num_threads: int | None = None,
     ) -> Iterator[list[int]]:
-        """Ids of a UTF-8 text file, streamed: exactly `encode` of its text, line ends (CRLF too) as in the file."""
+        """Ids of a UTF-8 text file, streamed: exactly `encode` of its text, line ends (CRLF too) as in the
+        file."""
         path = Path(path)
         if not path.is_file():
             raise LmError(f"{path}: file not found")

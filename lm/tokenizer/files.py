@@ -75,8 +75,8 @@ def _read(path: Path) -> str:
 
 @dataclass
 class SavedTokenizer:
-    """A tokenizer directory read by `read_tokenizer`: the merges and special tokens that define the tokenizer,
-    and what `check` compares with the tokenizer they build (vocab.json, the recorded hash)."""
+    """A tokenizer directory read by `read_tokenizer`: the merges and special tokens that define the
+    tokenizer, and what `check` compares with the tokenizer they build (vocab.json, the recorded hash)."""
 
     directory: Path
     merges: list[tuple[bytes, bytes]]

@@ -57,7 +57,8 @@ CHUNK_CHARS = 1 << 20  # characters per unit of work: large enough to amortise I
 
 
 def pretokenize(text: str) -> list[str]:
-    """Split text (containing no special tokens) into GPT-2 pre-tokens: ``"Hi  you" -> ["Hi", " ", " you"]``."""
+    """Split text (containing no special tokens) into GPT-2 pre-tokens:
+    ``"Hi  you" -> ["Hi", " ", " you"]``."""
     return _PIECE_RE.findall(text)
 
 
@@ -177,10 +178,10 @@ Progress = Callable[[int], None]
 
 
 def prune_rarest(units: Counter[str], max_units: int | None) -> None:
-    """Bounded memory on corpora whose distinct words keep growing (numbers, handles, URLs): once `units` holds
-    more than max_units distinct words, the rarest are dropped (count 1, then 2, ...) until at most half remain.
-    Frequent words keep exact counts (they are never dropped); a dropped word that comes back counts again from
-    there, so only words too rare to win a merge are approximate. None: exact counts, unbounded."""
+    """Bounded memory on corpora whose distinct words keep growing (numbers, handles, URLs): once `units`
+    holds more than max_units distinct words, the rarest are dropped (count 1, then 2, ...) until at most half
+    remain. Frequent words keep exact counts (they are never dropped); a dropped word that comes back counts
+    again from there, so only words too rare to win a merge are approximate. None: exact counts, unbounded."""
     if max_units is None or len(units) <= max_units:
         return
     threshold = 1

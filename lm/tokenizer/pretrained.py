@@ -7,12 +7,12 @@ needs that tokenizer's exact ids. Two sources:
   `special_tokens_map.json`, which name the roles), or a `tokenizer.json` file. WordPiece (BERT, DistilBERT,
   MiniLM), byte-level BPE (GPT-2, RoBERTa) and SentencePiece-style (Llama) all run through Hugging Face
   `tokenizers` (Rust), so ids equal `transformers.AutoTokenizer`'s;
-* a tiktoken encoding: a `.tiktoken` rank file, or a name (`p50k_base`, `cl100k_base`, ...) found in tiktoken's
-  cache. lm's role tokens the encoding lacks (<|pad|>, <|cls|>, <|mask|>) are appended after its ids, so the
-  ids of text and of <|endoftext|> are tiktoken's own.
+* a tiktoken encoding: a `.tiktoken` rank file, or a name (`p50k_base`, `cl100k_base`, ...) found in
+  tiktoken's cache. lm's role tokens the encoding lacks (<|pad|>, <|cls|>, <|mask|>) are appended after its
+  ids, so the ids of text and of <|endoftext|> are tiktoken's own.
 
-The pipeline's roles (cls, sep, pad, mask, eot) map to the tokenizer's own special tokens, and a classifier row
-is built as the model family was pretrained: `row_prefix` + text + `row_suffix`, read off the tokenizer's
+The pipeline's roles (cls, sep, pad, mask, eot) map to the tokenizer's own special tokens, and a classifier
+row is built as the model family was pretrained: `row_prefix` + text + `row_suffix`, read off the tokenizer's
 post-processor ([CLS] text [SEP] for BERT, <s> text </s> for RoBERTa). `adopt` copies the files into
 data/tokenizer/ beside `pretrained.json` (kind, roles, content hash), which `load` reads back.
 """
@@ -125,7 +125,8 @@ class PretrainedTokenizer:
         return f"PretrainedTokenizer({self.kind}, vocab_size={self.vocab_size}, roles={self.roles})"
 
     def _row_affixes(self) -> tuple[list[int], list[int]]:
-        """The ids the tokenizer's post-processor puts around one text (HF), or lm's <|cls|> prefix (tiktoken)."""
+        """The ids the tokenizer's post-processor puts around one text (HF), or lm's <|cls|> prefix
+        (tiktoken)."""
         if self.kind == "tiktoken":
             return ([self.roles["cls"]] if self.roles.get("cls") is not None else []), []
         probe = "hello"
@@ -158,7 +159,8 @@ class PretrainedTokenizer:
 
     def encode(self, text: str, *, allowed_special: Any = None, disallowed: str = "raise") -> list[int]:
         """Ids of text without the row's special tokens. Special-token strings in text become special ids when
-        allowed (`allowed_special`), else raise or stay text (`disallowed="as_text"`), as in lm's Tokenizer."""
+        allowed (`allowed_special`), else raise or stay text (`disallowed="as_text"`), as in lm's
+        Tokenizer."""
         return self.encode_batch([text], allowed_special=allowed_special, disallowed=disallowed)[0]
 
     def encode_batch(
@@ -216,15 +218,16 @@ class PretrainedTokenizer:
         return self._backend.decode_bytes(out).decode("utf-8", errors="replace")
 
     def token_bytes(self, id: int) -> bytes:
-        """The bytes one token stands for (tiktoken: exact; Hugging Face: its decoded text, without the space a
-        word-initial WordPiece token implies)."""
+        """The bytes one token stands for (tiktoken: exact; Hugging Face: its decoded text, without the space
+        a word-initial WordPiece token implies)."""
         i = self._ids([id])[0]
         if self.kind == "tiktoken":
             return self._backend.decode_single_token_bytes(i)
         return self._backend.decode([i]).encode("utf-8")
 
     def token_str(self, id: int) -> str:
-        """A printable label for one token: a special token as itself, else its text (WordPiece's ##piece kept)."""
+        """A printable label for one token: a special token as itself, else its text (WordPiece's ##piece
+        kept)."""
         i = self._ids([id])[0]
         if i in self._id_to_special:
             return self._id_to_special[i]
@@ -311,8 +314,9 @@ def _hf_roles(directory: Path, backend: Any) -> dict[str, int | None]:
                 break
         else:
             ids[role] = None
-    # the pipeline's roles: documents end with eos (GPT-2/RoBERTa/Llama) or [SEP] (BERT); padding falls back to
-    # eos (never attended); a classifier row starts with cls (or bos when the family has no cls, e.g. Llama)
+    # the pipeline's roles: documents end with eos (GPT-2/RoBERTa/Llama) or [SEP] (BERT); padding falls back
+    # to eos (never attended); a classifier row starts with cls (or bos when the family has no cls, e.g.
+    # Llama)
     return {
         "cls": ids["cls"],
         "sep": ids["sep"],
@@ -412,7 +416,8 @@ def _tiktoken_spec(source: str) -> tuple[dict[bytes, int], str, dict[str, int], 
         expected = spec.get("expected_hash")
         if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
             raise LmError(
-                f"tokenizer.pretrained: {path} is named {name} but is not tiktoken's {name} file (sha256 differs)"
+                f"tokenizer.pretrained: {path} is named {name} but is not tiktoken's {name} file "
+                "(sha256 differs)"
             )
         from lm.tokenizer.pretokenize import GPT2_PATTERN
 
@@ -472,7 +477,8 @@ def _save_tiktoken(tok: PretrainedTokenizer, directory: Path) -> None:
 
 
 def adopt(source: str) -> PretrainedTokenizer:
-    """The tokenizer `tokenizer.pretrained` names: a HF directory / tokenizer.json, a .tiktoken file or a name."""
+    """The tokenizer `tokenizer.pretrained` names: a HF directory / tokenizer.json, a .tiktoken file or a
+    name."""
     path = Path(os.path.expanduser(source))
     if path.is_dir() or path.name.endswith(".json"):
         if not path.exists():

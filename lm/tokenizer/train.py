@@ -57,7 +57,8 @@ def check_vocab_args(vocab_size: int, special_tokens: Sequence[str]) -> int:
     n_merges = vocab_size - 256 - len(special_tokens)
     if n_merges < 0:
         raise LmError(
-            f"tokenizer vocab_size={vocab_size} is smaller than 256 bytes + {len(special_tokens)} special tokens"
+            f"tokenizer vocab_size={vocab_size} is smaller than 256 bytes + "
+            f"{len(special_tokens)} special tokens"
         )
     return n_merges
 
@@ -259,8 +260,8 @@ def limit_bytes(texts: Iterable[str], max_bytes: int | None) -> Iterable[str]:
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, *, progress: bool = False) -> Tokenizer:
-    """Train a `Tokenizer` as params.yaml's `tokenizer` section says (vocab size, specials, byte cap, word cap,
-    workers)."""
+    """Train a `Tokenizer` as params.yaml's `tokenizer` section says (vocab size, specials, byte cap, word
+    cap, workers)."""
     from lm.tokenizer.encoding import Tokenizer
 
     merges = train_bpe(

@@ -62,7 +62,8 @@ def label_layout(seq_len: int, n_rows: int, n_cols: int) -> LabelLayout:
 
 
 def numbered_text(tokens: list[str], width: int = 160) -> str:
-    """`0:tok 1:tok ...` wrapped to `width` characters: the text beside maps whose axes cannot label every token."""
+    """`0:tok 1:tok ...` wrapped to `width` characters: the text beside maps whose axes cannot label every
+    token."""
     import textwrap
 
     return "\n".join(textwrap.wrap("  ".join(f"{i}:{token_label(t)}" for i, t in enumerate(tokens)), width))
