@@ -375,7 +375,7 @@ class TrainPlacement(Section):
 
 
 class TrainClassify(Section):
-    """classify only (set back to neutral, and reported once, for clm / mlm)."""
+    """Classify only: ignored for clm / mlm (set back to neutral; the train log says so once)."""
 
     pos_weight: Literal["auto", "off"] | float = Field(
         "auto",
@@ -422,7 +422,7 @@ class TrainClassify(Section):
 
 
 class TrainLanguageModel(Section):
-    """clm / mlm only."""
+    """Language models only: the settings of clm and mlm, ignored for classify."""
 
     tokens_per_epoch: int | None = Field(
         None,

@@ -241,8 +241,8 @@ def render_doc() -> str:
         composed = parts(cls)
         for part in composed:
             if len(composed) > 1:
-                title = summary(part)
-                out += [f"### {name}: {title.split(':')[0].split(' (')[0]}", "", title, ""]
+                title, _, body = summary(part).partition(": ")  # "Schedule: batches, epochs ..."
+                out += [f"### {name}: {title}", "", body[:1].upper() + body[1:], ""]
             out += TABLE_HEAD
             out += [f"{_row(f'{name}.{key}', field)}" for key, field in own_fields(part).items()]
             if len(composed) > 1:
