@@ -134,12 +134,20 @@ def summary(cls: type) -> str:
 
 
 def option_keys() -> dict[str, tuple[list[str], str]]:
-    """model.attention_options: every option key of every kind -> (the kinds taking it, its description)."""
-    found: dict[str, tuple[list[str], str]] = {}
+    """model.attention_options: every option key of every kind -> (the kinds taking it, its description and
+    default, e.g. `RoPE base; default 10000.0`, or `default: per kind` where the kinds differ)."""
+    kinds: dict[str, list[str]] = {}
+    described: dict[str, str] = {}
+    defaults: dict[str, set[str]] = {}
     for kind, spec in KINDS.items():
         for key, field in spec.options.model_fields.items():
-            found.setdefault(key, ([], field.description or ""))[0].append(kind)
-    return found
+            kinds.setdefault(key, []).append(kind)
+            described.setdefault(key, field.description or "")
+            defaults.setdefault(key, set()).add(render_value(field.default))
+    for key, values in defaults.items():
+        if "default" not in described[key]:  # cosformer's max_len says its own
+            described[key] += "; default " + (values.pop() if len(values) == 1 else "per kind")
+    return {key: (kinds[key], described[key]) for key in kinds}
 
 
 def kinds_text(kinds: list[str]) -> str:
