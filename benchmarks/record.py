@@ -1,13 +1,12 @@
-"""How a benchmark hands in its figures: one JSON line on stdout, the same object in
-benchmarks/results/<name>.json.
+"""How a benchmark hands in its figures: one JSON line on stdout, the same in benchmarks/results/<name>.json.
 
     figures = {"benchmark": "encode", ...}
     record.finish(figures, quick=args.quick, save=not args.no_save)
 
 `finish` adds a "run" object (command line, UTC date, quick or full, CPU count and model, Python, torch and
 platform, git commit) so that a results file says where its numbers came from, prints the JSON line (the last
-line of every benchmark's output) and writes the file atomically (temp file, then rename). The README's speed
-table is generated from these files by benchmarks/report.py.
+line of every benchmark's output) and writes the file atomically (temp file, then rename). The speed tables
+of docs/results.md are generated from these files by benchmarks/report.py.
 """
 
 from __future__ import annotations

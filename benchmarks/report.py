@@ -1,14 +1,14 @@
-"""The README's speed table, generated from the saved benchmark figures (benchmarks/results/*.json).
+"""The speed tables of docs/results.md, generated from the saved benchmark figures (benchmarks/results/).
 
-    python benchmarks/report.py            # print the table
-    python benchmarks/report.py --write    # replace the README's tables between the speed-table / serve-table markers
-    python benchmarks/report.py --check    # exit 1 when the README's table is not what the results give
+    python benchmarks/report.py            # print the tables
+    python benchmarks/report.py --write    # replace docs/results.md's speed-table / serve-table sections
+    python benchmarks/report.py --check    # exit 1 when docs/results.md's tables differ from the results
 
 Each benchmark writes its last JSON line to benchmarks/results/<name>.json (benchmarks/record.py); this script
 turns every file present into rows of one Markdown table: what is compared (A, usually lm, vs B, the
-reference), the figure, A's value, B's, A's speed over B's (above 1: A is faster), the checks the run computed (ids
-identical, same tokens, ...) and whether it was a full or a `--quick` run. Below the table, one line per file
-says how and where it was run. Nothing in the table is typed by hand.
+reference), the figure, A's value, B's, A's speed over B's (above 1: A is faster), the checks the run computed
+(ids identical, same tokens, ...) and whether it was a full or a `--quick` run. Below the table, one line per
+file says how and where it was run. Nothing in the table is typed by hand.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "results.md"
 START, END = "<!-- speed-table:start -->", "<!-- speed-table:end -->"
 SERVE_START, SERVE_END = "<!-- serve-table:start -->", "<!-- serve-table:end -->"
 HEADER = ("comparison: A vs B", "figure", "A", "B", "speed A / B", "checks", "run")
@@ -62,8 +62,8 @@ def train_step(f: dict) -> Iterator[Row]:
                 else ""
             )
             yield (
-                f"training step, classifier ({shape}): lm `SequenceClassifier` as it trains (last block computes "
-                "the CLS row only) vs `BertForSequenceClassification`",
+                f"training step, classifier ({shape}): lm `SequenceClassifier` as it trains (last block "
+                "computes the CLS row only) vs `BertForSequenceClassification`",
                 "tokens/s",
                 _n(r["lm_tokens_per_s"]),
                 _n(r["hf_tokens_per_s"]),
@@ -83,7 +83,7 @@ def train_step(f: dict) -> Iterator[Row]:
 
 
 def finetune(f: dict) -> Iterator[Row]:
-    """benchmarks/finetune.py: one fine-tuning step from the same Hugging Face checkpoint, lm vs transformers."""
+    """benchmarks/finetune.py: a fine-tuning step from one Hugging Face checkpoint, lm vs transformers."""
     names = {
         "classify": ("BERT classifier", "`SequenceClassifier`", "`BertForSequenceClassification`"),
         "clm": ("GPT-2 causal LM", "`CausalLM`", "`GPT2LMHeadModel`"),
@@ -92,8 +92,8 @@ def finetune(f: dict) -> Iterator[Row]:
         what, ours, theirs = names[r["task"]]
         m = r["model"]
         yield (
-            f"fine-tuning step from a Hugging Face checkpoint, {what} (d {m['d']}, {m['layers']} layers, vocab "
-            f"{m['vocab']:,}; batch {r['batch']} x {r['seq']}): lm {ours} + `init_from` vs {theirs}",
+            f"fine-tuning step from a Hugging Face checkpoint, {what} (d {m['d']}, {m['layers']} layers, "
+            f"vocab {m['vocab']:,}; batch {r['batch']} x {r['seq']}): lm {ours} + `init_from` vs {theirs}",
             "ms/step",
             _n(r["lm_ms_per_step"]),
             _n(r["hf_ms_per_step"]),
@@ -114,8 +114,8 @@ def train_step_cuda(f: dict) -> Iterator[Row]:
             else "MFU: peak of this GPU unknown"
         )
         yield (
-            f"training step on {f['gpu']}, GPT-2 small sized causal LM (batch {f['batch']} x {f['seq']}, {how}): "
-            "lm `CausalLM` vs `GPT2LMHeadModel` (`use_cache=False`)",
+            f"training step on {f['gpu']}, GPT-2 small sized causal LM (batch {f['batch']} x {f['seq']}, "
+            f"{how}): lm `CausalLM` vs `GPT2LMHeadModel` (`use_cache=False`)",
             "tokens/s",
             _n(r["lm_tokens_per_s"]),
             _n(r["hf_tokens_per_s"]),
@@ -126,8 +126,8 @@ def train_step_cuda(f: dict) -> Iterator[Row]:
 
 def encode(f: dict) -> Iterator[Row]:
     yield (
-        f"encoding {f['corpus_mb']} MB, vocab {f['vocab_size']:,}: lm `encode_batch` (tiktoken, {f['threads']} "
-        f"threads) vs Hugging Face `{f['hf_call']}` (its fastest call here)",
+        f"encoding {f['corpus_mb']} MB, vocab {f['vocab_size']:,}: lm `encode_batch` (tiktoken, "
+        f"{f['threads']} threads) vs Hugging Face `{f['hf_call']}` (its fastest call here)",
         "MB/s",
         _n(f["lm_batch_mb_s"]),
         _n(f["hf_mb_s"]),
@@ -151,8 +151,8 @@ def bpe_train(f: dict) -> Iterator[Row]:
 def generate(f: dict) -> Iterator[Row]:
     for r in f["results"]:
         yield (
-            f"greedy decoding, {r['kind']} attention, {f['prompt_len']} + {r['new_tokens']} tokens: lm with its "
-            "KV cache vs the same lm recomputing the context (`use_cache=False`)",
+            f"greedy decoding, {r['kind']} attention, {f['prompt_len']} + {r['new_tokens']} tokens: lm with "
+            "its KV cache vs the same lm recomputing the context (`use_cache=False`)",
             "tokens/s",
             _n(r["cache_tokens_per_s"]),
             _n(r["no_cache_tokens_per_s"]),
@@ -163,13 +163,14 @@ def generate(f: dict) -> Iterator[Row]:
 
 def ddp(f: dict) -> Iterator[Row]:
     yield (
-        f"DDP training on CPU (d_model {f['d_model']}, {f['layers']} layers): 2 processes vs 1 process, one thread "
-        "each",
+        f"DDP training on CPU (d_model {f['d_model']}, {f['layers']} layers): 2 processes vs 1 process, one "
+        "thread each",
         "tokens/s",
         _n(f["tokens_per_s_2proc"]),
         _n(f["tokens_per_s_1proc"]),
         _x(f["speedup"]),
-        f"scaling efficiency {f['scaling_efficiency']:.0%}; vs 1 process x 2 threads: {_x(f['ddp_vs_threads'])}",
+        f"scaling efficiency {f['scaling_efficiency']:.0%}; "
+        f"vs 1 process x 2 threads: {_x(f['ddp_vs_threads'])}",
     )
 
 
@@ -198,7 +199,7 @@ def attention(f: dict) -> Iterator[Row]:
 
 
 def fused_attention(f: dict) -> Iterator[Row]:
-    """The fused softmax core vs the explicit one, at the longest length compared (benchmarks/attention.py)."""
+    """The fused softmax core vs the explicit one at the longest length compared (benchmarks/attention.py)."""
     fused = f.get("fused")
     case = fused["cases"][-1] if fused and fused.get("cases") else None
     if case is None or "error" in case["fused"] or "error" in case["explicit"]:
@@ -211,7 +212,8 @@ def fused_attention(f: dict) -> Iterator[Row]:
         _n(fu["seconds"] * 1e3),
         _n(ex["seconds"] * 1e3),
         _x(ex["seconds"] / fu["seconds"]),
-        f"peak memory {_n(fu['peak_mib'])} vs {_n(ex['peak_mib'])} MiB (fused / explicit {case['memory_ratio']})",
+        f"peak memory {_n(fu['peak_mib'])} vs {_n(ex['peak_mib'])} MiB "
+        f"(fused / explicit {case['memory_ratio']})",
     )
 
 
@@ -231,7 +233,7 @@ def serve(f: dict) -> Iterator[Row]:
 
 
 def scale(f: dict) -> Iterator[Row]:
-    """download -> tokenize -> encode on a corpus 10x larger (benchmarks/scale.py): peak memory must not grow."""
+    """download -> tokenize -> encode on a corpus 10x larger (benchmarks/scale.py): flat peak memory."""
     yield (
         "download + tokenize + encode: a corpus 10x larger vs the 1x corpus",
         "peak RSS growth",
@@ -283,7 +285,7 @@ def render(results: dict[str, dict]) -> str:
 
 
 def block(results: dict[str, dict]) -> str:
-    """What stands between the README's markers, markers included."""
+    """What stands between the page's speed-table markers, markers included."""
     note = (
         "<!-- generated by `python benchmarks/report.py --write` from benchmarks/results/*.json: "
         "do not edit by hand -->"
@@ -292,7 +294,7 @@ def block(results: dict[str, dict]) -> str:
 
 
 def serve_block(results: dict[str, dict]) -> str:
-    """The README's Serve table: every server and concurrency of the saved benchmarks/serve.py run."""
+    """The page's serve table: every server and concurrency of the saved benchmarks/serve.py run."""
     f = results.get("serve")
     lines = [
         "| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |",
@@ -308,7 +310,8 @@ def serve_block(results: dict[str, dict]) -> str:
         run = f.get("run", {})
         lines += [
             "",
-            f"Throughput ratio at concurrency 64 ({f['best_backend']} / naive): **{f['throughput_ratio']}x**, "
+            f"Throughput ratio at concurrency 64 ({f['best_backend']} / naive): "
+            f"**{f['throughput_ratio']}x**, "
             f"p99 {f['p99_ms']} ms; `{run.get('command', '?')}` on {run.get('date', '?')}, "
             f"{run.get('cpu_count', '?')} CPUs, commit {run.get('commit', '?')}.",
         ]
@@ -320,41 +323,39 @@ def replace_block(text: str, new_block: str, start: str = START, end: str = END)
     """text with its start ... end section replaced by new_block; an error when the markers are missing."""
     i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
-        raise SystemExit(f"README.md: no '{start}' ... '{end}' section to replace")
+        raise SystemExit(f"{PAGE.name}: no '{start}' ... '{end}' section to replace")
     return text[:i] + new_block + text[j + len(end) :]
 
 
-def readme_block(text: str, start: str = START, end: str = END) -> str:
-    """The README's current section, markers included."""
+def page_block(text: str, start: str = START, end: str = END) -> str:
+    """The page's current section, markers included."""
     i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
-        raise SystemExit(f"README.md: no '{start}' ... '{end}' section")
+        raise SystemExit(f"{PAGE.name}: no '{start}' ... '{end}' section")
     return text[i : j + len(end)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="rewrite the README's speed table")
-    mode.add_argument(
-        "--check", action="store_true", help="exit 1 if the README's speed table is out of date"
-    )
+    mode.add_argument("--write", action="store_true", help="rewrite the page's speed and serve tables")
+    mode.add_argument("--check", action="store_true", help="exit 1 if the page's tables are out of date")
     ap.add_argument("--results", type=Path, default=RESULTS)
-    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--page", type=Path, default=PAGE)
     args = ap.parse_args()
     results = load(args.results)
     new, new_serve = block(results), serve_block(results)
     if args.write:
-        text = replace_block(args.readme.read_text(), new)
-        args.readme.write_text(replace_block(text, new_serve, SERVE_START, SERVE_END))
-        print(f"wrote the speed and serve tables of {args.readme}")
+        text = replace_block(args.page.read_text(), new)
+        args.page.write_text(replace_block(text, new_serve, SERVE_START, SERVE_END))
+        print(f"wrote the speed and serve tables of {args.page}")
     elif args.check:
-        text = args.readme.read_text()
-        if readme_block(text) != new or readme_block(text, SERVE_START, SERVE_END) != new_serve:
+        text = args.page.read_text()
+        if page_block(text) != new or page_block(text, SERVE_START, SERVE_END) != new_serve:
             sys.exit(
-                f"{args.readme}: a table differs from {args.results}; run python benchmarks/report.py --write"
+                f"{args.page}: a table differs from {args.results}; run python benchmarks/report.py --write"
             )
-        print("README speed and serve tables are up to date")
+        print(f"{args.page.name}: the speed and serve tables are up to date")
     else:
         print(new)
         print(new_serve)

@@ -1,5 +1,5 @@
-"""The README's speed table is generated from the saved benchmark figures (benchmarks/report.py), the
-benchmarks report flags they computed, never literals, and train_step.py's MFU follows from its own figures."""
+"""docs/results.md's speed tables are generated from the saved benchmark figures (benchmarks/report.py), the
+benchmarks report flags they computed, never literals, and train_step.py's MFU follows from its figures."""
 
 from __future__ import annotations
 
@@ -199,12 +199,12 @@ def test_write_replaces_only_the_marked_section(tmp_path):
     results = tmp_path / "results"
     for name, figures in SAMPLE.items():
         record.write_json(results / f"{name}.json", figures)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nbefore\n\n{report.START}\nold table\n{report.END}\n\nafter\n")
-    new = report.replace_block(readme.read_text(), report.block(report.load(results)))
+    page = tmp_path / "results.md"
+    page.write_text(f"# x\n\nbefore\n\n{report.START}\nold table\n{report.END}\n\nafter\n")
+    new = report.replace_block(page.read_text(), report.block(report.load(results)))
     assert new.startswith("# x\n\nbefore\n\n") and new.endswith("\n\nafter\n")
     assert "old table" not in new and report.render(SAMPLE) in new
-    assert report.readme_block(new) == report.block(SAMPLE)
+    assert report.page_block(new) == report.block(SAMPLE)
     with pytest.raises(SystemExit, match="speed-table"):
         report.replace_block("# no markers\n", "x")
 
@@ -218,26 +218,26 @@ def test_finish_prints_and_saves_the_same_figures_with_the_run(tmp_path, capsys)
     assert {"command", "date", "torch", "python", "platform"} <= set(saved["run"])
 
 
-def test_readme_speed_table_is_the_one_generated_from_the_committed_results():
+def test_results_page_speed_table_is_the_one_generated_from_the_committed_results():
     results = report.load()
     assert {"train_step", "encode", "generate"} <= set(results), (
         "run the benchmarks to write benchmarks/results/"
     )
-    assert report.readme_block((REPO / "README.md").read_text()) == report.block(results), (
-        "README.md's speed table is out of date: run python benchmarks/report.py --write"
+    assert report.page_block(report.PAGE.read_text()) == report.block(results), (
+        "docs/results.md's speed table is out of date: run python benchmarks/report.py --write"
     )
 
 
-def test_readme_serve_table_is_the_one_generated_from_the_saved_serve_run():
+def test_results_page_serve_table_is_the_one_generated_from_the_saved_serve_run():
     results = report.load()
-    readme = (REPO / "README.md").read_text()
-    assert report.readme_block(readme, report.SERVE_START, report.SERVE_END) == report.serve_block(results)
+    page = report.PAGE.read_text()
+    assert report.page_block(page, report.SERVE_START, report.SERVE_END) == report.serve_block(results)
     if "serve" in results:  # every cell of the run is a row, and the ratio is the run's own
         f = results["serve"]
         assert (
             sum(len(cells) for cells in f["rows"].values()) == report.serve_block(results).count("\n| ") - 1
         )
-        assert f"**{f['throughput_ratio']}x**" in readme
+        assert f"**{f['throughput_ratio']}x**" in page
 
 
 def test_every_committed_result_says_how_it_was_run():
@@ -250,7 +250,7 @@ def test_every_committed_result_says_how_it_was_run():
 
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
 def test_no_benchmark_reports_a_literal_flag(script):
-    """A reported flag (ids_identical, same_tokens, ...) is computed: no dict literal holds a bare True/False."""
+    """A reported flag (ids_identical, same_tokens, ...) is computed: no dict literal holds a bare bool."""
     tree = ast.parse((BENCH / script).read_text())
     literal = [
         (node.lineno, ast.unparse(k))
@@ -262,7 +262,7 @@ def test_no_benchmark_reports_a_literal_flag(script):
     assert not literal, f"{script}: literal flags at {literal}"
 
 
-# ---- the GPU run of train_step.py: MFU --------------------------------------------------------------------------
+# ---- the GPU run of train_step.py: MFU ---------------------------------------------------------------------
 
 train_step_bench = _module("train_step")
 

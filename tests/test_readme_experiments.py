@@ -1,7 +1,7 @@
-"""Every `dvc exp run` line of the README runs as written, in a fresh repository whose committed baseline is a
-tiny config reading its data through a relative path outside the repository (`../outside/comments.csv`, as
-the README's `../shared/data/...`): workspace runs, `--temp` runs and a queued sweep (`dvc queue start`), which
-then all appear in `lm compare`.
+"""Every `dvc exp run` line of the README and the docs pages runs as written, in a fresh repository whose
+committed baseline is a tiny config reading its data through a relative path outside the repository
+(`../outside/comments.csv`, as a user's `../data/...`): workspace runs, `--temp` runs and a queued sweep
+(`dvc queue start`), which then all appear in `lm compare`.
 
 The README's placeholders get stand-ins of the same shape, made here: `path/to/unlabelled.csv` (a
 `comment_text` column), `path/to/checkpoint` (a tiny BERT with its WordPiece tokenizer) and the hub dataset
@@ -22,13 +22,12 @@ from conftest import REPO, project_repo, run_checked, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
-NEEDS_CUDA = ("train.amp=bf16",)  # the README's GPU section
+NEEDS_CUDA = ("train.amp=bf16",)  # docs/distributed.md's GPU lines
 
 
-def readme_commands() -> list[str]:
-    """The `dvc exp run` and `dvc queue start` commands of the README, in order: lines of its bash blocks (with
+def documented_commands(text: str) -> list[str]:
+    """The `dvc exp run` and `dvc queue start` commands of one page, in order: lines of its bash blocks (with
     `\\` continuations joined, comments dropped) and inline `dvc exp run ...` spans of its prose."""
-    text = (REPO / "README.md").read_text()
     found: list[tuple[int, str]] = []
     for block in re.finditer(r"```bash\n(.*?)```", text, re.S):
         offset = block.start(1)
@@ -39,6 +38,13 @@ def readme_commands() -> list[str]:
             offset += len(line) + 1
     found += [(m.start(), " ".join(m.group(1).split())) for m in re.finditer(r"`(dvc exp run [^`]+)`", text)]
     return [command for _, command in sorted(found)]
+
+
+def readme_commands() -> list[str]:
+    """The commands of README.md, then of each docs page (alphabetical), each once."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    commands = [c for page in pages for c in documented_commands(page.read_text())]
+    return list(dict.fromkeys(commands))
 
 
 def _stand_ins(root: Path) -> None:

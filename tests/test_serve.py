@@ -343,7 +343,16 @@ def test_serve_a_missing_artifact_is_one_line_before_the_server_starts(model_dir
     from lm.cli import app
 
     result = CliRunner().invoke(
-        app, ["serve", "--backend", "onnx-int8", "--model", str(model_dir), "--export-dir", str(tmp_path / "none")]
+        app,
+        [
+            "serve",
+            "--backend",
+            "onnx-int8",
+            "--model",
+            str(model_dir),
+            "--export-dir",
+            str(tmp_path / "none"),
+        ],
     )
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]

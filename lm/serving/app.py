@@ -84,7 +84,7 @@ def load_model(served: Served) -> None:
 
     from lm.model.export import read_export_config
 
-    torch.set_num_threads(served.cfg.torch_threads)
+    torch.set_num_threads(served.cfg.threads)
     model_dir = Path(served.cfg.model_dir)
     config = read_export_config(model_dir)
     served.task = config["task"]
@@ -104,7 +104,7 @@ def load_model(served: Served) -> None:
         from lm.serving.backends import load_scorer
 
         served.scorer = load_scorer(
-            model_dir, served.cfg.backend, Path(served.cfg.export_dir), threads=served.cfg.torch_threads
+            model_dir, served.cfg.backend, Path(served.cfg.export_dir), threads=served.cfg.threads
         )
     if served.tokenizer is None:
         from lm.tokenizer import load_tokenizer
