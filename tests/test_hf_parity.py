@@ -100,10 +100,10 @@ def assert_cache_parity(hf, lm, x):
     """lm's incremental decoding (prefix, then one token at a time) == HF's full forward."""
     with torch.no_grad():
         ref = hf(input_ids=x).logits
-        out = lm(x[:, :4], use_cache=True)
+        out = lm.decode(x[:, :4])
         logits, cache = [out.logits], out.cache
         for t in range(4, x.shape[1]):
-            out = lm(x[:, t : t + 1], cache=cache, use_cache=True)
+            out = lm.decode(x[:, t : t + 1], cache=cache)
             logits.append(out.logits)
             cache = out.cache
     torch.testing.assert_close(torch.cat(logits, 1), ref, **TOL)

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from lm.attention_kinds import PerformerOptions
 from lm.model.attention.base import LinearAttention
 
 
@@ -42,6 +43,9 @@ def gaussian_projection(
 
 
 class PerformerAttention(LinearAttention):
+    kind = "performer"
+    Options = PerformerOptions
+
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
         H, d, m = self.n_heads, self.head_dim, self.opts.num_features
