@@ -7,8 +7,8 @@ the config's `model.attention` choices. Each attention class declares the same p
 `Options`) and the registry in lm.model.attention reads it from there; tests/test_attention.py checks that
 the two agree.
 
-Options are resolved (nulls dropped, defaults filled, validated) only by `resolve_attention_options`: the config
-calls it to validate params.yaml, the model build to hand every layer its typed options.
+Options are resolved (nulls dropped, defaults filled, validated) only by `resolve_attention_options`: the
+config calls it to validate params.yaml, the model build to hand every layer its typed options.
 
 Adding a kind: write its class in lm/model/attention/<family>.py with `kind` and `Options`, list it in the
 registry, add its options model here if it has options of its own, and one line to `KINDS`.
@@ -160,8 +160,8 @@ def _problem(error: dict[str, Any], model: type[AttentionOptions]) -> str:
 
 
 def option_keys() -> list[str]:
-    """Every option key of every kind, in declaration order: params.yaml lists each (null = the kind's default)
-    so that `dvc exp run -S model.attention_options.<key>=...` edits an existing key."""
+    """Every option key of every kind, in declaration order: params.yaml lists each (null = the kind's
+    default) so that `dvc exp run -S model.attention_options.<key>=...` edits an existing key."""
     keys: dict[str, None] = {}
     for options in KINDS.values():
         keys.update(dict.fromkeys(options.model_fields))

@@ -17,13 +17,13 @@ from lm.config import ATTENTION_KINDS, ModelConfig
 from lm.errors import LmError
 from lm.model import build_model
 from lm.model.attention import Pass, attention_class
-from lm.model.attention.registry import REGISTRY
 from lm.model.attention.base import (
     LinearAttention,
     linear_bidirectional,
     linear_causal_chunked,
     linear_quadratic,
 )
+from lm.model.attention.registry import REGISTRY
 from lm.model.attention.slay import SlayLaplaceAttention, laguerre_nodes
 from lm.model.positions import RotaryEmbedding
 
@@ -101,7 +101,7 @@ def linear_causal_cumsum(
 
 
 def test_registry_has_exactly_the_config_kinds():
-    """Each class declares the kind and options model the torch-free list (what the config validates) names."""
+    """Each class declares the kind and options model that the torch-free list (the config's) names."""
     assert tuple(KIND_SPECS) == ATTENTION_KINDS == tuple(REGISTRY)
     for kind, options in KIND_SPECS.items():
         cls = attention_class(kind)
@@ -680,7 +680,8 @@ def test_slay_tensorsketch_is_unbiased_over_hash_draws():
 
 
 def hadamard_closed_form(s, x):
-    """E[f(a) f(b)], f(p) = p^2 e^{sqrt(2s) p - s}, (a, b) standard normal with correlation x (docs/attention.md §3.10)."""
+    """E[f(a) f(b)], f(p) = p^2 e^{sqrt(2s) p - s}, (a, b) standard normal with correlation x
+    (docs/attention.md §3.10)."""
     return torch.exp(2 * s * x) * ((1 + 2 * s * (1 + x) ** 2) ** 2 + 2 * x**2 + 8 * s * x * (1 + x) ** 2)
 
 

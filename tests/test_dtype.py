@@ -146,7 +146,7 @@ def test_dtype_half_precision_model_trains(dtype):
     assert all(p.grad.dtype == dtype and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-# ---- float64 end to end --------------------------------------------------------------------------------------
+# ---- float64 end to end ------------------------------------------------------------------------------------
 
 F64_CASES = [  # (task, positions, norm, norm_position): every scheme at least once
     ("classify", "rotary", "layernorm", "post"),

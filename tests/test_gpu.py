@@ -1,5 +1,5 @@
-"""The CUDA path, on a machine that has one (every test here is `gpu`-marked: skipped without CUDA; the device,
-launcher and AMP logic they rest on is tested on CPU in test_devices.py and test_train.py):
+"""The CUDA path, on a machine that has one (every test here is `gpu`-marked: skipped without CUDA; the
+device, launcher and AMP logic they rest on is tested on CPU in test_devices.py and test_train.py):
 AMP bf16 and fp16 training steps, softmax attention against F.scaled_dot_product_attention on CUDA, DDP over
 NCCL with one process, torch.compile, and the GPU benchmark's MFU line."""
 

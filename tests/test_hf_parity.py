@@ -116,7 +116,7 @@ def right_padded(B=2, L=11):
     return mask
 
 
-# ---- GPT-2 ----------------------------------------------------------------------------------------------------
+# ---- GPT-2 -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -163,7 +163,7 @@ def test_gpt2_tanh_gelu_needs_opt_in(tmp_path):
     assert 0 < diff < 0.05  # only the tanh-vs-erf approximation separates them
 
 
-# ---- Llama ----------------------------------------------------------------------------------------------------
+# ---- Llama -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kv_heads,tie,bias", [(2, False, False), (1, True, False), (2, False, True)])
@@ -229,7 +229,7 @@ def test_llama_needs_the_rope_permutation(tmp_path):
         torch.testing.assert_close(lm(x).logits, ref, **TOL)
 
 
-# ---- rejected configurations -----------------------------------------------------------------------------
+# ---- rejected configurations -------------------------------------------------------------------------------
 
 
 def test_unsupported_checkpoints_raise_lm_errors(tmp_path):

@@ -24,7 +24,7 @@ class Block(nn.Module):
         generator: torch.Generator,
         attention_options: AttentionOptions,
     ) -> None:
-        """attention_options: `cfg.attention_options` resolved (the trunk resolves them once for all blocks)."""
+        """attention_options: `cfg.attention_options` resolved (by the trunk, once for all its blocks)."""
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.norm1 = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
@@ -39,7 +39,7 @@ class Block(nn.Module):
         return self.residuals(x, a.out), a.weights
 
     def decode(self, x: Tensor, p: Pass, state: State | None) -> tuple[Tensor, State]:
-        """`forward` for the new tokens after the cached ones: x (B, L, E) -> (B, L, E) and the grown state."""
+        """`forward` for the tokens after the cached ones: x (B, L, E) -> (B, L, E) and the grown state."""
         out, state = self.attn.decode(self.attention_input(x), p, state)
         return self.residuals(x, out), state
 

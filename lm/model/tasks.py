@@ -43,7 +43,8 @@ def _key_mask(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None
         return None
     if attention_mask.shape != input_ids.shape:
         raise LmError(
-            f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
+            f"{tuple(input_ids.shape)}"
         )
     return attention_mask.to(device=input_ids.device) != 0
 
@@ -177,9 +178,9 @@ class CausalLM(_TaskModel):
     def decode(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None
     ) -> ModelOutput:
-        """Cached decoding: logits (B, L, V) of the new tokens input_ids (B, L), and `out.cache`, grown by them;
-        pass it back with the next tokens (cache=None starts one, e.g. with the prompt). attention_mask may
-        cover the new tokens only, or the cached plus the new ones."""
+        """Cached decoding: logits (B, L, V) of the new tokens input_ids (B, L), and `out.cache`, grown by
+        them; pass it back with the next tokens (cache=None starts one, e.g. with the prompt). attention_mask
+        may cover the new tokens only, or the cached plus the new ones."""
         if (
             attention_mask is not None
             and cache is not None

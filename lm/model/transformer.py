@@ -1,9 +1,9 @@
 """The shared trunk: token embeddings (+ absolute positions) -> N blocks -> final norm (pre-norm only).
 
 The encoder (bidirectional, key-padding mask) and the decoder (causal) are the same module with `causal`
-switched; the task models in tasks.py sit on top. `forward` runs every block over the whole sequence (training
-and evaluation); `decode` is the cached path of a causal trunk, which takes and returns a `KVCache`. Both build
-one `Pass` (mask, causal, offset, return_attention) per call and hand it to every block.
+switched; the task models in tasks.py sit on top. `forward` runs every block over the whole sequence
+(training and evaluation); `decode` is the cached path of a causal trunk, which takes and returns a
+`KVCache`. Both build one `Pass` (mask, causal, offset, return_attention) per call and hand it to every block.
 
 With `gradient_checkpointing` each block's activations are recomputed in backward (torch.utils.checkpoint,
 non-reentrant, RNG state preserved so dropout masks are the same), trading ~1/3 more compute for memory that
@@ -126,10 +126,10 @@ class Transformer(nn.Module):
         """The input checked, and what every block of this call reads (the key mask as bool, once)."""
         if input_ids.dim() != 2:
             raise LmError(f"input_ids must be a (batch, length) tensor, got shape {tuple(input_ids.shape)}")
-        if offset + input_ids.shape[1] > self.max_len:
+        length = offset + input_ids.shape[1]
+        if length > self.max_len:
             raise LmError(
-                f"sequence of {offset + input_ids.shape[1]} tokens exceeds the model's max_len {self.max_len}; "
-                "crop the input"
+                f"sequence of {length} tokens exceeds the model's max_len {self.max_len}; crop the input"
             )
         if key_mask is not None:
             key_mask = key_mask.to(device=input_ids.device, dtype=torch.bool)

@@ -5,10 +5,11 @@ output projection; and the two cores every kind is built from.
 * Linear (feature-map) core (Katharopoulos et al. 2020): out_i = phi(q_i)^T S / stab(phi(q_i)^T z) with
   S = sum_j phi(k_j) v_j^T and z = sum_j phi(k_j) -- global sums (bidirectional) or prefix sums (causal).
 
-Masking (docs/attention.md §1.3): the exact core fills disallowed scores with finfo.min (softmax) or 0 (kernel);
-the linear core zeroes phi(k_j) and v_j of padded keys before the sums. Cores run with autocast off in the
-model's compute dtype (lm.model.precision): float32 for half-precision q, k, v (as under autocast), float64
-for a float64 model; kinds cast their buffers to the dtype of q and k at use (`model.half()` rounds them).
+Masking (docs/attention.md §1.3): the exact core fills disallowed scores with finfo.min (softmax) or 0
+(kernel); the linear core zeroes phi(k_j) and v_j of padded keys before the sums. Cores run with autocast off
+in the model's compute dtype (lm.model.precision): float32 for half-precision q, k, v (as under autocast),
+float64 for a float64 model; kinds cast their buffers to the dtype of q and k at use (`model.half()` rounds
+them).
 
 Two entry points: `forward(x, p)` for training and evaluation, where `p` (a `Pass`) holds what the whole
 call asks (key mask, causal, offset, return_attention), and `decode(x, p, state)` for cached decoding, which
@@ -156,7 +157,7 @@ class Attention(nn.Module):
         return q, k, v, positions
 
     def merge(self, heads: Tensor, dtype: torch.dtype) -> Tensor:
-        """Per-head outputs (B, H, L, d) -> (B, L, E) in the model's `dtype`, through the output projection."""
+        """Per-head outputs (B, H, L, d) -> (B, L, E) in `dtype` (the model's), through the out projection."""
         B, H, L, d = heads.shape
         return self.proj(heads.to(dtype).transpose(1, 2).reshape(B, L, H * d))
 
@@ -167,7 +168,7 @@ class Attention(nn.Module):
     def core(
         self, q: Tensor, k: Tensor, v: Tensor, p: Pass, positions: Tensor
     ) -> tuple[Tensor, Tensor | None]:
-        """q, k, v: (B, H, L, d) -> per-head outputs (B, H, L, d) and, when p.return_attention, the weights."""
+        """q, k, v: (B, H, L, d) -> per-head outputs (B, H, L, d), and the weights if p.return_attention."""
         raise NotImplementedError
 
     def decode_core(
@@ -192,8 +193,9 @@ def allowed_keys(
 
 
 def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
-    """0 where `allowed`, finfo.min elsewhere, in `dtype` and allowed's (broadcast) shape: added to the scores,
-    exp() gives exactly 0 for a masked key, and a row with no allowed key stays finite (uniform weights)."""
+    """0 where `allowed`, finfo.min elsewhere, in `dtype` and allowed's (broadcast) shape: added to the
+    scores, exp() gives exactly 0 for a masked key, and a row with no allowed key stays finite (uniform
+    weights)."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min
     )
@@ -315,7 +317,7 @@ def linear_causal_chunked(
 def linear_quadratic(
     phi_q: Tensor, phi_k: Tensor, v: Tensor, allowed: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The explicit form K = phi(Q) phi(K)^T (zeroed where not allowed): num = K V, den = K 1; returns K too."""
+    """The explicit form K = phi(Q) phi(K)^T (zeroed where not allowed): num = K V, den = K 1, and K."""
     K = phi_q @ phi_k.transpose(-1, -2)  # (B, H, Lq, Lk)
     if allowed is not None:
         K = K.masked_fill(~allowed, 0.0)

@@ -2,7 +2,7 @@
 
 Target kernel on unit vectors q^, k^ with x = q^.k^ and C = 2 + epsilon:
     k_sph(x) = x^2 / (C - 2x) = int_0^inf e^{-sC} x^2 e^{2sx} ds                       (Bernstein / Laplace)
-             ~ sum_r w_r x^2 e^{2 s_r x},  s_r = t_r / C, w_r = alpha_r / C            (Gauss-Laguerre, R nodes)
+             ~ sum_r w_r x^2 e^{2 s_r x},  s_r = t_r / C, w_r = alpha_r / C      (Gauss-Laguerre, R nodes)
 e^{2sx} is estimated with positive random features (Performer PRF, one N(0, I) matrix per node and head):
     phi_prf(u; s)_i = exp(clip(sqrt(2s) w_i.u - s, -clip, clip)) / sqrt(M)
 and x^2 with a polynomial map phi_poly; the two are fused per node, Psi_r = sqrt(w_r) fuse(phi_poly, phi_prf),
@@ -34,7 +34,8 @@ from lm.model.attention.yat import unit
 
 
 def laguerre_nodes(R: int) -> tuple[Tensor, Tensor]:
-    """Gauss-Laguerre nodes t_r and weights alpha_r (numpy laggauss): int_0^inf e^-t f(t) dt ~ sum alpha_r f(t_r)."""
+    """Gauss-Laguerre nodes t_r and weights alpha_r (numpy laggauss):
+    int_0^inf e^-t f(t) dt ~ sum alpha_r f(t_r)."""
     t, a = np.polynomial.laguerre.laggauss(R)
     return torch.from_numpy(t), torch.from_numpy(a)
 
@@ -195,7 +196,8 @@ class SlayNystromAttention(SlayBase):
 
 class SlayAnchorAttention(SlayBase):
     """Anchor features phi(u) = [(a_p.u)^2]_p / sqrt(P) >= 0 (the paper's recommended SLAY). Biased:
-    targets ~ (x^2 + 1/2) / (C - 2x) as P grows (docs/attention.md §3.15). All features > 0 up to ties at 0."""
+    targets ~ (x^2 + 1/2) / (C - 2x) as P grows (docs/attention.md §3.15). All features > 0 up to ties at
+    0."""
 
     kind = "slay-anchor"
     Options = SlayPolyOptions
