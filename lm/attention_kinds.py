@@ -173,11 +173,17 @@ def kinds_with(key: str) -> list[str]:
     return [name for name, options in KINDS.items() if key in options.model_fields]
 
 
+def set_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options actually set: a null means the kind's default, so it is left out (params.yaml lists every
+    key of every kind, null where unset). {"eps": None, "chunk_size": 8} -> {"chunk_size": 8}."""
+    return {k: v for k, v in (options or {}).items() if v is not None}
+
+
 def resolve_attention_options(kind: str, options: Mapping[str, Any] | None) -> AttentionOptions:
     """`options` (params.yaml's `model.attention_options`) validated for `kind`, every default filled in; a
     null value means the kind's default. Raises LmError naming `model.attention_options.<key>`."""
     model = options_model(kind)
-    options = {k: v for k, v in (options or {}).items() if v is not None}  # null: the kind's default
+    options = set_options(options)
     try:
         return model.model_validate(options)
     except ValidationError as err:

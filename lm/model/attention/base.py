@@ -103,9 +103,8 @@ class Attention(nn.Module):
         super().__init__()
         if d_model % n_heads:
             raise LmError(f"model.n_heads ({n_heads}) must divide model.d_model ({d_model})")
-        if (
-            type(options) is not self.Options
-        ):  # resolved once, by lm.attention_kinds.resolve_attention_options
+        # resolved once per model by lm.attention_kinds.resolve_attention_options, never here
+        if type(options) is not self.Options:
             raise LmError(
                 f"attention {self.kind!r} takes {self.Options.__name__}, got {type(options).__name__} "
                 f"(resolve them with lm.attention_kinds.resolve_attention_options)"
