@@ -2,7 +2,7 @@
 the fused softmax core (F.scaled_dot_product_attention) against the explicit one it replaced.
 
     python benchmarks/attention.py             # 14 kinds x L = 256 .. 8192, batch 1, d_model 256, 4 heads
-    python benchmarks/attention.py --quick     # 4 kinds, L = 256 .. 2048, + fused vs explicit (< a minute)
+    python benchmarks/attention.py --quick     # 4 kinds, L = 256 .. 2048, + fused vs explicit (under a minute)
     python benchmarks/attention.py --causal    # the decoder form (prefix sums / causal mask)
 
 One attention layer (lm's full module: fused qkv projection, kernel, output projection) is run on a random
@@ -21,18 +21,16 @@ whose server has imported torch and lm once, so a case costs no interpreter star
 layer and its input the worker reads its resident-set high-water mark (getrusage ru_maxrss), runs one pass,
 and reads it again: the difference is the extra resident memory the pass needed at its peak (activations
 saved for backward, score matrices, gradients), independent of the interpreter's and torch's own footprint
-and of what other cases left in the allocator. This is real memory, as the operating system sees it
-(tracemalloc sees none of torch's allocations). With CUDA (`--device cuda`) torch.cuda.max_memory_allocated
-is used instead. Time is the median of the passes after the first (as many as fit in `--budget` seconds, at
+and of what other cases left in the allocator. This is real memory, as the operating system sees it (tracemalloc
+sees none of torch's allocations). With CUDA (`--device cuda`) torch.cuda.max_memory_allocated is used instead. Time is the median of the passes after the first (as many as fit in `--budget` seconds, at
 most 10); a case whose first pass alone exceeds the budget reports that first pass (at that size every pass
 allocates and faults in fresh memory anyway, as the first one did).
 
 Growth: time(8192) / time(1024) and memory(8192) / memory(1024). An 8x longer sequence costs ~8x for the
 linear (feature-map) kinds and ~64x in time for the quadratic ones once the L x L score matrices dominate (at
 1024 the projections still weigh, so measured quadratic ratios land below 64); memory grows ~64x for the
-explicit quadratic kinds (yat, yat-spherical, explicit standard) but ~8x for fused standard / rotary. The
-last line is one JSON object, also written to benchmarks/results/attention.json (attention-causal.json with
---causal).
+explicit quadratic kinds (yat, yat-spherical, explicit standard) but ~8x for fused standard / rotary. The last
+line is one JSON object, also written to benchmarks/results/attention.json (attention-causal.json with --causal).
 """
 
 from __future__ import annotations
@@ -263,8 +261,8 @@ def compare_fused(ctx, args: argparse.Namespace, lengths: list[int]) -> dict:  #
     if not lengths:
         return {}
     print(
-        f"\n{FUSED_KIND} attention, fused (F.scaled_dot_product_attention) vs explicit; "
-        "forward+backward ms / peak extra MiB"
+        f"\n{FUSED_KIND} attention, fused (F.scaled_dot_product_attention) vs explicit; forward+backward ms / "
+        "peak extra MiB"
     )
     print(f"{'L':>6}{'explicit':>16}{'fused':>16}{'time f/e':>10}{'mem f/e':>9}")
     cases = []

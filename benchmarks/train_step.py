@@ -1,6 +1,6 @@
 """Training-step throughput: lm's model vs the Hugging Face model of the same size, measured side by side.
 
-    python benchmarks/train_step.py            # d_model 256, 4 layers, 4 heads, d_ff 1024, vocab 8192, 32x128
+    python benchmarks/train_step.py            # d_model 256, 4 layers, 4 heads, d_ff 1024, vocab 8192, 32 x 128
     python benchmarks/train_step.py --quick    # batch 8, fewer repeats (well under a minute)
     python benchmarks/train_step.py --device cuda [--compile]   # GPT-2 small, bf16 autocast: tokens/s and MFU
 
@@ -33,14 +33,14 @@ Measurements are interleaved step by step (the order of the models rotates each 
 `--repeats` steps each and the median step time is reported, so all sides see the same machine noise. The
 last line is one JSON object, also written to benchmarks/results/train_step.json (benchmarks/record.py).
 
-On a GPU (`--device cuda`) the models are GPT-2 small sized (124M parameters: 12 layers, d_model 768, 12
-heads, d_ff 3072, GPT-2's vocabulary 50,257 rounded up to 50,304 as nanoGPT does, 1,024 tokens), the causal
-LM only, under bf16 autocast (`--amp`), optionally torch.compile'd (`--compile`), and each clm row also gives
+On a GPU (`--device cuda`) the models are GPT-2 small sized (124M parameters: 12 layers, d_model 768, 12 heads,
+d_ff 3072, GPT-2's vocabulary 50,257 rounded up to 50,304 as nanoGPT does, 1,024 tokens), the causal LM only,
+under bf16 autocast (`--amp`), optionally torch.compile'd (`--compile`), and each clm row also gives
 `tokens_per_s` (lm's) and `mfu`: model FLOPs utilisation, the model's training FLOPs per second over the GPU's
 dense bf16 peak. FLOPs per token = 6 N + 12 n_layers d_model T (PaLM, appendix B; nanoGPT's estimate_mfu):
 N counts every weight that multiplies (the tied token embedding is the LM head) but not the position table,
-and the attention term counts causal attention in full. The peak comes from PEAK_BF16_TFLOPS by the GPU's
-name, or `--peak-tflops` (which also adds the two keys on CPU). A GPU run is benchmark `train_step_cuda`
+and the attention term counts causal attention in full. The peak comes from PEAK_BF16_TFLOPS by the GPU's name,
+or `--peak-tflops` (which also adds the two keys on CPU). A GPU run is benchmark `train_step_cuda`
 (benchmarks/results/train_step_cuda.json, beside the CPU figures).
 """
 
@@ -194,8 +194,8 @@ def make_step(
     amp: str = "none",
     compile: bool = False,
 ) -> Callable[[], float]:
-    """One training step on the batch (on the model's device); `loss.item()` at the end waits for the GPU, so
-    a step's wall time is its whole work. amp: bf16 autocast around forward and loss, as lm trains."""
+    """One training step on the batch (on the model's device); `loss.item()` at the end waits for the GPU, so a
+    step's wall time is its whole work. amp: bf16 autocast around forward and loss, as lm trains."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     run = torch.compile(model) if compile else model
@@ -353,8 +353,8 @@ def main() -> None:
     )
     print(
         f"torch {torch.__version__}, {where}; batch {batch} x {seq}; "
-        f"{steps * repeats} steps per model interleaved step by step; median step time; "
-        f"hf attention {args.hf_attn}" + ("; compiled" if args.compile else "")
+        f"{steps * repeats} steps per model interleaved step by step; median step time; hf attention {args.hf_attn}"
+        + ("; compiled" if args.compile else "")
     )
     print(
         f"{'task':9} {'lm tok/s':>10} {'hf tok/s':>10} {'lm/hf':>6}   (lm_full: every row in the last block)"
@@ -377,8 +377,7 @@ def main() -> None:
         rows.append(row)
         mfu = f"   MFU lm {row['mfu']:.1%}, hf {row['hf_mfu']:.1%}" if "mfu" in row else ""
         print(
-            f"{task:9} {row['lm_tokens_per_s']:>10.0f} {row['hf_tokens_per_s']:>10.0f} "
-            f"{row['ratio_lm_over_hf']:>6.2f}{mfu}"
+            f"{task:9} {row['lm_tokens_per_s']:>10.0f} {row['hf_tokens_per_s']:>10.0f} {row['ratio_lm_over_hf']:>6.2f}{mfu}"
         )
         if "lm_full_tokens_per_s" in row:
             print(
