@@ -59,7 +59,7 @@ def worker(
     explicit: run a fused kind's explicit softmax path instead (the layer's `fused` switched off)."""
     import torch
 
-    from lm.model.attention import attention_class
+    from lm.model.attention import Pass, attention_class, resolve_attention_options
 
     if threads:
         torch.set_num_threads(threads)
@@ -71,7 +71,7 @@ def worker(
         bias=True,
         attention_dropout=0.0,
         max_len=L,
-        options={},
+        options=resolve_attention_options(kind, {}),
         generator=torch.Generator().manual_seed(0),
     ).to(device)
     if explicit:
@@ -80,7 +80,7 @@ def worker(
 
     def one_pass(inp: torch.Tensor = x) -> float:
         start = time.perf_counter()
-        out = layer(inp, causal=causal).out  # (1, L, E)
+        out = layer(inp, Pass(causal=causal)).out  # (1, L, E)
         out.square().sum().backward()
         if device == "cuda":
             torch.cuda.synchronize()

@@ -18,10 +18,10 @@ in the work done is listed, since it is where lm's speed comes from:
             BertForSequenceClassification(num_labels=1); loss = BCE-with-logits; rows are right-padded to
             random lengths in [L/2, L] and both models get the same attention mask. lm is timed twice:
             - `lm`: as it trains by default: the classifier reads the CLS row only, so its last block computes
-              that row alone (keys and values still from every row; lm/model/tasks.py passes `final_rows` to
-              the trunk). BERT computes every row of its last block;
+              that row alone (keys and values still from every row; SequenceClassifier.cls_hidden in
+              lm/model/tasks.py). BERT computes every row of its last block;
             - `lm_full`: the same model with the last block computing every row, as BERT does (the benchmark
-              drops the `final_rows` argument on the way into the trunk; lm's code and defaults unchanged).
+              sets the instance's `cls_row_only` to False; lm's code and defaults unchanged).
             The JSON gives both ratios, the rows each last block computed (counted by a forward hook), and
             whether the two lm forms give the same logits (eval mode, same weights).
 
@@ -161,20 +161,16 @@ def hf_model(task: str, max_len: int, attn: str, shape: Shape = CPU_SHAPE) -> to
 
 
 def every_row_in_last_block(model: torch.nn.Module) -> torch.nn.Module:
-    """lm's classifier with its last block computing every row, as BERT's does: the trunk's `final_rows`
-    argument (the CLS row, passed by SequenceClassifier.forward) is dropped; nothing else changes."""
-    trunk_forward = model.trunk.forward
-
-    def forward(*args, final_rows=None, **kwargs):  # type: ignore[no-untyped-def]
-        return trunk_forward(*args, **kwargs)
-
-    model.trunk.forward = forward  # an instance attribute: nn.Module.__call__ looks it up first
+    """lm's classifier with its last block computing every row, as BERT's does: SequenceClassifier's
+    `cls_row_only` switched off on this instance; nothing else changes."""
+    model.cls_row_only = False
     return model
 
 
 def last_block_rows(model: torch.nn.Module, is_hf: bool, ids: torch.Tensor, mask: torch.Tensor) -> int:
-    """How many rows (positions) the last block of a classifier outputs, counted by a forward hook."""
-    block = model.bert.encoder.layer[-1] if is_hf else model.trunk.blocks[-1]
+    """How many rows (positions) the last block of a classifier outputs, counted by a forward hook (on lm's
+    last MLP, which runs on exactly the rows its block outputs)."""
+    block = model.bert.encoder.layer[-1] if is_hf else model.trunk.blocks[-1].mlp
     seen: list[int] = []
 
     def hook(_module, _inputs, out):  # type: ignore[no-untyped-def]

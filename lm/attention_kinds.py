@@ -1,19 +1,22 @@
-"""The attention kinds, declared once: for each `model.attention` name, its typed options and the class that
-implements it.
+"""The attention kinds' names and typed options, torch-free, and the one function that resolves options.
 
 This module imports pydantic only, so validating params.yaml (lm.config) needs no torch and no model code.
 Each kind's options are a pydantic model (strict: `"yes"` is not a boolean, `3.0` not an integer); a subclass
-inherits its parent's options and may change their defaults. `KINDS` is the one list of kinds: the config's
-`model.attention` choices, the registry in lm.model.attention and the tests all read it.
+inherits its parent's options and may change their defaults. `KINDS` names every kind with its options model:
+the config's `model.attention` choices. Each attention class declares the same pair itself (`kind`,
+`Options`) and the registry in lm.model.attention reads it from there; tests/test_attention.py checks that
+the two agree.
 
-Adding a kind: write its class in lm/model/attention/<family>.py, add its options model here if it has
-options of its own, and one line to `KINDS`.
+Options are resolved (nulls dropped, defaults filled, validated) only by `resolve_attention_options`: the
+config calls it to validate params.yaml, the model build to hand every layer its typed options.
+
+Adding a kind: write its class in lm/model/attention/<family>.py with `kind` and `Options`, list it in the
+registry, add its options model here if it has options of its own, and one line to `KINDS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -109,49 +112,31 @@ class SlayNystromOptions(SlayPolyOptions):
     nystrom_reg: float = Field(1e-3, ge=0.0, description="lambda added to the anchor Gram matrix")
 
 
-@dataclass(frozen=True)
-class Kind:
-    """One attention kind: its options model and its class, as `module.Class` under lm.model.attention."""
-
-    options: type[AttentionOptions]
-    implementation: str
-
-
-KINDS: dict[str, Kind] = {
-    "standard": Kind(AttentionOptions, "standard.StandardAttention"),
-    "rotary": Kind(RotaryOptions, "standard.RotaryAttention"),
-    "linear": Kind(LinearOptions, "linear.EluLinearAttention"),
-    "performer": Kind(PerformerOptions, "performer.PerformerAttention"),
-    "cosformer": Kind(CosformerOptions, "cosformer.CosformerAttention"),
-    "rff": Kind(RffOptions, "rff.RffAttention"),
-    "yat": Kind(YatOptions, "yat.YatAttention"),
-    "yat-spherical": Kind(YatSphericalOptions, "yat.YatSphericalAttention"),
-    "slay": Kind(SlayWideOptions, "slay.SlayHadamardAttention"),
-    "slay-tensor": Kind(SlayPolyOptions, "slay.SlayTensorAttention"),
-    "slay-laplace": Kind(SlayWideOptions, "slay.SlayLaplaceAttention"),
-    "slay-rm": Kind(SlayPolyOptions, "slay.SlayRandomMaclaurinAttention"),
-    "slay-nystrom": Kind(SlayNystromOptions, "slay.SlayNystromAttention"),
-    "slay-anchor": Kind(SlayPolyOptions, "slay.SlayAnchorAttention"),
+KINDS: dict[str, type[AttentionOptions]] = {
+    "standard": AttentionOptions,
+    "rotary": RotaryOptions,
+    "linear": LinearOptions,
+    "performer": PerformerOptions,
+    "cosformer": CosformerOptions,
+    "rff": RffOptions,
+    "yat": YatOptions,
+    "yat-spherical": YatSphericalOptions,
+    "slay": SlayWideOptions,
+    "slay-tensor": SlayPolyOptions,
+    "slay-laplace": SlayWideOptions,
+    "slay-rm": SlayPolyOptions,
+    "slay-nystrom": SlayNystromOptions,
+    "slay-anchor": SlayPolyOptions,
 }
 
 AttentionKind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # the names above, as pydantic's choice list
 
 
-def kind_spec(kind: str) -> Kind:
+def options_model(kind: str) -> type[AttentionOptions]:
     """`KINDS[kind]`, or LmError naming model.attention for an unknown kind."""
     if kind not in KINDS:
         raise LmError(f"model.attention: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
     return KINDS[kind]
-
-
-def kind_of(implementation: str) -> str:
-    """The kind a class implements, from its `module.Class` path under lm.model.attention."""
-    for name, kind in KINDS.items():
-        if kind.implementation == implementation:
-            return name
-    raise LmError(
-        f"attention class {implementation} is not a registered kind (add it to lm.attention_kinds.KINDS)"
-    )
 
 
 _PROBLEMS = {
@@ -161,7 +146,7 @@ _PROBLEMS = {
 }
 
 
-def _problem(error: dict[str, Any], options_model: type[AttentionOptions]) -> str:
+def _problem(error: dict[str, Any], model: type[AttentionOptions]) -> str:
     """One pydantic error as the short phrase lm has always used ('must be >= 1')."""
     kind, ctx = error["type"], error.get("ctx", {})
     if kind in _PROBLEMS:
@@ -170,31 +155,37 @@ def _problem(error: dict[str, Any], options_model: type[AttentionOptions]) -> st
         op, bound = (">", ctx["gt"]) if kind == "greater_than" else (">=", ctx["ge"])
         return f"must be {op} {bound}"
     if kind == "literal_error":
-        return f"must be one of {', '.join(get_args(options_model.model_fields[error['loc'][0]].annotation))}"
+        return f"must be one of {', '.join(get_args(model.model_fields[error['loc'][0]].annotation))}"
     return error["msg"]
 
 
 def option_keys() -> list[str]:
-    """Every option key of every kind, in declaration order: params.yaml lists each (null = the kind's default)
-    so that `dvc exp run -S model.attention_options.<key>=...` edits an existing key."""
+    """Every option key of every kind, in declaration order: params.yaml lists each (null = the kind's
+    default) so that `dvc exp run -S model.attention_options.<key>=...` edits an existing key."""
     keys: dict[str, None] = {}
-    for kind in KINDS.values():
-        keys.update(dict.fromkeys(kind.options.model_fields))
+    for options in KINDS.values():
+        keys.update(dict.fromkeys(options.model_fields))
     return list(keys)
 
 
 def kinds_with(key: str) -> list[str]:
     """The kinds that take option `key`."""
-    return [name for name, kind in KINDS.items() if key in kind.options.model_fields]
+    return [name for name, options in KINDS.items() if key in options.model_fields]
+
+
+def set_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options actually set: a null means the kind's default, so it is left out (params.yaml lists every
+    key of every kind, null where unset). {"eps": None, "chunk_size": 8} -> {"chunk_size": 8}."""
+    return {k: v for k, v in (options or {}).items() if v is not None}
 
 
 def resolve_attention_options(kind: str, options: Mapping[str, Any] | None) -> AttentionOptions:
     """`options` (params.yaml's `model.attention_options`) validated for `kind`, every default filled in; a
     null value means the kind's default. Raises LmError naming `model.attention_options.<key>`."""
-    options_model = kind_spec(kind).options
-    options = {k: v for k, v in (options or {}).items() if v is not None}  # null: the kind's default
+    model = options_model(kind)
+    options = set_options(options)
     try:
-        return options_model.model_validate(options)
+        return model.model_validate(options)
     except ValidationError as err:
         order = list(options)  # report the first bad key in the order the user wrote them
         error = min(
@@ -207,7 +198,7 @@ def resolve_attention_options(kind: str, options: Mapping[str, Any] | None) -> A
             where = (
                 f"only {', '.join(takers)} take it: set it to null for {kind!r}"
                 if takers
-                else f"allowed: {', '.join(sorted(options_model.model_fields))}"
+                else f"allowed: {', '.join(sorted(model.model_fields))}"
             )
             raise LmError(
                 f"model.attention_options.{key}: unknown option for attention {kind!r} ({where})"
@@ -217,6 +208,6 @@ def resolve_attention_options(kind: str, options: Mapping[str, Any] | None) -> A
                 f"model.attention_options.{key}: {error['msg'].removeprefix('Value error, ')}"
             ) from None
         raise LmError(
-            f"model.attention_options.{key}: {_problem(error, options_model)} for attention {kind!r} "
+            f"model.attention_options.{key}: {_problem(error, model)} for attention {kind!r} "
             f"(got {options[key]!r})"
         ) from None

@@ -16,13 +16,14 @@ from lm.attention_kinds import resolve_attention_options
 from lm.config import ATTENTION_KINDS, ModelConfig
 from lm.errors import LmError
 from lm.model import build_model
-from lm.model.attention import attention_class
+from lm.model.attention import Pass, attention_class
 from lm.model.attention.base import (
     LinearAttention,
     linear_bidirectional,
     linear_causal_chunked,
     linear_quadratic,
 )
+from lm.model.attention.registry import REGISTRY
 from lm.model.attention.slay import SlayLaplaceAttention, laguerre_nodes
 from lm.model.positions import RotaryEmbedding
 
@@ -64,7 +65,7 @@ def make(kind: str, seed: int = 0, d_model: int = E, n_heads: int = H, **options
         bias=True,
         attention_dropout=0.0,
         max_len=MAXLEN,
-        options=options,
+        options=resolve_attention_options(kind, options),
         generator=torch.Generator().manual_seed(seed),
     ).eval()
 
@@ -100,10 +101,11 @@ def linear_causal_cumsum(
 
 
 def test_registry_has_exactly_the_config_kinds():
-    assert tuple(KIND_SPECS) == ATTENTION_KINDS
-    assert [attention_class(kind).__name__ for kind in KIND_SPECS] == [
-        spec.implementation.rpartition(".")[2] for spec in KIND_SPECS.values()
-    ]
+    """Each class declares the kind and options model that the torch-free list (the config's) names."""
+    assert tuple(KIND_SPECS) == ATTENTION_KINDS == tuple(REGISTRY)
+    for kind, options in KIND_SPECS.items():
+        cls = attention_class(kind)
+        assert cls.kind == kind and cls.Options is options
 
 
 def test_options_are_validated_per_kind():
@@ -155,13 +157,13 @@ def test_options_keep_their_messages_and_defaults():
 def test_every_kind_names_its_class_and_the_class_its_kind(kind):
     layer = make(kind)
     assert type(layer) is attention_class(kind) and layer.kind == kind
-    assert isinstance(layer.opts, KIND_SPECS[kind].options)
+    assert isinstance(layer.opts, KIND_SPECS[kind])
 
 
 @pytest.mark.parametrize("kind", ["standard", "performer", "slay-nystrom"])
 def test_options_are_validated_once_per_model_build(kind, monkeypatch):
     cfg = ModelConfig(d_model=E, n_heads=H, d_ff=32, n_layers=3, attention=kind)
-    options_model = KIND_SPECS[kind].options
+    options_model = KIND_SPECS[kind]
     validate = options_model.model_validate
     calls = []
 
@@ -176,9 +178,9 @@ def test_options_are_validated_once_per_model_build(kind, monkeypatch):
 
 
 def test_bias_switch_covers_qkv_and_output_projection():
-    cls = attention_class("standard")
-    on = cls(d_model=E, n_heads=H, bias=True, max_len=MAXLEN)
-    off = cls(d_model=E, n_heads=H, bias=False, max_len=MAXLEN)
+    cls, options = attention_class("standard"), resolve_attention_options("standard", {})
+    on = cls(d_model=E, n_heads=H, bias=True, max_len=MAXLEN, options=options)
+    off = cls(d_model=E, n_heads=H, bias=False, max_len=MAXLEN, options=options)
     assert on.qkv.bias is not None and on.proj.bias is not None
     assert off.qkv.bias is None and off.proj.bias is None
     assert sum(p.numel() for p in on.parameters()) - sum(p.numel() for p in off.parameters()) == 4 * E
@@ -200,7 +202,7 @@ def test_standard_equals_sdpa(causal, padded):
     if causal:
         allowed = allowed & torch.ones(9, 9, dtype=torch.bool).tril()
     ref = merge(attn, F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
-    out = attn(x, key_mask=mask if padded else None, causal=causal).out
+    out = attn(x, Pass(key_mask=mask if padded else None, causal=causal)).out
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -211,7 +213,7 @@ def test_rotary_equals_sdpa_on_rotated_qk():
     rope = RotaryEmbedding(attn.head_dim)
     pos = torch.arange(9)
     ref = merge(attn, F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v, is_causal=True))
-    torch.testing.assert_close(attn(x, causal=True).out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(x, Pass(causal=True)).out, ref, atol=1e-5, rtol=1e-5)
 
 
 # ---- RoPE ------------------------------------------------------------------------------------------------
@@ -254,14 +256,14 @@ def test_shapes_finite_values_and_grads(kind):
         x = rand_x(L=12).requires_grad_(True)
         mask = torch.ones(2, 12, dtype=torch.bool)
         mask[0, 9:] = False
-        out = attn(x, key_mask=mask, causal=causal).out
+        out = attn(x, Pass(key_mask=mask, causal=causal)).out
         assert out.shape == (2, 12, E) and torch.isfinite(out).all()
         out.square().mean().backward()
         assert torch.isfinite(x.grad).all()
         assert all(torch.isfinite(p.grad).all() for p in attn.parameters())
         attn.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = attn(rand_x(L=12), causal=True).out
+        out = attn(rand_x(L=12), Pass(causal=True)).out
     assert torch.isfinite(out.float()).all()
 
 
@@ -269,13 +271,15 @@ def test_shapes_finite_values_and_grads(kind):
 def test_causality_and_prefix_consistency(kind):
     attn = make(kind)
     x = rand_x(L=12)
-    full = attn(x, causal=True).out
+    full = attn(x, Pass(causal=True)).out
     t = 6
     x2 = x.clone()
     x2[:, t + 1 :] = torch.randn_like(x2[:, t + 1 :]) * 3
-    torch.testing.assert_close(attn(x2, causal=True).out[:, : t + 1], full[:, : t + 1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        attn(x2, Pass(causal=True)).out[:, : t + 1], full[:, : t + 1], atol=1e-5, rtol=1e-4
+    )
     for n in (1, 5, 11):  # out(x)[:, :n] == out(x[:, :n])  (cosformer too: causal M is fixed)
-        torch.testing.assert_close(attn(x[:, :n], causal=True).out, full[:, :n], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(attn(x[:, :n], Pass(causal=True)).out, full[:, :n], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -283,7 +287,9 @@ def test_last_position_same_in_causal_and_bidirectional(kind):
     opts = {"max_len": MAXLEN} if kind == "cosformer" else {}  # both modes must use the same M
     attn = make(kind, **opts)
     x = rand_x(L=10)
-    torch.testing.assert_close(attn(x, causal=True).out[:, -1], attn(x).out[:, -1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        attn(x, Pass(causal=True)).out[:, -1], attn(x, Pass()).out[:, -1], atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -296,14 +302,14 @@ def test_padding_invariance(kind):
     x2 = x.clone()
     x2[:, n:] = torch.randn_like(x2[:, n:]) * 5
     for causal in (False, True):
-        a = attn(x, key_mask=mask, causal=causal).out[:, :n]
-        b = attn(x2, key_mask=mask, causal=causal).out[:, :n]
+        a = attn(x, Pass(key_mask=mask, causal=causal)).out[:, :n]
+        b = attn(x2, Pass(key_mask=mask, causal=causal)).out[:, :n]
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     # the amount of padding does not matter either (cosformer needs a fixed M for that)
     fixed = make(kind, max_len=MAXLEN) if kind == "cosformer" else attn
     for causal in (False, True):
-        short = fixed(x[:, :n], causal=causal).out
-        long = fixed(x, key_mask=mask, causal=causal).out[:, :n]
+        short = fixed(x[:, :n], Pass(causal=causal)).out
+        long = fixed(x, Pass(key_mask=mask, causal=causal)).out[:, :n]
         torch.testing.assert_close(long, short, atol=1e-5, rtol=1e-4)
 
 
@@ -314,7 +320,9 @@ def test_bidirectional_permutation_equivariance(kind):
     attn = make(kind)
     x = rand_x(L=9)
     perm = torch.randperm(9, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(attn(x[:, perm]).out, attn(x).out[:, perm], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        attn(x[:, perm], Pass()).out, attn(x, Pass()).out[:, perm], atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -327,7 +335,7 @@ def test_returned_weights_are_the_weights_used(kind):
     mask[1, 7:] = False
     _, _, v = split_heads(attn, x)
     for causal in (False, True):
-        res = attn(x, key_mask=mask, causal=causal, return_attention=True)
+        res = attn(x, Pass(key_mask=mask, causal=causal, return_attention=True))
         w = res.weights
         assert w.shape == (2, H, 10, 10)
         torch.testing.assert_close(merge(attn, w @ v), res.out, atol=1e-5, rtol=1e-4)
@@ -347,15 +355,14 @@ def test_incremental_state_equals_full_causal_pass(kind):
     x = rand_x(L=11)
     mask = torch.ones(2, 11, dtype=torch.bool)
     mask[1, 4] = False  # a masked key in the middle of the cached prefix
-    full = attn(x, key_mask=mask, causal=True).out
-    r = attn(x[:, :5], key_mask=mask[:, :5], causal=True, use_cache=True)
-    outs, state = [r.out], r.state
+    full = attn(x, Pass(key_mask=mask, causal=True)).out
+    out, state = attn.decode(x[:, :5], Pass(key_mask=mask[:, :5], causal=True), None)
+    outs = [out]
     for t in range(5, 11):
-        r = attn(
-            x[:, t : t + 1], key_mask=mask[:, t : t + 1], causal=True, state=state, offset=t, use_cache=True
+        out, state = attn.decode(
+            x[:, t : t + 1], Pass(key_mask=mask[:, t : t + 1], causal=True, offset=t), state
         )
-        outs.append(r.out)
-        state = r.state
+        outs.append(out)
     torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=1e-4)
 
 
@@ -366,18 +373,18 @@ def test_random_state_is_fixed_saved_and_seeded(kind):
     assert names, "random features must be persistent buffers"
     x = rand_x(L=8)
     attn.train()
-    a, b = attn(x).out, attn(x).out
+    a, b = attn(x, Pass()).out, attn(x, Pass()).out
     torch.testing.assert_close(a, b, rtol=0, atol=0)  # never redrawn
     attn.eval()
-    torch.testing.assert_close(attn(x).out, a, rtol=0, atol=0)
+    torch.testing.assert_close(attn(x, Pass()).out, a, rtol=0, atol=0)
     other = make(kind, seed=1)
     assert any(not torch.equal(attn.state_dict()[n], other.state_dict()[n]) for n in names)
-    assert not torch.allclose(other(x).out, a)
+    assert not torch.allclose(other(x, Pass()).out, a)
     buf = io.BytesIO()
     torch.save(attn.state_dict(), buf)
     buf.seek(0)
     other.load_state_dict(torch.load(buf))
-    torch.testing.assert_close(other(x).out, a, rtol=0, atol=0)
+    torch.testing.assert_close(other(x, Pass()).out, a, rtol=0, atol=0)
 
 
 # ---- linear core: prefix sums == explicit quadratic form ---------------------------------------------------
@@ -405,17 +412,7 @@ def test_linear_core_equals_quadratic_form(kind):
             torch.testing.assert_close(num, num_ref, rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(den, den_ref, rtol=1e-10, atol=1e-10)
         # and the module's fp32 output equals the quadratic form / stabilised denominator
-        out = attn.float().core(
-            q.float(),
-            k.float(),
-            v.float(),
-            key_mask=None,
-            causal=causal,
-            positions=pos,
-            state=None,
-            use_cache=False,
-            return_attention=False,
-        )[0]
+        out = attn.float().core(q.float(), k.float(), v.float(), Pass(causal=causal), pos)[0]
         ref = num_ref / attn.stabilize(den_ref)[..., None]
         torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
         attn.double()
@@ -426,17 +423,7 @@ def test_linear_core_equals_quadratic_form(kind):
 
 def core(attn, q, k, v, causal=False):
     pos = torch.arange(q.shape[2])
-    return attn.core(
-        q,
-        k,
-        v,
-        key_mask=None,
-        causal=causal,
-        positions=pos,
-        state=None,
-        use_cache=False,
-        return_attention=False,
-    )[0]
+    return attn.core(q, k, v, Pass(causal=causal), pos)[0]
 
 
 def qkv(L=7, d=8, heads=H, seed=0, scale=1.0):
@@ -693,7 +680,8 @@ def test_slay_tensorsketch_is_unbiased_over_hash_draws():
 
 
 def hadamard_closed_form(s, x):
-    """E[f(a) f(b)], f(p) = p^2 e^{sqrt(2s) p - s}, (a, b) standard normal with correlation x (docs/attention.md §3.10)."""
+    """E[f(a) f(b)], f(p) = p^2 e^{sqrt(2s) p - s}, (a, b) standard normal with correlation x
+    (docs/attention.md §3.10)."""
     return torch.exp(2 * s * x) * ((1 + 2 * s * (1 + x) ** 2) ** 2 + 2 * x**2 + 8 * s * x * (1 + x) ** 2)
 
 
@@ -774,13 +762,12 @@ def test_use_rope_on_other_kinds(kind):
     attn = make(kind, use_rope=True, **({"chunk_size": 4} if kind in LINEAR_KINDS else {}))
     assert attn.rope is not None and make(kind).rope is None
     x = rand_x(L=9)
-    full = attn(x, causal=True).out
-    r = attn(x[:, :4], causal=True, use_cache=True)
-    outs, state = [r.out], r.state
+    full = attn(x, Pass(causal=True)).out
+    out, state = attn.decode(x[:, :4], Pass(causal=True), None)
+    outs = [out]
     for t in range(4, 9):
-        r = attn(x[:, t : t + 1], causal=True, state=state, offset=t, use_cache=True)
-        outs.append(r.out)
-        state = r.state
+        out, state = attn.decode(x[:, t : t + 1], Pass(causal=True, offset=t), state)
+        outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
     perm = torch.randperm(9, generator=torch.Generator().manual_seed(3))
-    assert not torch.allclose(attn(x[:, perm]).out, attn(x).out[:, perm], atol=1e-4)
+    assert not torch.allclose(attn(x[:, perm], Pass()).out, attn(x, Pass()).out[:, perm], atol=1e-4)

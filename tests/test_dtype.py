@@ -19,9 +19,10 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from lm.attention_kinds import resolve_attention_options
 from lm.config import ATTENTION_KINDS, ModelConfig
 from lm.model import build_model, load_hf_checkpoint
-from lm.model.attention import attention_class
+from lm.model.attention import Pass, attention_class
 from lm.model.block import Block
 from lm.model.norms import LayerNorm, RMSNorm
 from lm.model.positions import RotaryEmbedding
@@ -145,7 +146,7 @@ def test_dtype_half_precision_model_trains(dtype):
     assert all(p.grad.dtype == dtype and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-# ---- float64 end to end --------------------------------------------------------------------------------------
+# ---- float64 end to end ------------------------------------------------------------------------------------
 
 F64_CASES = [  # (task, positions, norm, norm_position): every scheme at least once
     ("classify", "rotary", "layernorm", "post"),
@@ -170,8 +171,8 @@ def test_dtype_float64_model_computes_in_float64(kind):
             out = m64(x, mask).logits
             loss = m64(x, mask, labels=labels).loss if task != "classify" else None
             if task == "clm":
-                step = m64(x[:, :6], use_cache=True)
-                step = m64(x[:, 6:], cache=step.cache, use_cache=True)
+                step = m64.decode(x[:, :6])
+                step = m64.decode(x[:, 6:], cache=step.cache)
         assert spy.seen == [], (task, positions, sorted(set(spy.seen)))
         assert out.dtype == torch.float64
         with torch.no_grad():
@@ -191,7 +192,7 @@ def make_attention(kind: str, **options):
         n_heads=2,
         bias=True,
         max_len=MAXLEN,
-        options=options,
+        options=resolve_attention_options(kind, options),
         generator=torch.Generator().manual_seed(0),
     ).eval()
 
@@ -215,7 +216,7 @@ def test_dtype_float64_attention_matches_sdpa(kind, causal):
     x = torch.randn(2, 10, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     key_mask = padded().bool()
     with torch.no_grad():
-        out = attn(x, key_mask=key_mask, causal=causal).out
+        out = attn(x, Pass(key_mask=key_mask, causal=causal)).out
         q, k, v = (t.view(2, 10, 2, 8).transpose(1, 2) for t in attn.qkv(x).split(16, dim=-1))
         if kind == "rotary":
             q, k = rope_complex(q), rope_complex(k)
@@ -224,7 +225,7 @@ def test_dtype_float64_attention_matches_sdpa(kind, causal):
             allowed = allowed & torch.ones(10, 10, dtype=torch.bool).tril()
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, L, d), float64
         ref = attn.proj(ref.transpose(1, 2).reshape(2, 10, 16))
-        out32 = make_attention(kind)(x.float(), key_mask=key_mask, causal=causal).out
+        out32 = make_attention(kind)(x.float(), Pass(key_mask=key_mask, causal=causal)).out
     rows = key_mask if causal else slice(None)  # a fully masked causal row (padding) is don't-care
     torch.testing.assert_close(out[rows], ref[rows], **EXACT)
     assert (out32.double() - ref)[rows].abs().max() > 1e-10
@@ -249,10 +250,10 @@ def test_dtype_float64_gpt2_matches_hugging_face(tmp_path):
         torch.testing.assert_close(
             lm(x, mask).logits[keep], hf(input_ids=x, attention_mask=mask).logits[keep], **EXACT
         )
-        step = lm(x[:, :4], use_cache=True)
+        step = lm.decode(x[:, :4])
         logits = [step.logits]
         for t in range(4, x.shape[1]):
-            step = lm(x[:, t : t + 1], cache=step.cache, use_cache=True)
+            step = lm.decode(x[:, t : t + 1], cache=step.cache)
             logits.append(step.logits)
         torch.testing.assert_close(torch.cat(logits, 1), ref, **EXACT)
 
@@ -272,12 +273,16 @@ def test_dtype_float64_gradcheck_block(kind):
             norm_position=norm_position,
         )
         torch.manual_seed(0)
-        block = Block(c, max_len=MAXLEN, generator=torch.Generator().manual_seed(0)).double().eval()
+        options = resolve_attention_options(c.attention, c.attention_options)
+        block = Block(
+            c, max_len=MAXLEN, generator=torch.Generator().manual_seed(0), attention_options=options
+        )
+        block = block.double().eval()
         x = torch.randn(
             2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True
         )
         key_mask = None if causal else mask
-        assert torch.autograd.gradcheck(lambda t: block(t, key_mask=key_mask, causal=causal)[0], (x,))
+        assert torch.autograd.gradcheck(lambda t: block(t, Pass(key_mask=key_mask, causal=causal))[0], (x,))
 
 
 @pytest.mark.parametrize("task", ["classify", "mlm", "clm"])

@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lm.attention_kinds import resolve_attention_options
 from lm.config import ATTENTION_KINDS, ModelConfig
 from lm.infer.generate import generate
 from lm.model import build_model
-from lm.model.attention import attention_class
+from lm.model.attention import Pass, attention_class
 from lm.model.attention.base import Attention, ExactAttention
 from lm.model.positions import RotaryEmbedding
 
@@ -33,7 +34,7 @@ def make(kind: str, dropout: float = 0.0) -> Attention:
         bias=True,
         attention_dropout=dropout,
         max_len=MAXLEN,
-        options={},
+        options=resolve_attention_options(kind, {}),
         generator=torch.Generator().manual_seed(0),
     ).eval()
 
@@ -105,8 +106,8 @@ def test_fused_equals_explicit_and_brute_force(kind, causal, padded):
     layer = make(kind)
     x = rand_x()
     key_mask = masks() if padded else None
-    fused = layer(x, key_mask=key_mask, causal=causal)
-    slow = layer(x, key_mask=key_mask, causal=causal, return_attention=True)
+    fused = layer(x, Pass(key_mask=key_mask, causal=causal))
+    slow = layer(x, Pass(key_mask=key_mask, causal=causal, return_attention=True))
     assert fused.weights is None and slow.weights is not None
     torch.testing.assert_close(fused.out, slow.out, atol=1e-5, rtol=1e-5)
     ref = brute_force(layer, x, key_mask, causal)
@@ -129,13 +130,13 @@ def test_fused_gradients_equal_explicit(kind, causal):
     grads = []
     for net in (layer, slow):
         x = rand_x()
-        out = net(x, key_mask=key_mask, causal=causal).out
+        out = net(x, Pass(key_mask=key_mask, causal=causal)).out
         loss = ((out - target).square() * live[..., None]).sum()
         grads.append(torch.autograd.grad(loss, [x, *net.parameters()]))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     x = rand_x()
-    layer(x, key_mask=key_mask, causal=causal).out.square().sum().backward()
+    layer(x, Pass(key_mask=key_mask, causal=causal)).out.square().sum().backward()
     assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
@@ -154,15 +155,15 @@ def test_fused_bidirectional_padding_uses_no_mask_matrix_and_fully_masked_rows_s
     x = rand_x()
     key_mask = masks()
     key_mask[0] = False  # a sequence of padding only
-    out = layer(x, key_mask=key_mask).out
-    layer(x, causal=True)
+    out = layer(x, Pass(key_mask=key_mask)).out
+    layer(x, Pass(causal=True))
     assert calls == [((3, 1, 1, 11), 0.0, False, torch.float32), (None, 0.0, True, torch.float32)]
-    torch.testing.assert_close(out, explicit(layer)(x, key_mask=key_mask).out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, explicit(layer)(x, Pass(key_mask=key_mask)).out, atol=1e-5, rtol=1e-5)
     v = layer.qkv(x)[0, :, 2 * E :]  # (L, E): the values of the all-padding row, mean over every key
     mean = layer.proj(v.mean(0))
     torch.testing.assert_close(out[0], mean.expand(11, E), atol=1e-5, rtol=1e-5)
     calls.clear()
-    layer(x, return_attention=True)  # the weights are asked for: the explicit path
+    layer(x, Pass(return_attention=True))  # the weights are asked for: the explicit path
     assert calls == []
 
 
@@ -174,7 +175,7 @@ def test_fused_never_holds_the_score_matrix():
     def largest_saved(layer: Attention) -> int:
         sizes = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            layer(torch.randn(1, L, E, requires_grad=True), causal=True).out.sum()
+            layer(torch.randn(1, L, E, requires_grad=True), Pass(causal=True)).out.sum()
         return max(sizes)
 
     layer = make("standard")
@@ -193,23 +194,17 @@ def test_fused_kv_cache_equals_explicit_and_recompute(kind):
     key_mask = torch.ones(2, 12, dtype=torch.bool)
     key_mask[1, :3] = False  # left padding inside the cached prompt
     with torch.no_grad():
-        full = layer(x, key_mask=key_mask, causal=True).out
+        full = layer(x, Pass(key_mask=key_mask, causal=True)).out
         live = live_rows(key_mask, True, 12)[..., None]
         steps = []
         for net in (layer, slow):
-            res = net(x[:, :5], key_mask=key_mask[:, :5], causal=True, use_cache=True)
-            outs, state = [res.out], res.state
+            out, state = net.decode(x[:, :5], Pass(key_mask=key_mask[:, :5], causal=True), None)
+            outs = [out]
             for t in range(5, 12):
-                res = net(
-                    x[:, t : t + 1],
-                    key_mask=key_mask[:, t : t + 1],
-                    causal=True,
-                    state=state,
-                    offset=t,
-                    use_cache=True,
+                out, state = net.decode(
+                    x[:, t : t + 1], Pass(key_mask=key_mask[:, t : t + 1], causal=True, offset=t), state
                 )
-                outs.append(res.out)
-                state = res.state
+                outs.append(out)
             steps.append(torch.cat(outs, 1))
             torch.testing.assert_close(steps[-1] * live, full * live, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(steps[0], steps[1], atol=1e-5, rtol=1e-5)
@@ -281,13 +276,13 @@ def test_fused_dropout_is_the_layer_probability_in_training_only(monkeypatch):
     layer = make("standard", dropout=0.3)
     x = rand_x(B=1, L=8).detach()
     with torch.no_grad():
-        ref = layer(x, causal=True).out
+        ref = layer(x, Pass(causal=True)).out
         layer.train()
         torch.manual_seed(5)
-        a = layer(x, causal=True).out
+        a = layer(x, Pass(causal=True)).out
         torch.manual_seed(5)
-        b = layer(x, causal=True).out
-        mean = torch.stack([layer(x, causal=True).out for _ in range(2000)]).mean(0)
+        b = layer(x, Pass(causal=True)).out
+        mean = torch.stack([layer(x, Pass(causal=True)).out for _ in range(2000)]).mean(0)
     assert seen[:3] == [0.0, 0.3, 0.3]
     torch.testing.assert_close(a, b)
     assert (a - ref).abs().max() > 1e-3
@@ -307,14 +302,14 @@ def test_fused_on_cpu_keeps_float32_under_bf16_autocast(monkeypatch):
     layer = make("standard")
     x = rand_x().detach()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = layer(x, key_mask=masks()).out
+        out = layer(x, Pass(key_mask=masks())).out
     assert dtypes == [torch.float32]
     assert layer.core_dtype(torch.bfloat16, torch.device("cpu"), False) == torch.float32
     assert layer.core_dtype(torch.bfloat16, torch.device("cuda"), False) == torch.bfloat16
     assert layer.core_dtype(torch.bfloat16, torch.device("cuda"), True) == torch.float32  # explicit: fp32
     assert make("yat").core_dtype(torch.bfloat16, torch.device("cuda"), False) == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        slow = explicit(layer)(x, key_mask=masks()).out
+        slow = explicit(layer)(x, Pass(key_mask=masks())).out
     torch.testing.assert_close(out, slow, atol=1e-5, rtol=1e-5)
 
 
@@ -325,9 +320,9 @@ def test_fused_cuda_runs_in_the_autocast_dtype(amp):
     x = rand_x(L=64).detach().cuda()
     key_mask = torch.ones(3, 64, dtype=torch.bool, device="cuda")
     key_mask[1, 40:] = False
-    ref = explicit(layer)(x, key_mask=key_mask, causal=True).out
+    ref = explicit(layer)(x, Pass(key_mask=key_mask, causal=True)).out
     with torch.autocast("cuda", dtype=amp):
-        out = layer(x, key_mask=key_mask, causal=True).out
+        out = layer(x, Pass(key_mask=key_mask, causal=True)).out
     assert out.dtype == amp
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
 
@@ -341,4 +336,4 @@ def test_fused_rope_is_applied_before_the_kernel():
     rope, pos = RotaryEmbedding(E // H), torch.arange(L)
     o = F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v, is_causal=True)
     ref = layer.proj(o.transpose(1, 2).reshape(B, L, E))
-    torch.testing.assert_close(layer(x, causal=True).out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer(x, Pass(causal=True)).out, ref, atol=1e-5, rtol=1e-5)

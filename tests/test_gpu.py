@@ -1,5 +1,5 @@
-"""The CUDA path, on a machine that has one (every test here is `gpu`-marked: skipped without CUDA; the device,
-launcher and AMP logic they rest on is tested on CPU in test_devices.py and test_train.py):
+"""The CUDA path, on a machine that has one (every test here is `gpu`-marked: skipped without CUDA; the
+device, launcher and AMP logic they rest on is tested on CPU in test_devices.py and test_train.py):
 AMP bf16 and fp16 training steps, softmax attention against F.scaled_dot_product_attention on CUDA, DDP over
 NCCL with one process, torch.compile, and the GPU benchmark's MFU line."""
 
@@ -20,7 +20,7 @@ from conftest import REPO, subprocess_env, tiny_params, write_fake_encoded
 
 from lm.config import parse_params
 from lm.model import build_model
-from lm.model.attention import attention_class
+from lm.model.attention import Pass, attention_class, resolve_attention_options
 from lm.train.checkpoint import CHECKPOINT, load_checkpoint
 from lm.train.loop import train
 
@@ -91,11 +91,15 @@ def _sdpa_reference(attn, x: torch.Tensor, key_mask: torch.Tensor, causal: bool)
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_softmax_attention_matches_scaled_dot_product_attention_on_cuda(kind, causal):
     torch.manual_seed(0)
-    attn = attention_class(kind)(d_model=64, n_heads=4, max_len=256, options={}).to(CUDA).eval()
+    attn = (
+        attention_class(kind)(d_model=64, n_heads=4, max_len=256, options=resolve_attention_options(kind, {}))
+        .to(CUDA)
+        .eval()
+    )
     x = torch.randn(3, 200, 64, device=CUDA, requires_grad=True)
     key_mask = torch.arange(200, device=CUDA)[None] < torch.tensor([200, 150, 37], device=CUDA)[:, None]
-    out = attn(x, key_mask=key_mask, causal=causal).out
-    explicit = attn(x, key_mask=key_mask, causal=causal, return_attention=True)  # the weights' path
+    out = attn(x, Pass(key_mask=key_mask, causal=causal)).out
+    explicit = attn(x, Pass(key_mask=key_mask, causal=causal, return_attention=True))  # the weights' path
     ref = _sdpa_reference(attn, x, key_mask, causal)
     real = key_mask[..., None]  # padded query rows are never read
     assert torch.allclose(out * real, ref * real, atol=1e-4), (out - ref).mul(real).abs().max()
@@ -105,7 +109,7 @@ def test_gpu_softmax_attention_matches_scaled_dot_product_attention_on_cuda(kind
     assert torch.allclose(grad, grad_ref, atol=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16):  # as training runs it: bf16 projections
         half, half_ref = (
-            attn(x, key_mask=key_mask, causal=causal).out,
+            attn(x, Pass(key_mask=key_mask, causal=causal)).out,
             _sdpa_reference(attn, x, key_mask, causal),
         )
     assert torch.allclose(half.float() * real, half_ref.float() * real, atol=3e-2)

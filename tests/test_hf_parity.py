@@ -100,10 +100,10 @@ def assert_cache_parity(hf, lm, x):
     """lm's incremental decoding (prefix, then one token at a time) == HF's full forward."""
     with torch.no_grad():
         ref = hf(input_ids=x).logits
-        out = lm(x[:, :4], use_cache=True)
+        out = lm.decode(x[:, :4])
         logits, cache = [out.logits], out.cache
         for t in range(4, x.shape[1]):
-            out = lm(x[:, t : t + 1], cache=cache, use_cache=True)
+            out = lm.decode(x[:, t : t + 1], cache=cache)
             logits.append(out.logits)
             cache = out.cache
     torch.testing.assert_close(torch.cat(logits, 1), ref, **TOL)
@@ -116,7 +116,7 @@ def right_padded(B=2, L=11):
     return mask
 
 
-# ---- GPT-2 ----------------------------------------------------------------------------------------------------
+# ---- GPT-2 -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -163,7 +163,7 @@ def test_gpt2_tanh_gelu_needs_opt_in(tmp_path):
     assert 0 < diff < 0.05  # only the tanh-vs-erf approximation separates them
 
 
-# ---- Llama ----------------------------------------------------------------------------------------------------
+# ---- Llama -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kv_heads,tie,bias", [(2, False, False), (1, True, False), (2, False, True)])
@@ -229,7 +229,7 @@ def test_llama_needs_the_rope_permutation(tmp_path):
         torch.testing.assert_close(lm(x).logits, ref, **TOL)
 
 
-# ---- rejected configurations -----------------------------------------------------------------------------
+# ---- rejected configurations -------------------------------------------------------------------------------
 
 
 def test_unsupported_checkpoints_raise_lm_errors(tmp_path):

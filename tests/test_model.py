@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lm.attention_kinds import resolve_attention_options
 from lm.config import ATTENTION_KINDS, ModelConfig
 from lm.errors import LmError
 from lm.model import CausalLM, KVCache, MaskedLM, ModelOutput, SequenceClassifier, build_model
+from lm.model.attention import Pass
 from lm.model.block import Block
 from lm.model.mlp import GeluMLP, SwiGLU
 from lm.model.norms import LayerNorm, RMSNorm
@@ -86,18 +88,19 @@ def test_pre_and_post_norm_blocks(norm_position):
     """Post-norm normalises after each residual (outputs have zero mean, unit variance per token); pre-norm
     leaves the residual stream unnormalised and the trunk adds a final norm."""
     c = cfg(norm_position=norm_position)
-    block = Block(c, max_len=MAXLEN, generator=torch.Generator().manual_seed(0))
+    options = resolve_attention_options(c.attention, c.attention_options)
+    block = Block(c, max_len=MAXLEN, generator=torch.Generator().manual_seed(0), attention_options=options)
     x = torch.randn(2, 6, 16) * 4 + 2
-    y, _, _ = block(x, key_mask=None, causal=False)
+    y, _ = block(x, Pass())
     normalised = torch.allclose(y.mean(-1), torch.zeros(2, 6), atol=1e-4) and torch.allclose(
         y.var(-1, unbiased=False), torch.ones(2, 6), atol=1e-3
     )
     assert normalised == (norm_position == "post")
     if norm_position == "pre":  # h = x + attn(norm1(x)); y = h + mlp(norm2(h))
-        h = x + block.attn(block.norm1(x)).out
+        h = x + block.attn(block.norm1(x), Pass()).out
         ref = h + block.mlp(block.norm2(h))
     else:  # h = norm1(x + attn(x)); y = norm2(h + mlp(h))
-        h = block.norm1(x + block.attn(x).out)
+        h = block.norm1(x + block.attn(x, Pass()).out)
         ref = block.norm2(h + block.mlp(h))
     torch.testing.assert_close(y, ref)
     model = build_model(c, task="mlm", vocab_size=V, max_len=MAXLEN, pad_id=PAD)
@@ -156,11 +159,11 @@ def test_kv_cache_equals_recompute(kind):
     x = ids(L=12)
     with torch.no_grad():
         full = model(x).logits
-        out = model(x[:, :5], use_cache=True)
+        out = model.decode(x[:, :5])
         assert isinstance(out.cache, KVCache) and out.cache.length == 5
         logits, cache = [out.logits], out.cache
         for t in range(5, 12):
-            out = model(x[:, t : t + 1], cache=cache, use_cache=True)
+            out = model.decode(x[:, t : t + 1], cache=cache)
             logits.append(out.logits)
             cache = out.cache
     torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
@@ -182,12 +185,13 @@ def test_causal_lm_output_at_t_ignores_later_tokens(kind):
 
 def test_cache_rejects_overflow_and_encoders():
     model = build_model(cfg(), task="clm", vocab_size=V, max_len=8, pad_id=PAD)
-    out = model(ids(L=8), use_cache=True)
+    out = model.decode(ids(L=8))
     with pytest.raises(LmError, match="max_len"):
-        model(ids(L=1), cache=out.cache, use_cache=True)
+        model.decode(ids(L=1), cache=out.cache)
     enc = build_model(cfg(), task="mlm", vocab_size=V, max_len=8, pad_id=PAD)
-    with pytest.raises(TypeError):
-        enc(ids(L=4), use_cache=True)
+    assert not hasattr(enc, "decode")
+    with pytest.raises(LmError, match="causal"):
+        enc.trunk.decode(ids(L=4), None, None)
 
 
 # ---- padding ----------------------------------------------------------------------------------------------
@@ -243,8 +247,9 @@ def test_cls_classifier_computing_only_row_0_in_the_last_block_equals_the_full_t
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    hidden = model.trunk(x, mask.bool(), final_rows=slice(0, 1)).hidden
-    assert hidden.shape == (3, 1, 16)
+    hidden = model.cls_hidden(x, mask.bool())
+    assert hidden.shape == (3, 16)
+    torch.testing.assert_close(hidden, model.trunk(x, mask.bool()).hidden[:, 0], atol=1e-6, rtol=1e-5)
 
 
 def test_padding_changes_nothing_for_mlm_and_clm():
@@ -391,9 +396,9 @@ def test_cached_decoding_accepts_a_mask_over_past_and_new_tokens():
     mask[0, 2] = 0  # a padded key inside the prompt
     with torch.no_grad():
         full = model(x, mask).logits[:, -1]
-        prefix = model(x[:, :7], mask[:, :7], use_cache=True)
-        new_only = model(x[:, 7:], mask[:, 7:], cache=prefix.cache, use_cache=True).logits[:, -1]
-        past_and_new = model(x[:, 7:], mask, cache=prefix.cache, use_cache=True).logits[:, -1]
+        prefix = model.decode(x[:, :7], mask[:, :7])
+        new_only = model.decode(x[:, 7:], mask[:, 7:], cache=prefix.cache).logits[:, -1]
+        past_and_new = model.decode(x[:, 7:], mask, cache=prefix.cache).logits[:, -1]
     torch.testing.assert_close(new_only, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(past_and_new, full, atol=1e-5, rtol=1e-5)
 

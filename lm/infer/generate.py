@@ -94,11 +94,11 @@ def generate(
         cache = None
         for _ in range(max_new_tokens):
             if use_cache and cache is not None and cache.length < max_len:
-                out = model(torch.tensor([ids[-1:]], device=device), cache=cache, use_cache=True)
+                out = model.decode(torch.tensor([ids[-1:]], device=device), cache=cache)
             else:
-                context = ids[-max_len:]
+                context = torch.tensor([ids[-max_len:]], device=device)
                 fits = use_cache and len(ids) < max_len  # a cache primed here can still grow by one
-                out = model(torch.tensor([context], device=device), use_cache=fits)
+                out = model.decode(context) if fits else model(context)
             cache = out.cache
             token = sample_next(out.logits[0, -1], temperature, top_k, top_p, generator)
             ids.append(token)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from lm.attention_kinds import AttentionOptions
 from lm.config import ModelConfig
 from lm.model.attention import build_attention
-from lm.model.attention.base import ExactState, LinearState
+from lm.model.attention.base import Pass, State
 from lm.model.dropout import Dropout
 from lm.model.mlp import make_mlp
 from lm.model.norms import make_norm
@@ -22,10 +22,9 @@ class Block(nn.Module):
         *,
         max_len: int,
         generator: torch.Generator,
-        attention_options: AttentionOptions | None = None,
+        attention_options: AttentionOptions,
     ) -> None:
-        """attention_options: `cfg.attention_options` already resolved (the trunk resolves them once for all
-        its blocks); None resolves them here."""
+        """attention_options: `cfg.attention_options` resolved (by the trunk, once for all its blocks)."""
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.norm1 = make_norm(cfg.norm, cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
@@ -34,38 +33,25 @@ class Block(nn.Module):
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.drop = Dropout(cfg.dropout)
 
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        key_mask: Tensor | None,
-        causal: bool,
-        state: ExactState | LinearState | None = None,
-        offset: int = 0,
-        use_cache: bool = False,
-        return_attention: bool = False,
-        rows: slice | None = None,
-    ) -> tuple[Tensor, Tensor | None, ExactState | LinearState | None]:
-        """x: (B, L, E) -> (B, L, E), this layer's attention weights (or None), its new cache state.
-        rows: keep only these positions of the output (every position still serves as a key): a classifier
-        reading the CLS token needs just row 0 of the last block, which skips its output projection and MLP
-        for the other positions."""
-        kw = dict(
-            key_mask=key_mask,
-            causal=causal,
-            state=state,
-            offset=offset,
-            use_cache=use_cache,
-            return_attention=return_attention,
-            rows=rows,
-        )
-        residual = x if rows is None else x[:, rows]
+    def forward(self, x: Tensor, p: Pass) -> tuple[Tensor, Tensor | None]:
+        """x: (B, L, E) -> (B, L, E), and this layer's attention weights when p.return_attention."""
+        a = self.attn(self.attention_input(x), p)
+        return self.residuals(x, a.out), a.weights
+
+    def decode(self, x: Tensor, p: Pass, state: State | None) -> tuple[Tensor, State]:
+        """`forward` for the tokens after the cached ones: x (B, L, E) -> (B, L, E) and the grown state."""
+        out, state = self.attn.decode(self.attention_input(x), p, state)
+        return self.residuals(x, out), state
+
+    def attention_input(self, x: Tensor) -> Tensor:
+        """What the attention reads: the normed x (pre-norm) or x itself (post-norm)."""
+        return self.norm1(x) if self.pre_norm else x
+
+    def residuals(self, x: Tensor, attn_out: Tensor) -> Tensor:
+        """The rest of the block after attention: its residual, then the MLP sublayer. x: the block's input
+        (B, L, E), attn_out: the attention's output for the same rows."""
         if self.pre_norm:
-            a = self.attn(self.norm1(x), **kw)
-            x = residual + self.drop(a.out)
-            x = x + self.drop(self.mlp(self.norm2(x)))
-        else:
-            a = self.attn(x, **kw)
-            x = self.norm1(residual + self.drop(a.out))
-            x = self.norm2(x + self.drop(self.mlp(x)))
-        return x, a.weights, a.state
+            x = x + self.drop(attn_out)
+            return x + self.drop(self.mlp(self.norm2(x)))
+        x = self.norm1(x + self.drop(attn_out))
+        return self.norm2(x + self.drop(self.mlp(x)))

@@ -3,7 +3,7 @@
 * SequenceClassifier: bidirectional encoder, pooled (CLS = position 0, or mean over real tokens), a small
   tanh head (BERT pooler) -> one logit.
 * MaskedLM: bidirectional encoder + LM head (tied to the token embeddings when `tie_embeddings`).
-* CausalLM: causal decoder + LM head, with a KV cache for incremental decoding.
+* CausalLM: causal decoder + LM head; `decode` is its cached path (a KV cache for incremental decoding).
 
 Given `labels`, the LMs return the summed cross-entropy (`out.loss`) computed chunk by chunk with the head
 (lm_loss.py) instead of the full logits: that is how training calls them.
@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from lm.config import TASKS, ModelConfig, Task
 from lm.data.masking import IGNORE_INDEX
 from lm.errors import LmError
+from lm.model.attention.base import Pass
+from lm.model.block import Block
 from lm.model.dropout import Dropout
 from lm.model.lm_loss import linear_cross_entropy_sum
 from lm.model.transformer import KVCache, Transformer
@@ -32,7 +34,7 @@ class ModelOutput:
     logits: Tensor | None  # classify: (B,); mlm/clm: (B, L, V); None when an LM got `labels`
     loss: Tensor | None = None  # mlm/clm with `labels`: summed cross-entropy over the labelled positions
     attentions: list[Tensor] | None = None  # one (B, H, L, L) per layer when return_attention
-    cache: KVCache | None = None  # clm with use_cache only
+    cache: KVCache | None = None  # CausalLM.decode only
 
 
 def _key_mask(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None:
@@ -41,7 +43,8 @@ def _key_mask(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | None
         return None
     if attention_mask.shape != input_ids.shape:
         raise LmError(
-            f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids "
+            f"{tuple(input_ids.shape)}"
         )
     return attention_mask.to(device=input_ids.device) != 0
 
@@ -79,6 +82,10 @@ class _TaskModel(nn.Module):
 
 
 class SequenceClassifier(_TaskModel):
+    # CLS pooling reads position 0 only, so the last block computes that row alone (`cls_hidden`);
+    # benchmarks/train_step.py switches this off to time the model computing every row, as BERT does
+    cls_row_only = True
+
     def __init__(self, cfg: ModelConfig, *, vocab_size: int, max_len: int, pad_id: int, seed: int = 0):
         super().__init__(cfg, vocab_size=vocab_size, max_len=max_len, pad_id=pad_id, causal=False, seed=seed)
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
@@ -94,11 +101,10 @@ class SequenceClassifier(_TaskModel):
     ) -> ModelOutput:
         mask = _key_mask(attention_mask, input_ids)
         cls = self.config.pooling == "cls"
-        # CLS pooling reads position 0 only, so the last block computes that row alone (not when the full
-        # attention maps of the last layer are asked for)
-        rows = slice(0, 1) if cls and not return_attention else None
-        t = self.trunk(input_ids, mask, return_attention=return_attention, final_rows=rows)
-        h = t.hidden  # (B, L, E), or (B, 1, E)
+        if cls and self.cls_row_only and not return_attention:  # the full maps need every row
+            return ModelOutput(logits=self.pooled_logits(self.cls_hidden(input_ids, mask)))
+        t = self.trunk(input_ids, mask, return_attention=return_attention)
+        h = t.hidden  # (B, L, E)
         if cls:
             pooled = h[:, 0]
         else:
@@ -106,8 +112,29 @@ class SequenceClassifier(_TaskModel):
                 ..., None
             ]
             pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, E) mean over real tokens
-        logits = self.classifier(self.drop(torch.tanh(self.pooler(pooled)))).squeeze(-1)  # (B,)
-        return ModelOutput(logits=logits, attentions=t.attentions)
+        return ModelOutput(logits=self.pooled_logits(pooled), attentions=t.attentions)
+
+    def pooled_logits(self, pooled: Tensor) -> Tensor:
+        """BERT's pooler (tanh) and the classifier: (B, E) -> (B,) logits."""
+        return self.classifier(self.drop(torch.tanh(self.pooler(pooled)))).squeeze(-1)
+
+    def cls_hidden(self, input_ids: Tensor, key_mask: Tensor | None) -> Tensor:
+        """The trunk's output at the CLS position, (B, E), with its last block computing that row alone: the
+        other rows' output projection and MLP would only be thrown away (they still serve as keys there)."""
+        trunk = self.trunk
+        p = trunk.pass_for(input_ids, key_mask)
+        x = trunk.embed(input_ids)  # (B, L, E)
+        *body, last = trunk.blocks
+        for block in body:
+            x, _ = trunk.run(block, x, p)
+        x = trunk.run(cls_row, last, x, p)  # (B, 1, E)
+        return trunk.final_norm(x)[:, 0]
+
+
+def cls_row(block: Block, x: Tensor, p: Pass) -> Tensor:
+    """`block` for its first query (CLS) alone: x (B, L, E) -> (B, 1, E); keys and values from every row."""
+    heads, _ = block.attn.attend(block.attention_input(x), p)  # (B, H, L, d)
+    return block.residuals(x[:, :1], block.attn.merge(heads[:, :, :1], x.dtype))
 
 
 class MaskedLM(_TaskModel):
@@ -141,27 +168,27 @@ class CausalLM(_TaskModel):
         *,
         labels: Tensor | None = None,
         return_attention: bool = False,
-        cache: KVCache | None = None,
-        use_cache: bool = False,
     ) -> ModelOutput:
-        """With `use_cache`, returns `out.cache`; pass it back with the next tokens (cache=None starts one).
-        attention_mask may cover the new tokens only, or the cached plus the new tokens. labels: (B, L) next
-        token of each position (already shifted), IGNORE_INDEX where none -> out.loss (sum) instead of logits."""
+        """labels: (B, L) next token of each position (already shifted), IGNORE_INDEX where none -> out.loss
+        (sum) instead of logits."""
+        t = self.trunk(input_ids, _key_mask(attention_mask, input_ids), return_attention=return_attention)
+        logits, loss = self._head_output(t.hidden, labels)
+        return ModelOutput(logits=logits, loss=loss, attentions=t.attentions)
+
+    def decode(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> ModelOutput:
+        """Cached decoding: logits (B, L, V) of the new tokens input_ids (B, L), and `out.cache`, grown by
+        them; pass it back with the next tokens (cache=None starts one, e.g. with the prompt). attention_mask
+        may cover the new tokens only, or the cached plus the new ones."""
         if (
             attention_mask is not None
             and cache is not None
             and attention_mask.shape[1] == cache.length + input_ids.shape[1]
         ):
             attention_mask = attention_mask[:, cache.length :]
-        t = self.trunk(
-            input_ids,
-            _key_mask(attention_mask, input_ids),
-            cache=cache,
-            use_cache=use_cache,
-            return_attention=return_attention,
-        )
-        logits, loss = self._head_output(t.hidden, labels)
-        return ModelOutput(logits=logits, loss=loss, attentions=t.attentions, cache=t.cache)
+        hidden, cache = self.trunk.decode(input_ids, _key_mask(attention_mask, input_ids), cache)
+        return ModelOutput(logits=self.lm_head(hidden), cache=cache)
 
 
 _MODELS: dict[str, type[_TaskModel]] = {"classify": SequenceClassifier, "mlm": MaskedLM, "clm": CausalLM}

@@ -13,10 +13,14 @@ import math
 import torch
 from torch import Tensor
 
+from lm.attention_kinds import CosformerOptions
 from lm.model.attention.base import LinearAttention
 
 
 class CosformerAttention(LinearAttention):
+    kind = "cosformer"
+    Options = CosformerOptions
+
     def reweight_length(self, positions: Tensor, causal: bool) -> int:
         if self.opts.max_len is not None:
             return self.opts.max_len

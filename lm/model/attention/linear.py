@@ -8,9 +8,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from lm.attention_kinds import LinearOptions
 from lm.model.attention.base import LinearAttention
 
 
 class EluLinearAttention(LinearAttention):
+    kind = "linear"
+    Options = LinearOptions
+
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         return F.elu(u) + 1.0  # (B, H, L, d), strictly positive

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from lm.attention_kinds import PerformerOptions
 from lm.model.attention.base import LinearAttention
 
 
@@ -23,7 +24,8 @@ def gaussian_projection(
     n_heads: int, dim: int, m: int, *, orthogonal: bool, generator: torch.Generator
 ) -> Tensor:
     """(H, d, m) matrix of N(0, 1) columns; `orthogonal` draws blocks of d orthogonal columns whose norms
-    are resampled from the chi(d) distribution (Performer's ORF), so each column is still marginally N(0, I)."""
+    are resampled from the chi(d) distribution (Performer's ORF), so each column is still marginally
+    N(0, I)."""
     if not orthogonal:
         return torch.randn(n_heads, dim, m, generator=generator)
     n_blocks = math.ceil(m / dim)
@@ -42,6 +44,9 @@ def gaussian_projection(
 
 
 class PerformerAttention(LinearAttention):
+    kind = "performer"
+    Options = PerformerOptions
+
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
         H, d, m = self.n_heads, self.head_dim, self.opts.num_features

@@ -1,41 +1,66 @@
 """The attention registry: from a `model.attention` name to its class, and `build_attention`.
 
-The kinds and their typed options are declared once, in lm.attention_kinds (torch-free, so the config layer
-validates options without importing this package); here each kind's class is imported when first asked for.
+Each class says what it is (`kind`, `Options`); the registry lists the classes and reads those declarations,
+so a kind's identity never depends on where its class lives. lm.attention_kinds names the same kinds and
+options torch-free for the config; tests/test_attention.py checks that the two agree.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from lm.attention_kinds import (
-    AttentionOptions,
-    kind_spec,
-    resolve_attention_options,
+from lm.attention_kinds import AttentionOptions, options_model
+from lm.model.attention.base import Attention
+from lm.model.attention.cosformer import CosformerAttention
+from lm.model.attention.linear import EluLinearAttention
+from lm.model.attention.performer import PerformerAttention
+from lm.model.attention.rff import RffAttention
+from lm.model.attention.slay import (
+    SlayAnchorAttention,
+    SlayHadamardAttention,
+    SlayLaplaceAttention,
+    SlayNystromAttention,
+    SlayRandomMaclaurinAttention,
+    SlayTensorAttention,
 )
+from lm.model.attention.standard import RotaryAttention, StandardAttention
+from lm.model.attention.yat import YatAttention, YatSphericalAttention
 
 if TYPE_CHECKING:
     import torch
 
     from lm.config import ModelConfig
-    from lm.model.attention.base import Attention
+
+CLASSES: tuple[type[Attention], ...] = (
+    StandardAttention,
+    RotaryAttention,
+    EluLinearAttention,
+    PerformerAttention,
+    CosformerAttention,
+    RffAttention,
+    YatAttention,
+    YatSphericalAttention,
+    SlayHadamardAttention,
+    SlayTensorAttention,
+    SlayLaplaceAttention,
+    SlayRandomMaclaurinAttention,
+    SlayNystromAttention,
+    SlayAnchorAttention,
+)
+REGISTRY: dict[str, type[Attention]] = {cls.kind: cls for cls in CLASSES}
 
 
 def attention_class(kind: str) -> type[Attention]:
     """The class implementing `kind`; LmError naming model.attention for an unknown one."""
-    module, _, name = kind_spec(kind).implementation.rpartition(".")
-    return getattr(importlib.import_module(f"lm.model.attention.{module}"), name)
+    options_model(kind)  # the config's list of kinds: an unknown name fails there, with the choices
+    return REGISTRY[kind]
 
 
 def build_attention(
-    cfg: ModelConfig, *, max_len: int, generator: torch.Generator, options: AttentionOptions | None = None
+    cfg: ModelConfig, *, max_len: int, generator: torch.Generator, options: AttentionOptions
 ) -> Attention:
-    """One attention layer of kind `cfg.attention`; random buffers are drawn from `generator`. `options`: the
-    layer's options already resolved from `cfg.attention_options` (a model resolves them once for all its
-    layers); None resolves them here."""
-    if options is None:
-        options = resolve_attention_options(cfg.attention, cfg.attention_options)
+    """One attention layer of kind `cfg.attention` with `options` (resolved from `cfg.attention_options` once
+    by the model build, for all its layers); random buffers are drawn from `generator`."""
     return attention_class(cfg.attention)(
         d_model=cfg.d_model,
         n_heads=cfg.n_heads,

@@ -12,10 +12,14 @@ import math
 import torch
 from torch import Tensor
 
+from lm.attention_kinds import RffOptions
 from lm.model.attention.base import LinearAttention
 
 
 class RffAttention(LinearAttention):
+    kind = "rff"
+    Options = RffOptions
+
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
         H, d, m = self.n_heads, self.head_dim, self.opts.num_features

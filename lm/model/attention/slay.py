@@ -2,7 +2,7 @@
 
 Target kernel on unit vectors q^, k^ with x = q^.k^ and C = 2 + epsilon:
     k_sph(x) = x^2 / (C - 2x) = int_0^inf e^{-sC} x^2 e^{2sx} ds                       (Bernstein / Laplace)
-             ~ sum_r w_r x^2 e^{2 s_r x},  s_r = t_r / C, w_r = alpha_r / C            (Gauss-Laguerre, R nodes)
+             ~ sum_r w_r x^2 e^{2 s_r x},  s_r = t_r / C, w_r = alpha_r / C      (Gauss-Laguerre, R nodes)
 e^{2sx} is estimated with positive random features (Performer PRF, one N(0, I) matrix per node and head):
     phi_prf(u; s)_i = exp(clip(sqrt(2s) w_i.u - s, -clip, clip)) / sqrt(M)
 and x^2 with a polynomial map phi_poly; the two are fused per node, Psi_r = sqrt(w_r) fuse(phi_poly, phi_prf),
@@ -28,12 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lm.attention_kinds import SlayNystromOptions, SlayOptions, SlayPolyOptions, SlayWideOptions
 from lm.model.attention.base import LinearAttention
 from lm.model.attention.yat import unit
 
 
 def laguerre_nodes(R: int) -> tuple[Tensor, Tensor]:
-    """Gauss-Laguerre nodes t_r and weights alpha_r (numpy laggauss): int_0^inf e^-t f(t) dt ~ sum alpha_r f(t_r)."""
+    """Gauss-Laguerre nodes t_r and weights alpha_r (numpy laggauss):
+    int_0^inf e^-t f(t) dt ~ sum alpha_r f(t_r)."""
     t, a = np.polynomial.laguerre.laggauss(R)
     return torch.from_numpy(t), torch.from_numpy(a)
 
@@ -45,6 +47,7 @@ def unit_anchors(P: int, d: int, generator: torch.Generator) -> Tensor:
 
 
 class SlayBase(LinearAttention):
+    Options = SlayOptions
     stabilizer = "clamp"
 
     def init_buffers(self, generator: torch.Generator) -> None:
@@ -94,6 +97,9 @@ class SlayHadamardAttention(SlayBase):
     """Hadamard fusion with a shared projection: Psi_r = sqrt(w_r) (proj^2 / sqrt M) * PRF(proj). All > 0.
     It estimates a different kernel than x^2 e^{2sx} (docs/attention.md §3.10); kept as the fast baseline."""
 
+    kind = "slay"
+    Options = SlayWideOptions
+
     def features(self, u: Tensor, positions: Tensor, causal: bool) -> Tensor:
         u_hat = unit(u)
         parts = []
@@ -107,6 +113,9 @@ class SlayHadamardAttention(SlayBase):
 class SlayLaplaceAttention(SlayBase):
     """No polynomial factor: Psi = concat_r sqrt(alpha_r C / 4) PRF_r; sum_r w'_r e^{2 s_r x} approximates
     (C^2/4) / (C - 2x) = x^2/(C - 2x) + C/4 + x/2 (paper App. "On pure Laplace forms"). All > 0."""
+
+    kind = "slay-laplace"
+    Options = SlayWideOptions
 
     @staticmethod
     def quadrature_weights(alpha: Tensor, C: float) -> Tensor:
@@ -124,6 +133,9 @@ class SlayLaplaceAttention(SlayBase):
 class SlayTensorAttention(SlayBase):
     """TensorSketch of u (x) u: TS(u) = irfft(rfft(CS1 u) * rfft(CS2 u), n=P) / sqrt(P), two independent
     CountSketches (hash h_j: d -> P, sign s_j in {+-1}); E<TS(x), TS(y)> = (x.y)^2 / P. Signed."""
+
+    kind = "slay-tensor"
+    Options = SlayPolyOptions
 
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
@@ -146,6 +158,9 @@ class SlayRandomMaclaurinAttention(SlayBase):
     """Random Maclaurin degree 2: phi(u) = (r1 u) * (r2 u) / sqrt(P), r entries N(0, 1/d);
     E<phi(x), phi(y)> = (x.y)^2 / d^2. Signed, unbiased, high variance."""
 
+    kind = "slay-rm"
+    Options = SlayPolyOptions
+
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
         d, P = self.head_dim, self.opts.poly_dim
@@ -159,6 +174,9 @@ class SlayRandomMaclaurinAttention(SlayBase):
 class SlayNystromAttention(SlayBase):
     """Nystrom map of (x.y)^2 with random unit anchors A: phi(u) = [(a_p.u)^2]_p W / sqrt(P),
     W = (K_AA)^{-1/2}, K_AA = (A A^T)^{o2} + lambda I (eigenvalues clamped >= 1e-6). Signed."""
+
+    kind = "slay-nystrom"
+    Options = SlayNystromOptions
 
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)
@@ -178,7 +196,11 @@ class SlayNystromAttention(SlayBase):
 
 class SlayAnchorAttention(SlayBase):
     """Anchor features phi(u) = [(a_p.u)^2]_p / sqrt(P) >= 0 (the paper's recommended SLAY). Biased:
-    targets ~ (x^2 + 1/2) / (C - 2x) as P grows (docs/attention.md §3.15). All features > 0 up to ties at 0."""
+    targets ~ (x^2 + 1/2) / (C - 2x) as P grows (docs/attention.md §3.15). All features > 0 up to ties at
+    0."""
+
+    kind = "slay-anchor"
+    Options = SlayPolyOptions
 
     def init_buffers(self, generator: torch.Generator) -> None:
         super().init_buffers(generator)

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from lm.attention_kinds import AttentionOptions, RotaryOptions
 from lm.model.attention.base import ExactAttention
 
 
 class StandardAttention(ExactAttention):
+    kind = "standard"
+    Options = AttentionOptions
     fused = True  # scores are q.k / sqrt(d): the core is F.scaled_dot_product_attention
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
@@ -25,3 +28,6 @@ class StandardAttention(ExactAttention):
 
 class RotaryAttention(StandardAttention):
     """`standard` with RoPE always on (its options reject use_rope: false)."""
+
+    kind = "rotary"
+    Options = RotaryOptions

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from lm.attention_kinds import YatOptions, YatSphericalOptions
 from lm.model.attention.base import ExactAttention
 
 
@@ -72,6 +73,9 @@ def unit(u: Tensor) -> Tensor:
 
 
 class YatAttention(ExactAttention):
+    kind = "yat"
+    Options = YatOptions
+
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         dot = q @ k.transpose(-1, -2)  # (B, H, Lq, Lk); distance^2 = |q|^2 + |k|^2 - 2 q.k, clamped at 0
         return _RationalScores.apply(
@@ -80,6 +84,9 @@ class YatAttention(ExactAttention):
 
 
 class YatSphericalAttention(ExactAttention):
+    kind = "yat-spherical"
+    Options = YatSphericalOptions
+
     @property
     def normalization(self) -> str:  # type: ignore[override]
         return self.opts.normalization
