@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from lm.attention_kinds import KINDS, AttentionKind, resolve_attention_options
+from lm.attention_kinds import KINDS, AttentionKind, resolve_attention_options, set_options
 from lm.errors import LmError, first_problem, host_port
 from lm.labels import auto_label_names
 from lm.special_tokens import SPECIAL_TOKENS
@@ -268,7 +268,7 @@ class ModelConfig(Section):
     @classmethod
     def _set_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Only the options set (a null means the kind's default), so configs and checkpoints record those."""
-        return {k: v for k, v in options.items() if v is not None}
+        return set_options(options)
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:

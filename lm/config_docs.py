@@ -139,8 +139,8 @@ def option_keys() -> dict[str, tuple[list[str], str]]:
     kinds: dict[str, list[str]] = {}
     described: dict[str, str] = {}
     defaults: dict[str, set[str]] = {}
-    for kind, spec in KINDS.items():
-        for key, field in spec.options.model_fields.items():
+    for kind, options in KINDS.items():
+        for key, field in options.model_fields.items():
             kinds.setdefault(key, []).append(kind)
             described.setdefault(key, field.description or "")
             defaults.setdefault(key, set()).add(render_value(field.default))
