@@ -1,8 +1,8 @@
-"""Fine-tuning step time: lm started from a Hugging Face checkpoint (train.init_from) vs the transformers model
-loaded from the same directory, measured side by side.
+"""Fine-tuning step time: lm started from a Hugging Face checkpoint (train.init_from) vs the transformers
+model loaded from the same directory, measured side by side.
 
     python benchmarks/finetune.py            # 2 threads; 2 warm-up and 3 x 4 timed steps per model
-    python benchmarks/finetune.py --quick    # 1 warm-up and 2 timed steps per model (about a minute on 2 cores)
+    python benchmarks/finetune.py --quick    # 1 warm-up and 2 timed steps per model (a minute on 2 cores)
 
 Pairs (eager PyTorch, float32, CPU), each built from one random checkpoint written by `save_pretrained`:
 * classify: a BERT encoder of the MiniLM-L6 shape (hidden 384, 6 layers, 12 heads, intermediate 1536, vocab
@@ -111,7 +111,8 @@ def hf_from(task: str, path: Path, lm: torch.nn.Module) -> torch.nn.Module:
 
 
 def make_batch(task: str, vocab: int, batch: int, seq: int) -> dict:
-    """lm's prepared batch (objective.prepare) plus `hf_labels`, the same targets in Hugging Face's convention."""
+    """lm's prepared batch (objective.prepare) plus `hf_labels`, the same targets in Hugging Face's
+    convention."""
     from lm.data.masking import IGNORE_INDEX
 
     g = torch.Generator().manual_seed(0)
@@ -161,7 +162,7 @@ def lm_step(model: torch.nn.Module, task: str, b: dict) -> Callable[[], float]:
     model.train()
 
     def step() -> float:
-        stats = optimizer_step(
+        row = optimizer_step(
             model=model,
             wrapped=model,
             ddp=None,
@@ -173,7 +174,7 @@ def lm_step(model: torch.nn.Module, task: str, b: dict) -> Callable[[], float]:
             grad_clip=CLIP,
             amp="none",
         )
-        return stats.loss_sum / stats.count
+        return float(row["train_loss"])  # a host number, as the Hugging Face step returns
 
     return step
 
@@ -267,7 +268,8 @@ def main() -> None:
         row = bench(task, dropout=args.dropout, repeats=repeats, steps=steps, warmup=warmup)
         rows.append(row)
         print(
-            f"{task:9} {row['lm_ms_per_step']:>8.1f} {row['hf_ms_per_step']:>8.1f} {row['lm_over_hf_speed']:>12.2f}"
+            f"{task:9} {row['lm_ms_per_step']:>8.1f} {row['hf_ms_per_step']:>8.1f} "
+            f"{row['lm_over_hf_speed']:>12.2f}"
             f"   same initial loss: {row['same_initial_loss']}",
             flush=True,
         )
