@@ -328,6 +328,12 @@ class TrainValidation(Section):
     """Validation and checkpoints: which weights are kept, when to stop, where training starts from."""
 
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation passes")
+    log_every: int = Field(
+        10,
+        ge=1,
+        description="optimizer steps between reading the steps' losses and norms from the device (the loop's "
+        "one wait for it); every step is logged either way",
+    )
     patience: int | None = Field(
         None, ge=1, description="early stop after this many evals without improvement; null: never"
     )

@@ -1,6 +1,6 @@
-"""Fine-tuning parity with Hugging Face transformers, step by step: the same pretrained weights, the same batches
-in the same order, the same hyperparameters, float32 and no dropout give the same training loss at every one of
-20 optimizer steps (1e-4), the same gradient norms and learning rates, and the same final logits.
+"""Fine-tuning parity with Hugging Face transformers, step by step: the same pretrained weights, the same
+batches in the same order, the same hyperparameters, float32 and no dropout give the same training loss at
+every one of 20 optimizer steps (1e-4), the same gradient norms and learning rates, and the same final logits.
 
 lm runs its own training code: `build_trainee` (the model, train.init_from from the Hugging Face directory,
 AdamW and the warmup + cosine schedule of lm/train/optim.py), the task objective, and `train_step`
@@ -11,8 +11,9 @@ model math, not for lm's training policy, so it follows lm's policy where the tw
 - AdamW with lm's betas (0.9, 0.98), eps 1e-8, and weight decay on weight matrices only (not on embeddings,
   norms or biases: lm's rule, restated here by name; the HF Trainer would also decay embeddings);
 - the lr of lm's schedule (linear warmup, then cosine to min_lr), restated as a LambdaLR;
-- gradient accumulation: each micro-batch's mean loss is weighted by its share of the step's targets (examples,
-  or labelled tokens), which makes the step's loss the mean over the whole step, as lm's normalisation does;
+- gradient accumulation: each micro-batch's mean loss is weighted by its share of the step's targets
+  (examples, or labelled tokens), which makes the step's loss the mean over the whole step, as lm's
+  normalisation does;
 - gradient clipping of the total norm at train.grad_clip.
 BERT's segment-0 token-type row is lm's `trunk.type_emb` (model.token_type), trained on both sides.
 """
@@ -33,9 +34,9 @@ from lm.data.batches import RowItems  # noqa: E402
 from lm.data.masking import IGNORE_INDEX  # noqa: E402
 from lm.data.objectives import CausalLMObjective, ClassifyObjective  # noqa: E402
 from lm.train.distributed import Dist  # noqa: E402
-from lm.train.state import Progress  # noqa: E402
+from lm.train.logging import host_rows  # noqa: E402
 from lm.train.step import train_step  # noqa: E402
-from lm.train.stream import TrainStream  # noqa: E402
+from lm.train.stream import TrainStream, step_seed  # noqa: E402
 from lm.train.trainee import build_trainee  # noqa: E402
 
 STEPS, BATCH, ACCUM = 20, 4, 2  # 20 optimizer steps of 2 micro-batches of 4
@@ -129,7 +130,7 @@ LM_GPT2 = ModelConfig(
 pytestmark = pytest.mark.usefixtures("hf_quiet")
 
 
-# ---- lm's side: its trainee, objective and step ---------------------------------------------------------------
+# ---- lm's side: its trainee, objective and step ------------------------------------------------------------
 
 
 def lm_run(task: str, model_cfg: ModelConfig, source, stream, objective):
@@ -142,30 +143,31 @@ def lm_run(task: str, model_cfg: ModelConfig, source, stream, objective):
     trainee, note = build_trainee(params, enc, STEPS, WORLD, fresh=True)
     assert "init_from=" in note
     start = {k: v.clone() for k, v in trainee.model.state_dict().items()}
-    progress, log = Progress(), []
-    for _ in range(STEPS):
+    log = []
+    for step in range(STEPS):
+        micro = [objective.prepare(b, train=True, epoch=0) for b in stream.micro_batches(0, step)]
+        torch.manual_seed(step_seed(params.seed, step, WORLD.rank))  # as the loop does (no dropout here)
         log.append(
             train_step(
                 trainee,
                 objective,
-                stream,
-                progress,
-                seed=params.seed,
+                micro,
+                step=step,
                 world=WORLD,
                 grad_clip=params.train.grad_clip,
                 amp="none",
             )
         )
-    return trainee, start, log
+    return trainee, start, host_rows(log)
 
 
-# ---- the Hugging Face side: a plain torch loop ----------------------------------------------------------------
+# ---- the Hugging Face side: a plain torch loop -------------------------------------------------------------
 
 
 def lm_policy_groups(
     model: torch.nn.Module, weight_decay: float, no_decay_words: tuple[str, ...]
 ) -> list[dict]:
-    """AdamW groups by lm's rule, stated by name: decay 2-D weights except embeddings; norms and biases never."""
+    """AdamW groups by lm's rule, stated by name: decay 2-D weights but embeddings; norms and biases never."""
     decay, rest = [], []
     for name, p in model.named_parameters():  # a tied weight appears once
         if not p.requires_grad:
@@ -175,7 +177,8 @@ def lm_policy_groups(
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float):
-    """lm's lr multiplier: (s+1)/warmup during warmup, then a cosine from 1 (step warmup) to min_ratio (last step)."""
+    """lm's lr multiplier: (s+1)/warmup during warmup, then a cosine from 1 (step warmup) to min_ratio (the
+    last step)."""
 
     def factor(s: int) -> float:
         if s < warmup:
@@ -213,8 +216,9 @@ def hf_run(
 
 
 def assert_same_decay(lm_optimizer: torch.optim.Optimizer, groups: list[dict], unused: int = 0) -> None:
-    """The HF groups decay as many weights, at the same rate, as lm's optimizer does; `unused` HF weights in the
-    undecayed group have no lm counterpart and never change (BERT's segment-1 token-type row: no gradient)."""
+    """The HF groups decay as many weights, at the same rate, as lm's optimizer does; `unused` HF weights in
+    the undecayed group have no lm counterpart and never change (BERT's segment-1 token-type row: no
+    gradient)."""
 
     def split(gs):  # (weight_decay, elements) of each group
         return sorted((g["weight_decay"], sum(p.numel() for p in g["params"])) for g in gs)
@@ -224,7 +228,8 @@ def assert_same_decay(lm_optimizer: torch.optim.Optimizer, groups: list[dict], u
 
 
 def assert_same_logits(ours: torch.Tensor, ref: torch.Tensor, start: torch.Tensor) -> None:
-    """The trained models agree, and training moved them far beyond the tolerance (no parity of idle weights)."""
+    """The trained models agree, and training moved them far beyond the tolerance (no parity of idle
+    weights)."""
     torch.testing.assert_close(ours, ref, rtol=0, atol=TOL)
     assert (ref - start).abs().max() > 1000 * TOL
 
@@ -239,7 +244,7 @@ def assert_same_run(ours: list[dict], ref: list[dict]) -> None:
     np.testing.assert_allclose([r["lr"] for r in ours], [r["lr"] for r in ref], rtol=1e-12)
 
 
-# ---- BERT classifier -----------------------------------------------------------------------------------------
+# ---- BERT classifier ---------------------------------------------------------------------------------------
 
 
 def bert_checkpoint(path) -> None:
@@ -249,9 +254,9 @@ def bert_checkpoint(path) -> None:
 
 
 def bert_stream(n_docs: int = STEPS * BATCH * ACCUM, seed: int = 0) -> TrainStream:
-    """lm's TrainStream over document rows of random tokens: right-padded micro-batches of various widths, soft
-    targets in [0, 1]: high (0.7 to 1) for the documents holding the marker token 1 somewhere, low (0 to 0.3)
-    for the others, so there is something to learn."""
+    """lm's TrainStream over document rows of random tokens: right-padded micro-batches of various widths,
+    soft targets in [0, 1]: high (0.7 to 1) for the documents holding the marker token 1 somewhere, low (0 to
+    0.3) for the others, so there is something to learn."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(3, 25, n_docs).astype(np.int32)
     tokens = rng.integers(2, V, (n_docs, int(lengths.max())))
@@ -285,7 +290,8 @@ def bert_loss(model, b: dict) -> torch.Tensor:
 
 
 def bert_pair(tmp_path):
-    """Fine-tune lm and BERT from the same checkpoint on the same batches; (lm model, lm log, HF model, HF log)."""
+    """Fine-tune lm and BERT from the same checkpoint on the same batches: (lm model, lm log, HF model,
+    HF log)."""
     bert_checkpoint(tmp_path)
     objective = ClassifyObjective(threshold=0.5, pos_weight=None, soft_labels=True)
     trainee, start, ours = lm_run("classify", LM_BERT, tmp_path, bert_stream(), objective)
@@ -325,7 +331,7 @@ def test_finetune_parity_bert_token_type_row_trains_as_in_transformers(tmp_path)
     assert (ours - start["trunk.type_emb.weight"][0]).abs().max() > 1e-3
 
 
-# ---- GPT-2 causal LM -----------------------------------------------------------------------------------------
+# ---- GPT-2 causal LM ---------------------------------------------------------------------------------------
 
 
 def gpt2_checkpoint(path) -> None:

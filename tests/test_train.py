@@ -135,7 +135,8 @@ def test_clipping_sees_the_whole_accumulated_gradient(tmp_path, task):
     # brute force: one batch of 8, mean loss, plain autograd
     objective, (full,) = _micro_batches(root, params, batch=8, accum=1)
     ref = _model(params)
-    (objective.loss_sum(ref, full) / full["count"]).backward()
+    mean_loss = objective.loss_sum(ref, full) / full["count"]
+    mean_loss.backward()
     g = torch.cat([p.grad.flatten() for p in ref.parameters() if p.grad is not None])
     g_norm = float(g.norm())
     clip = g_norm / 10  # active
@@ -144,7 +145,7 @@ def test_clipping_sees_the_whole_accumulated_gradient(tmp_path, task):
     model = _model(params)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-    stats = optimizer_step(
+    row = optimizer_step(
         model=model,
         wrapped=model,
         ddp=None,
@@ -156,8 +157,10 @@ def test_clipping_sees_the_whole_accumulated_gradient(tmp_path, task):
         grad_clip=clip,
         amp="none",
     )
-    assert stats.grad_norm == pytest.approx(g_norm, rel=1e-5)
-    assert stats.count == full["count"]
+    assert float(row["grad_norm"]) == pytest.approx(g_norm, rel=1e-5)
+    # normalised by the targets of all 8 rows
+    assert float(row["train_loss"]) == pytest.approx(float(mean_loss.detach()), rel=1e-6)
+    assert int(row["tokens"]) == int(full["attention_mask"].sum())
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         expected = before[name] - (q.grad * (clip / g_norm) if q.grad is not None else 0)
         assert torch.allclose(p.detach(), expected, atol=1e-6), name
@@ -165,12 +168,13 @@ def test_clipping_sees_the_whole_accumulated_gradient(tmp_path, task):
 
 @dataclass(frozen=True)
 class SimulatedRank(Dist):
-    """One rank of a simulated DDP group in this process: all_reduce_sum adds what the other ranks hold."""
+    """One rank of a simulated DDP group in this process: summing the step's target count over the ranks adds
+    what the other ranks hold (the sums of losses and tokens, which are only logged, stay this rank's)."""
 
-    others: tuple[float, ...] = ()
+    others_count: float = 0.0
 
-    def all_reduce_sum(self, values: list[float]) -> list[float]:
-        return [v + o for v, o in zip(values, self.others, strict=True)]
+    def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return t + self.others_count if t.ndim == 0 else t
 
 
 @pytest.mark.parametrize("task", ["classify", "mlm"])
@@ -178,9 +182,9 @@ class SimulatedRank(Dist):
 def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradient(
     tmp_path, task, world, accum
 ):
-    """Plain SGD(lr=1) shows the gradient's scale (Adam would hide it): the update of each simulated rank is its
-    gradient, and DDP averages the ranks' gradients. That average must be the gradient of the mean loss over
-    the whole global batch of 8, whatever its split into ranks x micro-batches (mlm: ranks hold different
+    """Plain SGD(lr=1) shows the gradient's scale (Adam would hide it): the update of each simulated rank is
+    its gradient, and DDP averages the ranks' gradients. That average must be the gradient of the mean loss
+    over the whole global batch of 8, whatever its split into ranks x micro-batches (mlm: ranks hold different
     numbers of masked tokens, so each normalises by the global count, times world for DDP's averaging)."""
     root = _data(tmp_path, task)
     params = _params(task)
@@ -217,7 +221,7 @@ def test_sgd_step_of_ranks_and_micro_batches_equals_one_batchs_mean_loss_gradien
             world_size=world,
             local_rank=r,
             device=torch.device("cpu"),
-            others=(sum(counts) - counts[r],),
+            others_count=sum(counts) - counts[r],
         )
         optimizer_step(
             model=model,
@@ -438,7 +442,8 @@ def test_min_steps_adds_epochs_to_a_small_corpus_only(tmp_path):
 
 
 def test_soft_labels_are_bce_against_the_target_score():
-    """soft_labels: the loss is BCE against the annotators' share; the validation AUC still uses 0/1 labels."""
+    """soft_labels: the loss is BCE against the annotators' share; the validation AUC still uses 0/1
+    labels."""
     objective = ClassifyObjective(threshold=0.5, pos_weight=2.0, soft_labels=True)
     targets = torch.tensor([0.9, 0.1, 0.5, 0.33])
     logits = torch.tensor([0.3, -1.2, 2.0, 0.1])
@@ -582,7 +587,8 @@ def test_early_stopping_keeps_and_exports_the_best_weights(tmp_path, monkeypatch
 
 
 def test_classifier_selects_by_validation_roc_auc_not_loss(tmp_path, monkeypatch):
-    """The exported weights are those of the best validation ROC-AUC, even where the loss was lower elsewhere."""
+    """The exported weights are those of the best validation ROC-AUC, even where the loss was lower
+    elsewhere."""
     from safetensors.torch import load_file
 
     root = _data(tmp_path, "classify")
@@ -711,6 +717,27 @@ def test_crash_and_resume_is_bit_identical_and_does_not_replay_data(tmp_path, mo
     assert resumed.best_step == whole.best_step and resumed.stopped_early == whole.stopped_early
     tsv = (root / "reports" / "broken" / "plots" / "metrics" / "train_loss.tsv").read_text().splitlines()[1:]
     assert [int(line.split("\t")[0]) for line in tsv] == list(range(1, whole.steps + 1))
+
+
+@pytest.mark.parametrize("task", ["classify", "mlm"])
+def test_log_every_changes_when_rows_are_read_not_what_is_logged(tmp_path, task):
+    """train.log_every only sets how often the loop reads the steps' numbers from the device: every step's
+    row, the validation passes and the weights are the same whatever it is (tokens_per_s, a timing, aside)."""
+    root = _data(tmp_path, task)
+    runs = {
+        n: _train(root, _params(task, **{"train.log_every": n, "model.dropout": 0.1}), out=f"log{n}")
+        for n in (1, 5, 100)
+    }
+
+    def logged(result):
+        return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in result.step_log]
+
+    for n in (5, 100):
+        assert logged(runs[n]) == logged(runs[1]) and runs[n].history == runs[1].history
+        assert all(row["tokens_per_s"] > 0 for row in runs[n].step_log)
+        a, b = _weights(root, "log1"), _weights(root, f"log{n}")
+        assert all(torch.equal(a[name], b[name]) for name in a)
+    assert len(runs[1].step_log) == runs[1].steps >= 8
 
 
 def test_token_dropout_applies_to_training_batches_only(tmp_path):

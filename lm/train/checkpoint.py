@@ -97,6 +97,7 @@ RUNTIME_KEYS = (
     "train.backend",
     "train.device",
     "train.compile",
+    "train.log_every",
     "train.node_rank",
     "train.rdzv_endpoint",
     "train.rdzv_backend",

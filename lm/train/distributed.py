@@ -1,6 +1,6 @@
 """All DDP plumbing in one place: where this process stands (rank, world size, local rank, read once from the
-launcher's environment), which device it computes on, rank-0 I/O, all-reduced sums, and a process group that is
-always destroyed.
+launcher's environment), which device it computes on, rank-0 I/O, all-reduced sums, and a process group that
+is always destroyed.
 
 Launchers. `lm train` starts torchrun itself when train.nproc or train.nnodes asks for more than one process
 (stages/train.py). A process that some other launcher already started is recognised and trains as the rank it
@@ -57,6 +57,14 @@ class Dist:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
+
+    def sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` (on this process's device) summed over all ranks, in place, as a tensor: the host does not wait
+        for the result (NCCL queues the collective on the device), so a training step can all-reduce its
+        counts without a synchronisation."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
 
     def barrier(self) -> None:
         if self.enabled:

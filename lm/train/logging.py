@@ -19,6 +19,17 @@ STEP_METRICS = ("train_loss", "lr", "grad_norm", "tokens_per_s")  # every optimi
 EVAL_METRICS = ("val_loss", "val_roc_auc", "train_loss_avg")  # every validation pass (val_roc_auc: classify)
 
 
+def host_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of `rows` with every tensor value a Python float, copied from the device in one transfer: where
+    the training loop waits for the device, once per logging interval.
+
+    >>> host_rows([{"step": 1, "loss": torch.tensor(0.5)}, {"step": 2, "loss": torch.tensor(0.25)}])
+    [{'step': 1, 'loss': 0.5}, {'step': 2, 'loss': 0.25}]"""
+    tensors = [v for row in rows for v in row.values() if isinstance(v, torch.Tensor)]
+    numbers = iter(torch.stack([t.detach().reshape(()) for t in tensors]).tolist() if tensors else [])
+    return [{k: next(numbers) if isinstance(v, torch.Tensor) else v for k, v in row.items()} for row in rows]
+
+
 class StepLog:
     """One dict per optimizer step ({"step", *STEP_METRICS, *EVAL_METRICS where evaluated}); stored as
     float64 columns (NaN = not logged at that step) so a long run's checkpoint stays compact."""

@@ -3,7 +3,8 @@ periodic validation with early stopping, periodic checkpoints, exact resume, bes
 
 `train()` builds the run's components once (plan.TrainData, trainee.Trainee, checkpoint.Checkpointer,
 validation.Validator, logging.TrainLogger) and then loops over named phases: step (lm.train.step, which also
-explains the loss normalisation), validate when due, checkpoint when due, and at the end export.
+explains the loss normalisation), log every train.log_every steps (the only point where the host waits for the
+device), validate when due, checkpoint when due, and at the end export. Only the loop advances the progress.
 
 Exact resume: what a step computes depends only on the weights, the optimizer/scheduler/scaler state and
 (seed, epoch, step, rank): the data order comes from lm.train.stream, mlm masks from a hash, and the torch RNG
@@ -27,10 +28,11 @@ from lm.config import Params
 from lm.model.export import export_config, export_model
 from lm.train.checkpoint import CHECKPOINT, Checkpointer, why_not_resumable
 from lm.train.distributed import Dist, distributed
-from lm.train.logging import TrainLogger
+from lm.train.logging import TrainLogger, host_rows
 from lm.train.plan import TrainData, open_data
 from lm.train.state import Progress
 from lm.train.step import check_amp, train_step
+from lm.train.stream import step_seed
 from lm.train.trainee import Trainee, build_trainee
 from lm.train.validation import Validator, exported_state
 
@@ -131,39 +133,85 @@ class _Run:
 def _run_steps(
     run: _Run, progress: Progress, best: dict[str, torch.Tensor] | None
 ) -> dict[str, torch.Tensor] | None:
-    """Step until the plan is done or early stopping: validate when due, log, checkpoint when due. Returns the
-    weights to export: the best validated so far on rank 0 (None on the other ranks, which export nothing)."""
-    cfg, world, data = run.params.train, run.world, run.data
+    """Step until the plan is done or early stopping; log the steps' rows every train.log_every steps and
+    before validating or saving (validating when due); checkpoint when due. Only this loop advances the
+    progress. Returns the weights to export: the best validated so far on rank 0 (None on the other ranks)."""
+    cfg, data = run.params.train, run.data
     checkpoint_every = cfg.checkpoint_every or cfg.eval_every
     started, seconds_before = time.perf_counter(), progress.seconds
+    pending: list[dict[str, Any]] = []  # rows of the steps not logged yet, their numbers still on the device
     while progress.step < data.total_steps and not progress.stopped_early:
         if progress.step_in_epoch >= data.plan[progress.epoch]:  # the epoch is done
             progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
             continue
-        row = train_step(
-            run.trainee,
-            data.objective,
-            data.stream,
-            progress,
-            seed=run.params.seed,
-            world=world,
-            grad_clip=cfg.grad_clip,
-            amp=cfg.amp,
-        )
-        improved = run.validator.due(progress.step) and run.validator.validate(run.trainee, progress, row)
-        if improved and world.is_main:
-            best = exported_state(run.trainee.model, run.trainee.average)
-        progress.log.append(row)
-        run.logger.log(row)
+        pending.append(_step(run, progress))
+        progress.step, progress.step_in_epoch = progress.step + 1, progress.step_in_epoch + 1
+        validating = run.validator.due(progress.step)  # also after the last step: the loop ends logged
+        saving = progress.step % checkpoint_every == 0 and progress.step < data.total_steps
+        if validating or saving or progress.step % cfg.log_every == 0:  # the rows' numbers are needed
+            best = _log(run, progress, pending, validating, best)
+            pending = []
         progress.seconds = seconds_before + time.perf_counter() - started
-        if (
-            progress.step % checkpoint_every == 0
-            and progress.step < data.total_steps
-            and not progress.stopped_early
-        ):
+        if saving and not progress.stopped_early:
             run.checkpointer.save(progress, best, finished=False)
     progress.seconds = seconds_before + time.perf_counter() - started
     return best
+
+
+def _step(run: _Run, progress: Progress) -> dict[str, Any]:
+    """The step at `progress`'s position, which it leaves as it is: this rank's batches and dropout seed are
+    functions of the position (what makes a resume exact). Its log row, numbers on the device, with when it
+    started and how long the host took."""
+    t0 = time.perf_counter()
+    cfg, world = run.params.train, run.world
+    micro = run.data.step_batches(progress.epoch, progress.step_in_epoch)
+    torch.manual_seed(step_seed(run.params.seed, progress.step, world.rank))  # dropout: a function of it
+    row = train_step(
+        run.trainee,
+        run.data.objective,
+        micro,
+        step=progress.step,
+        world=world,
+        grad_clip=cfg.grad_clip,
+        amp=cfg.amp,
+    )
+    return {**row, "started": t0, "seconds": time.perf_counter() - t0}
+
+
+def _log(
+    run: _Run,
+    progress: Progress,
+    pending: list[dict[str, Any]],
+    validate: bool,
+    best: dict[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor] | None:
+    """The log phase, for the steps since the last one: their rows read from the device (the loop's one wait
+    for it) and recorded in the progress, the validation pass after the last of them when `validate`, and the
+    rows logged. Returns the weights to export, updated when the validation found better ones."""
+    rows = _record(progress, pending)
+    if validate and run.validator.validate(run.trainee, progress, rows[-1]) and run.world.is_main:
+        best = exported_state(run.trainee.model, run.trainee.average)
+    for row in rows:
+        progress.log.append(row)
+        run.logger.log(row)
+    return best
+
+
+def _record(progress: Progress, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The logged rows of the pending steps, their numbers copied from the device at once, recorded in the
+    progress (tokens seen, the losses since the last validation). tokens_per_s: a GPU runs steps after the
+    host has queued them, and the host waits for it here, so the steps share the wall time since the first of
+    them started in proportion to the host's time for each (on a CPU: each step's own time)."""
+    rows = host_rows(pending)
+    wall = time.perf_counter() - rows[0]["started"]
+    stretch = wall / max(sum(row["seconds"] for row in rows), 1e-9)
+    for row in rows:
+        tokens, seconds = row.pop("tokens"), row.pop("seconds") * stretch
+        del row["started"]
+        row["tokens_per_s"] = tokens / max(seconds, 1e-9)
+        progress.tokens_seen += int(tokens)
+        progress.running.append(row["train_loss"])
+    return rows
 
 
 def export_best(
@@ -184,7 +232,8 @@ def _header(params: Params, data: TrainData, trainee: Trainee, world: Dist) -> s
     return (
         f"[bold]train[/] task={params.task} attention={params.model.attention} "
         f"params={parameter_count(trainee.model):,} items={len(data.train_items)} "
-        f"steps={data.total_steps} processes={world.world_size}{_machines(world)} device={world.device} amp={cfg.amp}"
+        f"steps={data.total_steps} processes={world.world_size}{_machines(world)} device={world.device} "
+        f"amp={cfg.amp}"
     )
 
 

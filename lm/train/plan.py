@@ -1,5 +1,5 @@
-"""What a run trains on and for how long: the encoded corpus, its train/validation items, the task's objective,
-the stream of batches every rank draws and the number of optimizer steps in each epoch.
+"""What a run trains on and for how long: the encoded corpus, its train/validation items, the task's
+objective, the stream of batches every rank draws and the number of optimizer steps in each epoch.
 """
 
 from __future__ import annotations
@@ -58,6 +58,14 @@ class TrainData:
     def total_steps(self) -> int:
         return sum(self.plan)
 
+    def step_batches(self, epoch: int, step_in_epoch: int) -> list[dict[str, Any]]:
+        """This rank's micro-batches of the step at (epoch, step_in_epoch), prepared by the objective (mlm
+        masks, target counts) on the host's CPU tensors, before they go to the device."""
+        return [
+            self.objective.prepare(b, train=True, epoch=epoch)
+            for b in self.stream.micro_batches(epoch, step_in_epoch)
+        ]
+
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run checks to be sure it trains on the same data."""
         return {
@@ -97,6 +105,7 @@ def open_data(params: Params, encoded_dir: Path, split_dir: Path, world: Dist) -
     if sum(plan) == 0:
         raise LmError(
             f"train: {len(train_items)} training items are fewer than one step of train.batch_size x "
-            f"train.grad_accum_steps x {world.world_size} processes = {stream.global_batch}; lower train.batch_size"
+            f"train.grad_accum_steps x {world.world_size} processes = {stream.global_batch}; "
+            "lower train.batch_size"
         )
     return TrainData(enc, parts["train"], train_items, val_items, objective, stream, plan)

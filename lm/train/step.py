@@ -1,19 +1,19 @@
-"""The step phase of the loop: one optimizer step over the accumulated micro-batches of every rank.
+"""The step phase of the loop: one optimizer step over the accumulated micro-batches of every rank, read on
+one screen in `optimizer_step` (forward under autocast, scale the loss, backward, clip, step, zero grad; the
+loss normalisation is explained there). Gradients are all-reduced once per optimizer step (DDP `no_sync` on
+every micro-step but the last), and clipping sees the whole accumulated gradient.
 
-Loss normalisation: every micro-batch returns a loss SUM and its target count; the count of the whole
-accumulated step is all-reduced first, and each micro-batch backpropagates sum * world / global_count. DDP
-averages gradients over ranks (dividing by world), so the update equals one big batch's mean loss exactly,
-whatever the split into processes and micro-batches. Gradients are all-reduced once per optimizer step (DDP
-`no_sync` on every micro-step but the last), and clipping sees the whole accumulated gradient.
+No host synchronisation: the losses, token and target counts stay tensors on the device (the counts are
+all-reduced as tensors) and a step returns its log row as 0-d tensors. The loop turns rows into numbers once
+per logging interval (train.log_every) and before it validates or saves, so a GPU runs ahead of the host
+between logs. tests/test_architecture_step.py checks that nothing here converts a tensor to a number.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,10 +22,8 @@ from torch import nn
 from lm.data.objectives import to_device
 from lm.errors import LmError
 from lm.train.distributed import Dist
-from lm.train.stream import TrainStream, step_seed
 
 if TYPE_CHECKING:
-    from lm.train.state import Progress
     from lm.train.trainee import Trainee
 
 
@@ -40,13 +38,15 @@ def autocast_ctx(device: torch.device, amp: str):
 def check_amp(device: torch.device, amp: str) -> None:
     """Refuse, in one line naming train.amp, mixed precision the device or this torch cannot run, instead of
     failing mid-step or (what autocast does with a dtype it lacks) silently training in float32: bf16 needs an
-    Ampere or newer GPU on CUDA and macOS 14 on MPS; fp16 on MPS needs a GradScaler there (torch 2.8 or newer)."""
+    Ampere or newer GPU on CUDA and macOS 14 on MPS; fp16 on MPS needs a GradScaler there (torch 2.8 or
+    newer)."""
     if amp == "none":
         return
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     if not torch.amp.is_autocast_available(device.type):
         raise LmError(
-            f"train.amp={amp}: this torch has no autocast on {device.type}: set train.amp: none, or upgrade torch"
+            f"train.amp={amp}: this torch has no autocast on {device.type}: set train.amp: none, or upgrade "
+            "torch"
         )
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise LmError(
@@ -83,12 +83,10 @@ def _grad_scaler_works(device: torch.device) -> bool:
     return True
 
 
-@dataclass
-class StepStats:
-    loss_sum: float  # this rank's loss sum over the step's micro-batches
-    count: float  # targets of the step over all ranks
-    tokens: int  # real tokens this rank processed
-    grad_norm: float  # of the whole accumulated (and all-reduced) gradient, before clipping
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the step's loss and count sums: float64 (as exact as the Python floats they replace),
+    float32 on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def optimizer_step(
@@ -103,48 +101,53 @@ def optimizer_step(
     scaler: torch.amp.GradScaler,
     grad_clip: float | None,
     amp: str,
-) -> StepStats:
-    """Accumulate the micro-batches' gradients, clip the total, step the optimizer."""
-    (global_count,) = world.all_reduce_sum([float(sum(b["count"] for b in micro))])
-    loss_sum, tokens = 0.0, 0
+) -> dict[str, Any]:
+    """Accumulate the micro-batches' gradients, clip the total, step the optimizer. Returns the step's log
+    row: train_loss (mean over all ranks' targets), lr, grad_norm (before clipping) and tokens (real tokens
+    over all ranks), the tensors 0-d on the device: nothing here waits for the device."""
+    device, acc = world.device, accumulation_dtype(world.device)
+    # What a step backpropagates: each micro-batch's loss SUM times world / count, where count is the number
+    # of targets (examples, masked or next tokens) of the whole step: all micro-batches of all ranks. Summed
+    # over the micro-batches and averaged over the ranks by DDP (which divides by world), that is the gradient
+    # of the global batch's mean loss, however the batch is split into processes and micro-batches; the
+    # logged train_loss is that mean.
+    count = torch.full((), sum(b["count"] for b in micro), dtype=acc, device=device)  # a fill: no copy
+    count = world.sum_over_ranks(count).clamp(min=1)
+    loss_sum = torch.zeros((), dtype=acc, device=device)  # this rank's
+    tokens = torch.zeros((), dtype=torch.int64, device=device)
     for m, batch in enumerate(micro):
-        batch = to_device(batch, world.device)
-        tokens += int(batch["attention_mask"].sum())
+        batch = to_device(batch, device)
         last = m == len(micro) - 1
         with ddp.no_sync() if ddp is not None and not last else nullcontext():  # sync once, on the last
-            with autocast_ctx(world.device, amp):
+            with autocast_ctx(device, amp):
                 part = objective.loss_sum(wrapped, batch)
-            scaler.scale(part * world.world_size / max(global_count, 1.0)).backward()
-        loss_sum += float(part.detach())
+            scaler.scale(part * world.world_size / count.float()).backward()
+        loss_sum += part.detach().to(acc)
+        tokens += batch["attention_mask"].sum()
     scaler.unscale_(optimizer)  # no-op without fp16; clipping must see true gradients
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    scaler.step(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    scaler.step(optimizer)  # fp16 only: GradScaler reads its inf check on the host, to skip a bad step
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return StepStats(loss_sum, global_count, tokens, float(norm))
+    loss_all, tokens_all = world.sum_over_ranks(torch.stack([loss_sum, tokens.to(acc)]))
+    lr = optimizer.param_groups[0]["lr"]  # the step's (the scheduler moves it after the step)
+    return {"train_loss": loss_all / count, "lr": lr, "grad_norm": grad_norm, "tokens": tokens_all}
 
 
 def train_step(
     trainee: Trainee,
     objective,
-    stream: TrainStream,
-    progress: Progress,
+    micro: list[dict],
     *,
-    seed: int,
+    step: int,
     world: Dist,
     grad_clip: float | None,
     amp: str,
 ) -> dict[str, Any]:
-    """The step at `progress`'s position: its batches, the update, the schedule and the weight average;
-    advances `progress` and returns the step's log row (train_loss over all ranks)."""
-    t0 = time.perf_counter()
-    torch.manual_seed(step_seed(seed, progress.step, world.rank))  # dropout: a function of the step
-    micro = [
-        objective.prepare(b, train=True, epoch=progress.epoch)
-        for b in stream.micro_batches(progress.epoch, progress.step_in_epoch)
-    ]
-    lr = trainee.optimizer.param_groups[0]["lr"]
-    stats = optimizer_step(
+    """Optimizer step `step` (0-based) of the run over this rank's prepared micro-batches, then the schedule
+    and the weight average; returns its log row ({"step": step + 1, **optimizer_step's row}). The caller seeds
+    the step's dropout and advances its own progress: the step only computes."""
+    row = optimizer_step(
         model=trainee.model,
         wrapped=trainee.wrapped,
         ddp=trainee.ddp,
@@ -157,18 +160,6 @@ def train_step(
         amp=amp,
     )
     trainee.scheduler.step()
-    progress.step += 1
     if trainee.average is not None:
-        trainee.average.update(progress.step)
-    progress.step_in_epoch += 1
-    loss_all, tokens_all = world.all_reduce_sum([stats.loss_sum, float(stats.tokens)])
-    progress.tokens_seen += int(tokens_all)
-    train_loss = loss_all / max(stats.count, 1.0)
-    progress.running.append(train_loss)
-    return {
-        "step": progress.step,
-        "train_loss": train_loss,
-        "lr": lr,
-        "grad_norm": stats.grad_norm,
-        "tokens_per_s": tokens_all / max(time.perf_counter() - t0, 1e-9),
-    }
+        trainee.average.update(step + 1)
+    return {"step": step + 1, **row}
