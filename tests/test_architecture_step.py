@@ -140,15 +140,15 @@ CONVERSIONS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"
 @pytest.mark.parametrize("task, extra", [("mlm", {"train.grad_accum_steps": 2}), ("classify", {})])
 def test_a_run_reads_the_device_once_per_logging_interval(tmp_path, monkeypatch, task, extra):
     """14 steps, log_every 4, eval_every 6: rows are read after steps 4, 6, 8, 12 and 14 (the last): 5 waits,
-    and no conversion inside a step by the code of lm/train and lm/data/objectives.py (the model's own code is
-    not this test's subject)."""
+    and no conversion inside a step by the code of lm/train, lm/data/objectives.py or the model (lm/model:
+    the language-model head takes the labelled rows the objective found on the host)."""
     from conftest import tiny_params, write_fake_encoded
 
     from lm.config import parse_params
     from lm.train import logging as train_logging
     from lm.train import loop
 
-    scanned = {str(path) for path in SCANNED}
+    scanned = {str(path) for path in [*SCANNED, *sorted((REPO / "lm/model").rglob("*.py"))]}
     inside_step, conversions, reads = [False], [], []
 
     def counting(name):

@@ -117,23 +117,39 @@ class MaskedLMObjective:
             epoch=epoch if train else EVAL_EPOCH,
         )
         batch["input_ids"], batch["labels"] = ids, labels
-        batch["count"] = int((labels != IGNORE_INDEX).sum())
-        return batch
+        return with_label_rows(batch)
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"]).loss
+        return model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            labels=batch["labels"],
+            label_rows=batch["label_rows"],
+        ).loss
 
 
 class CausalLMObjective:
     """Next-token cross-entropy over every real position of each window."""
 
     def prepare(self, batch: dict, *, train: bool, epoch: int = 0) -> dict:
-        batch = dict(batch)
-        batch["count"] = int((batch["labels"] != IGNORE_INDEX).sum())
-        return batch
+        return with_label_rows(dict(batch))
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"]).loss
+        return model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            labels=batch["labels"],
+            label_rows=batch["label_rows"],
+        ).loss
+
+
+def with_label_rows(batch: dict) -> dict:
+    """The labelled positions of a language-model batch, found on the host while it is still there: their
+    count (the step's loss normaliser) and flat indices (the rows the head computes)."""
+    labelled = batch["labels"].reshape(-1) != IGNORE_INDEX
+    batch["count"] = int(labelled.sum())
+    batch["label_rows"] = labelled.nonzero().squeeze(1)
+    return batch
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -95,19 +95,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy_sum(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, ignore_index: int = IGNORE_INDEX
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    rows: Tensor | None = None,
 ) -> Tensor:
     """sum_i CE(hidden_i @ weight^T + bias, targets_i) over rows whose target is not `ignore_index`.
 
     hidden: (..., E); targets: (...) long; weight: (V, E). Equals
     F.cross_entropy(F.linear(hidden, weight, bias).float().flatten(0, -2), targets.flatten(), reduction="sum")
-    with gradients for hidden, weight and bias."""
+    with gradients for hidden, weight and bias. `rows`: the flat indices of the targets that count, when the
+    caller knows them (the objectives find them on the host with the batch): finding them here from the
+    targets on an accelerator would make the host wait for the device."""
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = targets.reshape(-1).to(hidden.device)
-    keep = targets != ignore_index
-    if not bool(keep.all()):
-        idx = keep.nonzero().squeeze(1)
-        hidden, targets = hidden.index_select(0, idx), targets.index_select(0, idx)
+    if rows is None:
+        keep = targets != ignore_index
+        rows = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+    if rows is not None:
+        rows = rows.to(hidden.device)
+        hidden, targets = hidden.index_select(0, rows), targets.index_select(0, rows)
     dtype = _compute_dtype(hidden)
     grads = torch.is_grad_enabled()  # under no_grad (validation) only the loss is computed
     with torch.autocast(device_type=hidden.device.type, enabled=False):

@@ -67,9 +67,12 @@ class _TaskModel(nn.Module):
             head.weight = self.trunk.tok_emb.weight  # one Parameter, shared storage
         return head
 
-    def _head_output(self, hidden: Tensor, labels: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    def _head_output(
+        self, hidden: Tensor, labels: Tensor | None, label_rows: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
         """(logits, None), or with labels (None, loss sum) through the chunked head + cross-entropy, which
-        never builds the (B, L, V) logits and skips positions labelled IGNORE_INDEX."""
+        never builds the (B, L, V) logits and skips positions labelled IGNORE_INDEX (label_rows: the flat
+        indices of the others, when the caller has them)."""
         if labels is None:
             return self.lm_head(hidden), None
         if labels.shape != hidden.shape[:-1]:
@@ -77,7 +80,7 @@ class _TaskModel(nn.Module):
                 f"labels shape {tuple(labels.shape)} does not match input_ids {tuple(hidden.shape[:-1])}"
             )
         return None, linear_cross_entropy_sum(
-            hidden, self.lm_head.weight, self.lm_head.bias, labels, IGNORE_INDEX
+            hidden, self.lm_head.weight, self.lm_head.bias, labels, IGNORE_INDEX, label_rows
         )
 
 
@@ -148,11 +151,13 @@ class MaskedLM(_TaskModel):
         attention_mask: Tensor | None = None,
         *,
         labels: Tensor | None = None,
+        label_rows: Tensor | None = None,
         return_attention: bool = False,
     ) -> ModelOutput:
-        """labels: (B, L) token ids to predict, IGNORE_INDEX elsewhere -> out.loss (sum) instead of logits."""
+        """labels: (B, L) token ids to predict, IGNORE_INDEX elsewhere -> out.loss (sum) instead of logits;
+        label_rows: the flat indices of the labelled positions (optional, saves finding them on the device)."""
         t = self.trunk(input_ids, _key_mask(attention_mask, input_ids), return_attention=return_attention)
-        logits, loss = self._head_output(t.hidden, labels)
+        logits, loss = self._head_output(t.hidden, labels, label_rows)
         return ModelOutput(logits=logits, loss=loss, attentions=t.attentions)  # logits (B, L, V)
 
 
@@ -167,12 +172,13 @@ class CausalLM(_TaskModel):
         attention_mask: Tensor | None = None,
         *,
         labels: Tensor | None = None,
+        label_rows: Tensor | None = None,
         return_attention: bool = False,
     ) -> ModelOutput:
         """labels: (B, L) next token of each position (already shifted), IGNORE_INDEX where none -> out.loss
-        (sum) instead of logits."""
+        (sum) instead of logits; label_rows as for the masked LM."""
         t = self.trunk(input_ids, _key_mask(attention_mask, input_ids), return_attention=return_attention)
-        logits, loss = self._head_output(t.hidden, labels)
+        logits, loss = self._head_output(t.hidden, labels, label_rows)
         return ModelOutput(logits=logits, loss=loss, attentions=t.attentions)
 
     def decode(
