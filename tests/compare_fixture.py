@@ -4,8 +4,8 @@ The project's params.yaml and one stage, compare_reports.py, that writes the rep
 figures computed from the params, so each `dvc exp run -S ...` takes a second or two and the tests know every
 expected number.
 Two commits: the first from before reports/train/metrics.json had peak_memory_mb and n_params; HEAD has them.
-Experiments of HEAD: the four of the issue (n_layers=6, performer with RoPE, task=mlm, seed=1) and a seed sweep
-over another data.source; the workspace is left as HEAD.
+Experiments of HEAD: the four of the issue (n_layers=6, performer with RoPE, task=mlm, seed=1) and a seed
+sweep over another data.source; the workspace is left as HEAD.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def write_params(path: Path, raw: dict) -> Path:
 
 
 def write_fake_encoded(root: Path, task: str, n_docs: int = 64, max_len: int = 16, seed: int = 0) -> None:
-    """data/encoded + data/split + data/tokenizer stand-ins with random tokens (vocab 64: 60 ordinary + 4 specials)."""
+    """data/encoded + data/split + data/tokenizer stand-ins with random tokens (vocab 64: 60 ordinary + 4
+    specials)."""
     rng = np.random.default_rng(seed)
     enc = root / "data" / "encoded"
     enc.mkdir(parents=True)
@@ -118,8 +119,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def hf_quiet(one_thread):
-    """One thread, and transformers' load reports silenced (both restored afterwards): for the tests that build
-    tiny transformers models beside lm's."""
+    """One thread, and transformers' load reports silenced (both restored afterwards): for the tests that
+    build tiny transformers models beside lm's."""
     import transformers
 
     level = transformers.logging.get_verbosity()

@@ -1,6 +1,6 @@
 """Tiny pretrained-style tokenizers built locally (no hub): a BERT WordPiece, a RoBERTa and a GPT-2 byte-level
-BPE, each saved as `transformers` saves it (tokenizer.json + tokenizer_config.json + special_tokens_map.json), and
-a tiktoken rank file. Tests compare lm with `AutoTokenizer` / tiktoken on them."""
+BPE, each saved as `transformers` saves it (tokenizer.json + tokenizer_config.json + special_tokens_map.json),
+and a tiktoken rank file. Tests compare lm with `AutoTokenizer` / tiktoken on them."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ CORPUS += [
 
 
 def bert_dir(root: Path, *, lowercase: bool = True, vocab_size: int = 400) -> Path:
-    """A BERT-style WordPiece tokenizer directory ([CLS] text [SEP]; [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4)."""
+    """A BERT-style WordPiece tokenizer directory ([CLS] text [SEP]; [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3,
+    [MASK] 4)."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
 

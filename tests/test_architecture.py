@@ -115,9 +115,9 @@ def test_architecture_validating_params_imports_no_torch():
 
 
 def test_architecture_params_yaml_equals_the_config_defaults():
-    """One source of defaults: the shipped params.yaml validates to exactly what the config classes give with no
-    params at all (each null attention option is the kind's default, each `auto` resolves alike), and it names
-    every key the classes have, so `dvc exp run -S key=value` can set any of them."""
+    """One source of defaults: the shipped params.yaml validates to exactly what the config classes give with
+    no params at all (each null attention option is the kind's default, each `auto` resolves alike), and it
+    names every key the classes have, so `dvc exp run -S key=value` can set any of them."""
     import yaml
 
     from lm.config import Params, parse_params

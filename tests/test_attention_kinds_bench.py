@@ -1,6 +1,6 @@
-"""benchmarks/attention_kinds.py, the 14-kind table of docs/attention.md §7: its command line end to end on tiny
-synthetic corpora (the JSON line's shape, mean and std against the brute-force formulas), a run reproduced from
-its seed, and the docs table generated from the committed results."""
+"""benchmarks/attention_kinds.py, the 14-kind table of docs/attention.md §7: its command line end to end on
+tiny synthetic corpora (the JSON line's shape, mean and std against the brute-force formulas), a run
+reproduced from its seed, and the docs table generated from the committed results."""
 
 from __future__ import annotations
 

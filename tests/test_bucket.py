@@ -55,7 +55,8 @@ def flat(steps: list[list[np.ndarray]]) -> np.ndarray:
 
 
 def padded_tokens(s: TrainStream, epoch: int) -> tuple[int, int]:
-    """(tokens in the padded micro-batches, real tokens) over the epoch: a batch is as wide as its longest row."""
+    """(tokens in the padded micro-batches, real tokens) over the epoch: a batch is as wide as its longest
+    row."""
     lengths = s.items.lengths()
     widths = [len(m) * lengths[m].max() for step in epoch_steps(s, epoch) for m in step]
     return int(sum(widths)), int(lengths[flat(epoch_steps(s, epoch))].sum())
@@ -163,7 +164,8 @@ def test_bucket_with_the_weighted_sampler_reorders_the_same_draws():
 
 def test_bucket_config_key_is_off_by_default_and_only_classify_streams_bucket(tmp_path):
     """Opt-in (it cost real-data ROC-AUC, see README): params.yaml and the typed default leave it off; clm/mlm
-    windows are never padded, so those tasks accept the key and train on the plain stream, as does pretraining."""
+    windows are never padded, so those tasks accept the key and train on the plain stream, as does
+    pretraining."""
     assert parse_params(tiny_params()).train.bucket_by_length is False
     assert TrainConfig().bucket_by_length is False
     assert parse_params(tiny_params(**{"train.bucket_by_length": True})).train.bucket_by_length is True
@@ -188,8 +190,8 @@ def test_bucket_config_key_is_off_by_default_and_only_classify_streams_bucket(tm
 
 
 def test_bucket_training_batches_are_padded_to_their_longest_row(tmp_path):
-    """Through the run's data (open_data on encoded rows): train.bucket_by_length reaches the stream, and every
-    micro-batch is as wide as its longest row, narrower on average than the plain stream's."""
+    """Through the run's data (open_data on encoded rows): train.bucket_by_length reaches the stream, and
+    every micro-batch is as wide as its longest row, narrower on average than the plain stream's."""
     write_fake_encoded(tmp_path, "classify", n_docs=400, max_len=16)
 
     def widths(bucket: bool) -> list[int]:

@@ -42,7 +42,10 @@ def test_help_lists_every_command_and_imports_nothing_heavy():
     assert proc.returncode == 0
     for command in COMMANDS:
         assert command in proc.stdout
-    probe = "import sys, lm.cli; heavy = [m for m in ('torch', 'pandas', 'numpy', 'pydantic', 'dvc') if m in sys.modules]; print(heavy)"
+    probe = (
+        "import sys, lm.cli; heavy = [m for m in ('torch', 'pandas', 'numpy', 'pydantic', 'dvc') "
+        "if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=subprocess_env())
     assert out.stdout.strip() == "[]"
 

@@ -136,8 +136,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ta
 
 
 def test_a_killed_worker_is_restarted_and_the_run_resumes_exactly(tmp_path):
-    """train.max_restarts=1: rank 1 SIGKILLs itself at a (seeded) pseudo-random step; torchrun stops rank 0, restarts both,
-    and both resume from the last checkpoint (TORCHELASTIC_RESTART_COUNT > 0)."""
+    """train.max_restarts=1: rank 1 SIGKILLs itself at a (seeded) pseudo-random step; torchrun stops rank 0,
+    restarts both, and both resume from the last checkpoint (TORCHELASTIC_RESTART_COUNT > 0)."""
     raw = _params(
         "classify",
         batch=2,
@@ -208,7 +208,7 @@ def test_an_ensemble_trains_under_torchrun_like_in_one_process(tmp_path):
     assert sorted(p.name for p in rank_dir.iterdir()) == ["data"]
 
 
-# ---------------------------------------------------------------------------------------------- several machines
+# ------------------------------------------------------------------------------------------- several machines
 
 
 def _free_port() -> int:
@@ -245,10 +245,10 @@ def one_machine_of_two(tmp_path_factory) -> Path:
 def test_multinode_two_machines_of_one_process_match_one_machine_of_two(
     tmp_path, one_machine_of_two, rdzv_backend
 ):
-    """Two `lm train` launchers on 127.0.0.1 (train.nnodes=2 x train.nproc=1, each in its own directory, as two
-    machines would be) meet through torchrun's rendezvous and train the same model, bit for bit, as one launcher
-    of 2 processes; only global rank 0 writes models/ and reports/ (static: on machine 0; c10d numbers the
-    machines itself), the other machine writes nothing."""
+    """Two `lm train` launchers on 127.0.0.1 (train.nnodes=2 x train.nproc=1, each in its own directory, as
+    two machines would be) meet through torchrun's rendezvous and train the same model, bit for bit, as one
+    launcher of 2 processes; only global rank 0 writes models/ and reports/ (static: on machine 0; c10d
+    numbers the machines itself), the other machine writes nothing."""
     env, one = subprocess_env(), one_machine_of_two
     endpoint = f"127.0.0.1:{_free_port()}"
     machines = [tmp_path / f"machine{k}" for k in range(2)]

@@ -71,8 +71,8 @@ def test_lm_train_with_a_missing_device_fails_in_one_line(tmp_path):
 
 
 def test_float64_buffers_become_float32_for_mps_and_the_model_computes_the_same():
-    """MPS has no float64: the sinusoidal table and slay's quadrature nodes are moved as float32; both are cast
-    to the compute dtype at use, so a float32 model's output is unchanged up to float32 rounding."""
+    """MPS has no float64: the sinusoidal table and slay's quadrature nodes are moved as float32; both are
+    cast to the compute dtype at use, so a float32 model's output is unchanged up to float32 rounding."""
     from lm.model import build_model
 
     cfg = parse_params(tiny_params(**{"model.positions": "sinusoidal", "model.attention": "slay"})).model

@@ -1,5 +1,5 @@
-"""docs/attention.md stays the spec the code cites: every cited section exists, every registered attention kind
-has a section, every option table gives the defaults the registry uses, every test it names exists."""
+"""docs/attention.md stays the spec the code cites: every cited section exists, every registered attention
+kind has a section, every option table gives the defaults the registry uses, every test it names exists."""
 
 from __future__ import annotations
 
@@ -132,7 +132,8 @@ def same(doc, code) -> bool:
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_option_tables_give_the_registry_defaults(kind):
-    """A kind's option is looked up in its own section, then the sections it cites (§3.9 for SLAY), then §1.4."""
+    """A kind's option is looked up in its own section, then the sections it cites (§3.9 for SLAY), then
+    §1.4."""
     have = sections()
     num, body = kind_section(kind)
     order = [body] + [have[s] for s in re.findall(r"§(\d+(?:\.\d+)*)", body) if s in have and s != num]
@@ -145,7 +146,8 @@ def test_option_tables_give_the_registry_defaults(kind):
             f"docs/attention.md §{num} `{kind}`: option `{key}` is not in any option table"
         )
         assert same(parse_default(row), default), (
-            f"docs/attention.md §{num} `{kind}`: option `{key}` documented as {row!r}, the code's default is {default!r}"
+            f"docs/attention.md §{num} `{kind}`: option `{key}` documented as {row!r}, "
+            f"the code's default is {default!r}"
         )
 
 

@@ -1,6 +1,6 @@
-"""dvc.yaml against the code: every module a stage imports (transitively, function-level imports included) is a
-dependency of that stage, and every code dependency is imported, so an edit to code a stage runs re-runs it and
-the list cannot drift from the imports again."""
+"""dvc.yaml against the code: every module a stage imports (transitively, function-level imports included) is
+a dependency of that stage, and every code dependency is imported, so an edit to code a stage runs re-runs it
+and the list cannot drift from the imports again."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 # plumbing that cannot change a stage's numbers: error types, atomic writes, path constants, the CLI wrapper,
 # progress lines;
-# lm/config.py supplies only defaults for keys that params.yaml lists (checked below), and those are params deps
+# lm/config.py supplies only defaults for keys that params.yaml lists (checked below), and those are params
+# deps
 PLUMBING = {
     "lm/__init__.py",
     "lm/errors.py",

@@ -1,5 +1,6 @@
-"""train.ensemble: members trained with seeds seed, seed+1, ... and exported as the mean of their probabilities,
-checked against the members scored one by one; plus the export's checksum (damaged weights are refused)."""
+"""train.ensemble: members trained with seeds seed, seed+1, ... and exported as the mean of their
+probabilities, checked against the members scored one by one; plus the export's checksum (damaged weights are
+refused)."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def test_ensemble_resume_skips_finished_members(ensemble_run, monkeypatch):
 
 
 def test_ensemble_is_inert_for_the_language_models():
-    """`dvc exp run -S task=clm` from params written for an ensemble classifier trains one model, said once."""
+    """`dvc exp run -S task=clm` from params written for an ensemble classifier trains one model, said
+    once."""
     params = parse_params(
         tiny_params(**{"task": "clm", "train.ensemble": 3, "train.select_by": "val_roc_auc"})
     )

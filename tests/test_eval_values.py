@@ -208,8 +208,8 @@ def test_predict_toxicity_is_the_sigmoid_of_the_logit():
 
 # ------------------------------------------------------------------------------------------- it learns
 
-# The pipeline tests' tiny config (400 rows, 17 steps) does not learn: its test ROC-AUC ranges 0.4-0.9 with the
-# seed. This small one was measured to learn on the embedded corpus for every seed tried (see FLOOR).
+# The pipeline tests' tiny config (400 rows, 17 steps) does not learn: its test ROC-AUC ranges 0.4-0.9 with
+# the seed. This small one was measured to learn on the embedded corpus for every seed tried (see FLOOR).
 LEARNS = {
     "data.n_rows": 2000,
     "tokenizer.vocab_size": 600,

@@ -1,6 +1,6 @@
-"""`lm export --hf`: an lm export written as a Hugging Face directory must load with transformers' Auto classes
-alone and give lm's logits within 1e-5 (float32, eager attention) on a right-padded batch of varied lengths;
-what transformers cannot express is refused with one line naming why."""
+"""`lm export --hf`: an lm export written as a Hugging Face directory must load with transformers' Auto
+classes alone and give lm's logits within 1e-5 (float32, eager attention) on a right-padded batch of varied
+lengths; what transformers cannot express is refused with one line naming why."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def assert_same_causal_logits(model_dir: Path, out: Path) -> None:
     torch.testing.assert_close(ours[keep], ref[keep], **TOL)
 
 
-# ---- outputs match --------------------------------------------------------------------------------------------
+# ---- outputs match -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
@@ -225,7 +225,8 @@ def test_export_hf_tokenizer_loads_with_the_same_ids(tmp_path, tokenizer_dir):
     tok = Tokenizer.load(tokenizer_dir)
     for text in ["the cat sat", "A dog, in the park!", "  spaces\tand\nnewlines", "unseen wörds 123"]:
         assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
-    # a classifier's rows: AutoTokenizer builds them as lm trained on them (<|cls|> first, truncated at max_len)
+    # a classifier's rows: AutoTokenizer builds them as lm trained on them (<|cls|> first, truncated at
+    # max_len)
     long = "the cat sat on the mat " * 20
     assert hf_tok(long, truncation=True)["input_ids"] == tok.row(tok.encode(long), 16)
     assert hf_tok("the cat")["input_ids"] == [tok.special_ids["<|cls|>"], *tok.encode("the cat")]
@@ -250,7 +251,7 @@ def test_export_hf_replaces_an_earlier_export_atomically(tmp_path, tokenizer_dir
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
 
 
-# ---- refusals -------------------------------------------------------------------------------------------------
+# ---- refusals ----------------------------------------------------------------------------------------------
 
 
 def one_line_error(model_dir: Path, out: Path, match: str) -> str:
@@ -324,7 +325,7 @@ def test_export_hf_never_replaces_the_model_or_a_foreign_directory(tmp_path, tok
     assert (tmp_path / "notes" / "a.txt").read_text() == "keep me"
 
 
-# ---- the command ----------------------------------------------------------------------------------------------
+# ---- the command -------------------------------------------------------------------------------------------
 
 
 def test_export_hf_command_writes_the_directory_and_prints_one_line(tmp_path, tokenizer_dir):
@@ -336,7 +337,10 @@ def test_export_hf_command_writes_the_directory_and_prints_one_line(tmp_path, to
     result = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--hf", str(tmp_path / "hf")])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines() == [
-        f"wrote {tmp_path / 'hf'} (LlamaForCausalLM: transformers.AutoModelForCausalLM.from_pretrained loads it)"
+        (
+            f"wrote {tmp_path / 'hf'} (LlamaForCausalLM: "
+            "transformers.AutoModelForCausalLM.from_pretrained loads it)"
+        )
     ]
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 

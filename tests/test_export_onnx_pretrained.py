@@ -21,7 +21,8 @@ V, MAX_LEN, PAD, CLS, SEP = 64, 16, 1, 2, 3
 
 
 def _bert_classifier(tmp_path, arch: str):
-    """A tiny random BERT / DistilBERT saved with save_pretrained, loaded into an lm classifier by init_from."""
+    """A tiny random BERT / DistilBERT saved with save_pretrained, loaded into an lm classifier by
+    init_from."""
     from lm.model.hf import spec_from_hf_config
 
     torch.manual_seed(0)

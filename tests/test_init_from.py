@@ -44,7 +44,8 @@ def _train(root: Path, params) -> loop.TrainResult:
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
-    """An mlm run on the fake corpus: models/ holds its export (tokenizer hash 'fake', vocab 64, max_len 16)."""
+    """An mlm run on the fake corpus: models/ holds its export (tokenizer hash 'fake', vocab 64, max_len
+    16)."""
     root = tmp_path_factory.mktemp("mlm")
     write_fake_encoded(root, "mlm", n_docs=80)
     _train(root, _params("mlm"))
@@ -208,7 +209,8 @@ def _encoder(transformers, arch: str):
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
 def test_init_from_a_hugging_face_encoder_gives_its_hidden_states(tmp_path, arch):
-    """A BERT-family checkpoint's trunk in lm computes the same last hidden states as the Hugging Face model."""
+    """A BERT-family checkpoint's trunk in lm computes the same last hidden states as the Hugging Face
+    model."""
     transformers = pytest.importorskip("transformers")
     from lm.model.hf import spec_from_hf_config
 

@@ -1,6 +1,6 @@
-"""Fine-tuning a Hugging Face checkpoint with `tokenizer.pretrained` + `train.init_from`: the architecture and the
-recipe come from the checkpoint and the finetune section, the checkpoint's own tokenizer is required by content
-(not by size), and the pipeline runs end to end on it (classify from a BERT, clm from a GPT-2)."""
+"""Fine-tuning a Hugging Face checkpoint with `tokenizer.pretrained` + `train.init_from`: the architecture and
+the recipe come from the checkpoint and the finetune section, the checkpoint's own tokenizer is required by
+content (not by size), and the pipeline runs end to end on it (classify from a BERT, clm from a GPT-2)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def gpt2_checkpoint(tmp_path_factory):
 
 
 def _finetune(checkpoint, **overrides):
-    """tiny_params with the model section back at lm's defaults (params.yaml's), which mean: the checkpoint's."""
+    """tiny_params with the model section back at lm's defaults (params.yaml's), which mean: the
+    checkpoint's."""
     defaults = {f"model.{k}": v for k, v in ModelConfig().model_dump().items()}
     return parse_params(
         tiny_params(
@@ -149,8 +150,9 @@ def _run(params, *stages):
 
 @pytest.mark.slow
 def test_init_from_fine_tunes_a_bert_classifier_end_to_end(bert_checkpoint, in_tmp):
-    """download -> tokenize (adopted) -> encode -> split -> train (from the checkpoint) -> evaluate, then predict:
-    the exported model has the checkpoint's architecture and tokenizer, and its trunk started from the checkpoint."""
+    """download -> tokenize (adopted) -> encode -> split -> train (from the checkpoint) -> evaluate, then
+    predict: the exported model has the checkpoint's architecture and tokenizer, and its trunk started from
+    the checkpoint."""
     import stages.download
     import stages.encode
     import stages.evaluate
@@ -229,9 +231,9 @@ def test_init_from_fine_tunes_a_gpt2_decoder_end_to_end(gpt2_checkpoint, in_tmp)
 
 @pytest.mark.slow
 def test_init_from_continues_masked_lm_training_of_a_bert(bert_checkpoint, in_tmp):
-    """task=mlm on a BERT checkpoint: windows start with [CLS], documents are joined by [SEP], masks use [MASK]
-    (and random replacements draw from the whole vocabulary, as transformers' collator does); predict fills
-    the tokenizer's own mask token."""
+    """task=mlm on a BERT checkpoint: windows start with [CLS], documents are joined by [SEP], masks use
+    [MASK] (and random replacements draw from the whole vocabulary, as transformers' collator does); predict
+    fills the tokenizer's own mask token."""
     import stages.download
     import stages.encode
     import stages.split

@@ -1,5 +1,5 @@
-"""train.init_from from a Hugging Face BERT checkpoint loads its pretrained pooler (`pooler.dense`, dense + tanh
-on the CLS row) into lm's classifier pooler: lm's SequenceClassifier then computes the logits of
+"""train.init_from from a Hugging Face BERT checkpoint loads its pretrained pooler (`pooler.dense`, dense +
+tanh on the CLS row) into lm's classifier pooler: lm's SequenceClassifier then computes the logits of
 BertForSequenceClassification (num_labels=1) once the fresh classifier Linear is the same on both sides."""
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ pytestmark = pytest.mark.usefixtures("hf_quiet")
 
 
 def _pretrained(tmp_path):
-    """A BertForPreTraining checkpoint (`bert.` prefix, MLM/NSP heads, a pooler) with non-trivial norms, biases
-    and pooler, so a weight left at lm's initialisation would show."""
+    """A BertForPreTraining checkpoint (`bert.` prefix, MLM/NSP heads, a pooler) with non-trivial norms,
+    biases and pooler, so a weight left at lm's initialisation would show."""
     torch.manual_seed(0)
     hf = transformers.BertForPreTraining(transformers.BertConfig(**BERT))
     with torch.no_grad():

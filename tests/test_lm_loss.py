@@ -1,4 +1,5 @@
-"""The chunked LM head + cross-entropy against the plain route: F.linear -> F.cross_entropy(reduction="sum")."""
+"""The chunked LM head + cross-entropy against the plain route: F.linear ->
+F.cross_entropy(reduction="sum")."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ def _split_tokens(enc: Encoded, docs: np.ndarray) -> Counter:
 
 
 def _covered(items, task: str) -> Counter:
-    """Stream positions each window contributes (mlm: its real input tokens after <|cls|>; clm: its labels)."""
+    """Stream positions each window contributes (mlm: its real input tokens after <|cls|>; clm: its
+    labels)."""
     seen: Counter = Counter()
     batch = items.batch(np.arange(len(items)))
     for j in range(len(items)):

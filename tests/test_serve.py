@@ -1,9 +1,9 @@
-"""lm serve: the HTTP contract, in process (httpx over ASGI, lifespan started by hand), on a tiny model trained
-through the real stages (download, tokenize, encode, split, train), so tokenization is the real one.
+"""lm serve: the HTTP contract, in process (httpx over ASGI, lifespan started by hand), on a tiny model
+trained through the real stages (download, tokenize, encode, split, train), so tokenization is the real one.
 
 Checked: scores over HTTP equal `lm predict`'s; concurrent shuffled requests of different sizes each get their
-own scores (batching never mixes texts up); a full queue answers 503 + Retry-After and the server goes on;
-bad bodies get 4xx with a message naming the field; /metrics has the histograms; shutdown answers what was queued.
+own scores (batching never mixes texts up); a full queue answers 503 + Retry-After and the server goes on; bad
+bodies get 4xx with a message naming the field; /metrics has the histograms; shutdown answers what was queued.
 """
 
 from __future__ import annotations
@@ -256,8 +256,8 @@ def test_serve_graceful_shutdown_answers_queued_requests(model_dir, one_thread, 
     """Requests queued when shutdown starts are all scored; requests after it get 503."""
     scorer = GatedScorer(model_dir)
     app = create_app(ServeConfig(model_dir=str(model_dir), max_batch=2, max_wait_ms=0), scorer, naive=naive)
-    # queued = every text accepted and not finished (naive) / not yet taken into a batch (the first batch of 2 is
-    # held in the scorer)
+    # queued = every text accepted and not finished (naive) / not yet taken into a batch (the first batch of 2
+    # is held in the scorer)
     queued = len(TEXTS) if naive else len(TEXTS) - 2
 
     async def go():
@@ -336,8 +336,8 @@ def test_serve_lone_request_is_not_held_back_but_a_busy_one_waits_for_company(mo
 
 
 def test_serve_a_missing_artifact_is_one_line_before_the_server_starts(model_dir, tmp_path):
-    """`lm serve --backend onnx-int8` without `lm export`'s artifacts: one line naming the file and the fix, exit 1,
-    no startup traceback."""
+    """`lm serve --backend onnx-int8` without `lm export`'s artifacts: one line naming the file and the fix,
+    exit 1, no startup traceback."""
     from typer.testing import CliRunner
 
     from lm.cli import app

@@ -276,7 +276,7 @@ def test_hf_config_suffix_is_split_off(tmp_path, hf_offline, monkeypatch):
     assert seen[-1] == ("google/civil_comments", None, "train", False)
 
 
-# --- bad input: one line, naming the problem ------------------------------------------------------------------
+# --- bad input: one line, naming the problem ----------------------------------------------------------------
 
 
 def _error(cfg: DataConfig, task: str = "classify") -> str:

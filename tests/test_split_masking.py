@@ -84,8 +84,9 @@ def test_bert_masking_rates_and_special_tokens():
 def test_random_replacements_are_uniform_over_ordinary_ids_and_independent():
     """The 10% random replacements: every ordinary id (0..59) equally likely, no special id, and the id drawn
     independently of the select/action draws, of the original token and of the position. Seen from outside:
-    a replaced position is one that is neither <|mask|> nor its original token, and over all of them (originals
-    uniform) each ordinary id is hit equally often. Deterministic (hash draws), so fixed thresholds are safe."""
+    a replaced position is one that is neither <|mask|> nor its original token, and over all of them
+    (originals uniform) each ordinary id is hit equally often. Deterministic (hash draws), so fixed thresholds
+    are safe."""
     from scipy.stats import chi2, chi2_contingency
 
     B, L = 6000, 64

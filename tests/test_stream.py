@@ -1,8 +1,8 @@
 """encode_stream / encode_file: one text given in pieces encodes exactly as `encode` of the whole text.
 
 Pieces are cut everywhere (every line, every character, random places) and re-cut inside encode_stream with a
-tiny `chunk_chars`, so that its cut points land next to newline runs, CRLF, special tokens and multi-byte text.
-Also: the tokenizer's files get the normal permissions of the umask.
+tiny `chunk_chars`, so that its cut points land next to newline runs, CRLF, special tokens and multi-byte
+text. Also: the tokenizer's files get the normal permissions of the umask.
 """
 
 from __future__ import annotations

@@ -176,9 +176,9 @@ def test_stream_shards_chunked_reading_keeps_stats_and_row_numbers(tmp_path, mon
 
 
 def test_stream_shards_download_memory_does_not_grow_with_the_corpus(tmp_path, monkeypatch):
-    """Peak Python memory of a download (tracemalloc: pandas and numpy buffers included) at 4x the corpus stays
-    within 25% of the 1x peak, while the shard count grows 4x. Both files exceed the 1 MiB blocks in which the
-    source is hashed and its encoding checked."""
+    """Peak Python memory of a download (tracemalloc: pandas and numpy buffers included) at 4x the corpus
+    stays within 25% of the 1x peak, while the shard count grows 4x. Both files exceed the 1 MiB blocks in
+    which the source is hashed and its encoding checked."""
     monkeypatch.setattr(sources, "READ_ROWS", 100)
 
     def peak(n: int, name: str) -> tuple[int, int]:
@@ -353,7 +353,8 @@ def test_stream_shards_hub_files_without_a_column(tmp_path, fake_hub):
 
 
 def test_stream_shards_download_reads_a_streamed_hub_dataset_into_shards(tmp_path, fake_hub, monkeypatch):
-    """download of an hf: source through the cache writes the same sharded corpus as the files read locally."""
+    """download of an hf: source through the cache writes the same sharded corpus as the files read
+    locally."""
     names, frames, _, _ = fake_hub
     monkeypatch.setattr("lm.data.fingerprint.hub_revision", lambda dataset, revision: "abc123")
     params = _params(
@@ -366,7 +367,7 @@ def test_stream_shards_download_reads_a_streamed_hub_dataset_into_shards(tmp_pat
     assert (tmp_path / "cache" / "owner__corpus" / "abc123" / names[0]).exists()
 
 
-# --- encode.mode: on_the_fly ----------------------------------------------------------------------------------
+# --- encode.mode: on_the_fly --------------------------------------------------------------------------------
 
 
 def _both_modes(tmp_path: Path, task: str, n: int = 400):

@@ -1,4 +1,5 @@
-"""The embedded corpus: deterministic, Civil-Comments-shaped, learnable but noisy, with a detectable planted bias.
+"""The embedded corpus: deterministic, Civil-Comments-shaped, learnable but noisy, with a detectable planted
+bias.
 
 References: scikit-learn (TF-IDF + logistic regression as a stand-in model, roc_auc_score for the Jigsaw
 subgroup / BPSN AUCs, computed here by their definition on row subsets).
@@ -136,7 +137,8 @@ def test_text_is_varied_comment_shaped(corpus):
 
 
 def test_marker_context_changes_toxicity(corpus):
-    """Direct insults are judged toxic far more often than the same words negated or quoted; no marker, no toxicity."""
+    """Direct insults are judged toxic far more often than the same words negated or quoted; no marker, no
+    toxicity."""
     t = corpus["target"]
     text = corpus["text"]
     direct = text.str.contains(r"(?i)\b(?:you are an? |shut up, you |go read a book, you )", regex=True)

@@ -120,7 +120,8 @@ def test_round_trip_any_unicode(tok: Tokenizer, text: str) -> None:
 
 
 def test_encoding_applies_merges_by_rank(tok: Tokenizer) -> None:
-    """Brute-force BPE encoding (apply the lowest-rank merge present until none applies) gives the same ids."""
+    """Brute-force BPE encoding (apply the lowest-rank merge present until none applies) gives the same
+    ids."""
     from lm.tokenizer.pretokenize import pretokenize
 
     rank = {pair: k for k, pair in enumerate(tok.merges)}

@@ -1,5 +1,6 @@
 """Exact resume after SIGKILL: a training process killed at a (seeded) pseudo-random step (or while renaming a
-checkpoint into place) and resumed with `lm train --resume` ends with bit-identical weights, export and curves.
+checkpoint into place) and resumed with `lm train --resume` ends with bit-identical weights, export and
+curves.
 
 The kill is injected through a sitecustomize module on PYTHONPATH (KILL_HOOK), so the code under test is the
 real stage, unpatched: the hook sends SIGKILL to its own process inside the N-th optimizer step, or at the
@@ -171,9 +172,10 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_ctrl_c_keeps_the_last_results_and_the_next_run_resumes(tmp_path, reference):
-    """Ctrl-C (SIGINT) in the middle of `lm train` (what `dvc repro` runs) leaves models/ and reports/train/ as the
-    previous run left them; the next plain `lm train` resumes from the interrupted run's last checkpoint and
-    ends bit-identical to an uninterrupted run. A run with other params would start afresh instead."""
+    """Ctrl-C (SIGINT) in the middle of `lm train` (what `dvc repro` runs) leaves models/ and reports/train/
+    as the previous run left them; the next plain `lm train` resumes from the interrupted run's last
+    checkpoint and ends bit-identical to an uninterrupted run. A run with other params would start afresh
+    instead."""
     root = make_run(tmp_path / "run", run_params(seed=1))
     first = subprocess.run(
         [sys.executable, "-m", "lm.cli", "train"],

@@ -108,8 +108,8 @@ def test_download_warns_about_identity_columns_the_data_lacks(tmp_path, monkeypa
 
 
 def test_identity_columns_auto_takes_those_the_source_has_and_names_no_missing_ones(tmp_path, monkeypatch):
-    """The default (auto) asks no identity annotations of a data set that has none: no warning, no bias columns;
-    a source with some of the Jigsaw identity columns gets exactly those."""
+    """The default (auto) asks no identity annotations of a data set that has none: no warning, no bias
+    columns; a source with some of the Jigsaw identity columns gets exactly those."""
     plain, jigsaw = tmp_path / "plain.csv", tmp_path / "jigsaw.csv"
     pd.DataFrame({"text": ["a", "b"], "target": [0.1, 0.8]}).to_csv(plain, index=False)
     pd.DataFrame({"text": ["a", "b"], "target": [0.1, 0.8], "muslim": [0.0, 1.0], "extra": [1, 2]}).to_csv(

@@ -19,7 +19,8 @@ from lm.model.tasks import ModelOutput, SequenceClassifier
 
 
 def mean_probability_logit(logits: Tensor) -> Tensor:
-    """logit(mean_k sigmoid(logits[k])) for logits of shape (K, ...), computed in log space (no 0/1 clamps)."""
+    """logit(mean_k sigmoid(logits[k])) for logits of shape (K, ...), computed in log space (no 0/1
+    clamps)."""
     log_n = math.log(logits.shape[0])
     log_p = torch.logsumexp(F.logsigmoid(logits), dim=0) - log_n
     log_q = torch.logsumexp(F.logsigmoid(-logits), dim=0) - log_n

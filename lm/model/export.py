@@ -149,7 +149,8 @@ def load_exported(model_dir: Path, device: str | torch.device = "cpu") -> tuple[
     expected = config.get("weights_sha256")
     if expected and file_sha256(weights) != expected:
         raise LmError(
-            f"{weights} is damaged or partly written (its sha256 differs from config.json's): re-run `lm train`"
+            f"{weights} is damaged or partly written (its sha256 differs from config.json's): "
+            "re-run `lm train`"
         )
     try:
         load_model(model, str(weights), strict=True)

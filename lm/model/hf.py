@@ -26,9 +26,9 @@ Weight layout differences handled here:
   approximation (up to ~1e-3 per activation). Checkpoints with `activation_function: gelu` match exactly.
 * BERT-family encoders (`bert`, `roberta`, `distilbert`): positions learned, post-norm LayerNorm blocks,
   exact GELU, biases, `embed_norm` (the LayerNorm after the embeddings); the type-0 token-type embedding is
-  `model.token_type`, a vector added to every token (single-segment inputs); RoBERTa's first padding_idx + 1 position
-  rows are dropped (its positions start after them, for unpadded inputs); a pretrained `pooler.dense` (BERT's
-  classification pooler) loads into lm's classifier pooler.
+  `model.token_type`, a vector added to every token (single-segment inputs); RoBERTa's first padding_idx + 1
+  position rows are dropped (its positions start after them, for unpadded inputs); a pretrained `pooler.dense`
+  (BERT's classification pooler) loads into lm's classifier pooler.
 Weights are loaded into a float32 model whatever their stored dtype.
 """
 
@@ -99,7 +99,7 @@ _ENCODER_HEADS = (
 )  # task heads: init_from takes the trunk only
 
 
-# ---- weights ------------------------------------------------------------------------------------------------
+# ---- weights -----------------------------------------------------------------------------------------------
 
 
 def read_hf_weights(path: Path) -> dict[str, Tensor]:
@@ -139,7 +139,8 @@ def interleave_rope_rows(w: Tensor, n_heads: int) -> Tensor:
 
 
 def _repeat_kv(w: Tensor, n_kv: int, n_heads: int) -> Tensor:
-    """(n_kv*d, ...) -> (n_heads*d, ...): query head h reads kv head h // (n_heads / n_kv), as HF repeat_kv."""
+    """(n_kv*d, ...) -> (n_heads*d, ...): query head h reads kv head h // (n_heads / n_kv), as HF
+    repeat_kv."""
     rest = w.shape[1:]
     d = w.shape[0] // n_kv
     return w.reshape(n_kv, d, *rest).repeat_interleave(n_heads // n_kv, dim=0).reshape(n_heads * d, *rest)
@@ -193,7 +194,8 @@ def _llama_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
     E = cfg.d_model
 
     def take(key: str, shape: tuple[int, ...]) -> Tensor:
-        """A weight, or zeros for a bias this checkpoint does not have (lm's bias switch is all-or-nothing)."""
+        """A weight, or zeros for a bias this checkpoint does not have (lm's bias switch is
+        all-or-nothing)."""
         if key in w:
             return w.pop(key)
         if key.endswith(".bias"):
@@ -241,8 +243,9 @@ def _llama_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
 def _encoder_state(w: dict[str, Tensor], spec: HfSpec) -> dict[str, Tensor]:
     """BERT / RoBERTa / DistilBERT trunk -> lm trunk.* names. The token-type embedding of type 0 (what every
     token gets when no segment ids are passed) becomes `trunk.type_emb` (model.token_type), added to every
-    token as transformers adds it, so fine-tuning trains that one row as transformers does. The pretrained pooler (`pooler.dense`: dense + tanh on the CLS row, what BertForSequenceClassification
-    classifies from) becomes lm's `pooler.*`; the other task heads are dropped."""
+    token as transformers adds it, so fine-tuning trains that one row as transformers does. The pretrained
+    pooler (`pooler.dense`: dense + tanh on the CLS row, what BertForSequenceClassification classifies from)
+    becomes lm's `pooler.*`; the other task heads are dropped."""
     prefix = next((p for p in _ENCODER_PREFIXES if any(k.startswith(p) for k in w)), "")
     w = _strip(w, prefix)
     pooler = {
@@ -313,7 +316,8 @@ def _no_leftovers(w: dict[str, Tensor]) -> None:
     if w:
         keys = ", ".join(sorted(w)[:4])
         raise LmError(
-            f"checkpoint: weights lm cannot place ({keys}{', ...' if len(w) > 4 else ''}); unsupported variant"
+            f"checkpoint: weights lm cannot place ({keys}{', ...' if len(w) > 4 else ''}); "
+            "unsupported variant"
         )
 
 

@@ -1,4 +1,5 @@
-"""Write an lm export (models/) as a Hugging Face `save_pretrained` directory that transformers loads without lm:
+"""Write an lm export (models/) as a Hugging Face `save_pretrained` directory that transformers loads without
+lm:
 
     export_hf(Path("models"), Path("models-hf"))
     AutoModelForSequenceClassification.from_pretrained("models-hf")   # or AutoModelForCausalLM
@@ -54,7 +55,7 @@ class HfExport:
     out_dir: Path
 
 
-# ---- which architecture -------------------------------------------------------------------------------------
+# ---- which architecture ------------------------------------------------------------------------------------
 
 _AUTO = {
     "bert": ("BertForSequenceClassification", "AutoModelForSequenceClassification"),
@@ -101,7 +102,8 @@ def hf_architecture(cfg: ModelConfig, task: str, where: Path) -> str:
     if task == "mlm":
         raise LmError(
             f"{where}: task mlm does not export to Hugging Face (its masked-LM heads put a dense + GELU + "
-            "LayerNorm transform before the decoder, which lm's MaskedLM lacks); export a classify or clm model"
+            "LayerNorm transform before the decoder, which lm's MaskedLM lacks); "
+            "export a classify or clm model"
         )
     if task not in ("classify", "clm"):
         raise LmError(f"{where}: task {task!r} does not export to Hugging Face (classify and clm do)")
@@ -124,12 +126,12 @@ def hf_architecture(cfg: ModelConfig, task: str, where: Path) -> str:
     return arch
 
 
-# ---- weights ------------------------------------------------------------------------------------------------
+# ---- weights -----------------------------------------------------------------------------------------------
 
 
 def deinterleave_rope_rows(w: Tensor, n_heads: int) -> Tensor:
-    """The inverse of hf.interleave_rope_rows: q/k output rows from lm's interleaved RoPE pairs (2i, 2i+1) back
-    to HF's half-split pairs (i, i + d/2): new[c * d/2 + i] = old[2i + c]. E.g. one head, d=4: rows
+    """The inverse of hf.interleave_rope_rows: q/k output rows from lm's interleaved RoPE pairs (2i, 2i+1)
+    back to HF's half-split pairs (i, i + d/2): new[c * d/2 + i] = old[2i + c]. E.g. one head, d=4: rows
     [a0, b0, a1, b1] -> [a0, a1, b0, b1]."""
     rest = w.shape[1:]
     d = w.shape[0] // n_heads
@@ -153,7 +155,8 @@ def _norm(name: str, norm: nn.Module) -> dict[str, Tensor]:
 
 
 def _position_table(trunk: nn.Module) -> Tensor:
-    """(max_len, E): the learned table, the sinusoidal one lm adds (same float32 rounding), or zeros (none)."""
+    """(max_len, E): the learned table, the sinusoidal one lm adds (same float32 rounding), or zeros
+    (none)."""
     pos, E = trunk.positions, trunk.config.d_model
     if pos.kind == "learned":
         return pos.table.weight.detach()
@@ -237,8 +240,8 @@ def _llama_weights(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _lm_head(model: nn.Module, arch: str, where: Path) -> dict[str, Tensor]:
-    """An untied head's weight (a tied one is the embedding, which transformers re-ties). Neither HF class has a
-    head bias: a zero one (as lm initialises it) is dropped, a trained one refused."""
+    """An untied head's weight (a tied one is the embedding, which transformers re-ties). Neither HF class has
+    a head bias: a zero one (as lm initialises it) is dropped, a trained one refused."""
     if model.config.tie_embeddings:
         return {}
     bias = model.lm_head.bias
@@ -250,7 +253,7 @@ def _lm_head(model: nn.Module, arch: str, where: Path) -> dict[str, Tensor]:
     return {"lm_head.weight": model.lm_head.weight.detach()}
 
 
-# ---- config.json --------------------------------------------------------------------------------------------
+# ---- config.json -------------------------------------------------------------------------------------------
 
 
 def _hf_config(arch: str, cfg: ModelConfig, config: dict[str, Any]) -> dict[str, Any]:
@@ -323,11 +326,12 @@ def _hf_config(arch: str, cfg: ModelConfig, config: dict[str, Any]) -> dict[str,
     }
 
 
-# ---- the directory ------------------------------------------------------------------------------------------
+# ---- the directory -----------------------------------------------------------------------------------------
 
 
 def _check_destination(model_dir: Path, out_dir: Path) -> None:
-    """out_dir is replaced as a whole: never the lm export itself, a folder holding it, or a folder of other files."""
+    """out_dir is replaced as a whole: never the lm export itself, a folder holding it, or a folder of other
+    files."""
     src, dst = model_dir.resolve(), out_dir.resolve()
     if dst == src or dst in src.parents:
         raise LmError(f"--hf {out_dir}: would replace the lm model in {model_dir}; choose another directory")
@@ -347,9 +351,9 @@ def _is_hf_dir(path: Path) -> bool:
 
 
 def _rows_as_lm_builds_them(out: Path, tokenizer_dir: Path, config: dict[str, Any]) -> None:
-    """A classifier's tokenizer files answer `AutoTokenizer(text, truncation=True)` with the rows lm trained on:
-    lm's own BPE gets a post-processor that puts <|cls|> first (a pretrained tokenizer already has its family's,
-    e.g. [CLS] text [SEP]), and model_max_length becomes the model's max_len."""
+    """A classifier's tokenizer files answer `AutoTokenizer(text, truncation=True)` with the rows lm trained
+    on: lm's own BPE gets a post-processor that puts <|cls|> first (a pretrained tokenizer already has its
+    family's, e.g. [CLS] text [SEP]), and model_max_length becomes the model's max_len."""
     from lm.data.encoded import meta_roles
 
     if not (tokenizer_dir / "pretrained.json").is_file() and (out / "tokenizer.json").is_file():
@@ -370,8 +374,9 @@ def _rows_as_lm_builds_them(out: Path, tokenizer_dir: Path, config: dict[str, An
 
 
 def export_hf(model_dir: Path, out_dir: Path) -> HfExport:
-    """Write the lm export in model_dir as a transformers directory out_dir (config.json, model.safetensors and
-    the tokenizer files), replacing out_dir atomically. Raises LmError for a model transformers cannot express."""
+    """Write the lm export in model_dir as a transformers directory out_dir (config.json, model.safetensors
+    and the tokenizer files), replacing out_dir atomically. Raises LmError for a model transformers cannot
+    express."""
     from safetensors.torch import save_file
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)

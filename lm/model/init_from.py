@@ -6,9 +6,9 @@ Why a trunk and not the whole model: the pretraining task's head (an LM head) me
 whose pooler and classifier start fresh; when the source was trained for the same task, its head loads too.
 Token ids only mean the same thing under the same tokenizer, so an lm source must have been trained with
 the very tokenizer of this run, and a Hugging Face source's tokenizer.json must be this run's tokenizer
-(`tokenizer.pretrained`; their content hashes are compared, not their sizes); anything else is refused with one line instead of a model that learns from scrambled
-embeddings. The architecture must match as well (named key by key); a shorter `max_len` than the source's
-keeps the first rows of a learned position table.
+(`tokenizer.pretrained`; their content hashes are compared, not their sizes); anything else is refused with
+one line instead of a model that learns from scrambled embeddings. The architecture must match as well (named
+key by key); a shorter `max_len` than the source's keeps the first rows of a learned position table.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def _source_state(
         tokenizer_hash is not None and raw.get("tokenizer_hash") != tokenizer_hash
     ):
         raise LmError(
-            f"train.init_from: {path} was trained with another vocabulary ({raw['vocab_size']} tokens, tokenizer "
+            f"train.init_from: {path} was trained with another vocabulary "
+            f"({raw['vocab_size']} tokens, tokenizer "
             f"{str(raw.get('tokenizer_hash'))[:12]}) than this run ({vocab_size} tokens, tokenizer "
             f"{str(tokenizer_hash)[:12]}): pretrain with this run's tokenizer (data/tokenizer)"
         )

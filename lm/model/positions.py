@@ -68,15 +68,16 @@ class RotaryEmbedding(nn.Module):
     def rotation(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos and sin of p * theta^(-2i/d), each (L, d/2), in `dtype`. The frequencies are recomputed here
         rather than kept in a buffer: `model.to(torch.bfloat16)` would round a buffer, and an 8-bit
-        frequency turns position 500's angle into noise. MPS has no float64: there they are computed on the CPU."""
+        frequency turns position 500's angle into noise. MPS has no float64: there they are computed on the
+        CPU."""
         where = torch.device("cpu") if positions.device.type == "mps" else positions.device
         i = torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=where)
         angles = positions.to(where, torch.float64)[:, None] * self.theta ** (-i / self.head_dim)  # (L, d/2)
         return angles.cos().to(positions.device, dtype), angles.sin().to(positions.device, dtype)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: (..., L, d); positions: (L,) absolute 0-based positions. Returns R_p x with x's dtype, rotated in
-        float32 for half-precision x and in x's dtype otherwise."""
+        """x: (..., L, d); positions: (L,) absolute 0-based positions. Returns R_p x with x's dtype, rotated
+        in float32 for half-precision x and in x's dtype otherwise."""
         xf = x.to(at_least_fp32(x.dtype))
         cos, sin = self.rotation(positions, xf.dtype)
         x_even, x_odd = xf[..., 0::2], xf[..., 1::2]  # (..., L, d/2): the interleaved pairs

@@ -93,8 +93,8 @@ class TrainingState:
     data: dict[str, Any]  # the data fingerprint, checked on resume
 
     def to_dict(self) -> dict[str, Any]:
-        """The checkpoint file's dict; step, epoch, data_position and best_value repeat the progress for readers
-        that want them without parsing it."""
+        """The checkpoint file's dict; step, epoch, data_position and best_value repeat the progress for
+        readers that want them without parsing it."""
         p = self.progress
         return {
             "format": CHECKPOINT_FORMAT,

@@ -8,15 +8,15 @@ global step over processes and micro-batches never changes which items the step 
   without replacement), or classes drawn equally often with replacement (``weighted``, classify);
 - step s of the epoch takes the global block order[s*G : (s+1)*G], G = batch_size x grad_accum x world;
   rank r takes its contiguous share of the block and cuts it into grad_accum micro-batches;
-- clm / mlm windows are re-cut every epoch on a grid shifted by a random offset (WindowItems.with_offset), then
-  permuted: random windows, without replacement within an epoch;
+- clm / mlm windows are re-cut every epoch on a grid shifted by a random offset (WindowItems.with_offset),
+  then permuted: random windows, without replacement within an epoch;
 - with ``bucket_by_length`` (classify) the epoch's order is regrouped so that every step's G items have
   similar lengths (`bucket_order`): a batch is padded to its longest row, so similar rows waste little on
   padding. Every rank's share and micro-batch of a step is a slice of those G items, so ranks stay disjoint
   and get similar work.
-- train.tokens_per_epoch (clm / mlm) caps an epoch at the first ceil(tokens_per_epoch / stride) windows of that
-  permutation: every epoch is a fresh seeded draw of that many tokens from the whole corpus, so a corpus too big to
-  go through between two validations still has epochs of a chosen size.
+- train.tokens_per_epoch (clm / mlm) caps an epoch at the first ceil(tokens_per_epoch / stride) windows of
+  that permutation: every epoch is a fresh seeded draw of that many tokens from the whole corpus, so a corpus
+  too big to go through between two validations still has epochs of a chosen size.
 
 The tail of an epoch smaller than G is skipped (a different tail every epoch, since the order changes).
 """
