@@ -1,5 +1,5 @@
-"""Load test of `lm serve` against the model's own limit: the naive server (one request scored at a time), dynamic
-micro-batching per backend, and the raw batched throughput of the model with no HTTP at all.
+"""Load test of `lm serve` against the model's own limit: the naive server (one request scored at a time),
+dynamic micro-batching per backend, and the raw batched throughput of the model with no HTTP at all.
 
     python benchmarks/serve.py            # up to 15 s / 3000 requests per cell
     python benchmarks/serve.py --quick    # up to 4 s / 600 requests per cell, fewer chunk sizes
@@ -102,7 +102,7 @@ def prepare(model_dir: Path, work: Path) -> dict:
 
 
 def raw_limit(entry: dict, backend: str, texts: list[str], args) -> dict:
-    """Texts/s of the server's scoring routine with no HTTP, at each chunk size and thread layout; the best."""
+    """Texts/s of the server's scoring routine with no HTTP at each chunk size and thread layout; the best."""
     import torch
 
     from lm.serving.backends import load_scorer

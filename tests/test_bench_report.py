@@ -232,12 +232,13 @@ def test_results_page_serve_table_is_the_one_generated_from_the_saved_serve_run(
     results = report.load()
     page = report.PAGE.read_text()
     assert report.page_block(page, report.SERVE_START, report.SERVE_END) == report.serve_block(results)
-    if "serve" in results:  # every cell of the run is a row, and the ratio is the run's own
+    if "serve" in results:  # every cell of the run is a row, and each model's figures are the run's own
         f = results["serve"]
-        assert (
-            sum(len(cells) for cells in f["rows"].values()) == report.serve_block(results).count("\n| ") - 1
-        )
-        assert f"**{f['throughput_ratio']}x**" in page
+        cells = sum(len(c) for m in f["models"].values() for c in m["rows"].values())
+        limits = sum(len(m["limits"]) for m in f["models"].values())
+        assert cells + limits == report.serve_block(results).count("\n| ") - 2  # less two header rows
+        for m in f["models"].values():
+            assert f"**{m['throughput_ratio']}x**" in page and f"**{m['server_over_limit']}**" in page
 
 
 def test_every_committed_result_says_how_it_was_run():

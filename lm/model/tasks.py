@@ -155,7 +155,7 @@ class MaskedLM(_TaskModel):
         return_attention: bool = False,
     ) -> ModelOutput:
         """labels: (B, L) token ids to predict, IGNORE_INDEX elsewhere -> out.loss (sum) instead of logits;
-        label_rows: the flat indices of the labelled positions (optional, saves finding them on the device)."""
+        label_rows: the flat indices of the labelled positions (optional: saves a device search)."""
         t = self.trunk(input_ids, _key_mask(attention_mask, input_ids), return_attention=return_attention)
         logits, loss = self._head_output(t.hidden, labels, label_rows)
         return ModelOutput(logits=logits, loss=loss, attentions=t.attentions)  # logits (B, L, V)
