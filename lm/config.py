@@ -426,8 +426,8 @@ class TrainClassify(Section):
     bucket_by_length: bool = Field(
         False,
         description="each step's batches hold rows of similar length (sorted within chunks of 50 steps, step "
-        "order shuffled), so less of every batch is padding: ~1.8x faster steps, but 0.005 to 0.007 lower "
-        "ROC-AUC on real data",
+        "order shuffled), so less of every batch is padding: faster steps, a little lower ROC-AUC on real "
+        "data (docs/results.md)",
     )
     token_dropout: float = Field(
         0.0,
