@@ -1,8 +1,8 @@
 """Load test of `lm serve` against the model's own limit: the naive server (one request scored at a time),
 dynamic micro-batching per backend, and the raw batched throughput of the model with no HTTP at all.
 
-    python benchmarks/serve.py            # up to 15 s / 3000 requests per cell
-    python benchmarks/serve.py --quick    # up to 4 s / 600 requests per cell, fewer chunk sizes
+    python benchmarks/serve.py            # every backend, concurrency 1/16/64, up to 15 s per cell (~12 min)
+    python benchmarks/serve.py --quick    # onnx-int8 against naive at concurrency 64 only, 3 s per cell
 
 Two models: the trained one in --model (default models/) and a BERT-shaped encoder of about 21M parameters
 (d_model 512, 6 post-norm layers, 8 heads, d_ff 2048, the same tokenizer and max_len) with random weights,
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gc
 import os
 import random
 import socket
@@ -112,9 +113,9 @@ def raw_limit(entry: dict, backend: str, texts: list[str], args) -> dict:
     config = entry["config"]
     rows = classifier_rows(load_tokenizer(entry["model_dir"] / "tokenizer"), texts, config["max_len"])
     batches = [rows[i : i + args.max_batch] for i in range(0, len(rows), args.max_batch)]
-    chunks = (8, 16, 32) if args.quick else (4, 8, 16, 32, 64)
+    chunks = (4, 16) if args.quick else (4, 8, 16, 32, 64)
     cells = []
-    for score_threads, threads in LAYOUTS:
+    for score_threads, threads in LAYOUTS[:1] if args.quick else LAYOUTS:
         torch.set_num_threads(threads)
         scorer = load_scorer(entry["model_dir"], backend, entry["export_dir"], threads=threads)
         pool = ThreadPoolExecutor(score_threads) if score_threads > 1 else None
@@ -131,6 +132,8 @@ def raw_limit(entry: dict, backend: str, texts: list[str], args) -> dict:
             )
         if pool is not None:
             pool.shutdown()
+        del scorer  # its session's threads must not compete with the servers measured next
+        gc.collect()
     best = max(cells, key=lambda c: c["texts_per_s"])
     return {
         **{k: best[k] for k in ("score_threads", "threads", "chunk")},
@@ -274,7 +277,7 @@ def load_test(params: Path, entry: dict, extra: list[str], texts: list[str], arg
     proc = start_server(params, entry, port, extra)
     cells = []
     try:
-        for c in CONCURRENCY:
+        for c in args.concurrency:
             cell = asyncio.run(
                 drive(f"http://127.0.0.1:{port}", texts, c, args.max_requests, args.max_seconds)
             )
@@ -297,18 +300,18 @@ def measure(label: str, entry: dict, texts: list[str], args, work: Path) -> dict
     batching = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     rows: dict[str, list[dict]] = {}
     limits: dict[str, dict] = {}
-    for backend in BACKENDS:
+    for backend in args.backends:
         limits[backend] = raw_limit(entry, backend, texts, args)
         print(f"{label} {backend} limit: {limits[backend]}", flush=True)
     rows["naive eager"] = load_test(args.params, entry, ["--naive"], texts, args, f"{label} naive eager")
-    for backend in BACKENDS:
+    for backend in args.backends:
         params = serve_params(args.params, work / f"{label}-{backend}.yaml", limits[backend])
         extra = [*batching, "--backend", backend]
         rows[f"batched {backend}"] = load_test(
             params, entry, extra, texts, args, f"{label} batched {backend}"
         )
     at64 = {name: cells[-1] for name, cells in rows.items()}
-    best = max(BACKENDS, key=lambda b: at64[f"batched {b}"]["rps"])
+    best = max(args.backends, key=lambda b: at64[f"batched {b}"]["rps"])
     best_rps = at64[f"batched {best}"]["rps"]
     return {
         "n_params": entry["n_params"],
@@ -320,7 +323,9 @@ def measure(label: str, entry: dict, texts: list[str], args, work: Path) -> dict
         "throughput_ratio": round(best_rps / at64["naive eager"]["rps"], 2),
         "p99_ms": at64[f"batched {best}"]["p99_ms"],
         "server_over_limit": round(best_rps / limits[best]["texts_per_s"], 3),
-        "over_limit": {b: round(at64[f"batched {b}"]["rps"] / limits[b]["texts_per_s"], 3) for b in BACKENDS},
+        "over_limit": {
+            b: round(at64[f"batched {b}"]["rps"] / limits[b]["texts_per_s"], 3) for b in args.backends
+        },
         "rows": rows,
     }
 
@@ -335,8 +340,10 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     record.add_save_arg(ap)
     args = ap.parse_args()
-    args.max_requests, args.max_seconds = (600, 4.0) if args.quick else (3000, 15.0)
-    args.limit_seconds = 1.0 if args.quick else 3.0
+    args.max_requests, args.max_seconds = (20_000, 3.0) if args.quick else (3000, 15.0)
+    args.limit_seconds = 0.5 if args.quick else 3.0
+    args.concurrency = (64,) if args.quick else CONCURRENCY
+    args.backends = ("onnx-int8",) if args.quick else BACKENDS
     texts, source = load_texts()
     print(f"{'server':<28} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
     with tempfile.TemporaryDirectory(prefix="lm-serve-bench-") as tmp:

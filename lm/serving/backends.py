@@ -73,6 +73,8 @@ class OnnxScorer:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # idle pool threads sleep, not spin: the event loop and the other scoring thread need the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
