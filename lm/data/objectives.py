@@ -124,7 +124,7 @@ class MaskedLMObjective:
             batch["input_ids"],
             batch["attention_mask"],
             labels=batch["labels"],
-            label_rows=batch["label_rows"],
+            label_rows=batch.get("label_rows"),
         ).loss
 
 
@@ -139,7 +139,7 @@ class CausalLMObjective:
             batch["input_ids"],
             batch["attention_mask"],
             labels=batch["labels"],
-            label_rows=batch["label_rows"],
+            label_rows=batch.get("label_rows"),
         ).loss
 
 

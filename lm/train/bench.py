@@ -33,7 +33,7 @@ def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) ->
     else:
         labels = torch.cat([ids[:, 1:], torch.randint(4, vocab, (B, 1), generator=g)], dim=1)
 
-    from lm.data.objectives import CausalLMObjective, ClassifyObjective
+    from lm.data.objectives import CausalLMObjective, ClassifyObjective, with_label_rows
 
     # the training objectives' own losses (mlm and clm share one: cross-entropy over the labelled positions)
     objective = (
@@ -42,7 +42,7 @@ def run_bench(params: Params, steps: int = 10, vocab_size: int | None = None) ->
         else CausalLMObjective()
     )
     batch = {"input_ids": ids, "attention_mask": mask, "labels": y if params.task == "classify" else labels}
-    count = B if params.task == "classify" else int((labels != IGNORE_INDEX).sum().clamp_min(1))
+    count = B if params.task == "classify" else max(1, with_label_rows(batch)["count"])
 
     def step() -> None:
         loss = objective.loss_sum(model, batch) / count
