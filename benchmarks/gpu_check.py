@@ -27,7 +27,7 @@ says {"status": "skipped", "skipped": "no CUDA"}.
   batches follow a random Markov chain (4 successors per token), so the loss has something to learn. Dry
   run: CPU bf16 autocast vs fp32, a tiny model, 10 steps; fp16 skipped.
 - ddp: `lm train` with train.nproc 2 (torchrun, NCCL) on a tiny pipeline built by the stages themselves,
-  if there are 2 GPUs or more, else skipped. Dry run: skipped (tests/test_ddp.py runs it with gloo).
+  if there are 2 GPUs or more, else skipped. Dry run: the same with 2 CPU processes over gloo (~15 s).
 - generate: greedy tokens/s with and without the KV cache (lm.infer.generate) on benchmarks/generate.py's
   model and on a GPT-2-small-sized one, and whether both give the same tokens.
 - serve: `lm serve --backend eager` on a tiny pipeline-trained classifier, driven by benchmarks/serve.py's
@@ -137,12 +137,12 @@ def section_tests(run: Run) -> dict:
     proc = subprocess.run(
         cmd, cwd=REPO, env=run.env(), capture_output=True, text=True, timeout=run.timeout(240)
     )
-    out = {"command": " ".join(["python", *cmd[1:5], "--junitxml=...", *GPU_TESTS])}
+    out = {"command": " ".join(["python -m pytest -q", *GPU_TESTS])}
     out["summary"] = (proc.stdout.strip().splitlines() or [""])[-1]
     if not junit.exists():
         return {**out, "status": "fail", "error": f"pytest exited {proc.returncode}: {proc.stderr[-500:]}"}
     counts = junit_counts(junit)
-    out.update(counts)
+    out.update(failing=counts.pop("failing"), counts=counts)
     if counts["failed"] or proc.returncode != 0:
         return {"status": "fail", **out}
     if counts["passed"] == 0:
@@ -165,26 +165,48 @@ def step_batch(task: str, shape: bench.Shape, batch: int, seq: int, device: torc
     return ids.to(device), mask.to(device), y.to(device)
 
 
+class TrainingCall(torch.nn.Module):
+    """lm's CausalLM called the way its training objective calls it (CausalLMObjective): with the flat
+    indices of the labelled positions, found on the host with the batch. benchmarks/train_step.py's step
+    passes the labels alone, so the loss searches them on the device: a host sync inside every step and,
+    compiled, a graph break (lm/model/lm_loss.py, `bool(keep.all())`)."""
+
+    def __init__(self, model: torch.nn.Module, rows: int) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("rows", torch.arange(rows), persistent=False)  # every position is labelled
+
+    def forward(self, ids: torch.Tensor, labels: torch.Tensor):  # type: ignore[no-untyped-def]
+        return self.model(ids, labels=labels, label_rows=self.rows)
+
+
 def time_models(run: Run, task: str, shape: bench.Shape, batch: int, seq: int, steps: int) -> dict:
     """lm eager, lm compiled (CUDA only) and the Hugging Face model on the same batch, interleaved step by
     step (each goes first in turn); the median step time, tokens/s, MFU and each one's first loss."""
     ids, mask, y = step_batch(task, shape, batch, seq, run.device)
     amp = "bf16" if run.cuda else "none"
+
+    def lm() -> torch.nn.Module:
+        model = bench.lm_model(task, ids.shape[1], "standard", shape)
+        return TrainingCall(model, batch * seq) if task == "clm" else model
+
     models = {
-        "lm": (bench.lm_model(task, ids.shape[1], "standard", shape), False, False),
-        "lm_compiled": (bench.lm_model(task, ids.shape[1], "standard", shape), False, True),
+        "lm": (lm(), False, False),
+        "lm_compiled": (lm(), False, True),
         "hf": (bench.hf_model(task, ids.shape[1], "sdpa", shape), True, False),
     }
     if not run.cuda:  # inductor on a CPU takes minutes; the compiled path is what the GPU run checks
         del models["lm_compiled"]
     peak = bench.peak_bf16_tflops(torch.cuda.get_device_name()) if run.cuda else None
     row: dict = {"task": task, "batch": batch, "seq": seq, "amp": amp, "peak_tflops": peak}
+    if task == "clm":
+        row["lm_call"] = "labels and label_rows, as CausalLMObjective (see TrainingCall)"
     steps_of, flops = {}, {}
     for name, (model, is_hf, compiled) in models.items():
         model.to(run.device)
         flops[name] = bench.flops_per_token(model, shape, seq, ids.shape[1])
         steps_of[name] = bench.make_step(model, task, is_hf, ids, mask, y, amp, compiled)
-        first = steps_of[name]()  # warm-up (and the compile): the same init and batch, the same loss
+        first = steps_of[name]()  # warm-up (and the compile); same init and batch (dropout 0.1: close losses)
         steps_of[name]()
         row[name] = {"params": sum(p.numel() for p in model.parameters()), "first_loss": round(first, 4)}
     times: dict[str, list[float]] = {name: [] for name in steps_of}
@@ -421,27 +443,29 @@ def chdir(path: Path):
         os.chdir(before)
 
 
-def section_ddp(run: Run) -> dict:
-    if not run.cuda:
-        return {**NO_CUDA, "note": "tests/test_ddp.py runs the 2-process gloo run on CPU"}
-    gpus = torch.cuda.device_count()
-    if gpus < 2:
-        return {"status": "skipped", "skipped": f"{gpus} GPU"}
-    root = tiny_project(run, "ddp", **{"train.nproc": 2, "train.device": "cuda", "train.threads": None})
+def train_two_processes(run: Run, device: str) -> dict:
+    """`lm train` with train.nproc 2 (it launches torchrun; NCCL on CUDA, gloo on CPU) on a tiny project."""
+    root = tiny_project(run, f"ddp-{device}", **{"train.nproc": 2, "train.device": device})
     cmd = [sys.executable, "-m", "lm.cli", "train", "--params", "params.yaml"]
     start = time.perf_counter()
     proc = subprocess.run(
         cmd, cwd=root, env=run.env(), capture_output=True, text=True, timeout=run.timeout(180)
     )
-    seconds = round(time.perf_counter() - start, 1)
+    out = {"device": device, "processes": 2, "train_s": round(time.perf_counter() - start, 1)}
     if proc.returncode != 0:
-        return {
-            "status": "fail",
-            "error": (proc.stderr.strip().splitlines() or ["?"])[-1],
-            "seconds": seconds,
-        }
+        return {"status": "fail", "error": (proc.stderr.strip().splitlines() or ["?"])[-1], **out}
     metrics = json.loads((root / "reports" / "train" / "metrics.json").read_text())
-    return {"status": "pass", "gpus": gpus, "processes": 2, "backend": "nccl", "train_s": seconds, **metrics}
+    keys = ("steps", "train_loss", "val_loss", "seconds", "processes", "world_size", "device", "amp")
+    return {"status": "pass", **out, "metrics": {k: metrics[k] for k in keys if k in metrics}}
+
+
+def section_ddp(run: Run) -> dict:
+    if not run.cuda:  # the plumbing, in ~15 s
+        return {**train_two_processes(run, "cpu"), "note": "dry run: 2 CPU processes over gloo"}
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        return {"status": "skipped", "skipped": f"{gpus} GPU"}
+    return {"gpus": gpus, **train_two_processes(run, "cuda")}
 
 
 def section_serve(run: Run) -> dict:
@@ -451,8 +475,10 @@ def section_serve(run: Run) -> dict:
     from lm.config import load_params
 
     root = tiny_project(run, "serve")
+    threads = torch.get_num_threads()
     with chdir(root):
-        stages.train.run(load_params(root / "params.yaml"))
+        stages.train.run(load_params(root / "params.yaml"))  # (sets train.threads: 1 in this process)
+    torch.set_num_threads(threads)
     entry = {"model_dir": root / "models", "export_dir": root / "serving"}
     texts, source = load_texts(500)
     concurrency, seconds = (16, 1.5) if run.dry_run else (64, 5.0)
@@ -618,6 +644,7 @@ def main() -> None:
         "status": "fail" if failed else "pass",
         "failed": failed,
         "device": device_info(run),
+        "gpu": device_info(run)["name"] if run.cuda else None,  # benchmarks/report.py names it in the runs
         "budget_s": args.budget_s,
         "wall_s": round(time.monotonic() - started, 1),
         **sections,

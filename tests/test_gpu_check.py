@@ -66,16 +66,18 @@ def test_dry_run_reports_every_section_with_a_pass_or_skip_status(dry_run):
     assert figures["loss_equality"]["bf16"]["pass"] is True
     assert all(r["same_tokens"] for r in figures["generate"]["models"].values())
     assert figures["serve"]["requests"] > 0 and figures["serve"]["errors"] == 0
+    assert figures["ddp"]["status"] == "pass" and figures["ddp"]["metrics"]["steps"] == 8
 
 
 @pytest.mark.slow
 def test_dry_run_says_the_cuda_parts_are_skipped(dry_run):
     figures = dry_run["line"]
     assert figures["tests"]["status"] == "skipped" and figures["tests"]["skipped"].startswith("no CUDA")
-    assert figures["tests"]["collected"] == figures["tests"]["skipped"] > 0  # collected, and all skipped
+    counts = figures["tests"]["counts"]
+    assert counts["collected"] == counts["skipped"] > 0 and figures["tests"]["failing"] == []
     assert figures["train_step"]["clm"]["lm_compiled"] == {"status": "skipped", "skipped": "no CUDA"}
     assert figures["loss_equality"]["fp16"] == {"status": "skipped", "skipped": "no CUDA"}
-    assert figures["ddp"]["skipped"] == "no CUDA"
+    assert figures["ddp"]["device"] == "cpu"  # the dry run's DDP: 2 processes over gloo
 
 
 @pytest.mark.slow
@@ -113,3 +115,30 @@ def test_junit_counts(tmp_path):
         "skipped": 1,
         "failing": ["tests/test_gpu.py::test_b", "tests/test_fused.py::test_c[amp0]"],
     }
+
+
+def test_report_lists_the_training_rows_of_a_gpu_run():
+    spec = importlib.util.spec_from_file_location("bench_report", REPO / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    clm = {
+        "batch": 16,
+        "seq": 1024,
+        "amp": "bf16",
+        "lm": {"tokens_per_s": 300000.0, "mfu": 0.3},
+        "lm_compiled": {"tokens_per_s": 420000.0, "mfu": 0.42},
+        "hf": {"tokens_per_s": 350000.0, "mfu": 0.35},
+    }
+    f = {
+        "device": {"name": "NVIDIA H100 80GB HBM3"},
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "train_step": {"clm": clm, "classify": {"lm_compiled": {"status": "skipped"}}},
+        "loss_equality": {"bf16": {"pass": True}},
+        "run": {"mode": "full", "date": "2026-12-06T15:00:00Z"},
+    }
+    rows = [line for line in report.render({"gpu": f}).splitlines()[2:] if line.startswith("| ")]
+    assert len(rows) == 2  # lm eager and compiled vs GPT-2; the classifier had no figures
+    assert "| 420,000 | 350,000 | 1.20x | MFU lm 42.0%, HF 35.0%; bf16 losses = fp32's: yes |" in rows[1]
+    assert (
+        "NVIDIA H100 80GB HBM3, GPT-2 small sized causal LM (batch 16 x 1024, bf16): lm compiled" in rows[1]
+    )
