@@ -534,15 +534,15 @@ def section_serve(run: Run) -> dict:
 
 
 def decode_speed(run: Run, model: torch.nn.Module, new: int) -> dict:
-    """Greedy tokens/s of lm.infer.generate with and without the KV cache (median of 3) and whether the two
-    give the same tokens."""
+    """Greedy tokens/s of lm.infer.generate with and without the KV cache (median of 3; the dry run: 1) and
+    whether the two give the same tokens."""
     from lm.infer.generate import generate
 
     prompt = torch.randint(4, 200, (16,), generator=torch.Generator().manual_seed(0)).tolist()
     generate(model, prompt, max_new_tokens=4, temperature=0)  # warm-up
     times: dict[bool, list[float]] = {True: [], False: []}
     tokens: dict[bool, list[int]] = {}
-    for _ in range(3):
+    for _ in range(3 if run.cuda else 1):
         for cached in (True, False):
             sync(run)
             start = time.perf_counter()
