@@ -124,6 +124,32 @@ def train_step_cuda(f: dict) -> Iterator[Row]:
         )
 
 
+def gpu(f: dict) -> Iterator[Row]:
+    """benchmarks/gpu_check.py: its training steps, lm eager and compiled vs Hugging Face on the same GPU."""
+    names = {
+        "clm": ("GPT-2 small sized causal LM", "`GPT2LMHeadModel`"),
+        "classify": ("BERT-base sized classifier", "`BertForSequenceClassification`"),
+    }
+    loss = f.get("loss_equality", {}).get("bf16", {})
+    same = f"; bf16 losses = fp32's: {_yes(loss['pass'])}" if "pass" in loss else ""
+    for task, (what, theirs) in names.items():
+        r = f.get("train_step", {}).get(task, {})
+        for name, how in (("lm", "eager"), ("lm_compiled", "compiled")):
+            ours, hf = r.get(name, {}), r.get("hf", {})
+            if "tokens_per_s" not in ours or "tokens_per_s" not in hf:
+                continue
+            mfu = f"MFU lm {ours['mfu']:.1%}, HF {hf['mfu']:.1%}" if "mfu" in ours else "MFU: peak unknown"
+            yield (
+                f"training step on {f['device']['name']}, {what} (batch {r['batch']} x {r['seq']}, "
+                f"{r['amp']}): lm {how} vs {theirs} eager (gpu_check)",
+                "tokens/s",
+                _n(ours["tokens_per_s"]),
+                _n(hf["tokens_per_s"]),
+                _x(ours["tokens_per_s"] / hf["tokens_per_s"]),
+                mfu + same,
+            )
+
+
 def encode(f: dict) -> Iterator[Row]:
     yield (
         f"encoding {f['corpus_mb']} MB, vocab {f['vocab_size']:,}: lm `encode_batch` (tiktoken, "
@@ -253,6 +279,7 @@ def scale(f: dict) -> Iterator[Row]:
 RENDERERS: dict[str, Callable[[dict], Iterator[Row]]] = {
     "train_step": train_step,
     "train_step_cuda": train_step_cuda,
+    "gpu": gpu,
     "finetune": finetune,
     "encode": encode,
     "bpe_train": bpe_train,
