@@ -169,30 +169,14 @@ def step_batch(task: str, shape: bench.Shape, batch: int, seq: int, device: torc
     return ids.to(device), mask.to(device), y.to(device)
 
 
-class TrainingCall(torch.nn.Module):
-    """lm's CausalLM called the way its training objective calls it (CausalLMObjective): with the flat
-    indices of the labelled positions, found on the host with the batch. benchmarks/train_step.py's step
-    passes the labels alone, so the loss searches them on the device: a host sync inside every step and,
-    compiled, a graph break (lm/model/lm_loss.py, `bool(keep.all())`)."""
-
-    def __init__(self, model: torch.nn.Module, rows: int) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("rows", torch.arange(rows), persistent=False)  # every position is labelled
-
-    def forward(self, ids: torch.Tensor, labels: torch.Tensor):  # type: ignore[no-untyped-def]
-        return self.model(ids, labels=labels, label_rows=self.rows)
-
-
 def time_models(run: Run, task: str, shape: bench.Shape, batch: int, seq: int, steps: int) -> dict:
     """lm eager, lm compiled (CUDA only) and the Hugging Face model on the same batch, interleaved step by
     step (each goes first in turn); the median step time, tokens/s, MFU and each one's first loss."""
     ids, mask, y = step_batch(task, shape, batch, seq, run.device)
     amp = "bf16" if run.cuda else "none"
 
-    def lm() -> torch.nn.Module:
-        model = bench.lm_model(task, ids.shape[1], "standard", shape)
-        return TrainingCall(model, batch * seq) if task == "clm" else model
+    def lm() -> torch.nn.Module:  # train_step.py's step calls a clm with its label rows, as training does
+        return bench.lm_model(task, ids.shape[1], "standard", shape)
 
     models = {
         "lm": (lm(), False, False),
@@ -204,7 +188,7 @@ def time_models(run: Run, task: str, shape: bench.Shape, batch: int, seq: int, s
     peak = bench.peak_bf16_tflops(torch.cuda.get_device_name()) if run.cuda else None
     row: dict = {"task": task, "batch": batch, "seq": seq, "amp": amp, "peak_tflops": peak}
     if task == "clm":
-        row["lm_call"] = "labels and label_rows, as CausalLMObjective (see TrainingCall)"
+        row["lm_call"] = "labels and label_rows, as CausalLMObjective"
     steps_of, flops = {}, {}
     for name, (model, is_hf, compiled) in models.items():
         try:

@@ -201,13 +201,13 @@ def make_step(
     model.train()
     run = torch.compile(model) if compile else model
     device_type = ids.device.type
+    # every position of a clm row is labelled: their flat indices, as CausalLMObjective finds them on the host
+    label_rows = torch.arange(ids[:, 1:].numel(), device=ids.device)
 
     def step() -> float:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            if (
-                task == "clm" and not is_hf
-            ):  # lm's training route: the chunked head + cross-entropy (lm_loss.py)
-                loss = run(ids[:, :-1], labels=ids[:, 1:]).loss / ids[:, 1:].numel()
+            if task == "clm" and not is_hf:  # lm's training route: the chunked head + cross-entropy
+                loss = run(ids[:, :-1], labels=ids[:, 1:], label_rows=label_rows).loss / ids[:, 1:].numel()
             elif task == "clm":  # what GPT2LMHeadModel(labels=...) computes, minus its extra shifted position
                 logits = run(ids[:, :-1], use_cache=False).logits  # (B, L, V)
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
