@@ -32,8 +32,7 @@ says {"status": "skipped", "skipped": "no CUDA"}.
 - generate: greedy tokens/s with and without the KV cache (lm.infer.generate) on benchmarks/generate.py's
   model and on a GPT-2-small-sized one, and whether both give the same tokens.
 - serve: `lm serve --backend eager` on a tiny pipeline-trained classifier, driven by benchmarks/serve.py's
-  closed-loop clients at concurrency 64 for 5 s. lm serve has no device setting (its eager scorer runs on
-  CPU tensors), so this measures the CPU server on the GPU machine: the JSON says so.
+  closed-loop clients at concurrency 64 for 5 s, scoring on the GPU (serve.device: cuda).
 
 The JSON also holds the device (name, torch, CUDA, cuDNN), the wall time and the budget; it is the last line
 of stdout and, on a GPU, benchmarks/results/gpu.json (benchmarks/record.py).
@@ -73,7 +72,11 @@ RUN_ORDER = ("loss_equality", "tests", "train_step", "generate", "serve", "ddp")
 NO_CUDA = {"status": "skipped", "skipped": "no CUDA"}
 # every test that needs CUDA: the gpu-marked module, and the test_fused variants that skip without CUDA
 # (tests/test_gpu_check.py checks that no other test file asks for CUDA)
-GPU_TESTS = ("tests/test_gpu.py", "tests/test_fused.py::test_fused_cuda_runs_in_the_autocast_dtype")
+GPU_TESTS = (
+    "tests/test_gpu.py",
+    "tests/test_fused.py::test_fused_cuda_runs_in_the_autocast_dtype",
+    "tests/test_serve.py::test_serve_scores_on_the_gpu_as_on_the_cpu",
+)
 BERT_BASE = bench.Shape(d=768, layers=12, heads=12, ff=3072, vocab=30528)  # BERT's 30,522 rounded up to 64s
 TINY = bench.Shape(d=32, layers=2, heads=2, ff=64, vocab=256)
 LOSS_REL_TOL = 2e-2  # bf16 vs fp32: |mean of the last 10 losses| relative difference
@@ -492,6 +495,10 @@ def section_serve(run: Run) -> dict:
     with chdir(root):
         stages.train.run(load_params(root / "params.yaml"))  # (sets train.threads: 1 in this process)
     torch.set_num_threads(threads)
+    device = "cuda" if run.cuda else "cpu"
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw.setdefault("serve", {})["device"] = device  # the eager scorer on the GPU
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     entry = {"model_dir": root / "models", "export_dir": root / "serving"}
     texts, source = load_texts(500)
     concurrency, seconds = (16, 1.5) if run.dry_run else (64, 5.0)
@@ -504,8 +511,7 @@ def section_serve(run: Run) -> dict:
     ok = cell["errors"] == 0 and cell["requests"] > 0
     return {
         "status": "pass" if ok else "fail",
-        "device": "cpu",
-        "note": "lm serve has no device setting: its eager scorer runs on CPU tensors, on any machine",
+        "device": device,
         "backend": "eager",
         "model": "tiny (the stages' own, d_model 32)",
         "texts": source,

@@ -377,9 +377,10 @@ def serve(
                 f"{cfg.model_dir}/config.json not found: "
                 "train a model first (`dvc repro`) or pass --model DIR"
             )
-        if cfg.backend != "eager":
-            from lm.serving.backends import artifact_path
+        from lm.serving.backends import artifact_path, check_device
 
+        check_device(cfg.device)
+        if cfg.backend != "eager":
             artifact_path(cfg.backend, Path(cfg.export_dir))
         uvicorn.run(
             create_app(cfg, naive=naive, defaults=sampling_defaults(_params(params))),

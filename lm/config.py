@@ -571,6 +571,11 @@ class ServeConfig(Section):
         description="rows per forward pass inside a batch, shortest texts together "
         "(small chunks stay in the CPU cache; 16 was fastest on a CPU)",
     )
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="where a classifier is scored: cpu, or cuda (GPU 0; backend eager, or onnx / onnx-int8 "
+        "with onnxruntime-gpu)",
+    )
     score_threads: int = Field(
         2,
         ge=1,

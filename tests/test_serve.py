@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import tiny_params, write_params
 
 from lm.config import ConfigError, ServeConfig, parse_params
 from lm.serving.app import create_app
@@ -333,6 +333,37 @@ def test_serve_lone_request_is_not_held_back_but_a_busy_one_waits_for_company(mo
 
     alone, pair = run(go())
     assert scorer.batches == [1, 2] and len(alone) == 1 and [len(p) for p in pair] == [1, 1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_serve_on_a_gpu_the_machine_lacks_is_one_line_before_the_server_starts(model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from lm.cli import app
+
+    write_params(tmp_path / "params.yaml", {"serve": {"device": "cuda"}})
+    result = CliRunner().invoke(
+        app, ["serve", "--params", str(tmp_path / "params.yaml"), "--model", str(model_dir)]
+    )
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "serve.device=cuda" in lines[0] and "serve.device: cpu" in lines[0], (
+        result.output
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_serve_scores_on_the_gpu_as_on_the_cpu(model_dir):
+    from lm.serving.backends import load_scorer
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, 60, (5, 12)).astype(np.int64)
+    mask = np.arange(12)[None, :] < rng.integers(1, 13, 5)[:, None]
+    cpu = load_scorer(model_dir, "eager").score(ids, mask)
+    np.testing.assert_allclose(
+        load_scorer(model_dir, "eager", device="cuda").score(ids, mask), cpu, atol=1e-4
+    )
 
 
 def test_serve_a_missing_artifact_is_one_line_before_the_server_starts(model_dir, tmp_path):

@@ -104,7 +104,11 @@ def load_model(served: Served) -> None:
         from lm.serving.backends import load_scorer
 
         served.scorer = load_scorer(
-            model_dir, served.cfg.backend, Path(served.cfg.export_dir), threads=served.cfg.threads
+            model_dir,
+            served.cfg.backend,
+            Path(served.cfg.export_dir),
+            threads=served.cfg.threads,
+            device=served.cfg.device,
         )
     if served.tokenizer is None:
         from lm.tokenizer import load_tokenizer

@@ -52,21 +52,22 @@ class EagerScorer:
 
     name = "eager"
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model.eval()
+    def __init__(self, model: torch.nn.Module, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
 
     def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         ids, mask = _tensors(input_ids, attention_mask)
         with torch.inference_mode():
-            logits = self.model(ids, mask).logits  # (B,)
-            return torch.sigmoid(logits.float()).numpy()
+            logits = self.model(ids.to(self.device), mask.to(self.device)).logits  # (B,)
+            return torch.sigmoid(logits.float()).cpu().numpy()
 
 
 class OnnxScorer:
     """An ONNX artifact written by `lm export`, run by ONNX Runtime on the CPU: (input_ids, attention_mask) ->
     probabilities (B,). `threads` is the session's intra-op pool (one pool per scoring thread's call)."""
 
-    def __init__(self, path: Path, name: str, threads: int = 1):
+    def __init__(self, path: Path, name: str, threads: int = 1, device: str = "cpu"):
         import onnxruntime as ort
 
         self.name = name
@@ -75,7 +76,15 @@ class OnnxScorer:
         options.inter_op_num_threads = 1
         # idle pool threads sleep, not spin: the event loop and the other scoring thread need the cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise LmError(
+                    f"serve.device=cuda with backend {name} needs onnxruntime-gpu (its "
+                    "CUDAExecutionProvider): install it, or serve with backend eager on cuda"
+                )
+            providers.insert(0, "CUDAExecutionProvider")  # nodes it lacks (some int8 ones) stay on the CPU
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
 
     def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
@@ -95,19 +104,36 @@ def read_serving_config(export_dir: Path) -> dict:
 
 
 def load_scorer(
-    model_dir: Path, backend: str = "eager", export_dir: Path | None = None, *, threads: int = 1
+    model_dir: Path,
+    backend: str = "eager",
+    export_dir: Path | None = None,
+    *,
+    threads: int = 1,
+    device: str = "cpu",
 ) -> Scorer:
-    """The scorer for `backend`: eager reads model_dir (models/), the others export_dir (default serving/)."""
+    """The scorer for `backend` on `device` (serve.device): eager reads model_dir (models/), the others
+    export_dir (default serving/)."""
     if backend not in BACKENDS:
         raise LmError(f"unknown scoring backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    check_device(device)
     if backend == "eager":
         from lm.model.export import load_exported
 
         model, config = load_exported(Path(model_dir))
         if config["task"] != "classify":
             raise LmError(f"{model_dir} holds a {config['task']} model: scoring serves classifiers only")
-        return EagerScorer(model)
-    return OnnxScorer(artifact_path(backend, export_dir), backend, threads)
+        return EagerScorer(model, device)
+    return OnnxScorer(artifact_path(backend, export_dir), backend, threads, device)
+
+
+def check_device(device: str) -> None:
+    """LmError naming serve.device when it asks for a GPU torch cannot see (`lm serve` checks it before the
+    server starts, so it is one line, not a failed startup)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LmError(
+            "serve.device=cuda but torch sees no CUDA GPU (torch.cuda.is_available() is False): set "
+            "serve.device: cpu"
+        )
 
 
 def artifact_path(backend: str, export_dir: Path | None = None) -> Path:
