@@ -37,13 +37,12 @@ class Scorer(Protocol):
         ...
 
 
-def _tensors(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
-    mask = torch.as_tensor(np.asarray(attention_mask, dtype=bool))
-    if ids.dim() != 2 or ids.shape != mask.shape:
-        raise LmError(
-            f"input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} must both be (B, L)"
-        )
+def batch_arrays(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids and bool mask, contiguous, both (B, L); LmError otherwise (every backend's input rule)."""
+    ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+    mask = np.ascontiguousarray(attention_mask, dtype=bool)
+    if ids.ndim != 2 or ids.shape != mask.shape:
+        raise LmError(f"input_ids {ids.shape} and attention_mask {mask.shape} must both be (B, L)")
     return ids, mask
 
 
@@ -57,9 +56,9 @@ class EagerScorer:
         self.model = model.to(self.device).eval()
 
     def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        ids, mask = _tensors(input_ids, attention_mask)
+        ids, mask = (torch.from_numpy(a).to(self.device) for a in batch_arrays(input_ids, attention_mask))
         with torch.inference_mode():
-            logits = self.model(ids.to(self.device), mask.to(self.device)).logits  # (B,)
+            logits = self.model(ids, mask).logits  # (B,)
             return torch.sigmoid(logits.float()).cpu().numpy()
 
 
@@ -87,10 +86,7 @@ class OnnxScorer:
         self.session = ort.InferenceSession(str(path), options, providers=providers)
 
     def score(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        mask = np.ascontiguousarray(attention_mask, dtype=bool)
-        if ids.ndim != 2 or ids.shape != mask.shape:
-            raise LmError(f"input_ids {ids.shape} and attention_mask {mask.shape} must both be (B, L)")
+        ids, mask = batch_arrays(input_ids, attention_mask)
         return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
